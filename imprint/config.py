@@ -1,0 +1,102 @@
+"""Where imprint keeps its data, and the settings every command shares.
+
+Layout of a data dir::
+
+    DATA_DIR/
+      device_id.txt            8-hex fingerprint of this device (SPEC)
+      device_key               Ed25519 private key, mode 0600
+      trusted_devices.json     trust list shared by CLI and dashboard
+      logs/imprint.log         rotating debug log
+      qdrant/                  embedded Qdrant (one collection per workspace)
+      workspaces/NAME/facts.db SQLite facts of workspace NAME
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from imprint.errors import ConfigError
+
+DEFAULT_WORKSPACE = "default"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def default_data_dir() -> Path:
+    """Per-user data folder: $XDG_DATA_HOME/imprint, else ~/.local/share/imprint."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "imprint"
+
+
+def validate_workspace(name: str) -> str:
+    """Return `name` if it is a safe workspace name, else raise ConfigError."""
+    if not _WORKSPACE_RE.match(name):
+        raise ConfigError(
+            f"invalid workspace name {name!r}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Resolved global options of one command."""
+
+    data_dir: Path
+    workspace: str = DEFAULT_WORKSPACE
+    model: str = DEFAULT_MODEL
+    qdrant_url: str | None = None
+
+    @property
+    def collection(self) -> str:
+        """Qdrant collection of the workspace."""
+        return f"imprint_{self.workspace}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.data_dir / "workspaces" / self.workspace
+
+    @property
+    def facts_path(self) -> Path:
+        return self.workspace_dir / "facts.db"
+
+    @property
+    def trust_path(self) -> Path:
+        return self.data_dir / "trusted_devices.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def prepare(self) -> "Settings":
+        """Create the data dir and workspace dir; fail clearly if not writable."""
+        validate_workspace(self.workspace)
+        try:
+            self.workspace_dir.mkdir(parents=True, exist_ok=True)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            # mkdir succeeds on an existing read-only dir; prove we can write.
+            with tempfile.NamedTemporaryFile(dir=self.data_dir, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"data dir {self.data_dir} is not writable: {exc.strerror or exc}") from None
+        return self
+
+
+def settings_from(
+    *, data_dir: str | None, workspace: str | None, model: str | None, qdrant_url: str | None
+) -> Settings:
+    """Resolve options, then environment variables, then defaults."""
+    resolved_dir = data_dir or os.environ.get("IMPRINT_DATA_DIR") or str(default_data_dir())
+    return Settings(
+        data_dir=Path(resolved_dir).expanduser().absolute(),
+        workspace=validate_workspace(workspace or os.environ.get("IMPRINT_WORKSPACE") or DEFAULT_WORKSPACE),
+        model=model or os.environ.get("IMPRINT_MODEL") or DEFAULT_MODEL,
+        qdrant_url=qdrant_url or os.environ.get("IMPRINT_QDRANT_URL") or None,
+    )

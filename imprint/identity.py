@@ -1,0 +1,106 @@
+"""This device's identity: an Ed25519 key and the 8-hex fingerprint derived from it.
+
+SPEC asks for a stable 8-character lowercase hex id at `DATA_DIR/device_id.txt`.
+Eight hex digits are only 32 bits, so a fingerprint alone is easy to collide
+with; we derive it from a persistent Ed25519 public key and the trust list
+keeps the whole key, so a device that claims a trusted fingerprint must also
+hold the matching private key (like Syncthing's device ids).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from imprint.errors import ConfigError
+
+KEY_FILE = "device_key"
+ID_FILE = "device_id.txt"
+
+
+def fingerprint_of(public_key: bytes) -> str:
+    """The SPEC fingerprint of a public key: first 8 hex of its SHA-256."""
+    return hashlib.sha256(public_key).hexdigest()[:8]
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True if `signature` is `public_key`'s Ed25519 signature of `message`."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """The key pair and fingerprint of this device."""
+
+    signing_key: SigningKey
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+
+def load_identity(data_dir: Path) -> DeviceIdentity:
+    """Load this device's key, creating key and `device_id.txt` on first use."""
+    key_path = data_dir / KEY_FILE
+    id_path = data_dir / ID_FILE
+    try:
+        if key_path.exists():
+            seed = key_path.read_bytes()
+            if len(seed) != 32:
+                raise ConfigError(f"{key_path} is corrupt (expected 32 bytes); move it away to create a new identity")
+            identity = DeviceIdentity(SigningKey(seed))
+        else:
+            identity = DeviceIdentity(SigningKey.generate())
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(bytes(identity.signing_key))
+            logger.info("created device key {} (fingerprint {})", key_path, identity.fingerprint)
+        recorded = id_path.read_text().strip() if id_path.exists() else ""
+        if recorded != identity.fingerprint:
+            if recorded:
+                logger.warning("device_id.txt said {}; rewriting it from the device key", recorded)
+            tmp = id_path.with_suffix(".tmp")
+            tmp.write_text(identity.fingerprint + "\n")
+            tmp.replace(id_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read or create the device identity in {data_dir}: {exc.strerror or exc}") from None
+    return identity
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostInfo:
+    """What a peer shows the other side's user before approval."""
+
+    hostname: str
+    user: str
+    os: str
+
+
+def host_info() -> HostInfo:
+    """Hostname, user and OS of this machine, for the HELLO."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return HostInfo(hostname=socket.gethostname() or "unknown", user=user, os=f"{platform.system()} {platform.release()}".strip())

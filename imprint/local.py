@@ -1,0 +1,126 @@
+"""Starting and stopping the local actors a command needs, and the one path
+by which memories are written (dedup → embed new texts → store).
+
+Like Mopidy's `_app`: start in dependency order, confirm each `on_start`
+worked with a Ping, stop in reverse in a `finally`, then stop and log any
+leftover actor as a bug — no thread outlives a command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from imprint.actors.base import ASK_TIMEOUT, ask
+from imprint.actors.embedder import Embedder
+from imprint.actors.fact_store import FactStore
+from imprint.actors.memory_store import MemoryStore
+from imprint.config import Settings
+from imprint.messages.records import MemoryRecord
+from imprint.messages.store import (
+    EmbedTexts,
+    FindMissing,
+    ModelInfo,
+    DescribeModel,
+    Ping,
+    StoreMemories,
+    StoreResult,
+)
+
+#: Seconds a model may take to load (torch import included) before we give up.
+START_TIMEOUT = 180.0
+
+
+def embed_and_store(
+    embedder: pykka.ActorRef[Any], memory_store: pykka.ActorRef[Any], records: tuple[MemoryRecord, ...], *, timeout: float = ASK_TIMEOUT
+) -> StoreResult:
+    """Store finalized memory records: only texts not stored yet are embedded."""
+    if not records:
+        return StoreResult()
+    missing = set(ask(memory_store, FindMissing(ids=tuple(r.id for r in records)), timeout=timeout).ids)
+    fresh: list[MemoryRecord] = []
+    seen: set[str] = set()
+    for record in records:
+        if record.id in missing and record.id not in seen:
+            seen.add(record.id)
+            fresh.append(record)
+    if not fresh:
+        return StoreResult(skipped=len(records))
+    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh)), timeout=timeout).vectors
+    result = ask(memory_store, StoreMemories(records=tuple(fresh), vectors=vectors), timeout=timeout)
+    return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted)
+
+
+@dataclass
+class LocalActors:
+    """The local actors of one command, started on enter and stopped on exit.
+
+    Args:
+        settings: resolved options.
+        embedder: start the model (needed to write or search memories).
+        memories: start the MemoryStore; without the embedder it is read-only.
+        facts: start the FactStore.
+    """
+
+    settings: Settings
+    embedder: bool = False
+    memories: bool = True
+    facts: bool = True
+    refs: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+    model: ModelInfo | None = None
+
+    def __enter__(self) -> "LocalActors":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        s = self.settings
+        if self.embedder:
+            self.refs["embedder"] = Embedder.start(model_name=s.model)
+            ask(self.refs["embedder"], Ping(), timeout=START_TIMEOUT)
+            self.model = ask(self.refs["embedder"], DescribeModel())
+        if self.memories:
+            self.refs["memory_store"] = MemoryStore.start(
+                collection=s.collection,
+                path=s.qdrant_path,
+                url=s.qdrant_url,
+                dimension=self.model.dimension if self.model else None,
+            )
+            ask(self.refs["memory_store"], Ping(), timeout=START_TIMEOUT)
+        if self.facts:
+            self.refs["fact_store"] = FactStore.start(path=s.facts_path)
+            ask(self.refs["fact_store"], Ping(), timeout=START_TIMEOUT)
+
+    def __getitem__(self, name: str) -> pykka.ActorRef[Any]:
+        return self.refs[name]
+
+    def store_memories(self, records: tuple[MemoryRecord, ...]) -> StoreResult:
+        return embed_and_store(self.refs["embedder"], self.refs["memory_store"], records)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.refs)):
+            try:
+                self.refs[name].stop(timeout=60)
+            except pykka.Timeout:
+                logger.error("{} did not stop within 60s", name)
+            except pykka.ActorDeadError:
+                pass
+        self.refs.clear()
+
+
+def stop_leftovers() -> None:
+    """Stop any actor still running at the end of a command, and say so: it is a bug."""
+    leftovers = pykka.ActorRegistry.get_all()
+    if leftovers:
+        logger.error("bug: actors still running at exit: {}", [ref.actor_class.__name__ for ref in leftovers])
+        pykka.ActorRegistry.stop_all(block=True, timeout=30)

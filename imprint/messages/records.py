@@ -1,0 +1,115 @@
+"""Records: the data imprint stores and sync sends (SPEC "Records").
+
+These Structs are the schema. Every external source of records (a JSONL
+file, a wire frame) is decoded against them with msgspec, so shape and type
+validation is the decoder's job; `__post_init__` adds the checks a type
+cannot express (size, emptiness).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Annotated
+
+import msgspec
+
+#: Largest content (UTF-8 bytes) of one memory, and largest encoded record.
+MAX_RECORD_BYTES = 1024 * 1024
+#: Longest subject, predicate, object, source or short string field.
+MAX_FIELD_CHARS = 4096
+
+ShortStr = Annotated[str, msgspec.Meta(max_length=MAX_FIELD_CHARS)]
+TagList = Annotated[tuple[ShortStr, ...], msgspec.Meta(max_length=256)]
+
+
+class Tags(msgspec.Struct, frozen=True, omit_defaults=False):
+    """Classification of a memory (SPEC: lang, layer, kind, domain, topics)."""
+
+    lang: ShortStr = ""
+    layer: ShortStr = ""
+    kind: ShortStr = ""
+    domain: TagList = ()
+    topics: TagList = ()
+
+
+class MemoryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One memory: a text chunk with metadata, as stored in the Qdrant payload.
+
+    `id` and `timestamp` may be left empty on input; :func:`finalize_memory`
+    fills them. The id is always recomputed from project, source and content
+    so a peer cannot make two different texts collide or one text repeat.
+    """
+
+    id: ShortStr = ""
+    content: str
+    project: ShortStr = "default"
+    type: ShortStr = "note"
+    tags: Tags = Tags()
+    source: ShortStr = ""
+    chunk_index: int = 0
+    source_mtime: float = 0.0
+    timestamp: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.content.strip():
+            raise ValueError("content is empty")
+        if len(self.content) > MAX_RECORD_BYTES or len(self.content.encode("utf-8")) > MAX_RECORD_BYTES:
+            raise ValueError("content is larger than 1 MiB")
+
+
+class FactRecord(msgspec.Struct, frozen=True):
+    """One fact: a subject–predicate–object triple valid from a time, maybe ended."""
+
+    subject: ShortStr
+    predicate: ShortStr
+    object: ShortStr
+    valid_from: float
+    ended: float | None = None
+    source: ShortStr = ""
+
+    def __post_init__(self) -> None:
+        for name in ("subject", "predicate", "object"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} is empty")
+
+    @property
+    def identity(self) -> tuple[str, str, str, float]:
+        """The dedup key of SPEC: (subject, predicate, object, valid_from)."""
+        return (self.subject, self.predicate, self.object, self.valid_from)
+
+
+def memory_id(project: str, source: str, content: str) -> str:
+    """SPEC memory id: first 16 hex of SHA-256("{project}:{source}:{content.strip()[:200]}")."""
+    key = f"{project}:{source}:{content.strip()[:200]}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def point_id(memory_id_: str) -> str:
+    """SPEC Qdrant point id: uuid5(NAMESPACE_URL, "imprint::" + id)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "imprint::" + memory_id_))
+
+
+def finalize_memory(record: MemoryRecord, *, now: float | None = None) -> MemoryRecord:
+    """Return the record with its canonical id, and a timestamp if it had none.
+
+    An imported memory keeps its original timestamp.
+    """
+    changes: dict[str, object] = {}
+    canonical = memory_id(record.project, record.source, record.content)
+    if record.id != canonical:
+        changes["id"] = canonical
+    if not record.timestamp:
+        changes["timestamp"] = time.time() if now is None else now
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+def memory_to_payload(record: MemoryRecord) -> dict:
+    """The Qdrant payload (and wire form) of a memory, without vectors."""
+    return msgspec.to_builtins(record)
+
+
+#: Decoders built once; used on every file line and wire record.
+memory_decoder = msgspec.json.Decoder(MemoryRecord)
+fact_decoder = msgspec.json.Decoder(FactRecord)

@@ -1,0 +1,167 @@
+"""Messages the local actors (Embedder, MemoryStore, FactStore) receive and reply.
+
+Each request is a frozen Struct; the actor's `on_receive` dispatches on its
+type with `match` and returns the reply Struct named in the docstring.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from imprint.messages.records import FactRecord, MemoryRecord
+
+
+class Ping(msgspec.Struct, frozen=True):
+    """Reply: True once the actor's on_start has finished."""
+
+
+# Embedder -------------------------------------------------------------------
+
+
+class EmbedTexts(msgspec.Struct, frozen=True):
+    """Reply: :class:`Embeddings`, one vector per text, in order."""
+
+    texts: tuple[str, ...]
+
+
+class Embeddings(msgspec.Struct, frozen=True):
+    vectors: list[list[float]]
+
+
+class DescribeModel(msgspec.Struct, frozen=True):
+    """Reply: :class:`ModelInfo`."""
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    name: str
+    dimension: int
+
+
+# MemoryStore -----------------------------------------------------------------
+
+
+class FindMissing(msgspec.Struct, frozen=True):
+    """Reply: :class:`MissingIds`, the memory ids not stored yet, in input order."""
+
+    ids: tuple[str, ...]
+
+
+class MissingIds(msgspec.Struct, frozen=True):
+    ids: tuple[str, ...]
+
+
+class StoreMemories(msgspec.Struct, frozen=True):
+    """Store records with their vectors; existing ids are skipped. Reply: :class:`StoreResult`."""
+
+    records: tuple[MemoryRecord, ...]
+    vectors: list[list[float]]
+
+
+class StoreResult(msgspec.Struct, frozen=True):
+    inserted: int = 0
+    skipped: int = 0
+    ended: int = 0
+
+
+class PageMemories(msgspec.Struct, frozen=True):
+    """One page of memories in stable (point id) order. Reply: :class:`MemoryPage`."""
+
+    limit: int
+    after: str | None = None
+
+
+class MemoryPage(msgspec.Struct, frozen=True):
+    records: tuple[MemoryRecord, ...]
+    next_after: str | None
+
+
+class SearchMemories(msgspec.Struct, frozen=True):
+    """Nearest memories to a query vector. Reply: :class:`SearchHits`."""
+
+    vector: list[float]
+    limit: int = 10
+    project: str | None = None
+
+
+class SearchHit(msgspec.Struct, frozen=True):
+    score: float
+    record: MemoryRecord
+
+
+class SearchHits(msgspec.Struct, frozen=True):
+    hits: tuple[SearchHit, ...]
+
+
+class CountMemories(msgspec.Struct, frozen=True):
+    """Reply: int, the number of memories (0 if the collection does not exist)."""
+
+
+class DescribeStore(msgspec.Struct, frozen=True):
+    """Reply: :class:`StoreInfo`."""
+
+
+class StoreInfo(msgspec.Struct, frozen=True):
+    location: str
+    collection: str
+    dimension: int | None
+    count: int
+
+
+# FactStore -------------------------------------------------------------------
+
+
+class StoreFacts(msgspec.Struct, frozen=True):
+    """Insert facts in one transaction; existing identities are skipped, and an
+    incoming end time ends our open copy. Reply: :class:`StoreResult`."""
+
+    records: tuple[FactRecord, ...]
+
+
+class PageFacts(msgspec.Struct, frozen=True):
+    """One page of facts in stable identity order. Reply: :class:`FactPage`."""
+
+    limit: int
+    after: tuple[str, str, str, float] | None = None
+
+
+class StoredFact(msgspec.Struct, frozen=True):
+    """A fact with its local row id (the id `imprint fact end` takes)."""
+
+    fact_id: int
+    record: FactRecord
+
+
+class FactPage(msgspec.Struct, frozen=True):
+    facts: tuple[StoredFact, ...]
+    next_after: tuple[str, str, str, float] | None
+
+
+class ListFacts(msgspec.Struct, frozen=True):
+    """Reply: tuple of :class:`StoredFact`, open facts unless `include_ended`."""
+
+    subject: str | None = None
+    predicate: str | None = None
+    include_ended: bool = False
+    limit: int = 1000
+
+
+class AddFact(msgspec.Struct, frozen=True):
+    """Reply: :class:`StoredFact` (existing one if the identity was there)."""
+
+    record: FactRecord
+
+
+class EndFact(msgspec.Struct, frozen=True):
+    """Set `ended` on an open fact. Reply: :class:`StoredFact`; raises if unknown or already ended."""
+
+    fact_id: int
+    ended: float
+
+
+class CountFacts(msgspec.Struct, frozen=True):
+    """Reply: :class:`FactCounts`."""
+
+
+class FactCounts(msgspec.Struct, frozen=True):
+    active: int
+    ended: int
