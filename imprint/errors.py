@@ -13,7 +13,7 @@ message on one line and exits non-zero. Anything else escaping is a bug.
         ├── ProtocolError    the peer sent something we do not accept
         ├── AuthError        wrong PIN, or key confirmation failed
         ├── RejectedError    a human (or policy) said no
-        └── TimeoutError_    the peer went silent
+        └── PeerTimeoutError the peer went silent
 """
 
 from __future__ import annotations

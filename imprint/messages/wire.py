@@ -1,0 +1,415 @@
+"""Wire frames of sync (SPEC "Wire protocol"), and the one codec for them.
+
+Every frame is one JSON object. Requests carry a ``method``, responses a
+``status``, and the frames of a transfer stream a ``kind``::
+
+    consumer                         provider
+    Hello          ──────────────▶
+                   ◀──────────────   Response 200 "ok" | 400 | 403
+    Request GET /sync/pull ──────▶
+                   ◀──────────────   Meta, MemoryBatch/FactBatch…, Done | StreamError
+    Request POST /sync/push ─────▶
+    Meta, …batches, Done ────────▶
+                   ◀──────────────   Response 200 STATS | 404 "unknown path"
+
+:func:`decode_frame` is the only place where bytes from a peer become
+frames: it reads the tag fields first (a small probe Struct), then decodes
+the whole frame against its Struct, so shape, type and size validation is
+msgspec's job. Whatever is wrong with the input, it raises
+:class:`~imprint.errors.ProtocolError` with a one-line message, never
+anything else. :func:`encode_frame` writes exactly the plaintext form of
+SPEC, so a peer of the original reads our frames unchanged.
+
+Frames are frozen: actors pass them between threads without copying. New
+fields get defaults (and are omitted when at their default where SPEC's
+shape must hold), so older peers still decode them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import msgspec
+
+from imprint.errors import ProtocolError
+from imprint.messages.records import FactRecord, MemoryRecord
+
+#: Largest frame (UTF-8 bytes) we decode. A full batch of 500 memories fits
+#: easily; a record alone may be 1 MiB (``MAX_RECORD_BYTES``).
+MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+#: Default records per batch (SPEC), and the bounds a request may ask for.
+DEFAULT_BATCH_SIZE: Final = 500
+MAX_BATCH_SIZE: Final = 5000
+#: Longest message carried by an error frame or a string response body.
+MAX_MESSAGE_CHARS: Final = 64 * 1024
+
+#: Request paths of SPEC.
+PULL_PATH: Final = "/sync/pull"
+PUSH_PATH: Final = "/sync/push"
+
+#: Response bodies of SPEC.
+OK: Final = "ok"
+INVALID_PIN: Final = "invalid PIN"
+REJECTED_BY_USER: Final = "rejected by user"
+UNKNOWN_PATH: Final = "unknown path"
+
+Dataset: TypeAlias = Literal["memories", "facts"]
+DATASETS: Final[tuple[Dataset, ...]] = ("memories", "facts")
+
+HostField = Annotated[str, msgspec.Meta(max_length=255)]
+Fingerprint = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{8}$")]
+PinField = Annotated[str, msgspec.Meta(max_length=64)]
+KeyField = Annotated[str, msgspec.Meta(max_length=1024)]
+PathField = Annotated[str, msgspec.Meta(max_length=1024)]
+Message = Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_CHARS)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=1)]
+BatchSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
+Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
+
+
+# Handshake -------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method", tag="HELLO"):
+    """Consumer → provider, first frame: who is asking, and the session PIN.
+
+    ``public_key`` and ``signature`` belong to the encrypted mode; empty
+    fields are left out of the encoding, so the plaintext HELLO is exactly
+    SPEC's.
+    """
+
+    hostname: HostField
+    user: HostField
+    os: HostField
+    fingerprint: Fingerprint
+    pin: PinField = ""
+    public_key: KeyField = ""
+    signature: KeyField = ""
+
+
+class RequestBody(msgspec.Struct, frozen=True):
+    """Options of a pull or push request."""
+
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE
+
+
+class Request(msgspec.Struct, frozen=True):
+    """Consumer → provider: ``GET /sync/pull`` or ``POST /sync/push``."""
+
+    method: Literal["GET", "POST"]
+    path: PathField
+    body: RequestBody = RequestBody()
+
+    @classmethod
+    def pull(cls, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Request:
+        """The pull request of SPEC: the provider answers with a stream."""
+        return cls("GET", PULL_PATH, RequestBody(batch_size))
+
+    @classmethod
+    def push(cls, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Request:
+        """The push request of SPEC: the consumer's own stream follows it."""
+        return cls("POST", PUSH_PATH, RequestBody(batch_size))
+
+
+class DatasetStats(msgspec.Struct, frozen=True):
+    """How many records of one dataset a store inserted and skipped."""
+
+    inserted: Count = 0
+    skipped: Count = 0
+
+
+class FactStats(DatasetStats, frozen=True):
+    """Fact counts; ``ended`` counts open facts that an incoming end time closed.
+
+    ``ended`` is ours, not SPEC's: :meth:`SyncStats.to_body` leaves it out
+    when it is 0.
+    """
+
+    ended: Count = 0
+
+
+class SyncStats(msgspec.Struct, frozen=True):
+    """The STATS body the provider answers a push with (SPEC step 6)."""
+
+    memories: DatasetStats = DatasetStats()
+    facts: FactStats = FactStats()
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body, shaped exactly as SPEC unless facts were ended."""
+        body = msgspec.to_builtins(self)
+        if not self.facts.ended:
+            del body["facts"]["ended"]
+        return body
+
+    @classmethod
+    def from_body(cls, body: object) -> SyncStats:
+        """Read a STATS body.
+
+        Raises:
+            ProtocolError: the body is not a STATS object.
+        """
+        try:
+            return msgspec.convert(body, cls)
+        except msgspec.ValidationError as e:
+            raise ProtocolError(_one_line(f"bad stats body: {e}")) from None
+
+
+class Response(msgspec.Struct, frozen=True):
+    """Provider → consumer: the answer to a HELLO or a request.
+
+    ``body`` is a short string (``"ok"``, a reason) or, after a push, the
+    STATS object (see :meth:`stats`).
+    """
+
+    status: Status
+    body: Message | dict[str, Any] = ""
+
+    @property
+    def is_ok(self) -> bool:
+        return self.status == 200
+
+    @classmethod
+    def ok(cls) -> Response:
+        return cls(200, OK)
+
+    @classmethod
+    def bad_request(cls, reason: str) -> Response:
+        return cls(400, reason)
+
+    @classmethod
+    def forbidden(cls, reason: str) -> Response:
+        """403; ``reason`` is :data:`INVALID_PIN` or :data:`REJECTED_BY_USER`."""
+        return cls(403, reason)
+
+    @classmethod
+    def not_found(cls) -> Response:
+        return cls(404, UNKNOWN_PATH)
+
+    @classmethod
+    def with_stats(cls, stats: SyncStats) -> Response:
+        """200 with the STATS of a stored push."""
+        return cls(200, stats.to_body())
+
+    def stats(self) -> SyncStats:
+        """The STATS of a 200 push response.
+
+        Raises:
+            ProtocolError: the response is not a 200 with a STATS body.
+        """
+        if not self.is_ok or not isinstance(self.body, dict):
+            raise ProtocolError(f"expected a 200 response with stats, got {self.status} {_short(self.body)}")
+        return SyncStats.from_body(self.body)
+
+
+# Transfer stream -------------------------------------------------------------
+
+
+class DatasetCounts(msgspec.Struct, frozen=True):
+    """A record count per dataset; ``counts["facts"]`` reads one by name."""
+
+    memories: Count
+    facts: Count
+
+    def __getitem__(self, dataset: Dataset) -> int:
+        if dataset not in DATASETS:
+            raise KeyError(dataset)
+        return getattr(self, dataset)
+
+
+class Meta(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="meta"):
+    """First frame of a stream: how many records of each dataset will follow.
+
+    ``vectors`` is set by the original when its memory records carry
+    vectors; we never use them, and leave the field out when false.
+    """
+
+    datasets: DatasetCounts
+    vectors: bool = False
+
+
+class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
+    """Some memories of a stream; ``seq`` counts from 1 per dataset.
+
+    A ``"vector"`` the original adds to a record is ignored on decoding.
+    """
+
+    dataset: Literal["memories"] = "memories"
+    seq: Seq
+    records: Annotated[tuple[MemoryRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+
+
+class FactBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
+    """Some facts of a stream; ``seq`` counts from 1 per dataset."""
+
+    dataset: Literal["facts"] = "facts"
+    seq: Seq
+    records: Annotated[tuple[FactRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+
+
+class Done(msgspec.Struct, frozen=True, tag_field="kind", tag="done"):
+    """Last frame of a complete stream."""
+
+
+class StreamError(msgspec.Struct, frozen=True, tag_field="kind", tag="error"):
+    """The sender failed mid-stream; nothing more follows."""
+
+    message: Message
+
+
+Batch: TypeAlias = MemoryBatch | FactBatch
+StreamFrame: TypeAlias = Meta | MemoryBatch | FactBatch | Done | StreamError
+Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | Done | StreamError
+
+_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, Done, StreamError)
+
+
+# Codec -----------------------------------------------------------------------
+
+
+class _Probe(msgspec.Struct):
+    """The tag fields of any frame; everything else is skipped unread."""
+
+    method: str | None = None
+    kind: str | None = None
+    dataset: str | None = None
+    status: int | None = None
+
+
+_probe_decoder: Final = msgspec.json.Decoder(_Probe)
+_hello_decoder: Final = msgspec.json.Decoder(Hello)
+_request_decoder: Final = msgspec.json.Decoder(Request)
+_response_decoder: Final = msgspec.json.Decoder(Response)
+_meta_decoder: Final = msgspec.json.Decoder(Meta)
+_memory_batch_decoder: Final = msgspec.json.Decoder(MemoryBatch)
+_fact_batch_decoder: Final = msgspec.json.Decoder(FactBatch)
+_done_decoder: Final = msgspec.json.Decoder(Done)
+_error_decoder: Final = msgspec.json.Decoder(StreamError)
+_encoder: Final = msgspec.json.Encoder()
+
+#: Frame name (for messages) and decoder, by the value of its tag field.
+_BY_METHOD: Final = {
+    "HELLO": ("HELLO", _hello_decoder),
+    "GET": ("request", _request_decoder),
+    "POST": ("request", _request_decoder),
+}
+_BY_KIND: Final = {
+    "meta": ("meta", _meta_decoder),
+    "done": ("done", _done_decoder),
+    "error": ("error", _error_decoder),
+}
+_BY_DATASET: Final = {
+    "memories": ("batch", _memory_batch_decoder),
+    "facts": ("batch", _fact_batch_decoder),
+}
+
+_MAX_MESSAGE = 300
+
+
+def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
+    """Decode and validate one frame from a peer.
+
+    Args:
+        data: the payload of one WebSocket message, text or binary.
+
+    Returns:
+        The frame, fully validated (records included).
+
+    Raises:
+        ProtocolError: the input is not a frame we accept; the message says why
+            on one line.
+    """
+    raw = _utf8_bytes(data)
+    probe = _decode("frame", _probe_decoder, raw)
+    name, decoder = _pick_decoder(probe)
+    return _decode(f"{name} frame", decoder, raw)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame as SPEC's JSON (send it as a WebSocket text message).
+
+    Raises:
+        TypeError: ``frame`` is not a wire frame (a bug in the caller).
+    """
+    if not isinstance(frame, _FRAME_TYPES):
+        raise TypeError(f"not a wire frame: {type(frame).__name__}")
+    return _encoder.encode(frame)
+
+
+def _utf8_bytes(data: object) -> bytes | bytearray:
+    """The frame as UTF-8 bytes, checked for size and encoding before parsing."""
+    if isinstance(data, str):
+        if len(data) > MAX_FRAME_BYTES:  # each char is at least one byte
+            raise _too_large(len(data))
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("frame is not valid UTF-8 text (lone surrogate)") from None
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"frame must be bytes or text, not {type(data).__name__}")
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if len(data) > MAX_FRAME_BYTES:
+        raise _too_large(len(data))
+    # msgspec skips the values of fields it does not read without checking
+    # their UTF-8, so validate the whole frame once here.
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"frame is not valid UTF-8 text (bad byte at offset {e.start})") from None
+    return data
+
+
+def _too_large(size: int) -> ProtocolError:
+    return ProtocolError(f"frame of {size} bytes is larger than the limit of {MAX_FRAME_BYTES} bytes")
+
+
+def _pick_decoder(probe: _Probe) -> tuple[str, msgspec.json.Decoder]:
+    if probe.method is not None and probe.kind is not None:
+        raise ProtocolError("frame has both a method and a kind")
+    if probe.method is not None:
+        try:
+            return _BY_METHOD[probe.method]
+        except KeyError:
+            raise ProtocolError(f"unknown method {_short(probe.method)}") from None
+    if probe.kind == "batch":
+        if probe.dataset is None:
+            raise ProtocolError("batch frame has no dataset")
+        try:
+            return _BY_DATASET[probe.dataset]
+        except KeyError:
+            raise ProtocolError(f"unknown dataset {_short(probe.dataset)}") from None
+    if probe.kind is not None:
+        try:
+            return _BY_KIND[probe.kind]
+        except KeyError:
+            raise ProtocolError(f"unknown frame kind {_short(probe.kind)}") from None
+    if probe.status is not None:
+        return "response", _response_decoder
+    raise ProtocolError("frame has no method, kind or status")
+
+
+def _decode(what: str, decoder: msgspec.json.Decoder, raw: bytes | bytearray) -> Any:
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        if what == "frame" and str(e).startswith("Expected `object`, got "):
+            raise ProtocolError(_one_line(f"frame is not a JSON object: {e}")) from None
+        raise ProtocolError(_one_line(f"bad {what}: {e}")) from None
+    except msgspec.DecodeError as e:
+        raise ProtocolError(_one_line(f"frame is not valid JSON: {e}")) from None
+    except RecursionError:
+        raise ProtocolError("frame is nested too deeply") from None
+    except ValueError as e:  # a UnicodeError msgspec lets through
+        raise ProtocolError(_one_line(f"bad {what}: {e}")) from None
+
+
+def _short(value: object) -> str:
+    """A peer-supplied value, shortened for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _one_line(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
