@@ -40,7 +40,8 @@ def embed_and_store(
     """Store finalized memory records: only texts not stored yet are embedded."""
     if not records:
         return StoreResult()
-    missing = set(ask(memory_store, FindMissing(ids=tuple(r.id for r in records)), timeout=timeout).ids)
+    request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records))
+    missing = set(ask(memory_store, request, timeout=timeout).ids)
     fresh: list[MemoryRecord] = []
     seen: set[str] = set()
     for record in records:
@@ -51,7 +52,7 @@ def embed_and_store(
         return StoreResult(skipped=len(records))
     vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh)), timeout=timeout).vectors
     result = ask(memory_store, StoreMemories(records=tuple(fresh), vectors=vectors), timeout=timeout)
-    return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted)
+    return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
 
 
 @dataclass

@@ -118,8 +118,8 @@ class MemoryStore(ImprintActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case FindMissing(ids=ids):
-                return MissingIds(ids=self._missing(ids))
+            case FindMissing(ids=ids, timestamps=timestamps):
+                return MissingIds(ids=self._to_write(ids, timestamps))
             case StoreMemories(records=records, vectors=vectors):
                 return self._store(records, vectors)
             case PageMemories(limit=limit, after=after):
@@ -132,13 +132,22 @@ class MemoryStore(ImprintActor):
                 return StoreInfo(location=self.location, collection=self.collection, dimension=self.dimension, count=self._count())
         return super().handle(message)
 
-    def _missing(self, ids: tuple[str, ...]) -> tuple[str, ...]:
+    def _stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
         if not self._exists or not ids:
-            return tuple(dict.fromkeys(ids))
+            return {}
         by_point = {point_id(i): i for i in ids}
-        found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=False, with_vectors=False)
-        present = {str(p.id) for p in found}
-        return tuple(dict.fromkeys(i for i in ids if point_id(i) not in present))
+        found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=["timestamp"], with_vectors=False)
+        return {by_point[str(p.id)]: float((p.payload or {}).get("timestamp") or 0.0) for p in found}
+
+    def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> tuple[str, ...]:
+        stored = self._stored_timestamps(ids)
+        result: dict[str, None] = {}
+        for n, memory_id_ in enumerate(ids):
+            if memory_id_ not in stored:
+                result[memory_id_] = None
+            elif n < len(timestamps) and timestamps[n] and timestamps[n] < stored[memory_id_]:
+                result[memory_id_] = None  # an earlier copy of the same memory wins everywhere
+        return tuple(result)
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]]) -> StoreResult:
         from qdrant_client import models
@@ -147,18 +156,24 @@ class MemoryStore(ImprintActor):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
         if not self._exists:
             raise StoreError("the memory store was opened read-only")
-        missing = set(self._missing(tuple(r.id for r in records)))
+        stored = self._stored_timestamps(tuple(r.id for r in records))
         points, seen = [], set()
+        updated = 0
         for record, vector in zip(records, vectors):
-            if record.id in missing and record.id not in seen:
-                seen.add(record.id)
-                points.append(
-                    models.PointStruct(id=point_id(record.id), vector={VECTOR_NAME: vector}, payload=memory_to_payload(record))
-                )
+            if record.id in seen:
+                continue
+            if record.id in stored and not (record.timestamp and record.timestamp < stored[record.id]):
+                continue
+            updated += record.id in stored
+            seen.add(record.id)
+            points.append(
+                models.PointStruct(id=point_id(record.id), vector={VECTOR_NAME: vector}, payload=memory_to_payload(record))
+            )
         if points:
             # wait=True: the batch is durable before we report it stored.
             self._client.upsert(self.collection, points=points, wait=True)
-        return StoreResult(inserted=len(points), skipped=len(records) - len(points))
+        inserted = len(points) - updated
+        return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated)
 
     def _page(self, limit: int, after: str | None) -> MemoryPage:
         if not self._exists:

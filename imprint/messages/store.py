@@ -41,9 +41,12 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 
 class FindMissing(msgspec.Struct, frozen=True):
-    """Reply: :class:`MissingIds`, the memory ids not stored yet, in input order."""
+    """Reply: :class:`MissingIds`, the ids to write, in input order: not stored yet,
+    or stored with a later timestamp than given (the earliest copy of a memory
+    wins on every machine, so both sides converge to identical records)."""
 
     ids: tuple[str, ...]
+    timestamps: tuple[float, ...] = ()
 
 
 class MissingIds(msgspec.Struct, frozen=True):
@@ -58,9 +61,13 @@ class StoreMemories(msgspec.Struct, frozen=True):
 
 
 class StoreResult(msgspec.Struct, frozen=True):
+    """`skipped` counts records whose identity was there (`updated` of them
+    replaced a later copy of the same memory; `ended` facts got an end time)."""
+
     inserted: int = 0
     skipped: int = 0
     ended: int = 0
+    updated: int = 0
 
 
 class PageMemories(msgspec.Struct, frozen=True):

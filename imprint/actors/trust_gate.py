@@ -1,0 +1,125 @@
+"""TrustGate: decides whether a peer whose PIN was right may sync.
+
+A trusted fingerprint (with the same key) is accepted without asking; any
+other peer goes to the approver — a stdin prompt, the dashboard, or a test
+script. Approvers block (a human is typing), so each runs on its own thread
+and the decision comes back to the gate as a message; the gate tells it to
+whoever asked, and the session's listener hears `approval_required` /
+`auto_accepted`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Callable, Protocol
+
+import msgspec
+import pykka
+from loguru import logger
+
+from imprint.actors.base import ImprintActor
+from imprint.messages.session import ApprovalRequired, Approve, AutoAccepted, Decision, PeerInfo
+from imprint.trust import TrustList
+
+
+class Approver(Protocol):
+    """Asks someone about a peer; returns "accept", "trust" or "reject". May block."""
+
+    def __call__(self, peer: PeerInfo, warning: str) -> str: ...
+
+
+def parse_answer(answer: str | None) -> str:
+    """SPEC prompt: y/yes accept once, t/trust accept and remember, anything else (EOF too) rejects."""
+    text = (answer or "").strip().lower()
+    if text in ("y", "yes", "accept"):
+        return "accept"
+    if text in ("t", "trust"):
+        return "trust"
+    return "reject"
+
+
+def stdin_approver(peer: PeerInfo, warning: str) -> str:
+    """Prompt on stderr and read one line from stdin (works when stdin is a pipe)."""
+    lines = []
+    if warning:
+        lines.append(f"WARNING: {warning}")
+    lines += [
+        "A device wants to sync with this machine:",
+        f"  hostname:    {peer.hostname}",
+        f"  user:        {peer.user}",
+        f"  os:          {peer.os}",
+        f"  fingerprint: {peer.fingerprint}",
+        "Allow? [y]es / [n]o / [t]rust (accept and remember): ",
+    ]
+    sys.stderr.write("\n".join(lines))
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        answer = ""
+    return parse_answer(answer)
+
+
+class _Decided(msgspec.Struct, frozen=True):
+    peer: PeerInfo
+    decision: str
+    reply_to: Any
+
+
+class TrustGate(ImprintActor):
+    """Answers `Approve` by telling `reply_to` a `Decision`.
+
+    Args:
+        trust_list: the shared trust list.
+        approver: who to ask about peers that are not trusted.
+        listener: hears ApprovalRequired / AutoAccepted.
+    """
+
+    def __init__(self, *, trust_list: TrustList, approver: Approver | Callable[[PeerInfo, str], str], listener: Any) -> None:
+        super().__init__()
+        self.trust_list = trust_list
+        self.approver = approver
+        self.listener = listener
+        self._threads: list[threading.Thread] = []
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Approve(peer=peer, reply_to=reply_to):
+                self._approve(peer, reply_to)
+            case _Decided(peer=peer, decision=decision, reply_to=reply_to):
+                if decision == "trust":
+                    self.trust_list.add(fingerprint=peer.fingerprint, hostname=peer.hostname, public_key=peer.public_key)
+                    logger.info("trusted device {} ({})", peer.fingerprint, peer.hostname)
+                reply_to.tell(Decision(decision=decision))
+            case _:
+                return super().handle(message)
+        return None
+
+    def _approve(self, peer: PeerInfo, reply_to: Any) -> None:
+        status = self.trust_list.status(peer.fingerprint, peer.public_key)
+        if status == "trusted":
+            self.listener.tell(AutoAccepted(peer=peer))
+            reply_to.tell(Decision(decision="accept", auto=True))
+            return
+        warning = ""
+        if status == "key-mismatch":
+            warning = (
+                f"fingerprint {peer.fingerprint} is on your trust list with a DIFFERENT key; "
+                "this may be another device pretending to be it"
+            )
+        self.listener.tell(ApprovalRequired(peer=peer, warning=warning))
+        thread = threading.Thread(target=self._ask, args=(peer, warning, reply_to), name="trust-approver", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _ask(self, peer: PeerInfo, warning: str, reply_to: Any) -> None:
+        try:
+            decision = parse_answer(self.approver(peer, warning))
+        except Exception:
+            logger.exception("approver failed; rejecting")
+            decision = "reject"
+        try:
+            self.actor_ref.tell(_Decided(peer=peer, decision=decision, reply_to=reply_to))
+        except pykka.ActorDeadError:
+            pass

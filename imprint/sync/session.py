@@ -1,0 +1,400 @@
+"""One sync session per role: the boss that starts the actors, wires them,
+routes what they report, and stops them all.
+
+Actors tell events up to a `QueueListener`; the session's loop (on the
+calling thread) takes them one at a time, so routing is sequential and no
+actor ever asks upward. Every wait has a deadline: a silent peer ends the
+session with PeerTimeoutError.
+
+Provider (serve):  handshake → [GET /sync/pull → Pusher] → [POST /sync/push → Puller] → 200 STATS
+Consumer (join):   handshake → Puller (GET) → Pusher (POST) → await 200 STATS
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import pykka
+from loguru import logger
+
+from imprint.actors.base import ask
+from imprint.actors.handshake import Handshake, Mode
+from imprint.actors.puller import Puller
+from imprint.actors.pusher import Pusher
+from imprint.actors.relay_connection import RelayConnection
+from imprint.actors.trust_gate import TrustGate
+from imprint.errors import (
+    AuthError,
+    PeerTimeoutError,
+    ProtocolError,
+    RejectedError,
+    RelayError,
+    SyncError,
+)
+from imprint.identity import DeviceIdentity, HostInfo
+from imprint.local import LocalActors
+from imprint.messages.session import (
+    ApprovalRequired,
+    AutoAccepted,
+    BadFrame,
+    CloseConnection,
+    ConnectionLost,
+    FrameReceived,
+    HandshakeFailed,
+    HandshakeSucceeded,
+    Progress,
+    RawFrameReceived,
+    SendFrame,
+    StartHandshake,
+    StartPull,
+    StartPush,
+    StreamFrame,
+    TransferFailed,
+    TransferFinished,
+)
+from imprint.messages.store import Ping
+from imprint.messages.wire import (
+    DatasetStats,
+    FactStats,
+    Request,
+    Response,
+    StreamError,
+    SyncStats,
+)
+from imprint.trust import TrustList
+
+
+class QueueListener:
+    """Where actors `tell` events for the session loop (duck-types an ActorRef's tell)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+
+    def tell(self, message: Any) -> None:
+        self.queue.put(message)
+
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+@dataclass(kw_only=True)
+class SessionConfig:
+    """What both roles need.
+
+    Attributes:
+        url: full websocket URL (relay, room, role).
+        room: room id (bound into the key exchange).
+        pin: the session PIN.
+        mode: "encrypted" (default) or "plaintext".
+        batch_size: records per batch frame.
+        idle_timeout: seconds the peer may stay silent mid-transfer.
+        approval_timeout: seconds to wait for a human decision.
+    """
+
+    url: str
+    room: str
+    pin: str
+    mode: Mode = "encrypted"
+    batch_size: int = 500
+    idle_timeout: float = 120.0
+    approval_timeout: float = 600.0
+    connect_attempts: int = 5
+
+
+@dataclass
+class _Run:
+    """The actors of one session, stopped in reverse order."""
+
+    refs: list[pykka.ActorRef[Any]] = field(default_factory=list)
+
+    def start(self, cls: Any, **kw: Any) -> pykka.ActorRef[Any]:
+        ref = cls.start(**kw)
+        self.refs.append(ref)
+        ask(ref, Ping(), timeout=120)
+        return ref
+
+    def stop(self) -> None:
+        for ref in reversed(self.refs):
+            try:
+                ref.stop(timeout=30)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                logger.debug("actor {} did not stop cleanly", ref.actor_class.__name__)
+        self.refs.clear()
+
+
+def _stats_dict(stats: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {d: dict(v) for d, v in stats.items()}
+
+
+def _to_wire_stats(stats: dict[str, dict[str, int]]) -> SyncStats:
+    m, f = stats.get("memories", {}), stats.get("facts", {})
+    return SyncStats(
+        memories=DatasetStats(inserted=m.get("inserted", 0), skipped=m.get("skipped", 0)),
+        facts=FactStats(inserted=f.get("inserted", 0), skipped=f.get("skipped", 0), ended=f.get("ended", 0)),
+    )
+
+
+class _Session:
+    role: Literal["provider", "consumer"]
+
+    def __init__(
+        self,
+        *,
+        config: SessionConfig,
+        local: LocalActors,
+        identity: DeviceIdentity,
+        host: HostInfo,
+        report: Reporter,
+    ) -> None:
+        self.config = config
+        self.local = local
+        self.identity = identity
+        self.host = host
+        self.report = report
+        self.listener = QueueListener()
+        self.run_ = _Run()
+        self.relay: Any = None
+        self.handshake: Any = None
+        self.puller: Any = None
+        self.pusher: Any = None
+        self.done = False
+        self.waiting_for_human = False
+
+    def _start_common(self, trust_gate: Any = None) -> None:
+        c = self.config
+        self.relay = self.run_.start(RelayConnection, url=c.url, listener=self.listener, attempts=c.connect_attempts)
+        self.handshake = self.run_.start(
+            Handshake,
+            role=self.role,
+            mode=c.mode,
+            relay=self.relay,
+            listener=self.listener,
+            pin=c.pin,
+            room=c.room,
+            identity=self.identity,
+            host=self.host,
+            trust_gate=trust_gate,
+        )
+        self.puller = self.run_.start(
+            Puller,
+            relay=self.relay,
+            listener=self.listener,
+            embedder=self.local["embedder"],
+            memory_store=self.local["memory_store"],
+            fact_store=self.local["fact_store"],
+        )
+        self.pusher = self.run_.start(
+            Pusher,
+            relay=self.relay,
+            listener=self.listener,
+            memory_store=self.local["memory_store"],
+            fact_store=self.local["fact_store"],
+        )
+
+    def _next_event(self) -> Any:
+        timeout = self.config.approval_timeout if self.waiting_for_human else self.config.idle_timeout
+        try:
+            return self.listener.queue.get(timeout=timeout)
+        except queue.Empty:
+            what = "waiting for approval" if self.waiting_for_human else "the peer sent nothing"
+            raise PeerTimeoutError(f"timed out after {timeout:.0f}s ({what})") from None
+
+    def _common_event(self, event: Any) -> bool:
+        """Handle events both roles treat alike; True if handled."""
+        match event:
+            case RawFrameReceived():
+                self.handshake.tell(event)
+            case Progress(phase=phase, dataset=dataset, done=done, total=total):
+                self.report({"event": "progress", "phase": phase, "dataset": dataset, "done": done, "total": total})
+            case HandshakeFailed(message=message, kind=kind):
+                error = {"auth": AuthError, "rejected": RejectedError}.get(kind, ProtocolError)
+                raise error(message)
+            case BadFrame(message=message):
+                self._tell_peer_error(message)
+                raise ProtocolError(message)
+            case TransferFailed(message=message):
+                self._tell_peer_error(message)
+                raise SyncError(message)
+            case ConnectionLost(reason=reason):
+                if not self.done:
+                    raise RelayError(f"{reason} before the sync finished; only whole batches were stored, run it again to complete")
+            case _:
+                return False
+        return True
+
+    def _tell_peer_error(self, message: str) -> None:
+        try:
+            self.relay.ask(SendFrame(frame=StreamError(message=message[:500])), timeout=5)
+        except Exception:
+            logger.debug("could not tell the peer about the error")
+
+    def _peer_connected(self, event: HandshakeSucceeded) -> None:
+        peer = event.peer
+        info: dict[str, Any] = {"event": "peer_connected", "mode": self.config.mode}
+        if peer is not None:
+            info.update(hostname=peer.hostname, user=peer.user, os=peer.os, fingerprint=peer.fingerprint)
+        if event.verification:
+            info["verification"] = event.verification
+        self.report(info)
+
+    def _finish(self) -> None:
+        self.done = True
+        try:
+            self.relay.tell(CloseConnection(reason="sync complete"))
+        except pykka.ActorDeadError:
+            pass
+
+    def stop(self) -> None:
+        self.done = True
+        self.run_.stop()
+
+
+class ProviderSession(_Session):
+    """`serve`: waits for one peer, answers its pull and stores its push."""
+
+    role = "provider"
+
+    def __init__(self, *, trust_list: TrustList, approver: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.trust_list = trust_list
+        self.approver = approver
+
+    def run(self) -> dict[str, Any]:
+        """Run to the end; return the stats event. Raises a SyncError subclass on failure."""
+        try:
+            trust_gate = self.run_.start(TrustGate, trust_list=self.trust_list, approver=self.approver, listener=self.listener)
+            self._start_common(trust_gate)
+            self.handshake.tell(StartHandshake())
+            return self._loop()
+        finally:
+            self.stop()
+
+    def _loop(self) -> dict[str, Any]:
+        connected = False
+        pull_started = push_started = False
+        sent: dict[str, dict[str, int]] = {}
+        # Before a peer arrives, nobody is late: wait as long as the room lives.
+        self.waiting_for_human = True
+        while True:
+            event = self._next_event()
+            if self._common_event(event):
+                continue
+            match event:
+                case ApprovalRequired(peer=peer, warning=warning):
+                    self.waiting_for_human = True
+                    self.report({"event": "approval_required", "hostname": peer.hostname, "user": peer.user,
+                                 "os": peer.os, "fingerprint": peer.fingerprint, "warning": warning})
+                case AutoAccepted(peer=peer):
+                    self.report({"event": "auto_accepted", "hostname": peer.hostname, "fingerprint": peer.fingerprint})
+                case HandshakeSucceeded():
+                    self.waiting_for_human = False
+                    connected = True
+                    self._peer_connected(event)
+                case FrameReceived(frame=frame) if connected:
+                    if isinstance(frame, Request):
+                        batch_size = frame.body.batch_size
+                        if frame.method == "GET" and frame.path == "/sync/pull" and not pull_started:
+                            pull_started = True
+                            self.pusher.tell(StartPush(batch_size=batch_size))
+                        elif frame.method == "POST" and frame.path == "/sync/push" and not push_started:
+                            push_started = True
+                            self.puller.tell(StartPull(batch_size=batch_size))
+                        else:
+                            ask(self.relay, SendFrame(frame=Response(status=404, body="unknown path")), timeout=60)
+                    elif push_started:
+                        self.puller.tell(StreamFrame(frame=frame))
+                    else:
+                        self._tell_peer_error(f"unexpected {type(frame).__name__} frame")
+                        raise ProtocolError(f"the peer sent an unexpected {type(frame).__name__} frame")
+                case TransferFinished(phase="pull", stats=stats):
+                    sent = stats
+                case TransferFinished(phase="push", stats=stats):
+                    ask(self.relay, SendFrame(frame=Response(status=200, body=_to_wire_stats(stats).to_body())), timeout=60)
+                    result = {"event": "stats", "role": "provider", "received": _stats_dict(stats), "sent": _stats_dict(sent)}
+                    self.report(result)
+                    self._await_peer_close()
+                    return result
+                case FrameReceived(frame=frame):
+                    raise ProtocolError(f"the peer sent a {type(frame).__name__} frame before the handshake finished")
+                case _:
+                    logger.debug("provider ignores {}", type(event).__name__)
+
+    def _await_peer_close(self) -> None:
+        """Let the consumer read our stats and hang up first (bounded)."""
+        self.done = True
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                event = self.listener.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if isinstance(event, ConnectionLost):
+                return
+        self._finish()
+
+
+class ConsumerSession(_Session):
+    """`join`: handshake, pull the provider's records, push ours, read its stats."""
+
+    role = "consumer"
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self._start_common()
+            self.handshake.tell(StartHandshake())
+            return self._loop()
+        finally:
+            self.stop()
+
+    def _loop(self) -> dict[str, Any]:
+        phase = "handshake"
+        received: dict[str, dict[str, int]] = {}
+        # The provider's user may take a while to answer the approval prompt.
+        self.waiting_for_human = True
+        while True:
+            event = self._next_event()
+            if self._common_event(event):
+                continue
+            match event:
+                case HandshakeSucceeded():
+                    self.waiting_for_human = False
+                    self._peer_connected(event)
+                    phase = "pull"
+                    self.puller.tell(StartPull(batch_size=self.config.batch_size, request=True))
+                case FrameReceived(frame=frame) if phase == "pull":
+                    if isinstance(frame, Response):
+                        raise ProtocolError(f"the provider answered the pull with {frame.status}: {frame.body}")
+                    self.puller.tell(StreamFrame(frame=frame))
+                case TransferFinished(phase="pull", stats=stats):
+                    received = stats
+                    phase = "push"
+                    self.pusher.tell(StartPush(batch_size=self.config.batch_size, request=True))
+                case TransferFinished(phase="push"):
+                    phase = "await-stats"
+                case FrameReceived(frame=frame) if phase in ("push", "await-stats"):
+                    if isinstance(frame, StreamError):
+                        raise SyncError(f"the provider failed: {frame.message}")
+                    if not isinstance(frame, Response):
+                        raise ProtocolError(f"the provider sent an unexpected {type(frame).__name__} frame")
+                    if frame.status != 200:
+                        raise SyncError(f"the provider refused our records ({frame.status}: {frame.body})")
+                    remote = frame.stats()
+                    result = {
+                        "event": "stats",
+                        "role": "consumer",
+                        "received": _stats_dict(received),
+                        "sent": {
+                            "memories": {"inserted": remote.memories.inserted, "skipped": remote.memories.skipped},
+                            "facts": {"inserted": remote.facts.inserted, "skipped": remote.facts.skipped},
+                        },
+                    }
+                    self.report(result)
+                    self._finish()
+                    return result
+                case FrameReceived(frame=frame):
+                    raise ProtocolError(f"unexpected {type(frame).__name__} frame during {phase}")
+                case _:
+                    logger.debug("consumer ignores {}", type(event).__name__)

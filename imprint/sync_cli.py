@@ -1,0 +1,435 @@
+"""Sync commands: serve, join (and `sync` under the source document's names),
+relay, trust, demo. Each command starts what it needs and stops it all."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from imprint.cli_output import Output, note
+from imprint.config import Settings
+from imprint.errors import ConfigError, ImprintError
+
+PHASE_LABEL = {"pull": "pull", "push": "push", "embed": "embed"}
+
+
+# ---------------------------------------------------------------- reporting
+
+
+class HumanReporter:
+    """Turns session events into terminal lines and progress bars (stderr)."""
+
+    def __init__(self, *, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.bars: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        p = self.prefix
+        if kind == "progress":
+            self._progress(event)
+        elif kind == "room":
+            print(f"{p}On the other machine, run:\n\n    imprint sync {event['target']} --pin {event['pin']}\n", flush=True)
+            print(f"{p}This device: {event['hostname']} (id: {event['fingerprint']})", flush=True)
+            if event.get("mode") == "plaintext":
+                note(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
+            note(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
+        elif kind == "auto_accepted":
+            note(f"{p}Trusted device {event['hostname']} ({event['fingerprint']}) accepted")
+        elif kind == "approval_required":
+            pass  # the prompt itself shows the peer
+        elif kind == "peer_connected":
+            who = f"{event.get('hostname', '?')} ({event.get('fingerprint', '?')})" if "hostname" in event else "provider"
+            verify = f"; verification code {event['verification']}" if event.get("verification") else ""
+            note(f"{p}Connected to {who}, {event['mode']}{verify}")
+        elif kind == "stats":
+            self.close()
+            print(p + format_stats(event), flush=True)
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        key = (event["phase"], event["dataset"])
+        bar = self.bars.get(key)
+        if bar is None:
+            verb = "receiving" if (event["phase"] == "push") == (event.get("role") == "provider") else "sending"
+            bar = tqdm(total=event["total"], desc=f"{self.prefix}{event['phase']} {event['dataset']}", unit="rec",
+                       file=sys.stderr, disable=None, dynamic_ncols=True, leave=True)
+            bar.set_postfix_str(verb, refresh=False)
+            self.bars[key] = bar
+        bar.total = event["total"]
+        bar.n = event["done"]
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def format_stats(event: dict[str, Any]) -> str:
+    def part(stats: dict[str, dict[str, int]], dataset: str) -> str:
+        s = stats.get(dataset, {})
+        text = f"{dataset} {s.get('inserted', 0)} new / {s.get('skipped', 0)} already there"
+        if s.get("ended"):
+            text += f" / {s['ended']} ended"
+        return text
+
+    received, sent = event.get("received", {}), event.get("sent", {})
+    here = "this machine" if event.get("role") == "consumer" else "this machine"
+    lines = [
+        "Sync complete.",
+        f"  into {here}:   {part(received, 'memories')}; {part(received, 'facts')}",
+    ]
+    if event.get("role") == "consumer":
+        lines.append(f"  into the other: {part(sent, 'memories')}; {part(sent, 'facts')}")
+    else:
+        lines.append(
+            f"  sent to the other: {sent.get('memories', {}).get('sent', 0)} memories, {sent.get('facts', {}).get('sent', 0)} facts"
+        )
+    return "\n".join(lines)
+
+
+def json_reporter(out: Output) -> Callable[[dict[str, Any]], None]:
+    return lambda event: out.result(event)
+
+
+def _reporter(out: Output, role: str) -> Callable[[dict[str, Any]], None]:
+    if out.json_mode:
+        return json_reporter(out)
+    human = HumanReporter()
+
+    def report(event: dict[str, Any]) -> None:
+        human({**event, "role": role} if event["event"] == "progress" else event)
+
+    return report
+
+
+# ---------------------------------------------------------------- serve / join
+
+
+def _session_parts(settings: Settings) -> tuple[Any, Any, Any]:
+    from imprint.identity import host_info, load_identity
+    from imprint.local import LocalActors
+
+    identity = load_identity(settings.data_dir)
+    return identity, host_info(), LocalActors(settings, embedder=True)
+
+
+def run_serve(
+    settings: Settings,
+    *,
+    relay: str | None,
+    listen: str,
+    mode: str,
+    batch_size: int,
+    idle_timeout: float,
+    report: Callable[[dict[str, Any]], None],
+    approver: Any,
+) -> dict[str, Any]:
+    """Provider: prints the command for the other side, serves one peer, returns the stats event."""
+    from imprint.relay import RelayServer
+    from imprint.sync.addresses import default_relay, display_target, lan_address, new_pin, new_room, relay_base
+    from imprint.sync.session import ProviderSession, SessionConfig
+    from imprint.trust import TrustList
+
+    identity, host, local = _session_parts(settings)
+    pin, room = new_pin(), new_room()
+    chosen = relay or default_relay()
+    server = None
+    try:
+        if chosen:
+            base = relay_base(chosen)
+            connect_base = base
+        else:
+            host_part, _, port_part = listen.rpartition(":")
+            try:
+                port = int(port_part)
+            except ValueError:
+                raise ConfigError(f"bad --listen {listen!r}: expected HOST:PORT") from None
+            server = RelayServer(host=host_part or "0.0.0.0", port=port)
+            port = server.start_in_thread()
+            public_host = lan_address() if host_part in ("", "0.0.0.0") else host_part
+            base = f"ws://{public_host}:{port}"
+            connect_base = f"ws://127.0.0.1:{port}" if host_part in ("", "0.0.0.0") else base
+        with local:
+            target = display_target(base, room, default=default_relay())
+            report({"event": "room", "target": target, "pin": pin, "room": room, "relay": base,
+                    "fingerprint": identity.fingerprint, "hostname": host.hostname, "mode": mode})
+            session = ProviderSession(
+                config=SessionConfig(url=f"{connect_base}/{room}?role=provider", room=room, pin=pin, mode=mode,
+                                     batch_size=batch_size, idle_timeout=idle_timeout),
+                local=local, identity=identity, host=host, report=report,
+                trust_list=TrustList(settings.trust_path), approver=approver,
+            )
+            return session.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run_join(
+    settings: Settings,
+    *,
+    target: str,
+    pin: str,
+    mode: str,
+    batch_size: int,
+    idle_timeout: float,
+    report: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Consumer: joins the provider's room, pulls, pushes, returns the stats event."""
+    from imprint.sync.addresses import default_relay, parse_target
+    from imprint.sync.session import ConsumerSession, SessionConfig
+
+    where = parse_target(target, default_relay=default_relay())
+    pin = pin.strip()
+    identity, host, local = _session_parts(settings)
+    with local:
+        session = ConsumerSession(
+            config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
+                                 batch_size=batch_size, idle_timeout=idle_timeout),
+            local=local, identity=identity, host=host, report=report,
+        )
+        return session.run()
+
+
+def _check_pin(pin: str) -> str:
+    import re
+
+    pin = pin.strip()
+    if not re.fullmatch(r"[A-Za-z0-9]{8}", pin):
+        raise ConfigError("the PIN is 8 letters or digits, as printed by serve")
+    return pin
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.trust_gate import stdin_approver
+
+    mode = "plaintext" if args.plaintext else "encrypted"
+    run_serve(settings, relay=args.relay, listen=args.listen, mode=mode, batch_size=args.batch_size,
+              idle_timeout=args.timeout, report=_reporter(out, "provider"), approver=stdin_approver)
+    return 0
+
+
+def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    mode = "plaintext" if args.plaintext else "encrypted"
+    if args.plaintext:
+        note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
+    run_join(settings, target=args.target, pin=_check_pin(args.pin), mode=mode, batch_size=args.batch_size,
+             idle_timeout=args.timeout, report=_reporter(out, "consumer"))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """`imprint sync serve …` or `imprint sync TARGET --pin PIN`."""
+    if args.target == "serve":
+        if args.pin:
+            raise ConfigError("serve makes its own PIN; --pin is for the joining side")
+        return cmd_serve(args, settings, out)
+    if not args.pin:
+        raise ConfigError("joining needs the PIN that serve printed: imprint sync TARGET --pin PIN")
+    return cmd_join(args, settings, out)
+
+
+# ---------------------------------------------------------------- relay, trust
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.relay import run_relay
+
+    return run_relay(host=args.host, port=args.port)
+
+
+def cmd_trust_list(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.trust import TrustList
+
+    devices = TrustList(settings.trust_path).load()
+    if not devices:
+        out.line("no trusted devices")
+    for d in devices:
+        added = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.added)) if d.added else "?"
+        out.result({"fingerprint": d.fingerprint, "hostname": d.hostname, "added": d.added, "public_key": d.public_key},
+                   f"{d.fingerprint}  {d.hostname:<24} added {added}{'' if d.public_key else '  (no key: plaintext peer)'}")
+    return 0
+
+
+def cmd_trust_remove(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.trust import TrustList
+
+    if not TrustList(settings.trust_path).remove(args.fingerprint.lower()):
+        raise ConfigError(f"{args.fingerprint} is not on the trust list (see 'imprint trust list')")
+    out.result({"removed": args.fingerprint.lower()}, f"removed {args.fingerprint.lower()}")
+    return 0
+
+
+def _trust_usage(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    raise ConfigError("trust needs an action: list or remove (see 'imprint trust --help')")
+
+
+# ---------------------------------------------------------------- demo
+
+
+DEMO_A = [
+    ("The deploy script is ops/deploy.sh; it needs AWS credentials in the environment", "ops"),
+    ("Our Postgres runs version 16 with logical replication to the analytics replica", "db"),
+    ("Alice prefers reviews on Tuesday mornings", "team"),
+    ("The staging cluster is reset every Sunday at 03:00 UTC", "ops"),
+    ("Use ruff for linting and black for formatting in every Python repo", "dev"),
+]
+DEMO_B = [
+    ("The deploy script is ops/deploy.sh; it needs AWS credentials in the environment", "ops"),
+    ("The mobile app release train leaves every second Thursday", "mobile"),
+    ("Bob owns the billing service and its on-call rotation", "team"),
+    ("Feature flags live in LaunchDarkly under the project 'core'", "dev"),
+]
+DEMO_FACTS_A = [("alice", "works_on", "billing"), ("postgres", "version", "16")]
+DEMO_FACTS_B = [("alice", "works_on", "billing"), ("bob", "owns", "billing")]
+
+
+def _demo_seed(settings: Settings, memories: list[tuple[str, str]], facts: list[tuple[str, str, str]]) -> None:
+    from imprint.actors.base import ask
+    from imprint.local import LocalActors
+    from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
+    from imprint.messages.store import StoreFacts
+
+    with LocalActors(settings, embedder=True) as local:
+        local.store_memories(tuple(finalize_memory(MemoryRecord(content=c, project=p, source="demo")) for c, p in memories))
+        ask(local["fact_store"], StoreFacts(records=tuple(
+            FactRecord(subject=s, predicate=pr, object=o, valid_from=1_700_000_000.0 + i, source="demo")
+            for i, (s, pr, o) in enumerate(facts))))
+
+
+def _export(settings: Settings) -> tuple[list[bytes], list[bytes]]:
+    import msgspec
+
+    from imprint.actors.base import ask
+    from imprint.local import LocalActors
+    from imprint.messages.store import PageFacts, PageMemories
+
+    enc = msgspec.json.Encoder()
+    with LocalActors(settings) as local:
+        mems = [enc.encode(r) for r in ask(local["memory_store"], PageMemories(limit=10_000)).records]
+        facts = [enc.encode(f.record) for f in ask(local["fact_store"], PageFacts(limit=10_000)).facts]
+    return mems, facts
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Two temporary data dirs sync through a relay on 127.0.0.1; both end with the union."""
+    import threading
+
+    from imprint.relay import RelayServer
+    from imprint.sync.addresses import new_pin
+
+    report_a = HumanReporter(prefix="[A] ") if not out.json_mode else json_reporter(out)
+    report_b = HumanReporter(prefix="[B] ") if not out.json_mode else json_reporter(out)
+    with tempfile.TemporaryDirectory(prefix="imprint-demo-") as tmp:
+        a = Settings(data_dir=Path(tmp) / "machine-a", model=settings.model).prepare()
+        b = Settings(data_dir=Path(tmp) / "machine-b", model=settings.model).prepare()
+        out.line(f"Demo: machine A has {len(DEMO_A)} memories and {len(DEMO_FACTS_A)} facts, "
+                 f"machine B has {len(DEMO_B)} and {len(DEMO_FACTS_B)}; one memory and one fact are on both.")
+        out.line("Loading the embedding model and seeding both machines…")
+        _demo_seed(a, DEMO_A, DEMO_FACTS_A)
+        _demo_seed(b, DEMO_B, DEMO_FACTS_B)
+        server = RelayServer(host="127.0.0.1", port=0)
+        port = server.start_in_thread()
+        out.line(f"Relay on ws://127.0.0.1:{port}; A serves, B joins (encrypted, approval answered 'trust').")
+        room_event: dict[str, Any] = {}
+        ready = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def report_provider(event: dict[str, Any]) -> None:
+            if event["event"] == "room":
+                room_event.update(event)
+                ready.set()
+                return
+            report_a({**event, "role": "provider"} if event["event"] == "progress" else event)
+
+        def provider() -> None:
+            try:
+                outcome["a"] = run_serve(a, relay=f"ws://127.0.0.1:{port}", listen="", mode="encrypted", batch_size=500,
+                                         idle_timeout=120, report=report_provider, approver=lambda peer, warning: "trust")
+            except ImprintError as exc:
+                outcome["a_error"] = exc
+                ready.set()
+
+        thread = threading.Thread(target=provider, name="demo-provider", daemon=True)
+        thread.start()
+        try:
+            if not ready.wait(timeout=300) or "a_error" in outcome:
+                raise outcome.get("a_error") or ImprintError("demo provider did not start")
+            run_join(b, target=f"ws://127.0.0.1:{port}/{room_event['room']}", pin=room_event["pin"], mode="encrypted",
+                     batch_size=500, idle_timeout=120,
+                     report=lambda e: report_b({**e, "role": "consumer"} if e["event"] == "progress" else e))
+            thread.join(timeout=120)
+            if "a_error" in outcome:
+                raise outcome["a_error"]
+        finally:
+            server.stop()
+        mems_a, facts_a = _export(a)
+        mems_b, facts_b = _export(b)
+    same = mems_a == mems_b and facts_a == facts_b
+    out.result(
+        {"event": "demo", "identical": same, "memories": len(mems_a), "facts": len(facts_a)},
+        f"\nBoth machines now hold {len(mems_a)} memories and {len(facts_a)} facts; exports identical: {'yes' if same else 'NO'}",
+    )
+    return 0 if same else 1
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _sync_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plaintext", action="store_true",
+                   help="speak the original's plaintext protocol (the relay can read the PIN and all data)")
+    p.add_argument("--batch-size", type=int, default=500, metavar="N", help="records per batch (default 500)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up when the peer is silent this long mid-transfer (default 120)")
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relay", default=None, metavar="RELAY",
+                   help="relay address: HOST, ws://HOST:PORT or wss://HOST (env IMPRINT_RELAY); "
+                        "default: run a relay in this process and print this machine's LAN address")
+    p.add_argument("--listen", default="0.0.0.0:8430", metavar="HOST:PORT",
+                   help="where the built-in relay listens when no --relay is given (default 0.0.0.0:8430)")
+
+
+def add_sync_commands(sub: Any, common: argparse.ArgumentParser, command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("serve", cmd_serve, "offer this machine's memories for one sync (provider)",
+                description="Print a command with a one-time PIN for the other machine, wait for it, ask you to approve it "
+                            "(unless trusted), then merge both ways and exit. Encrypted end to end by default.")
+    _serve_options(p)
+    _sync_options(p)
+
+    p = command("join", cmd_join, "sync with a machine running serve (consumer)",
+                description="Join the room that serve printed: pull its records, push ours, print what changed on both sides.")
+    p.add_argument("target", help="ROOM (with IMPRINT_RELAY), HOST/ROOM, or ws[s]://HOST/ROOM as serve printed")
+    p.add_argument("--pin", required=True, help="the 8-character PIN serve printed")
+    _sync_options(p)
+
+    p = command("sync", cmd_sync, "'sync serve' or 'sync TARGET --pin PIN' (the source document's names)",
+                description="imprint sync serve [--relay R]  |  imprint sync TARGET --pin PIN")
+    p.add_argument("target", metavar="serve|TARGET", help="'serve' to provide, or the target serve printed")
+    p.add_argument("--pin", default=None, help="the PIN serve printed (joining side)")
+    _serve_options(p)
+    _sync_options(p)
+
+    p = command("relay", cmd_relay, "run a relay server (stateless forwarder between peers)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8430, help="port (default 8430)")
+    p.set_defaults(no_data_dir=True)
+
+    trust = command("trust", _trust_usage, "list or remove trusted devices")
+    tsub = trust.add_subparsers(dest="trust_command", metavar="ACTION")
+    t = tsub.add_parser("list", parents=[common], help="show trusted devices")
+    t.set_defaults(handler=cmd_trust_list)
+    t = tsub.add_parser("remove", parents=[common], help="forget a trusted device")
+    t.add_argument("fingerprint", metavar="FP", help="the device's 8-hex id")
+    t.set_defaults(handler=cmd_trust_remove)
+
+    command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge")
