@@ -1,0 +1,618 @@
+"""The sync relay: a stateless WebSocket forwarder between two peers.
+
+A client connects to ``ws://HOST:PORT/{room}?role=provider|consumer``. Every
+frame one role sends (text or binary) is forwarded unchanged, in order, to the
+other role in the same room. The relay never parses frames and never logs
+their contents; sync peers encrypt end to end, so it needs no trust.
+
+Rules, in the order a connection meets them:
+
+* ``GET /health`` answers ``200`` with JSON ``{"status": "ok", "rooms": N}``.
+* Before the WebSocket upgrade, the path must be ``/{room}`` with a room id
+  matching ``^[A-Za-z0-9_-]{1,64}$`` and exactly one ``role`` query parameter,
+  ``provider`` or ``consumer``. Anything else gets HTTP ``400`` with a short
+  plain-text reason.
+* The first client of a room creates it. If ``max_rooms`` rooms already exist
+  the new client is upgraded and then closed with ``1013`` ("relay full");
+  this check runs after the upgrade, where it is atomic with the creation of
+  the room. Joining an existing room is never refused for this reason.
+* A second client for a role that is already connected to the room is
+  refused with ``4409`` ("a provider is already connected to room X"); the
+  first client keeps working. The original relay silently replaced the first
+  client, which let anyone who knew the room id hijack a session.
+* Frames sent before the other role has joined are held and delivered, in
+  order, as soon as it joins (the original dropped them). At most
+  ``max_pending_frames`` frames and ``max_pending_bytes`` bytes are held per
+  room and direction; a sender exceeding that is closed with ``4413``.
+* A frame larger than ``max_frame_bytes`` closes its sender with ``1009``
+  (websockets does this through ``max_size``).
+* When either side disconnects, for whatever reason, the room is removed and
+  the other side is closed with ``1000`` ("peer disconnected"), after the
+  frames already accepted from the leaver have been delivered.
+* A room expires ``room_ttl`` seconds (default one hour) after it was
+  created: both sides are closed with ``4410`` ("room expired").
+* Stopping the relay closes every connection with ``1001``.
+
+Forwarding awaits ``send`` on the receiving connection, so a slow reader
+slows its sender down through TCP instead of filling a queue in the relay.
+
+websockets only reports a connection gone once its TCP connection is closed.
+A client should therefore close its socket after the closing handshake
+(with websocket-client: call ``shutdown()`` after reading a close frame);
+one that does not delays the "peer disconnected" its peer gets after a
+``1009`` by up to ``close_timeout`` (10 s).
+
+Close codes::
+
+    1000  peer disconnected        the other side left; the room is gone
+    1001  relay shutting down
+    1009  frame too big            (sent by websockets)
+    1011  relay error              the frame hook failed
+    1013  relay full               max_rooms reached; try again later
+    4409  role already connected   another client holds this role in the room
+    4410  room expired             room_ttl elapsed since the room was created
+    4413  too many held frames     the peer did not join before the hold filled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+from loguru import logger
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from imprint.errors import ConfigError, RelayError
+
+__all__ = [
+    "CLOSE_PEER_DISCONNECTED",
+    "CLOSE_RELAY_ERROR",
+    "CLOSE_RELAY_FULL",
+    "CLOSE_ROLE_TAKEN",
+    "CLOSE_ROOM_EXPIRED",
+    "CLOSE_SHUTTING_DOWN",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_MANY_HELD",
+    "DEFAULT_PORT",
+    "ROLES",
+    "FrameHook",
+    "RelayServer",
+    "parse_target",
+    "run_relay",
+]
+
+DEFAULT_PORT = 8430
+ROLES = ("provider", "consumer")
+ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+CLOSE_PEER_DISCONNECTED = 1000
+CLOSE_SHUTTING_DOWN = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_RELAY_ERROR = 1011
+CLOSE_RELAY_FULL = 1013
+CLOSE_ROLE_TAKEN = 4409
+CLOSE_ROOM_EXPIRED = 4410
+CLOSE_TOO_MANY_HELD = 4413
+
+FrameHook = Callable[[str, str, str | bytes], list[str | bytes]]
+"""``frame_hook(room, sender_role, frame)`` returns the frames to forward instead."""
+
+# A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
+_MAX_CLOSE_REASON_BYTES = 123
+
+
+def parse_target(path: str) -> tuple[str, str]:
+    """Split a request path into its room id and role.
+
+    Args:
+        path: The request target, e.g. ``/k3Jd9_x?role=provider``.
+
+    Returns:
+        ``(room, role)``.
+
+    Raises:
+        ValueError: With a short reason fit for an HTTP 400 body.
+    """
+    parts = urlsplit(path)
+    room = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not room:
+        raise ValueError("missing room id: connect to /{room}?role=provider|consumer")
+    if ROOM_ID_PATTERN.fullmatch(room) is None:
+        raise ValueError("bad room id: use 1 to 64 characters from A-Z a-z 0-9 _ -")
+    roles = parse_qs(parts.query, keep_blank_values=True).get("role", [])
+    if len(roles) != 1 or roles[0] not in ROLES:
+        raise ValueError("bad role: add ?role=provider or ?role=consumer")
+    return room, roles[0]
+
+
+def _other(role: str) -> str:
+    return "consumer" if role == "provider" else "provider"
+
+
+def _frame_size(frame: str | bytes) -> int:
+    return len(frame.encode("utf-8")) if isinstance(frame, str) else len(frame)
+
+
+def _close_reason(text: str) -> str:
+    """Trim ``text`` so it fits in a close frame."""
+    data = text.encode("utf-8")
+    if len(data) <= _MAX_CLOSE_REASON_BYTES:
+        return text
+    return data[:_MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+class _Refusal(Exception):
+    """Ends one connection with a close code; raised inside the relay only."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = _close_reason(reason)
+
+
+@dataclass(eq=False)
+class _Room:
+    """The two sides of one room and the frames held for a side not yet there.
+
+    ``held``, ``held_bytes`` and ``locks`` are keyed by the *sender's* role.
+    A sender's lock is held while its frames are sent to the peer or while
+    the peer drains the frames held for it, which keeps them in order.
+    """
+
+    room_id: str
+    created: float = field(default_factory=time.monotonic)
+    sides: dict[str, ServerConnection] = field(default_factory=dict)
+    held: dict[str, collections.deque[tuple[str | bytes, int]]] = field(
+        default_factory=lambda: {role: collections.deque() for role in ROLES}
+    )
+    held_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+    locks: dict[str, asyncio.Lock] = field(
+        default_factory=lambda: {role: asyncio.Lock() for role in ROLES}
+    )
+    expiry: asyncio.TimerHandle | None = None
+    closed: bool = False
+
+
+class RelayServer:
+    """A WebSocket relay pairing one provider and one consumer per room.
+
+    Run it either inside an event loop with :meth:`serve_forever`, or in a
+    daemon thread of its own with :meth:`start_in_thread`; :meth:`stop` ends
+    both. See the module docstring for the rules it enforces.
+
+    Args:
+        host: Interface to listen on.
+        port: TCP port; ``0`` picks a free one (read it from :attr:`port`).
+        room_ttl: Seconds after creation at which a room is closed.
+        max_rooms: Rooms that may exist at once.
+        max_frame_bytes: Largest frame (message) accepted, in bytes.
+        max_pending_frames: Frames held per room and direction while the
+            other role has not joined yet.
+        max_pending_bytes: Bytes held per room and direction, likewise.
+        frame_hook: Called as ``frame_hook(room, sender_role, frame)`` for
+            every frame received; the frames it returns are forwarded instead
+            (an empty list drops the frame). ``None`` forwards unchanged.
+            Meant for tests that need a recording or tampering relay. It runs
+            on the relay's event loop, so it must not block.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        room_ttl: float = 3600.0,
+        max_rooms: int = 1000,
+        max_frame_bytes: int = 64 * 1024 * 1024,
+        max_pending_frames: int = 64,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        frame_hook: FrameHook | None = None,
+    ) -> None:
+        for name, value in (
+            ("room_ttl", room_ttl),
+            ("max_rooms", max_rooms),
+            ("max_frame_bytes", max_frame_bytes),
+            ("max_pending_frames", max_pending_frames),
+            ("max_pending_bytes", max_pending_bytes),
+        ):
+            if value <= 0:
+                raise ConfigError(f"relay {name} must be positive, not {value}")
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"relay port must be between 0 and 65535, not {port}")
+        self.host = host
+        self.port = port
+        self.room_ttl = room_ttl
+        self.max_rooms = max_rooms
+        self.max_frame_bytes = max_frame_bytes
+        self.max_pending_frames = max_pending_frames
+        self.max_pending_bytes = max_pending_bytes
+        self.frame_hook = frame_hook
+        self.url = ""
+        # How long a leaver's frames may take to reach the peer before the
+        # peer is closed anyway; also websockets' closing-handshake timeout.
+        self.close_timeout = 10.0
+
+        self._rooms: dict[str, _Room] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id: int | None = None
+        self._stop_signal: asyncio.Event | None = None
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_error: RelayError | None = None
+
+    @property
+    def room_count(self) -> int:
+        """Rooms currently open (safe to read from any thread)."""
+        return len(self._rooms)
+
+    # ----------------------------------------------------------------- running
+
+    async def serve_forever(self) -> None:
+        """Serve in the running event loop until :meth:`stop` is called.
+
+        Cancelling the task running it stops the relay as well.
+
+        Raises:
+            RelayError: If the port cannot be bound.
+        """
+        await self._serve()
+
+    def start_in_thread(self, timeout: float = 10.0) -> int:
+        """Start the relay on its own event loop in a daemon thread.
+
+        Args:
+            timeout: Seconds to wait for the relay to listen.
+
+        Returns:
+            The bound port (useful with ``port=0``).
+
+        Raises:
+            RelayError: If the port cannot be bound, or the relay did not
+                start within ``timeout``.
+        """
+        if self._thread is not None:
+            raise RelayError(f"the relay on {self.url or self.host} is already running")
+        ready = threading.Event()
+        self._start_error = None
+        self._stop_requested = False
+        self._stopped.clear()
+
+        def run() -> None:
+            try:
+                asyncio.run(self._serve(on_ready=lambda _port: ready.set()))
+            except RelayError as exc:
+                self._start_error = exc
+            except BaseException as exc:  # the thread must report, not vanish
+                logger.exception("relay thread failed")
+                self._start_error = RelayError(f"relay failed: {exc}")
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=run, name="imprint-relay", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            self.stop(timeout)
+            raise RelayError(f"relay did not start listening within {timeout:g} s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            self._thread = None
+            raise self._start_error
+        return self.port
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and the server, then join the relay thread.
+
+        Idempotent. Called from the relay's own event loop (e.g. inside a
+        coroutine running next to :meth:`serve_forever`) it only requests the
+        stop, since blocking there would deadlock.
+
+        Args:
+            timeout: Seconds to wait for the relay to finish.
+
+        Raises:
+            RelayError: If the relay is still running after ``timeout``.
+        """
+        self._stop_requested = True
+        loop, stop_signal = self._loop, self._stop_signal
+        if loop is not None and stop_signal is not None:
+            # RuntimeError: the loop already closed, nothing left to stop.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop_signal.set)
+        if threading.get_ident() == self._loop_thread_id:
+            return
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise RelayError(f"relay thread did not stop within {timeout:g} s")
+            self._thread = None
+        elif loop is not None and not self._stopped.wait(timeout):
+            raise RelayError(f"relay did not stop within {timeout:g} s")
+
+    async def _serve(self, on_ready: Callable[[int], None] | None = None) -> None:
+        """Bind, call ``on_ready(port)``, serve until stopped, then clean up."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread_id = threading.get_ident()
+        self._stop_signal = asyncio.Event()
+        self._stopped.clear()
+        try:
+            try:
+                server = await serve(
+                    self._handle,
+                    self.host,
+                    self.port,
+                    process_request=self._process_request,
+                    max_size=self.max_frame_bytes,
+                    # Frames buffered per connection before reading pauses;
+                    # with 64 MiB frames the default of 16 is too generous.
+                    max_queue=4,
+                    # Peers encrypt end to end: nothing to gain from deflate.
+                    compression=None,
+                    ping_interval=20,
+                    ping_timeout=60,
+                    close_timeout=self.close_timeout,
+                )
+            except OSError as exc:
+                raise RelayError(self._bind_error(exc)) from exc
+            self.port = server.sockets[0].getsockname()[1]
+            self.url = f"ws://{self._url_host()}:{self.port}"
+            logger.info(
+                "relay ready on {} (room ttl {:g} s, at most {} rooms)", self.url, self.room_ttl, self.max_rooms
+            )
+            try:
+                if on_ready is not None:
+                    on_ready(self.port)
+                if not self._stop_requested:
+                    await self._stop_signal.wait()
+            finally:
+                await self._shutdown(server)
+        finally:
+            self._loop = None
+            self._stop_signal = None
+            self._loop_thread_id = None
+            self._stop_requested = False
+            self._stopped.set()
+
+    async def _shutdown(self, server: Server) -> None:
+        logger.info("relay stopping ({} rooms open)", len(self._rooms))
+        server.close(code=CLOSE_SHUTTING_DOWN, reason="relay shutting down")
+        await server.wait_closed()
+        # Every room had a connection whose handler retired it; this is a net.
+        for room in list(self._rooms.values()):
+            self._retire(room, "relay stopped")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        logger.info("relay stopped")
+
+    def _bind_error(self, exc: OSError) -> str:
+        in_use = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
+        if exc.errno in in_use:
+            return f"port {self.port} on {self.host} is already in use"
+        return f"cannot listen on {self.host} port {self.port}: {exc.strerror or exc}"
+
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    # --------------------------------------------------------------- handshake
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer ``/health`` and reject bad targets before the upgrade."""
+        if urlsplit(request.path).path == "/health":
+            body = json.dumps({"status": "ok", "rooms": len(self._rooms)})
+            response = connection.respond(HTTPStatus.OK, body)
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
+        try:
+            parse_target(request.path)
+        except ValueError as exc:
+            logger.debug("relay refused {}: {}", request.path[:100], exc)
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        return None
+
+    # ------------------------------------------------------------- connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        """Serve one upgraded connection from join to leave."""
+        assert ws.request is not None  # set by the opening handshake
+        room_id, role = parse_target(ws.request.path)
+        room = self._rooms.get(room_id)
+        if room is None:
+            if len(self._rooms) >= self.max_rooms:
+                logger.warning("relay full ({} rooms): refused {} of room {}", len(self._rooms), role, room_id)
+                await ws.close(CLOSE_RELAY_FULL, "relay full")
+                return
+            room = self._open_room(room_id)
+        elif role in room.sides:
+            logger.warning("room {}: refused a second {}", room_id, role)
+            await ws.close(CLOSE_ROLE_TAKEN, _close_reason(f"a {role} is already connected to room {room_id}"))
+            return
+        # From here to the first await of _deliver_held nothing yields, so the
+        # frames held for this role go out before any sent after it joined.
+        room.sides[role] = ws
+        logger.info("room {}: {} joined ({} of 2)", room_id, role, len(room.sides))
+        try:
+            await self._deliver_held(room, to_role=role, ws=ws)
+            async for frame in ws:
+                await self._forward(room, role, frame)
+        except _Refusal as refusal:
+            logger.warning("room {}: closing {}: {}", room_id, role, refusal.reason)
+            # Forget the room first, so it is gone by the time the client
+            # reads the close frame.
+            self._retire(room, f"{role} refused")
+            # Tell the peer now rather than after this client's closing
+            # handshake, which a client that never closes its socket drags
+            # out to close_timeout.
+            await asyncio.gather(ws.close(refusal.code, refusal.reason), self._close_peer(room, role))
+        except ConnectionClosed as exc:
+            # Our own side failed (e.g. 1009 frame too big, or keepalive).
+            logger.info("room {}: {} connection lost: {}", room_id, role, exc)
+        finally:
+            await self._leave(room, role)
+
+    def _open_room(self, room_id: str) -> _Room:
+        room = _Room(room_id)
+        self._rooms[room_id] = room
+        assert self._loop is not None
+        room.expiry = self._loop.call_later(self.room_ttl, self._expire, room)
+        logger.info("room {} opened ({} rooms)", room_id, len(self._rooms))
+        return room
+
+    async def _deliver_held(self, room: _Room, *, to_role: str, ws: ServerConnection) -> None:
+        """Send ``to_role`` the frames its peer sent before it joined."""
+        sender = _other(to_role)
+        async with room.locks[sender]:
+            held = room.held[sender]
+            if held:
+                logger.debug("room {}: delivering {} held frames to {}", room.room_id, len(held), to_role)
+            while held:
+                frame, size = held.popleft()
+                room.held_bytes[sender] -= size
+                await ws.send(frame)
+
+    async def _forward(self, room: _Room, sender: str, frame: str | bytes) -> None:
+        """Forward one received frame to the peer, or hold it until it joins."""
+        frames = self._apply_hook(room, sender, frame)
+        receiver = _other(sender)
+        async with room.locks[sender]:
+            for item in frames:
+                if room.closed:
+                    return
+                peer = room.sides.get(receiver)
+                if peer is None or room.held[sender]:
+                    self._hold(room, sender, item)
+                    continue
+                try:
+                    await peer.send(item)
+                except ConnectionClosed:
+                    return  # the peer left; its handler closes this side
+
+    def _apply_hook(self, room: _Room, sender: str, frame: str | bytes) -> list[str | bytes]:
+        if self.frame_hook is None:
+            return [frame]
+        try:
+            frames = list(self.frame_hook(room.room_id, sender, frame))
+        except Exception:
+            logger.exception("room {}: frame_hook failed on a frame from {}", room.room_id, sender)
+            raise _Refusal(CLOSE_RELAY_ERROR, "relay error") from None
+        if not all(isinstance(item, (str, bytes)) for item in frames):
+            logger.error("room {}: frame_hook returned something other than str or bytes", room.room_id)
+            raise _Refusal(CLOSE_RELAY_ERROR, "relay error")
+        return frames
+
+    def _hold(self, room: _Room, sender: str, frame: str | bytes) -> None:
+        held = room.held[sender]
+        size = _frame_size(frame)
+        if len(held) + 1 > self.max_pending_frames or room.held_bytes[sender] + size > self.max_pending_bytes:
+            raise _Refusal(
+                CLOSE_TOO_MANY_HELD,
+                f"too many frames held before the {_other(sender)} joined "
+                f"(limit {self.max_pending_frames} frames, {self.max_pending_bytes} bytes)",
+            )
+        if not held:
+            logger.debug("room {}: holding frames from {} until the {} joins", room.room_id, sender, _other(sender))
+        held.append((frame, size))
+        room.held_bytes[sender] += size
+
+    async def _leave(self, room: _Room, role: str) -> None:
+        """Remove the room after ``role`` left and close the other side."""
+        logger.info("room {}: {} left", room.room_id, role)
+        if not room.closed:
+            self._retire(room, f"{role} left")
+        await self._close_peer(room, role)
+
+    async def _close_peer(self, room: _Room, role: str) -> None:
+        """Close the side opposite ``role`` with "peer disconnected"."""
+        peer = room.sides.get(_other(role))
+        if peer is None or peer.state is State.CLOSED:
+            return  # alone in the room, or the peer left first and closed us
+        # Frames already accepted from the leaver (held ones the peer is
+        # draining, say) reach the peer before the close frame does.
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                async with room.locks[role]:
+                    pass
+        except TimeoutError:
+            logger.warning("room {}: gave up delivering the {}'s last frames", room.room_id, role)
+        await peer.close(CLOSE_PEER_DISCONNECTED, "peer disconnected")
+
+    def _expire(self, room: _Room) -> None:
+        if room.closed:
+            return
+        self._retire(room, f"expired after {self.room_ttl:g} s")
+        for ws in list(room.sides.values()):
+            task = asyncio.get_running_loop().create_task(ws.close(CLOSE_ROOM_EXPIRED, "room expired"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _retire(self, room: _Room, why: str) -> None:
+        """Mark ``room`` closed and forget it; a new client starts a new room."""
+        room.closed = True
+        if self._rooms.get(room.room_id) is room:
+            del self._rooms[room.room_id]
+        if room.expiry is not None:
+            room.expiry.cancel()
+        # Frames held for a side that is present are still being delivered
+        # (see _close_peer); those held for a side that never came are lost.
+        dropped = 0
+        for sender, frames in room.held.items():
+            if _other(sender) not in room.sides:
+                dropped += len(frames)
+                frames.clear()
+        logger.info(
+            "room {} closed: {} ({} held frames dropped, {} rooms left)", room.room_id, why, dropped, len(self._rooms)
+        )
+
+
+def run_relay(*, host: str, port: int) -> int:
+    """Run a relay in the foreground until Ctrl-C or SIGTERM.
+
+    Prints ``relay listening on ws://HOST:PORT`` to stderr once bound.
+
+    Args:
+        host: Interface to listen on.
+        port: TCP port to listen on.
+
+    Returns:
+        The process exit code: 0 after a clean stop, 1 if the port cannot
+        be bound (after printing a one-line error to stderr).
+    """
+    import signal
+
+    relay = RelayServer(host=host, port=port)
+
+    def on_ready(_port: int) -> None:
+        print(f"relay listening on {relay.url}", file=sys.stderr, flush=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # Not on Windows nor off the main thread; KeyboardInterrupt still works.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, relay.stop)
+        await relay._serve(on_ready=on_ready)
+
+    try:
+        asyncio.run(main())
+    except RelayError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
