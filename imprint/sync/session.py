@@ -101,6 +101,7 @@ class SessionConfig:
     batch_size: int = 500
     idle_timeout: float = 120.0
     approval_timeout: float = 600.0
+    peer_wait_timeout: float = 3600.0
     connect_attempts: int = 5
 
 
@@ -162,6 +163,7 @@ class _Session:
         self.pusher: Any = None
         self.done = False
         self.waiting_for_human = False
+        self.waiting_for_peer = False
 
     def _start_common(self, trust_gate: Any = None) -> None:
         c = self.config
@@ -195,17 +197,22 @@ class _Session:
         )
 
     def _next_event(self) -> Any:
-        timeout = self.config.approval_timeout if self.waiting_for_human else self.config.idle_timeout
+        if self.waiting_for_peer:
+            timeout, what = self.config.peer_wait_timeout, "no peer joined; the room has expired"
+        elif self.waiting_for_human:
+            timeout, what = self.config.approval_timeout, "waiting for approval"
+        else:
+            timeout, what = self.config.idle_timeout, "the peer sent nothing"
         try:
             return self.listener.queue.get(timeout=timeout)
         except queue.Empty:
-            what = "waiting for approval" if self.waiting_for_human else "the peer sent nothing"
             raise PeerTimeoutError(f"timed out after {timeout:.0f}s ({what})") from None
 
     def _common_event(self, event: Any) -> bool:
         """Handle events both roles treat alike; True if handled."""
         match event:
             case RawFrameReceived():
+                self.waiting_for_peer = False  # someone is here: from now on silence counts
                 self.handshake.tell(event)
             case Progress(phase=phase, dataset=dataset, done=done, total=total):
                 self.report({"event": "progress", "phase": phase, "dataset": dataset, "done": done, "total": total})
@@ -277,20 +284,21 @@ class ProviderSession(_Session):
         pull_started = push_started = False
         sent: dict[str, dict[str, int]] = {}
         # Before a peer arrives, nobody is late: wait as long as the room lives.
-        self.waiting_for_human = True
+        self.waiting_for_peer = True
         while True:
             event = self._next_event()
             if self._common_event(event):
                 continue
             match event:
                 case ApprovalRequired(peer=peer, warning=warning):
+                    self.waiting_for_peer = False
                     self.waiting_for_human = True
                     self.report({"event": "approval_required", "hostname": peer.hostname, "user": peer.user,
                                  "os": peer.os, "fingerprint": peer.fingerprint, "warning": warning})
                 case AutoAccepted(peer=peer):
                     self.report({"event": "auto_accepted", "hostname": peer.hostname, "fingerprint": peer.fingerprint})
                 case HandshakeSucceeded():
-                    self.waiting_for_human = False
+                    self.waiting_for_peer = self.waiting_for_human = False
                     connected = True
                     self._peer_connected(event)
                 case FrameReceived(frame=frame) if connected:

@@ -1,0 +1,178 @@
+"""Benchmark: a full sync of N memories + N facts through a local relay.
+
+Run by hand (not a test):
+
+    python bench/bench_sync.py            # N = 2000 and 20000
+    python bench/bench_sync.py --n 2000   # one size
+
+For each N: a provider data dir holds N memories and N facts, the consumer's
+is empty; `imprint relay`, `imprint serve` and `imprint join` run as real
+processes on 127.0.0.1. Prints end-to-end memories/s (join start → both
+exited), the Embedder's own texts/s on the same texts in this run, and the
+peak RSS of relay, provider and consumer (sampled every 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+WORDS = (
+    "deploy cluster database replica schema migration token cache queue worker agent memory embedding vector "
+    "relay session review release branch merge config secret rotate backup restore latency budget owner "
+    "incident runbook alert metric dashboard service api client server network storage index search"
+).split()
+
+
+def text(i: int, rng: random.Random) -> str:
+    return f"Note {i}: " + " ".join(rng.choice(WORDS) for _ in range(28)) + "."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS (children included) until it exits."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(proc.pid)
+        self.peak = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            time.sleep(0.05)  # sampling interval, not synchronisation
+
+
+def imprint(*args: str, data_dir: Path | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "imprint"]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return cmd + list(args)
+
+
+def seed(data_dir: Path, n: int, rng: random.Random) -> list[str]:
+    texts = [text(i, rng) for i in range(n)]
+    src = data_dir.parent / f"{data_dir.name}-seed.jsonl"
+    with src.open("w") as fh:
+        for i, t in enumerate(texts):
+            fh.write(json.dumps({"content": t, "project": "bench", "source": f"bench/{i // 100}.md", "chunk_index": i % 100}) + "\n")
+    subprocess.run(imprint("import", str(src), data_dir=data_dir), check=True, stdout=subprocess.DEVNULL)
+    from imprint.actors.fact_store import FactStore
+    from imprint.config import Settings
+    from imprint.messages.records import FactRecord
+    from imprint.messages.store import StoreFacts
+
+    settings = Settings(data_dir=data_dir)
+    store = FactStore.start(path=settings.facts_path)
+    try:
+        facts = tuple(
+            FactRecord(subject=f"service-{i % 500}", predicate="depends_on", object=f"lib-{i}", valid_from=1.7e9 + i)
+            for i in range(n)
+        )
+        store.ask(StoreFacts(records=facts), timeout=300)
+    finally:
+        store.stop()
+    return texts
+
+
+def embedder_rate(texts: list[str]) -> float:
+    from imprint.actors.embedder import load_model
+
+    model = load_model("all-MiniLM-L6-v2")
+    sample = texts[: min(len(texts), 2000)]
+    start = time.perf_counter()
+    model.encode(sample, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    return len(sample) / (time.perf_counter() - start)
+
+
+def run(n: int) -> dict:
+    rng = random.Random(n)
+    with tempfile.TemporaryDirectory(prefix="imprint-bench-") as tmp:
+        a, b = Path(tmp) / "provider", Path(tmp) / "consumer"
+        t0 = time.perf_counter()
+        texts = seed(a, n, rng)
+        seed_s = time.perf_counter() - t0
+        port = free_port()
+        relay = subprocess.Popen(imprint("relay", "--host", "127.0.0.1", "--port", str(port)), stderr=subprocess.PIPE, text=True)
+        relay_rss = PeakRss(relay)
+        relay_rss.start()
+        relay.stderr.readline()  # "relay listening on …"
+        serve = subprocess.Popen(
+            imprint("serve", "--relay", f"ws://127.0.0.1:{port}", "--json", data_dir=a),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        serve_rss = PeakRss(serve)
+        serve_rss.start()
+        room = None
+        for line in serve.stdout:
+            event = json.loads(line)
+            if event["event"] == "room":
+                room = event
+                break
+        serve.stdin.write("y\n")
+        serve.stdin.flush()
+        start = time.perf_counter()
+        join = subprocess.Popen(
+            imprint("join", f"ws://127.0.0.1:{port}/{room['room']}", "--pin", room["pin"], "--json", data_dir=b),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        join_rss = PeakRss(join)
+        join_rss.start()
+        out, _ = join.communicate(timeout=3600)
+        serve.wait(timeout=120)
+        elapsed = time.perf_counter() - start
+        relay.terminate()
+        relay.wait(timeout=30)
+        stats = [json.loads(l) for l in out.splitlines() if '"stats"' in l]
+        rate = embedder_rate(texts)
+        for t in (relay_rss, serve_rss, join_rss):
+            t.join(timeout=5)
+        return {
+            "n": n,
+            "join_exit": join.returncode,
+            "serve_exit": serve.returncode,
+            "seed_s": round(seed_s, 1),
+            "sync_s": round(elapsed, 1),
+            "memories_per_s_end_to_end": round(n / elapsed, 1),
+            "embedder_texts_per_s": round(rate, 1),
+            "peak_rss_mb": {
+                "relay": round(relay_rss.peak / 2**20),
+                "provider": round(serve_rss.peak / 2**20),
+                "consumer": round(join_rss.peak / 2**20),
+            },
+            "consumer_received": stats[0]["received"] if stats else None,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="records per dataset (repeatable; default 2000 and 20000)")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for n in args.n or [2000, 20000]:
+        print(json.dumps(run(n)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
