@@ -39,8 +39,8 @@ from imprint.messages.session import (
 )
 from imprint.messages.wire import FactBatch, MemoryBatch
 
-#: Largest frame we accept from the relay before decoding (the decoder caps lower).
-MAX_INCOMING_BYTES = 48 * 1024 * 1024
+#: Largest frame we accept from the relay (the decoder caps a plaintext frame at 32 MiB).
+MAX_INCOMING_BYTES = 33 * 1024 * 1024
 
 
 class _Incoming(msgspec.Struct, frozen=True):
@@ -49,6 +49,25 @@ class _Incoming(msgspec.Struct, frozen=True):
 
 class _ReaderEnded(msgspec.Struct, frozen=True):
     reason: str
+
+
+def _cap_frame_length(ws: websocket.WebSocket, limit: int) -> None:
+    """Refuse a frame whose header declares more than `limit` bytes, before reading it.
+
+    websocket-client has no size cap of its own; without this a hostile relay
+    could make us buffer gigabytes.
+    """
+    buffer = ws.frame_buffer
+    original = buffer.recv_length
+
+    def recv_length() -> None:
+        original()
+        if buffer.length is not None and buffer.length > limit:
+            raise websocket.WebSocketProtocolException(
+                f"the relay announced a frame of {buffer.length} bytes, over the {limit} limit"
+            )
+
+    buffer.recv_length = recv_length
 
 
 def _close_reason(frame: Any) -> str:
@@ -105,6 +124,7 @@ class RelayConnection(ImprintActor):
         else:
             raise RelayError(f"cannot reach the relay at {self._safe_url()}: {last_error}")
         self._ws.settimeout(None)
+        _cap_frame_length(self._ws, MAX_INCOMING_BYTES)
         self._reader = threading.Thread(target=self._read_loop, name="relay-reader", daemon=True)
         self._reader.start()
         logger.debug("connected to {}", self._safe_url())
