@@ -23,7 +23,7 @@ from imprint.errors import ConfigError
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_WORKSPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def default_data_dir() -> Path:
@@ -34,7 +34,7 @@ def default_data_dir() -> Path:
 
 def validate_workspace(name: str) -> str:
     """Return `name` if it is a safe workspace name, else raise ConfigError."""
-    if not _WORKSPACE_RE.match(name):
+    if not _WORKSPACE_RE.fullmatch(name):  # `$` of match() would let a trailing newline through
         raise ConfigError(
             f"invalid workspace name {name!r}: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
         )

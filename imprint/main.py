@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_sync_commands(sub, common, command)
+    try:
+        from imprint.ui.cli import add_ui_command
+    except ImportError:  # dashboard dependencies (fastapi, uvicorn) not installed
+        pass
+    else:
+        add_ui_command(sub, common, command)
     return parser
 
 
@@ -187,7 +193,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
                 continue
             try:
                 record = finalize_memory(memory_decoder.decode(line.rstrip(b"\r\n")), now=now)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
                 rejected += 1
                 if rejected <= MAX_REPORTED_LINES:
                     reason = "not UTF-8 text" if _not_utf8(line) else str(exc)

@@ -1,0 +1,63 @@
+"""Embedder alone, through `ask`, with the real bundled model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pykka
+import pytest
+
+from imprint.actors.embedder import Embedder
+from imprint.errors import ModelError
+from imprint.messages.store import DescribeModel, EmbedTexts, Embeddings, ModelInfo, Ping
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def embed(embedder: pykka.ActorRef[Any], *texts: str) -> list[list[float]]:
+    reply = embedder.ask(EmbedTexts(texts=texts), timeout=60)
+    assert isinstance(reply, Embeddings)
+    return reply.vectors
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
+
+
+def test_similar_sentences_score_higher_than_unrelated(embedder: pykka.ActorRef[Any]) -> None:
+    anchor, paraphrase, unrelated = embed(
+        embedder,
+        "The cat is sleeping on the sofa.",
+        "A kitten naps on the couch.",
+        "Quarterly tax filings are due at the end of March.",
+    )
+    assert cosine(anchor, paraphrase) > cosine(anchor, unrelated) + 0.2
+
+
+def test_vectors_have_the_model_dimension_are_normalized_and_in_order(embedder: pykka.ActorRef[Any]) -> None:
+    info = embedder.ask(DescribeModel(), timeout=10)
+    assert info == ModelInfo(name="all-MiniLM-L6-v2", dimension=384)
+    texts = [f"sentence number {i} about topic {i % 3}" for i in range(70)]  # more than one encode batch
+    vectors = embed(embedder, *texts)
+    assert len(vectors) == len(texts)
+    assert {len(v) for v in vectors} == {384}
+    for v in vectors:
+        assert math.isclose(math.hypot(*v), 1.0, rel_tol=1e-4)
+    # order is kept: embedding one text alone gives the vector at its position
+    [alone] = embed(embedder, texts[41])
+    assert cosine(alone, vectors[41]) > 0.9999
+    assert cosine(alone, vectors[40]) < 0.9999
+
+
+def test_empty_input_gives_no_vectors(embedder: pykka.ActorRef[Any]) -> None:
+    assert embed(embedder) == []
+
+
+def test_unknown_model_surfaces_as_model_error_through_ping(start_actor) -> None:
+    ref = start_actor(Embedder, model_name="no-such-org/does-not-exist-model")
+    with pytest.raises(ModelError, match="does-not-exist-model"):
+        ref.ask(Ping(), timeout=120)
+    # the actor stays alive and keeps answering with the same error, not a dead ref
+    with pytest.raises(ModelError, match="does-not-exist-model"):
+        ref.ask(EmbedTexts(texts=("hello",)), timeout=10)

@@ -1,0 +1,186 @@
+"""FactStore alone, through `ask`, on a real SQLite file under tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import pykka
+import pytest
+
+from imprint.actors.fact_store import FactStore
+from imprint.errors import InputError, StoreError
+from imprint.messages.records import FactRecord
+from imprint.messages.store import (
+    AddFact,
+    CountFacts,
+    EndFact,
+    FactCounts,
+    ListFacts,
+    PageFacts,
+    Ping,
+    StoredFact,
+    StoreFacts,
+    StoreResult,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+StartActor = Callable[..., pykka.ActorRef[Any]]
+
+
+@pytest.fixture
+def facts_path(tmp_path: Path) -> Path:
+    return tmp_path / "workspaces" / "default" / "facts.db"
+
+
+@pytest.fixture
+def fact_store(start_actor: StartActor, facts_path: Path) -> pykka.ActorRef[Any]:
+    ref = start_actor(FactStore, path=facts_path)
+    assert ref.ask(Ping(), timeout=30) is True
+    return ref
+
+
+def fact(s: str, p: str, o: str, valid_from: float = 100.0, *, ended: float | None = None, source: str = "") -> FactRecord:
+    return FactRecord(subject=s, predicate=p, object=o, valid_from=valid_from, ended=ended, source=source)
+
+
+def store(ref: pykka.ActorRef[Any], *records: FactRecord) -> StoreResult:
+    return ref.ask(StoreFacts(records=records), timeout=30)
+
+
+def listed(ref: pykka.ActorRef[Any], **kw: Any) -> list[FactRecord]:
+    return [f.record for f in ref.ask(ListFacts(**kw), timeout=30)]
+
+
+def test_store_dedups_on_spec_identity(fact_store: pykka.ActorRef[Any]) -> None:
+    a = fact("alice", "likes", "tea", 100.0)
+    b = fact("alice", "likes", "tea", 200.0)  # same triple, other valid_from: another fact
+    assert store(fact_store, a, b) == StoreResult(inserted=2, skipped=0)
+    # same identity with another source is still the same fact
+    assert store(fact_store, a, fact("alice", "likes", "tea", 100.0, source="elsewhere")) == StoreResult(inserted=0, skipped=2)
+    assert store(fact_store, a, a, fact("bob", "likes", "tea")) == StoreResult(inserted=1, skipped=2)
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=3, ended=0)
+    assert [r.source for r in listed(fact_store, subject="alice")] == ["", ""]
+
+
+def test_incoming_end_time_ends_our_open_copy(fact_store: pykka.ActorRef[Any]) -> None:
+    open_copy = fact("alice", "lives_in", "Paris", 100.0)
+    other = fact("alice", "likes", "tea", 100.0)
+    store(fact_store, open_copy, other)
+
+    result = store(fact_store, fact("alice", "lives_in", "Paris", 100.0, ended=150.0), other)
+    assert result == StoreResult(inserted=0, skipped=2, ended=1)
+    [stored] = listed(fact_store, predicate="lives_in", include_ended=True)
+    assert stored.ended == 150.0
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=1, ended=1)
+
+    # an already ended copy keeps its own end time and is not counted again
+    assert store(fact_store, fact("alice", "lives_in", "Paris", 100.0, ended=999.0)) == StoreResult(inserted=0, skipped=1, ended=0)
+    assert listed(fact_store, predicate="lives_in", include_ended=True)[0].ended == 150.0
+
+
+def test_an_incoming_ended_fact_we_lack_is_inserted_ended(fact_store: pykka.ActorRef[Any]) -> None:
+    assert store(fact_store, fact("x", "was", "y", ended=120.0)) == StoreResult(inserted=1, skipped=0, ended=0)
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=0, ended=1)
+
+
+def test_paging_follows_identity_order_and_covers_all_once(fact_store: pykka.ActorRef[Any]) -> None:
+    records = [fact(s, p, o, t) for s in ("carol", "alice", "bob") for p in ("knows", "has") for o, t in (("z", 5.0), ("a", 9.0))]
+    records.append(fact("alice", "has", "a", 1.0))
+    store(fact_store, *records)
+
+    for limit in (1, 4, 13, 100):
+        seen, after, pages = [], None, 0
+        while True:
+            page = fact_store.ask(PageFacts(limit=limit, after=after), timeout=10)
+            pages += 1
+            assert len(page.facts) <= limit
+            seen += [f.record for f in page.facts]
+            if page.next_after is None:
+                break
+            assert page.next_after == page.facts[-1].record.identity
+            after = page.next_after
+        assert seen == sorted(records, key=lambda r: r.identity), f"limit {limit}"
+        assert pages >= -(-len(records) // limit)
+
+
+def test_list_filters_and_open_only_by_default(fact_store: pykka.ActorRef[Any]) -> None:
+    store(
+        fact_store,
+        fact("alice", "likes", "tea", 300.0),
+        fact("alice", "likes", "coffee", 100.0, ended=200.0),
+        fact("alice", "works_at", "Acme", 200.0),
+        fact("bob", "likes", "tea", 50.0),
+    )
+    assert [r.object for r in listed(fact_store)] == ["tea", "Acme", "tea"]  # open ones, by valid_from
+    assert [r.object for r in listed(fact_store, include_ended=True)] == ["tea", "coffee", "Acme", "tea"]
+    assert [r.object for r in listed(fact_store, subject="alice")] == ["Acme", "tea"]
+    assert [r.object for r in listed(fact_store, subject="alice", predicate="likes", include_ended=True)] == ["coffee", "tea"]
+    assert [r.subject for r in listed(fact_store, predicate="likes")] == ["bob", "alice"]
+    assert listed(fact_store, subject="nobody") == []
+    assert len(listed(fact_store, include_ended=True, limit=2)) == 2
+
+
+def test_add_returns_the_stored_fact_and_the_existing_one_on_repeat(fact_store: pykka.ActorRef[Any]) -> None:
+    first = fact_store.ask(AddFact(record=fact("alice", "likes", "tea")), timeout=10)
+    second = fact_store.ask(AddFact(record=fact("bob", "likes", "tea")), timeout=10)
+    again = fact_store.ask(AddFact(record=fact("alice", "likes", "tea")), timeout=10)
+    assert isinstance(first, StoredFact) and first.record == fact("alice", "likes", "tea")
+    assert second.fact_id != first.fact_id
+    assert again == first
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=2, ended=0)
+
+
+def test_end_fact_and_its_errors(fact_store: pykka.ActorRef[Any]) -> None:
+    stored = fact_store.ask(AddFact(record=fact("alice", "likes", "tea")), timeout=10)
+    ended = fact_store.ask(EndFact(fact_id=stored.fact_id, ended=500.0), timeout=10)
+    assert ended == StoredFact(fact_id=stored.fact_id, record=fact("alice", "likes", "tea", ended=500.0))
+    assert listed(fact_store) == []
+    assert listed(fact_store, include_ended=True) == [ended.record]
+
+    with pytest.raises(InputError, match=f"fact {stored.fact_id} already ended"):
+        fact_store.ask(EndFact(fact_id=stored.fact_id, ended=600.0), timeout=10)
+    with pytest.raises(InputError, match="no fact with id 4242"):
+        fact_store.ask(EndFact(fact_id=4242, ended=600.0), timeout=10)
+    # the failed ends changed nothing and the actor still answers
+    assert listed(fact_store, include_ended=True)[0].ended == 500.0
+
+
+def test_a_batch_is_one_transaction(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
+    store(fact_store, fact("kept", "is", "there"))
+    good = [fact("new", "is", str(i)) for i in range(3)]
+    # msgspec does not type-check a Struct built in code: SQLite refuses to bind this one, mid-batch.
+    unbindable = FactRecord(subject="bad", predicate="is", object="x", valid_from=1.0, source=["not", "text"])  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="fact store error"):
+        store(fact_store, *good, unbindable, fact("after", "is", "x"))
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=1, ended=0)
+    # the next batch goes through: no transaction was left open
+    assert store(fact_store, *good) == StoreResult(inserted=3)
+
+    with sqlite3.connect(facts_path) as db:  # another connection sees exactly the committed rows
+        assert db.execute("SELECT COUNT(*) FROM facts").fetchone() == (4,)
+
+
+def test_database_is_wal_with_a_unique_identity(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
+    store(fact_store, fact("a", "b", "c"))
+    with sqlite3.connect(facts_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO facts (subject, predicate, object, valid_from) VALUES ('a','b','c',100.0)")
+
+
+def test_facts_survive_a_restart(start_actor: StartActor, fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
+    store(fact_store, fact("a", "b", "c"), fact("d", "e", "f", ended=200.0))
+    fact_store.stop(timeout=10)
+    reopened = start_actor(FactStore, path=facts_path)
+    assert reopened.ask(CountFacts(), timeout=10) == FactCounts(active=1, ended=1)
+
+
+def test_unopenable_database_surfaces_through_ping(start_actor: StartActor, tmp_path: Path) -> None:
+    not_a_db = tmp_path / "facts.db"
+    not_a_db.write_bytes(b"this is not an SQLite database at all" * 100)
+    ref = start_actor(FactStore, path=not_a_db)
+    with pytest.raises(StoreError, match="cannot open the fact store"):
+        ref.ask(Ping(), timeout=30)

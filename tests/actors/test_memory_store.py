@@ -1,0 +1,231 @@
+"""MemoryStore alone, through `ask`, on an embedded Qdrant under tmp_path."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import pykka
+import pytest
+
+from imprint.actors.memory_store import MemoryStore
+from imprint.errors import ModelError, StoreError
+from imprint.messages.records import MemoryRecord, finalize_memory, point_id
+from imprint.messages.store import (
+    CountMemories,
+    DescribeStore,
+    EmbedTexts,
+    FindMissing,
+    MemoryPage,
+    PageMemories,
+    Ping,
+    SearchMemories,
+    StoreInfo,
+    StoreMemories,
+    StoreResult,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+COLLECTION = "imprint_test"
+DIM = 8
+
+StartActor = Callable[..., pykka.ActorRef[Any]]
+
+
+def memory(content: str, *, project: str = "default", source: str = "") -> MemoryRecord:
+    return finalize_memory(MemoryRecord(content=content, project=project, source=source), now=1_700_000_000.0)
+
+
+def unit_vectors(n: int, *, seed: int = 7, dim: int = DIM) -> list[list[float]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        v = [rng.uniform(-1, 1) for _ in range(dim)]
+        norm = sum(x * x for x in v) ** 0.5
+        out.append([x / norm for x in v])
+    return out
+
+
+def open_store(start_actor: StartActor, path: Path, dimension: int | None, collection: str = COLLECTION) -> pykka.ActorRef[Any]:
+    ref = start_actor(MemoryStore, collection=collection, path=path, dimension=dimension)
+    assert ref.ask(Ping(), timeout=60) is True
+    return ref
+
+
+def store(ref: pykka.ActorRef[Any], records: list[MemoryRecord], vectors: list[list[float]]) -> StoreResult:
+    return ref.ask(StoreMemories(records=tuple(records), vectors=vectors), timeout=60)
+
+
+def all_pages(ref: pykka.ActorRef[Any], limit: int) -> list[MemoryPage]:
+    pages, after = [], None
+    while True:
+        page = ref.ask(PageMemories(limit=limit, after=after), timeout=30)
+        pages.append(page)
+        assert len(page.records) <= limit
+        if page.next_after is None:
+            return pages
+        after = page.next_after
+        assert len(pages) < 100, "paging does not end"
+
+
+def test_find_missing_store_and_restore_inserts_nothing(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    records = [memory(f"memory number {i}") for i in range(5)]
+    ids = tuple(r.id for r in records)
+
+    assert ref.ask(FindMissing(ids=ids), timeout=30).ids == ids
+    assert store(ref, records[:3], unit_vectors(3)) == StoreResult(inserted=3, skipped=0)
+    # missing ids come back in input order, without the stored ones
+    assert ref.ask(FindMissing(ids=ids[::-1]), timeout=30).ids == (ids[4], ids[3])
+
+    assert store(ref, records, unit_vectors(5)) == StoreResult(inserted=2, skipped=3)
+    assert store(ref, records, unit_vectors(5)) == StoreResult(inserted=0, skipped=5)
+    assert ref.ask(CountMemories(), timeout=30) == 5
+    assert ref.ask(FindMissing(ids=ids), timeout=30).ids == ()
+
+
+def test_duplicates_inside_one_batch_are_stored_once(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    twin = memory("said twice")
+    assert store(ref, [twin, twin, memory("said once")], unit_vectors(3)) == StoreResult(inserted=2, skipped=1)
+    assert ref.ask(CountMemories(), timeout=30) == 2
+
+
+def test_stored_payload_round_trips_and_point_id_follows_spec(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    record = finalize_memory(
+        MemoryRecord(content="payload check", project="p", source="a.md", chunk_index=3, source_mtime=12.5, timestamp=99.0)
+    )
+    store(ref, [record], unit_vectors(1))
+    [page] = all_pages(ref, 10)
+    assert page.records == (record,)
+
+    # The point id is SPEC's uuid5, read straight from Qdrant's files with a second client after closing ours.
+    ref.stop(timeout=30)
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        [point] = client.retrieve(COLLECTION, ids=[point_id(record.id)], with_payload=True)
+        assert point.payload["id"] == record.id
+    finally:
+        client.close()
+
+
+def test_paging_covers_every_record_once_in_stable_order(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    records = [memory(f"paged memory {i}", project=f"p{i % 3}") for i in range(23)]
+    store(ref, records, unit_vectors(23))
+
+    first = [r.id for p in all_pages(ref, 5) for r in p.records]
+    assert len(first) == 23
+    assert sorted(first) == sorted(r.id for r in records)
+    # stable: point-id order, the same on every pass and for every page size
+    assert first == sorted(first, key=point_id)
+    assert [r.id for p in all_pages(ref, 5) for r in p.records] == first
+    assert [r.id for p in all_pages(ref, 7) for r in p.records] == first
+    assert [r.id for p in all_pages(ref, 100) for r in p.records] == first
+
+
+def test_search_is_best_first_and_filters_by_project(
+    embedder: pykka.ActorRef[Any], start_actor: StartActor, tmp_path: Path
+) -> None:
+    dimension = 384
+    ref = open_store(start_actor, tmp_path / "qdrant", dimension)
+    records = [
+        memory("The espresso machine in the office kitchen is broken again.", project="work"),
+        memory("Remember to water the tomato plants in the garden every morning.", project="home"),
+        memory("Our team standup moved from 9am to 10am on Mondays.", project="work"),
+        memory("The dog needs its vaccination appointment booked at the vet.", project="home"),
+        memory("The coffee maker at work has stopped working.", project="home"),
+    ]
+    vectors = embedder.ask(EmbedTexts(texts=tuple(r.content for r in records)), timeout=60).vectors
+    store(ref, records, vectors)
+    [query] = embedder.ask(EmbedTexts(texts=("the office coffee machine is out of order",)), timeout=60).vectors
+
+    hits = ref.ask(SearchMemories(vector=query, limit=5), timeout=30).hits
+    assert len(hits) == 5
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert {hits[0].record.id, hits[1].record.id} == {records[0].id, records[4].id}
+    assert hits[0].score > hits[2].score
+
+    work = ref.ask(SearchMemories(vector=query, limit=5, project="work"), timeout=30).hits
+    assert [h.record.id for h in work] == [records[0].id, records[2].id]
+    assert ref.ask(SearchMemories(vector=query, limit=1, project="home"), timeout=30).hits[0].record == records[4]
+    assert ref.ask(SearchMemories(vector=query, limit=5, project="nowhere"), timeout=30).hits == ()
+
+
+def test_dimension_mismatch_with_existing_collection_is_a_model_error(start_actor: StartActor, tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    first = open_store(start_actor, path, DIM)
+    store(first, [memory("kept")], unit_vectors(1))
+    first.stop(timeout=30)
+
+    other = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM * 2)
+    with pytest.raises(ModelError, match=rf"{DIM}-dimensional.*gives {DIM * 2}"):
+        other.ask(Ping(), timeout=60)
+    other.stop(timeout=30)
+
+    # nothing was changed: the right dimension still opens it with its memory
+    again = open_store(start_actor, path, DIM)
+    assert again.ask(CountMemories(), timeout=30) == 1
+
+
+def test_read_only_open_of_a_missing_collection_counts_zero(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", None)
+    assert ref.ask(CountMemories(), timeout=30) == 0
+    assert ref.ask(PageMemories(limit=10), timeout=30) == MemoryPage(records=(), next_after=None)
+    assert ref.ask(SearchMemories(vector=[1.0] + [0.0] * 7), timeout=30).hits == ()
+    record = memory("not allowed")
+    assert ref.ask(FindMissing(ids=(record.id,)), timeout=30).ids == (record.id,)
+    info = ref.ask(DescribeStore(), timeout=30)
+    assert info == StoreInfo(location=str(tmp_path / "qdrant"), collection=COLLECTION, dimension=None, count=0)
+    with pytest.raises(StoreError, match="read-only"):
+        store(ref, [record], unit_vectors(1))
+
+
+def test_read_only_open_of_an_existing_collection_learns_its_dimension(start_actor: StartActor, tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    writer = open_store(start_actor, path, DIM)
+    store(writer, [memory("one"), memory("two")], unit_vectors(2))
+    writer.stop(timeout=30)
+
+    reader = open_store(start_actor, path, None)
+    info = reader.ask(DescribeStore(), timeout=30)
+    assert (info.dimension, info.count) == (DIM, 2)
+
+
+def test_records_and_vectors_must_pair_up(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    with pytest.raises(StoreError, match="2 records but 1 vectors"):
+        store(ref, [memory("a"), memory("b")], unit_vectors(1))
+    assert ref.ask(CountMemories(), timeout=30) == 0
+
+
+def test_second_client_on_the_same_path_is_a_clear_store_error(start_actor: StartActor, tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    first = open_store(start_actor, path, DIM)
+    store(first, [memory("held by the first client")], unit_vectors(1))
+
+    second = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM)
+    with pytest.raises(StoreError, match="open in another imprint process"):
+        second.ask(Ping(), timeout=60)
+    # the first client is unaffected
+    assert first.ask(CountMemories(), timeout=30) == 1
+
+
+def test_workspaces_are_separate_collections_in_one_store(start_actor: StartActor, tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    ref_a = open_store(start_actor, path, DIM, collection="imprint_a")
+    store(ref_a, [memory("only in a")], unit_vectors(1))
+    ref_a.stop(timeout=30)
+
+    ref_b = open_store(start_actor, path, DIM, collection="imprint_b")
+    assert ref_b.ask(CountMemories(), timeout=30) == 0
+    store(ref_b, [memory("only in b"), memory("also in b")], unit_vectors(2))
+    ref_b.stop(timeout=30)
+
+    assert open_store(start_actor, path, None, collection="imprint_a").ask(CountMemories(), timeout=30) == 1

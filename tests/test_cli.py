@@ -1,0 +1,385 @@
+"""The `imprint` CLI by subprocess: `python -m imprint --data-dir DIR …`.
+
+Each command that writes or searches memories loads the model (~5 s), so a
+300-record corpus is imported once per module and copied for tests that
+change it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import pytest
+
+from imprint.messages.records import MemoryRecord, memory_id
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+pytestmark = pytest.mark.timeout(180)
+
+# ---------------------------------------------------------------- a corpus of 300 records
+
+SUBJECTS = ["The project manager", "Our landlord", "My grandmother", "The new intern", "The football coach", "A local baker",
+            "The city council", "The database administrator", "Our neighbour", "The school librarian", "The tax advisor", "The chef"]
+ACTIONS = ["scheduled a meeting about", "complained loudly about", "wrote a long report on", "forgot everything about",
+           "asked for a budget for", "gave a short talk on", "bought a book about", "posted a photo of", "argued with the team over",
+           "made a spreadsheet of", "cancelled the plans for", "was excited about"]
+OBJECTS = ["the quarterly sales figures", "the broken heating system", "a sourdough recipe", "the summer holiday",
+           "the parking permits", "the server migration", "the chess tournament", "the garden fence", "a new mobile phone",
+           "the wedding invitations", "the recycling rules", "the marathon training plan"]
+TARGET = {
+    "content": "The lighthouse keeper repainted the spiral staircase bright red during the autumn storms.",
+    "project": "beta",
+    "source": "diary.md",
+    "timestamp": 1_650_000_000.0,
+}
+TARGET_ID = memory_id(TARGET["project"], TARGET["source"], TARGET["content"])
+PARAPHRASE = "during last fall's storms the man who tends the lighthouse gave its winding stairs a new coat of red paint"
+CORPUS_SIZE = 300
+
+
+def corpus_rows() -> list[dict[str, Any]]:
+    combos = list(itertools.product(SUBJECTS, ACTIONS, OBJECTS))
+    random.Random(3).shuffle(combos)
+    rows: list[dict[str, Any]] = [
+        {
+            "content": f"{s} {a} {o}.",
+            "project": ("alpha", "beta", "gamma")[i % 3],
+            "source": f"notes/{i % 17}.md",
+            "chunk_index": i % 5,
+            "timestamp": 1_700_000_000.0 + i,
+        }
+        for i, (s, a, o) in enumerate(combos[: CORPUS_SIZE - 1])
+    ]
+    rows.insert(CORPUS_SIZE // 2, TARGET)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert the command failed with a one-line error and no traceback; return that line."""
+    assert proc.returncode != 0, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, "no error message on stderr"
+    assert lines[-1].startswith("imprint: error: "), proc.stderr
+    return lines[-1]
+
+
+def json_objects(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line is one JSON object: nothing else is allowed in --json mode."""
+    objects = []
+    for line in stdout.splitlines():
+        value = json.loads(line)
+        assert isinstance(value, dict), line
+        objects.append(value)
+    return objects
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def export_lines(run: Run, data_dir: Path, *extra: str) -> list[str]:
+    return ok(run(data_dir, *extra, "export")).stdout.splitlines()
+
+
+def copy_data_dir(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, imprint_cli: Run) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """A data dir holding the 300-record corpus: (data_dir, corpus file, the import's process)."""
+    base = tmp_path_factory.mktemp("corpus")
+    path = write_jsonl(base / "corpus.jsonl", corpus_rows())
+    data_dir = base / "data"
+    proc = imprint_cli(data_dir, "--json", "import", str(path), timeout=170)
+    return data_dir, path, proc
+
+
+# ---------------------------------------------------------------- import, search, export
+
+
+def test_done_when_import_search_reimport_export(corpus: tuple[Path, Path, Any], imprint_cli: Run) -> None:
+    data_dir, path, first = corpus
+    assert json_objects(ok(first).stdout) == [{"inserted": CORPUS_SIZE, "skipped": 0, "rejected": 0}]
+
+    hits = json_objects(ok(imprint_cli(data_dir, "search", PARAPHRASE, "-k", "3", "--json")).stdout)
+    assert len(hits) == 3
+    assert [set(h) for h in hits] == [{"id", "score", "content", "project", "source"}] * 3
+    assert hits[0] == {**{k: TARGET[k] for k in ("content", "project", "source")}, "id": TARGET_ID, "score": hits[0]["score"]}
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+
+    again = ok(imprint_cli(data_dir, "import", str(path)))
+    assert again.stdout.strip() == f"inserted 0, skipped {CORPUS_SIZE} (already there)"
+
+    lines = export_lines(imprint_cli, data_dir)
+    assert len(lines) == CORPUS_SIZE
+    expected = {memory_id(r["project"], r["source"], r["content"]) for r in corpus_rows()}
+    assert {json.loads(line)["id"] for line in lines} == expected
+
+
+def test_export_is_stable_spec_shaped_and_keeps_timestamps(corpus: tuple[Path, Path, Any], imprint_cli: Run) -> None:
+    data_dir = corpus[0]
+    first = ok(imprint_cli(data_dir, "export")).stdout
+    second = ok(imprint_cli(data_dir, "export", "--dataset", "memories")).stdout
+    assert first == second and first.count("\n") == CORPUS_SIZE
+    decoder = msgspec.json.Decoder(MemoryRecord)
+    by_id = {}
+    for line in first.splitlines():
+        obj = json.loads(line)
+        assert set(obj) == {"id", "content", "project", "type", "tags", "source", "chunk_index", "source_mtime", "timestamp"}
+        by_id[obj["id"]] = decoder.decode(line)
+    assert by_id[TARGET_ID].timestamp == TARGET["timestamp"]
+    # another workspace is another collection: empty, and opening it read-only creates nothing
+    assert ok(imprint_cli(data_dir, "--workspace", "other", "export")).stdout == ""
+
+
+def test_search_filters_by_project_in_human_output(corpus: tuple[Path, Path, Any], imprint_cli: Run) -> None:
+    data_dir = corpus[0]
+    proc = ok(imprint_cli(data_dir, "search", PARAPHRASE, "-k", "4", "--project", "gamma"))
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        assert re.match(r"^\d\.\d{3}  [0-9a-f]{16}  \[gamma\]  ", line), line
+    assert TARGET_ID not in proc.stdout
+
+
+def test_search_arguments_are_checked_before_anything_loads(tmp_path: Path, imprint_cli: Run) -> None:
+    assert "query is empty" in one_line_error(imprint_cli(tmp_path, "search", "   "))
+    assert "-k must be between" in one_line_error(imprint_cli(tmp_path, "search", "x", "-k", "0"))
+
+
+def test_add_prints_the_id_then_says_already_there(tmp_path: Path, imprint_cli: Run) -> None:
+    text = "Deploys happen on Thursdays after the 2pm freeze."
+    args = ("add", text, "--project", "ops", "--source", "wiki/deploy.md", "--tag", "lang=en", "--tag", "topics=deploy", "--tag", "topics=ci")
+    expected_id = memory_id("ops", "wiki/deploy.md", text)
+
+    assert ok(imprint_cli(tmp_path, *args)).stdout == expected_id + "\n"
+    assert ok(imprint_cli(tmp_path, *args)).stdout == f"{expected_id} (already there)\n"
+
+    [line] = export_lines(imprint_cli, tmp_path)
+    record = json.loads(line)
+    assert (record["id"], record["content"], record["project"], record["source"]) == (expected_id, text, "ops", "wiki/deploy.md")
+    assert record["tags"] == {"lang": "en", "layer": "", "kind": "", "domain": [], "topics": ["deploy", "ci"]}
+    assert record["timestamp"] > 0
+
+
+def test_add_refuses_a_bad_tag(tmp_path: Path, imprint_cli: Run) -> None:
+    assert "bad --tag 'colour=red'" in one_line_error(imprint_cli(tmp_path, "add", "text", "--tag", "colour=red"))
+
+
+def test_import_one_good_two_bad_lines_stores_the_good_one_and_exits_1(tmp_path: Path, imprint_cli: Run) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"content": "the only good line", "project": "p"}\nthis is not json\n{"content": 5}\n')
+    proc = imprint_cli(tmp_path / "data", "import", str(path))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    named = re.findall(r"^imprint: line (\d+): rejected", proc.stderr, flags=re.M)
+    assert named == ["2", "3"]
+    assert proc.stdout.strip() == "inserted 1, skipped 0 (already there), rejected 2 lines"
+    [line] = export_lines(imprint_cli, tmp_path / "data")
+    assert json.loads(line)["content"] == "the only good line"
+
+
+def test_import_from_stdin_prints_only_json(tmp_path: Path, imprint_cli: Run) -> None:
+    lines = '{"content": "read from standard input"}\n\n{"content": "second piped line", "source": "pipe"}\n'
+    proc = ok(imprint_cli(tmp_path, "import", "-", "--json", input=lines))
+    assert json_objects(proc.stdout) == [{"inserted": 2, "skipped": 0, "rejected": 0}]
+    assert {json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path)} == {
+        "read from standard input",
+        "second piped line",
+    }
+
+
+def test_non_utf8_and_oversize_lines_are_named_and_nothing_is_lost(
+    corpus: tuple[Path, Path, Any], tmp_path: Path, imprint_cli: Run
+) -> None:
+    data_dir = copy_data_dir(corpus[0], tmp_path / "data")
+    before = export_lines(imprint_cli, data_dir)
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'{"content": "caf\xe9 written in latin-1"}\n'
+        b'{"content": "a new line in good UTF-8 \xe2\x9c\x93"}\n'
+        b"\xff\xfe\x00garbage\n"
+        + json.dumps({"content": "x" * (1024 * 1024 + 1)}).encode()
+        + b"\n"
+        + (json.dumps(TARGET) + "\n").encode()
+    )
+    proc = imprint_cli(data_dir, "import", str(path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    reasons = dict(re.findall(r"^imprint: line (\d+): rejected: (.*)$", proc.stderr, flags=re.M))
+    assert set(reasons) == {"1", "3", "4"}
+    assert reasons["1"] == reasons["3"] == "not UTF-8 text"
+    assert "larger than 1 MiB" in reasons["4"]
+    assert proc.stdout.strip() == "inserted 1, skipped 1 (already there), rejected 3 lines"
+
+    after = export_lines(imprint_cli, data_dir)
+    assert len(after) == CORPUS_SIZE + 1
+    assert set(before) <= set(after)  # every stored record is byte-for-byte unchanged
+    assert "a new line in good UTF-8 ✓" in {json.loads(line)["content"] for line in after}
+
+
+def test_a_missing_import_file_is_a_one_line_error(tmp_path: Path, imprint_cli: Run) -> None:
+    assert "cannot read" in one_line_error(imprint_cli(tmp_path, "import", str(tmp_path / "nope.jsonl")))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_empty_content_on_add_is_refused(tmp_path: Path, imprint_cli: Run) -> None:
+    for text in ("", "   \n\t"):
+        assert "content is empty" in one_line_error(imprint_cli(tmp_path, "add", text))
+    assert export_lines(imprint_cli, tmp_path) == []
+
+
+def test_content_over_1_mib_on_add_is_refused(tmp_path: Path) -> None:
+    # Linux caps one argv string at 128 KiB, so the oversize text is built inside the child,
+    # which runs the real entry point with it.
+    code = (
+        "import sys; from imprint.main import main; "
+        f"sys.exit(main(['--data-dir', {str(tmp_path)!r}, 'add', 'x' * (1024 * 1024 + 1)]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert "larger than 1 MiB" in one_line_error(proc)
+    assert not (tmp_path / "qdrant").exists()  # refused before any store was opened
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_workspace_with_path_characters_is_refused(tmp_path: Path, imprint_cli: Run, where: str) -> None:
+    data_dir = tmp_path / "data"
+    args = ("--workspace", "../x", "status") if where == "before" else ("status", "--workspace", "../x")
+    line = one_line_error(imprint_cli(data_dir, *args))
+    assert "invalid workspace name '../x'" in line
+    assert not data_dir.exists() and not (tmp_path / "x").exists()
+
+
+def test_unwritable_data_dir_is_refused(tmp_path: Path, imprint_cli: Run) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("a regular file cannot hold a data dir")
+    unwritable = [a_file / "data"]
+    if os.geteuid() != 0:  # root writes through directory permissions
+        read_only = tmp_path / "read-only"
+        read_only.mkdir(mode=0o500)
+        unwritable.append(read_only)
+    for data_dir in unwritable:
+        for args in (("add", "hello"), ("fact", "list")):
+            line = one_line_error(imprint_cli(data_dir, *args))
+            assert f"data dir {data_dir} is not writable" in line
+    assert a_file.read_text() == "a regular file cannot hold a data dir"
+
+
+def test_unknown_model_is_a_one_line_error_and_changes_nothing(
+    corpus: tuple[Path, Path, Any], tmp_path: Path, imprint_cli: Run
+) -> None:
+    data_dir = copy_data_dir(corpus[0], tmp_path / "data")
+    before = export_lines(imprint_cli, data_dir)
+    line = one_line_error(imprint_cli(data_dir, "--model", "does-not-exist", "add", "a brand new memory"))
+    assert "'does-not-exist'" in line
+    assert export_lines(imprint_cli, data_dir) == before
+
+
+# ---------------------------------------------------------------- facts
+
+
+def test_fact_add_list_end_and_export(tmp_path: Path, imprint_cli: Run) -> None:
+    [tea] = json_objects(ok(imprint_cli(tmp_path, "--json", "fact", "add", "alice", "likes", "tea", "--source", "chat")).stdout)
+    assert set(tea) == {"id", "subject", "predicate", "object", "valid_from", "ended", "source"}
+    assert (tea["subject"], tea["predicate"], tea["object"], tea["ended"], tea["source"]) == ("alice", "likes", "tea", None, "chat")
+    coffee_id = ok(imprint_cli(tmp_path, "fact", "add", "alice", "likes", "coffee")).stdout.strip()
+    assert coffee_id.isdigit() and int(coffee_id) != tea["id"]
+    ok(imprint_cli(tmp_path, "fact", "add", "bob", "works_at", "Acme"))
+
+    listed = ok(imprint_cli(tmp_path, "fact", "list", "--subject", "alice")).stdout.splitlines()
+    assert len(listed) == 2 and "alice —likes→ tea" in listed[0] and "alice —likes→ coffee" in listed[1]
+
+    assert ok(imprint_cli(tmp_path, "fact", "end", str(tea["id"]))).stdout.strip() == f"ended fact {tea['id']}"
+    open_facts = json_objects(ok(imprint_cli(tmp_path, "--json", "fact", "list", "--predicate", "likes")).stdout)
+    assert [f["object"] for f in open_facts] == ["coffee"]
+    every = json_objects(ok(imprint_cli(tmp_path, "fact", "list", "--all", "--json")).stdout)
+    assert [(f["object"], f["ended"] is not None) for f in every] == [("tea", True), ("coffee", False), ("Acme", False)]
+    assert ok(imprint_cli(tmp_path, "fact", "list", "--subject", "nobody")).stdout == "no facts\n"
+
+    assert f"fact {tea['id']} already ended" in one_line_error(imprint_cli(tmp_path, "fact", "end", str(tea["id"])))
+    failed = imprint_cli(tmp_path, "--json", "fact", "end", "999")
+    assert "no fact with id 999" in one_line_error(failed)
+    assert json_objects(failed.stdout) == [{"event": "error", "message": "no fact with id 999"}]
+    assert "subject is empty" in one_line_error(imprint_cli(tmp_path, "fact", "add", " ", "likes", "x"))
+    assert "fact needs an action" in one_line_error(imprint_cli(tmp_path, "fact"))
+
+    exported = ok(imprint_cli(tmp_path, "export", "--dataset", "facts")).stdout
+    assert exported == ok(imprint_cli(tmp_path, "export", "--dataset", "facts")).stdout
+    records = [json.loads(line) for line in exported.splitlines()]
+    assert [(r["subject"], r["object"]) for r in records] == [("alice", "coffee"), ("alice", "tea"), ("bob", "Acme")]
+    assert all(set(r) == {"subject", "predicate", "object", "valid_from", "ended", "source"} for r in records)
+    assert next(r for r in records if r["object"] == "tea")["ended"] == every[0]["ended"]
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_reports_dir_workspace_device_model_and_counts(
+    corpus: tuple[Path, Path, Any], tmp_path: Path, imprint_cli: Run
+) -> None:
+    data_dir = copy_data_dir(corpus[0], tmp_path / "data")
+    assert not (data_dir / "device_id.txt").exists()
+    ok(imprint_cli(data_dir, "fact", "add", "a", "b", "c"))
+    [status] = json_objects(ok(imprint_cli(data_dir, "status", "--json")).stdout)
+    device_id = (data_dir / "device_id.txt").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{8}", device_id)
+    assert status == {
+        "data_dir": str(data_dir),
+        "workspace": "default",
+        "device_id": device_id,
+        "model": "all-MiniLM-L6-v2",
+        "dimension": 384,
+        "memory_store": str(data_dir / "qdrant"),
+        "memories": CORPUS_SIZE,
+        "facts_active": 1,
+        "facts_ended": 0,
+    }
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def test_console_script_and_module_are_the_same_command(tmp_path: Path, imprint_cli: Run) -> None:
+    script = Path(sys.executable).with_name("imprint")
+    script = script if script.exists() else Path(shutil.which("imprint") or "imprint-not-installed")
+    assert script.exists(), "the `imprint` console script is not installed"
+    via_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    via_module = ok(imprint_cli(None, "--help"))
+    assert via_script.returncode == 0
+    assert via_script.stdout == via_module.stdout
+    assert via_module.stdout.startswith("usage: imprint ")
+    for command in ("add", "import", "export", "search", "fact", "status"):
+        assert re.search(rf"^\s+{command}\s", via_module.stdout, flags=re.M), command
+
+
+def test_no_command_prints_usage_and_fails(imprint_cli: Run) -> None:
+    proc = imprint_cli(None)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("usage: imprint ")
