@@ -189,6 +189,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
         for number, line in enumerate(lines, start=1):
             bar.update(len(line))
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte order mark, as some editors write
             if not line.strip():
                 continue
             try:

@@ -15,7 +15,7 @@ import msgspec
 from loguru import logger
 
 from imprint.actors.base import ImprintActor
-from imprint.errors import ModelError, StoreError
+from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import MemoryRecord, memory_to_payload, point_id
 from imprint.messages.store import (
     CountMemories,
@@ -117,6 +117,14 @@ class MemoryStore(ImprintActor):
             self._client = None
 
     def handle(self, message: Any) -> Any:
+        try:
+            return self._dispatch(message)
+        except (ImprintError, TypeError):
+            raise
+        except Exception as exc:  # Qdrant (disk full, server down, …): one clear line for the user
+            raise StoreError(f"memory store error at {self.location}: {str(exc).strip()[:300] or type(exc).__name__}") from None
+
+    def _dispatch(self, message: Any) -> Any:
         match message:
             case FindMissing(ids=ids, timestamps=timestamps):
                 return MissingIds(ids=self._to_write(ids, timestamps))
