@@ -7,6 +7,7 @@ import argparse
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,12 +113,15 @@ def _reporter(out: Output, role: str) -> Callable[[dict[str, Any]], None]:
 # ---------------------------------------------------------------- serve / join
 
 
-def _session_parts(settings: Settings) -> tuple[Any, Any, Any]:
+def _session_parts(settings: Settings, local: Any = None) -> tuple[Any, Any, Any, bool]:
+    """Identity, host info, the LocalActors to use, and whether we own (start/stop) them."""
     from imprint.identity import host_info, load_identity
     from imprint.local import LocalActors
 
     identity = load_identity(settings.data_dir)
-    return identity, host_info(), LocalActors(settings, embedder=True)
+    if local is not None:
+        return identity, host_info(), local, False
+    return identity, host_info(), LocalActors(settings, embedder=True), True
 
 
 def run_serve(
@@ -130,14 +134,19 @@ def run_serve(
     idle_timeout: float,
     report: Callable[[dict[str, Any]], None],
     approver: Any,
+    local: Any = None,
 ) -> dict[str, Any]:
-    """Provider: prints the command for the other side, serves one peer, returns the stats event."""
+    """Provider: prints the command for the other side, serves one peer, returns the stats event.
+
+    `local`: running LocalActors (with the embedder) to use instead of starting
+    our own; the caller keeps owning it (the dashboard holds one for its lifetime).
+    """
     from imprint.relay import RelayServer
     from imprint.sync.addresses import default_relay, display_target, lan_address, new_pin, new_room, relay_base
     from imprint.sync.session import ProviderSession, SessionConfig
     from imprint.trust import TrustList
 
-    identity, host, local = _session_parts(settings)
+    identity, host, local, owned = _session_parts(settings, local)
     pin, room = new_pin(), new_room()
     chosen = relay or default_relay()
     server = None
@@ -156,7 +165,7 @@ def run_serve(
             public_host = lan_address() if host_part in ("", "0.0.0.0") else host_part
             base = f"ws://{public_host}:{port}"
             connect_base = f"ws://127.0.0.1:{port}" if host_part in ("", "0.0.0.0") else base
-        with local:
+        with local if owned else nullcontext(local):
             target = display_target(base, room, default=default_relay())
             report({"event": "room", "target": target, "pin": pin, "room": room, "relay": base,
                     "fingerprint": identity.fingerprint, "hostname": host.hostname, "mode": mode})
@@ -181,15 +190,19 @@ def run_join(
     batch_size: int,
     idle_timeout: float,
     report: Callable[[dict[str, Any]], None],
+    local: Any = None,
 ) -> dict[str, Any]:
-    """Consumer: joins the provider's room, pulls, pushes, returns the stats event."""
+    """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
+
+    `local`: as for :func:`run_serve`.
+    """
     from imprint.sync.addresses import default_relay, parse_target
     from imprint.sync.session import ConsumerSession, SessionConfig
 
     where = parse_target(target, default_relay=default_relay())
     pin = pin.strip()
-    identity, host, local = _session_parts(settings)
-    with local:
+    identity, host, local, owned = _session_parts(settings, local)
+    with local if owned else nullcontext(local):
         session = ConsumerSession(
             config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
                                  batch_size=batch_size, idle_timeout=idle_timeout),

@@ -1,0 +1,344 @@
+// imprint dashboard: plain JS, no build step. Every text from the API is set
+// with textContent (never innerHTML), so stored memories cannot inject markup.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v);
+  }
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+function s(tag, attrs = {}, text) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, options);
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `${res.status} ${res.statusText}`);
+  return body;
+}
+
+const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+
+// ------------------------------------------------------------------ routing
+
+const loaders = {};
+function show() {
+  const page = (location.hash || "#memories").slice(1);
+  const name = loaders[page] ? page : "memories";
+  document.querySelectorAll(".page").forEach((p) => (p.hidden = p.id !== `page-${name}`));
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === name));
+  loaders[name]().catch((err) => console.error(err));
+}
+window.addEventListener("hashchange", show);
+
+// ------------------------------------------------------------------ memories
+
+const memState = { offset: 0, limit: 25 };
+
+function memoryCard(m, score) {
+  const meta = h("div", { class: "meta" },
+    h("span", {}, `project: ${m.project}`), h("span", {}, `type: ${m.type}`),
+    h("span", {}, `source: ${m.source || "—"}`), h("span", {}, when(m.timestamp)), h("span", {}, m.id));
+  const card = h("div", { class: "card memory" });
+  if (score !== undefined) card.append(h("span", { class: "score" }, score.toFixed(3) + " "));
+  card.append(h("div", { class: "content" }, m.content), meta);
+  return card;
+}
+
+function fillSelect(sel, values) {
+  const current = sel.value;
+  sel.replaceChildren(h("option", { value: "" }, "all"), ...values.map((v) => h("option", { value: v }, v || "(none)")));
+  sel.value = values.includes(current) ? current : "";
+}
+
+loaders.memories = async () => {
+  const params = new URLSearchParams({ offset: memState.offset, limit: memState.limit });
+  for (const key of ["project", "type", "source"]) {
+    const sel = $(`#mem-${key}`);
+    if (sel.value !== "") params.set(key, sel.value);
+  }
+  const data = await api(`/api/memories?${params}`);
+  fillSelect($("#mem-project"), data.projects);
+  fillSelect($("#mem-type"), data.types);
+  fillSelect($("#mem-source"), data.sources);
+  $("#mem-list").replaceChildren(...data.items.map((m) => memoryCard(m)));
+  const last = Math.min(data.offset + data.items.length, data.total);
+  $("#mem-summary").textContent = `${data.total} memories`;
+  $("#mem-page").textContent = data.total ? `${data.offset + 1}–${last} of ${data.total}` : "none";
+  $("#mem-prev").disabled = data.offset === 0;
+  $("#mem-next").disabled = last >= data.total;
+};
+
+for (const key of ["project", "type", "source"]) {
+  $(`#mem-${key}`).addEventListener("change", () => { memState.offset = 0; loaders.memories(); });
+}
+$("#mem-prev").addEventListener("click", () => { memState.offset = Math.max(0, memState.offset - memState.limit); loaders.memories(); });
+$("#mem-next").addEventListener("click", () => { memState.offset += memState.limit; loaders.memories(); });
+
+// ------------------------------------------------------------------ search
+
+loaders.search = async () => $("#search-q").focus();
+$("#search-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const params = new URLSearchParams({ q: $("#search-q").value, k: $("#search-k").value || 10 });
+  const out = $("#search-results");
+  try {
+    const data = await api(`/api/search?${params}`);
+    out.replaceChildren(...(data.hits.length ? data.hits.map((hit) => memoryCard(hit.memory, hit.score)) : [h("p", { class: "muted" }, "no memories found")]));
+  } catch (err) {
+    out.replaceChildren(h("p", { class: "status error" }, err.message));
+  }
+});
+
+// ------------------------------------------------------------------ stats
+
+function barChart(counts) {
+  const rowH = 24, labelW = 140, width = 420, barW = width - labelW - 50;
+  const max = Math.max(1, ...counts.map((c) => c.count));
+  const height = Math.max(rowH, counts.length * rowH);
+  const svg = s("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, role: "img" });
+  counts.forEach((c, i) => {
+    const y = i * rowH;
+    const label = c.name.length > 20 ? c.name.slice(0, 19) + "…" : c.name;
+    svg.append(s("text", { x: labelW - 6, y: y + 16, "text-anchor": "end" }, label));
+    svg.append(s("rect", { x: labelW, y: y + 4, width: Math.max(2, (c.count / max) * barW), height: rowH - 8, rx: 3, fill: "#3656d6" }));
+    svg.append(s("text", { x: labelW + (c.count / max) * barW + 6, y: y + 16 }, c.count));
+  });
+  if (!counts.length) svg.append(s("text", { x: 6, y: 16 }, "no data"));
+  return svg;
+}
+
+function donut(parts) {
+  const total = parts.reduce((a, p) => a + p.count, 0);
+  const svg = s("svg", { width: 320, height: 140, viewBox: "0 0 320 140", role: "img" });
+  const r = 50, cx = 70, cy = 70, circ = 2 * Math.PI * r;
+  let offset = 0;
+  svg.append(s("circle", { cx, cy, r, fill: "none", stroke: "#dde1ea", "stroke-width": 22 }));
+  parts.forEach((p, i) => {
+    if (total && p.count) {
+      const len = (p.count / total) * circ;
+      svg.append(s("circle", { cx, cy, r, fill: "none", stroke: p.color, "stroke-width": 22,
+        "stroke-dasharray": `${len} ${circ - len}`, "stroke-dashoffset": -offset, transform: `rotate(-90 ${cx} ${cy})` }));
+      offset += len;
+    }
+    svg.append(s("rect", { x: 150, y: 40 + i * 28, width: 14, height: 14, fill: p.color }));
+    svg.append(s("text", { x: 172, y: 52 + i * 28 }, `${p.name}: ${p.count}`));
+  });
+  svg.append(s("text", { x: cx, y: cy + 5, "text-anchor": "middle" }, total));
+  return svg;
+}
+
+loaders.stats = async () => {
+  const st = await api("/api/stats");
+  const tile = (label, value) => h("div", { class: "tile" }, h("b", {}, value), label);
+  $("#stats-cards").replaceChildren(tile("memories", st.memories), tile("projects", st.by_project.length),
+    tile("facts active", st.facts_active), tile("facts ended", st.facts_ended));
+  $("#chart-project").replaceChildren(barChart(st.by_project));
+  $("#chart-type").replaceChildren(barChart(st.by_type));
+  $("#chart-facts").replaceChildren(donut([{ name: "active", count: st.facts_active, color: "#1e8e5a" }, { name: "ended", count: st.facts_ended, color: "#c0392b" }]));
+};
+
+// ------------------------------------------------------------------ facts
+
+function factGraph(facts) {
+  const nodes = [...new Set(facts.flatMap((f) => [f.subject, f.object]))];
+  const size = 560, cx = size / 2, cy = size / 2, radius = nodes.length > 1 ? size / 2 - 90 : 0;
+  const pos = new Map(nodes.map((n, i) => {
+    const a = (2 * Math.PI * i) / Math.max(1, nodes.length) - Math.PI / 2;
+    return [n, { x: cx + radius * Math.cos(a), y: cy + radius * Math.sin(a) }];
+  }));
+  const svg = s("svg", { width: "100%", viewBox: `0 0 ${size} ${size}`, role: "img", style: `max-width:${size}px` });
+  const defs = s("defs");
+  const marker = s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 22, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" });
+  marker.append(s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#6b7385" }));
+  defs.append(marker);
+  svg.append(defs);
+  for (const f of facts) {
+    const a = pos.get(f.subject), b = pos.get(f.object);
+    svg.append(s("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: f.ended ? "#c9cdd6" : "#6b7385", "stroke-width": 1.5,
+      "stroke-dasharray": f.ended ? "4 3" : "", "marker-end": "url(#arrow)" }));
+    svg.append(s("text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 4, "text-anchor": "middle", fill: "#3656d6" }, f.predicate));
+  }
+  for (const [name, p] of pos) {
+    svg.append(s("circle", { cx: p.x, cy: p.y, r: 14, fill: "#fff", stroke: "#3656d6", "stroke-width": 2 }));
+    svg.append(s("text", { x: p.x, y: p.y + 30, "text-anchor": "middle" }, name.length > 24 ? name.slice(0, 23) + "…" : name));
+  }
+  if (!facts.length) svg.append(s("text", { x: 10, y: 20 }, "no facts"));
+  return svg;
+}
+
+loaders.facts = async () => {
+  const facts = await api(`/api/facts?include_ended=${$("#facts-ended").checked}`);
+  $("#facts-graph").replaceChildren(factGraph(facts));
+  $("#facts-table tbody").replaceChildren(...facts.map((f) => h("tr", { class: f.ended ? "ended" : "" },
+    h("td", {}, f.id), h("td", {}, f.subject), h("td", {}, f.predicate), h("td", {}, f.object),
+    h("td", {}, when(f.valid_from)), h("td", {}, when(f.ended)), h("td", {}, f.source))));
+};
+$("#facts-ended").addEventListener("change", () => loaders.facts());
+
+// ------------------------------------------------------------------ trust
+
+loaders.trust = async () => {
+  const devices = await api("/api/trust");
+  $("#trust-empty").hidden = devices.length > 0;
+  $("#trust-table tbody").replaceChildren(...devices.map((d) => h("tr", {},
+    h("td", {}, h("code", {}, d.fingerprint)), h("td", {}, d.hostname), h("td", {}, when(d.added)),
+    h("td", {}, d.public_key ? "pinned" : "none (plaintext)"),
+    h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
+      if (!confirm(`Forget ${d.hostname} (${d.fingerprint})? It will have to be approved again.`)) return;
+      await api(`/api/trust/${encodeURIComponent(d.fingerprint)}`, { method: "DELETE" });
+      loaders.trust();
+    } }, "Remove")))));
+};
+
+// ------------------------------------------------------------------ sync
+
+function formatStats(ev) {
+  const part = (st, name) => {
+    const x = (st || {})[name] || {};
+    if ("inserted" in x || "skipped" in x) {
+      let text = `${name} ${x.inserted || 0} new / ${x.skipped || 0} already there`;
+      if (x.ended) text += ` / ${x.ended} ended`;
+      return text;
+    }
+    return `${name} ${x.sent || 0} sent`;
+  };
+  return ["Sync complete.",
+    `  into this machine:  ${part(ev.received, "memories")}; ${part(ev.received, "facts")}`,
+    `  into the other:     ${part(ev.sent, "memories")}; ${part(ev.sent, "facts")}`].join("\n");
+}
+
+function progressBar(box, ev, role) {
+  const key = `${ev.phase}-${ev.dataset}`;
+  let bar = box.querySelector(`[data-key="${key}"]`);
+  if (!bar) {
+    bar = h("div", { class: "bar", "data-key": key }, h("span", { class: "label" }), h("div", { class: "track" }, h("div", { class: "fill" })));
+    box.append(bar);
+  }
+  // The consumer pulls then pushes; the provider is the other end of both.
+  const verb = (ev.phase === "push") === (role === "provider") ? "receiving" : "sending";
+  bar.querySelector(".label").textContent = ev.phase === "embed" ? `embedding ${ev.dataset}: ${ev.done} / ${ev.total}`
+    : `${verb} ${ev.dataset}: ${ev.done} / ${ev.total}`;
+  bar.querySelector(".fill").style.width = `${ev.total ? Math.min(100, (100 * ev.done) / ev.total) : 100}%`;
+}
+
+// One EventSource per session; closed on stats or error, so it never reconnects
+// (a reconnect would start a new session).
+function runStream(url, prefix, onEvent) {
+  const status = $(`#${prefix}-status`);
+  const start = $(`#${prefix}-start`);
+  $(`#${prefix}-progress`).replaceChildren();
+  $(`#${prefix}-stats`).hidden = true;
+  status.className = "status";
+  status.textContent = "starting…";
+  start.disabled = true;
+  const source = new EventSource(url);
+  const end = () => { source.close(); start.disabled = false; };
+  source.onmessage = (msg) => {
+    const ev = JSON.parse(msg.data);
+    switch (ev.event) {
+      case "progress": progressBar($(`#${prefix}-progress`), ev, prefix === "serve" ? "provider" : "consumer"); break;
+      case "peer_connected":
+        status.textContent = `connected to ${ev.hostname || "the provider"}${ev.fingerprint ? ` (${ev.fingerprint})` : ""}, ${ev.mode}` +
+          (ev.verification ? `; verification code ${ev.verification}` : "");
+        break;
+      case "stats":
+        status.className = "status done";
+        status.textContent = "done";
+        $(`#${prefix}-stats`).textContent = formatStats(ev);
+        $(`#${prefix}-stats`).hidden = false;
+        end();
+        break;
+      case "error":
+        status.className = "status error";
+        status.textContent = `error: ${ev.message}`;
+        end();
+        break;
+    }
+    onEvent(ev);
+  };
+  source.onerror = () => {
+    if (source.readyState !== EventSource.CLOSED || start.disabled) {
+      status.className = "status error";
+      status.textContent = "lost the connection to the dashboard";
+    }
+    end();
+  };
+}
+
+let serveSession = null;
+
+$("#serve-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const relay = $("#serve-relay").value.trim();
+  $("#serve-room").hidden = true;
+  $("#approval").hidden = true;
+  runStream(`/api/sync/serve${relay ? `?relay=${encodeURIComponent(relay)}` : ""}`, "serve", (e) => {
+    switch (e.event) {
+      case "room":
+        serveSession = e.session_id;
+        $("#serve-command").textContent = `imprint sync ${e.target} --pin ${e.pin}`;
+        $("#serve-target").textContent = e.target;
+        $("#serve-pin").textContent = e.pin;
+        $("#serve-device").textContent = `${e.hostname} (id: ${e.fingerprint})`;
+        $("#serve-room").hidden = false;
+        $("#serve-status").textContent = "waiting for the other machine…";
+        break;
+      case "approval_required":
+        for (const k of ["hostname", "user", "os", "fingerprint"]) $(`#approval-${k}`).textContent = e[k];
+        $("#approval-warning").textContent = e.warning ? `WARNING: ${e.warning}` : "";
+        $("#approval-warning").hidden = !e.warning;
+        document.querySelectorAll("#approval button").forEach((b) => (b.disabled = false));
+        $("#approval").hidden = false;
+        $("#serve-status").textContent = "waiting for your decision";
+        break;
+      case "auto_accepted":
+        $("#serve-status").textContent = `trusted device ${e.hostname} (${e.fingerprint}) accepted`;
+        break;
+      case "peer_connected": case "stats": case "error":
+        $("#approval").hidden = true;
+        break;
+    }
+  });
+});
+
+document.querySelectorAll("#approval button").forEach((button) => button.addEventListener("click", async () => {
+  document.querySelectorAll("#approval button").forEach((b) => (b.disabled = true));
+  try {
+    await api("/api/sync/approve", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session_id: serveSession, decision: button.dataset.decision }) });
+    $("#approval").hidden = true;
+    $("#serve-status").textContent = button.dataset.decision === "reject" ? "rejected" : "accepted; syncing…";
+  } catch (err) {
+    $("#serve-status").className = "status error";
+    $("#serve-status").textContent = `error: ${err.message}`;
+  }
+}));
+
+$("#join-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const params = new URLSearchParams({ target: $("#join-target").value.trim(), pin: $("#join-pin").value.trim() });
+  runStream(`/api/sync/join?${params}`, "join", () => {});
+});
+
+loaders.sync = async () => {};
+
+// ------------------------------------------------------------------ start
+
+api("/api/status").then((st) => {
+  $("#device").textContent = `${st.hostname} · ${st.device_id} · ${st.workspace}`;
+}).catch(() => {});
+show();

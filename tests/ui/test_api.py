@@ -1,0 +1,313 @@
+"""The dashboard's HTTP API against real local actors (Qdrant, SQLite, model)
+on tmp dirs: every endpoint, bad input, and a whole sync driven through the
+API of two dashboards and an in-process relay."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from imprint.identity import load_identity
+from imprint.trust import TrustList
+from imprint.ui.app import create_app
+from .helpers import Machine, machine, served
+
+pytestmark = pytest.mark.timeout(180)
+
+MEMORIES = [
+    ("The deploy script is ops/deploy.sh and needs AWS credentials", "ops", "note", "runbook.md"),
+    ("Postgres runs version 16 with logical replication", "db", "note", "db.md"),
+    ("Alice prefers code reviews on Tuesday mornings", "team", "preference", ""),
+]
+FACTS = [("alice", "works_on", "billing", None), ("postgres", "version", "15", 1_700_000_100.0)]
+BASE = "http://127.0.0.1:8765"
+FOREIGN = {"Origin": "http://evil.example"}
+
+
+@pytest.fixture(scope="module")
+def alpha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    with machine(tmp_path_factory.mktemp("alpha"), MEMORIES, FACTS) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def client(alpha: Machine) -> Iterator[TestClient]:
+    with TestClient(create_app(alpha.settings, local=alpha.local), base_url=BASE) as c:
+        yield c
+
+
+# ---------------------------------------------------------------- schema, pages
+
+
+def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) -> None:
+    from openapi_spec_validator import validate
+
+    schema = client.app.openapi()
+    validate(schema)
+    assert set(schema["paths"]) == {
+        "/api/status", "/api/memories", "/api/search", "/api/stats", "/api/facts", "/api/trust",
+        "/api/trust/{fingerprint}", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/sessions/{session_id}",
+    }
+    assert "text/event-stream" in schema["paths"]["/api/sync/serve"]["get"]["responses"]["200"]["content"]
+    assert client.get("/openapi.json").json() == schema
+
+
+def test_index_and_static_sources_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Trust &amp; accept" in page.text and "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+def test_status_names_this_device(client: TestClient, alpha: Machine) -> None:
+    body = client.get("/api/status").json()
+    assert body["device_id"] == load_identity(alpha.settings.data_dir).fingerprint
+    assert body["workspace"] == "default" and body["model"] == "all-MiniLM-L6-v2" and body["dimension"] == 384
+
+
+# ---------------------------------------------------------------- memories, search, stats, facts
+
+
+def test_memories_lists_newest_first_with_filter_choices(client: TestClient) -> None:
+    body = client.get("/api/memories").json()
+    assert body["total"] == 3
+    assert [m["content"] for m in body["items"]] == [c for c, *_ in reversed(MEMORIES)]
+    assert body["projects"] == ["db", "ops", "team"]
+    assert body["types"] == ["note", "preference"]
+    assert body["sources"] == ["", "db.md", "runbook.md"]
+
+
+@pytest.mark.parametrize(("query", "contents"), [
+    ({"project": "ops"}, [MEMORIES[0][0]]),
+    ({"type": "note"}, [MEMORIES[1][0], MEMORIES[0][0]]),
+    ({"source": "db.md"}, [MEMORIES[1][0]]),
+    ({"project": "ops", "type": "preference"}, []),
+    ({"limit": 1, "offset": 1}, [MEMORIES[1][0]]),
+    ({"offset": 10}, []),
+])
+def test_memories_filters_and_pages(client: TestClient, query: dict[str, Any], contents: list[str]) -> None:
+    body = client.get("/api/memories", params=query).json()
+    assert [m["content"] for m in body["items"]] == contents
+
+
+@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"limit": "many"}])
+def test_memories_rejects_bad_paging(client: TestClient, query: dict[str, Any]) -> None:
+    assert client.get("/api/memories", params=query).status_code == 422
+
+
+def test_search_ranks_by_meaning_with_scores(client: TestClient) -> None:
+    body = client.get("/api/search", params={"q": "which database version do we run?", "k": 2}).json()
+    assert len(body["hits"]) == 2
+    assert body["hits"][0]["memory"]["content"] == MEMORIES[1][0]
+    assert body["hits"][0]["score"] >= body["hits"][1]["score"]
+    only = client.get("/api/search", params={"q": "database", "project": "team"}).json()
+    assert {h["memory"]["project"] for h in only["hits"]} == {"team"}
+
+
+@pytest.mark.parametrize("query", [{}, {"q": ""}, {"q": "   "}, {"q": "x", "k": 0}, {"q": "x", "k": 101}])
+def test_search_rejects_bad_queries(client: TestClient, query: dict[str, Any]) -> None:
+    assert client.get("/api/search", params=query).status_code == 422
+
+
+def test_stats_counts_per_project_type_and_facts(client: TestClient) -> None:
+    body = client.get("/api/stats").json()
+    assert body["memories"] == 3
+    assert body["by_project"] == [{"name": n, "count": 1} for n in ("db", "ops", "team")]
+    assert body["by_type"] == [{"name": "note", "count": 2}, {"name": "preference", "count": 1}]
+    assert (body["facts_active"], body["facts_ended"]) == (1, 1)
+
+
+def test_facts_lists_open_facts_unless_ended_asked(client: TestClient) -> None:
+    open_facts = client.get("/api/facts").json()
+    assert [(f["subject"], f["predicate"], f["object"], f["ended"]) for f in open_facts] == [("alice", "works_on", "billing", None)]
+    every = client.get("/api/facts", params={"include_ended": "true"}).json()
+    assert {f["object"] for f in every} == {"billing", "15"}
+    assert client.get("/api/facts", params={"subject": "postgres", "include_ended": "true"}).json()[0]["ended"] == 1_700_000_100.0
+    assert client.get("/api/facts", params={"limit": 0}).status_code == 422
+
+
+# ---------------------------------------------------------------- trust
+
+
+def test_trust_list_and_remove(client: TestClient, alpha: Machine) -> None:
+    trust = TrustList(alpha.settings.trust_path)
+    trust.add(fingerprint="0a1b2c3d", hostname="laptop", public_key="ab" * 32)
+    trust.add(fingerprint="deadbeef", hostname="desk")
+    listed = client.get("/api/trust").json()
+    assert [(d["fingerprint"], d["hostname"], d["public_key"]) for d in listed] == [
+        ("0a1b2c3d", "laptop", "ab" * 32), ("deadbeef", "desk", "")]
+
+    assert client.delete("/api/trust/DEADBEEF", headers=FOREIGN).status_code == 403
+    assert client.delete("/api/trust/DEADBEEF").json() == {"removed": "deadbeef"}
+    assert client.delete("/api/trust/deadbeef").status_code == 404
+    assert [d.fingerprint for d in trust.load()] == ["0a1b2c3d"]
+    trust.remove("0a1b2c3d")
+
+
+# ---------------------------------------------------------------- approval: bad input, origin, host
+
+
+def test_approve_unknown_session_is_404(client: TestClient) -> None:
+    r = client.post("/api/sync/approve", json={"session_id": "no-such-session", "decision": "accept"})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize("body", [
+    {"session_id": "s", "decision": "maybe"},
+    {"session_id": "s", "decision": "ACCEPT"},
+    {"session_id": "s"},
+    {"decision": "accept"},
+    {"session_id": "", "decision": "accept"},
+    ["s", "accept"],
+])
+def test_approve_rejects_bad_bodies(client: TestClient, body: Any) -> None:
+    assert client.post("/api/sync/approve", json=body).status_code == 422
+
+
+def test_approve_rejects_malformed_json(client: TestClient) -> None:
+    r = client.post("/api/sync/approve", content=b'{"session_id": "s", "decision": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://evil.example"},
+    {"Origin": "http://127.0.0.1:9999"},
+    {"Origin": "https://127.0.0.1:8765"},
+    {"Origin": "null"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},
+])
+def test_state_changes_from_another_origin_are_refused(client: TestClient, headers: dict[str, str]) -> None:
+    r = client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"}, headers=headers)
+    assert r.status_code == 403
+    assert client.get("/api/sync/serve", params={"relay": "ws://127.0.0.1:1"}, headers=headers).status_code == 403
+    assert client.get("/api/sync/join", params={"target": "ws://127.0.0.1:1/room", "pin": "ABCD1234"}, headers=headers).status_code == 403
+    assert client.app.state.sessions.all() == []  # nothing was started
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:8765", "http://localhost:8765"])
+def test_same_origin_is_allowed(client: TestClient, origin: str) -> None:
+    r = client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"},
+                    headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 404  # got past the origin check
+
+
+def test_foreign_host_name_is_refused(client: TestClient) -> None:
+    # A DNS-rebinding page reaches 127.0.0.1 under its own name.
+    assert client.get("/api/memories", headers={"Host": "evil.example:8765"}).status_code == 400
+
+
+@pytest.mark.parametrize(("path", "query"), [
+    ("/api/sync/serve", {"relay": "ftp://relay.example"}),
+    ("/api/sync/join", {"target": "ws://127.0.0.1:1/room", "pin": "short"}),
+    ("/api/sync/join", {"target": "ws://127.0.0.1:1/room"}),
+    ("/api/sync/join", {"target": "ws://127.0.0.1:1/bad room!", "pin": "ABCD1234"}),
+])
+def test_sync_start_rejects_bad_parameters(client: TestClient, path: str, query: dict[str, str]) -> None:
+    assert client.get(path, params=query).status_code == 422
+
+
+def test_unknown_session_events_is_404(client: TestClient) -> None:
+    assert client.get("/api/sync/sessions/nope").status_code == 404
+
+
+# ---------------------------------------------------------------- a whole sync through the API
+
+
+class EventStream:
+    """Reads an SSE endpoint on a thread; events arrive in a queue, None at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.content_type = ""
+        self.thread = threading.Thread(target=self._read, name="sse-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, read=150)) as http, http.stream("GET", self.url) as response:
+                response.raise_for_status()
+                self.content_type = response.headers["content-type"]
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.put(json.loads(line[len("data: "):]))
+        except BaseException as exc:  # handed to the test thread
+            self.events.put(exc)
+        self.events.put(None)
+
+    def next(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        """The next event called `name`; earlier ones are kept in `seen`."""
+        while True:
+            item = self.events.get(timeout=timeout)
+            if isinstance(item, BaseException):
+                raise AssertionError(f"{self.url}: {item!r}")
+            if item is None:
+                raise AssertionError(f"{self.url} ended before {name!r}; saw {self.seen}")
+            self.seen.append(item)
+            if item["event"] == "error":
+                raise AssertionError(f"{self.url}: {item['message']}")
+            if item["event"] == name:
+                return item
+
+    def end(self, timeout: float = 30) -> None:
+        """Wait for the server to close the stream."""
+        while (item := self.events.get(timeout=timeout)) is not None:
+            assert not isinstance(item, BaseException), repr(item)
+            self.seen.append(item)
+        self.thread.join(timeout=timeout)
+
+
+def approve(base: str, session_id: str, decision: str) -> httpx.Response:
+    return httpx.post(f"{base}/api/sync/approve", json={"session_id": session_id, "decision": decision}, timeout=10)
+
+
+BETA = [("The mobile app release train leaves every second Thursday", "mobile", "note", ""),
+        ("The deploy script is ops/deploy.sh and needs AWS credentials", "ops", "note", "runbook.md")]
+
+
+def test_serve_approve_and_join_through_two_dashboards(tmp_path: Path, relay: int) -> None:
+    with machine(tmp_path / "a", MEMORIES, FACTS) as a, machine(tmp_path / "b", BETA, [("bob", "owns", "billing", None)]) as b, \
+            served(create_app(a.settings, local=a.local)) as a_url, served(create_app(b.settings, local=b.local)) as b_url:
+        serve = EventStream(f"{a_url}/api/sync/serve?relay=ws://127.0.0.1:{relay}")
+        room = serve.next("room")
+        assert serve.content_type.startswith("text/event-stream")
+        session_id = room["session_id"]
+        assert len(session_id) >= 32 and room["pin"] and room["room"] in room["target"]
+        assert room["fingerprint"] == load_identity(a.settings.data_dir).fingerprint
+        assert approve(a_url, session_id, "accept").status_code == 409  # nobody is waiting yet
+
+        join = EventStream(f"{b_url}/api/sync/join?" + urlencode({"target": room["target"], "pin": room["pin"]}))
+        asked = serve.next("approval_required")
+        assert asked["fingerprint"] == load_identity(b.settings.data_dir).fingerprint
+        assert {"hostname", "user", "os"} <= set(asked)
+        assert approve(a_url, session_id, "accept").json() == {"session_id": session_id, "decision": "accept"}
+        assert approve(a_url, session_id, "trust").status_code == 409  # a second decision
+
+        a_stats, b_stats = serve.next("stats"), join.next("stats")
+        assert a_stats["received"]["memories"]["inserted"] == 1 and a_stats["received"]["facts"]["inserted"] == 1
+        assert b_stats["received"]["memories"]["inserted"] == 2 and b_stats["received"]["facts"]["inserted"] == 2
+        assert "peer_connected" in {e["event"] for e in join.seen}
+        serve.end()
+        join.end()
+
+        assert approve(a_url, session_id, "reject").status_code == 404  # finished
+        info = httpx.get(f"{a_url}/api/sync/sessions/{session_id}").json()
+        assert info["finished"] and info["kind"] == "serve" and info["events"][-1]["event"] == "stats"
+        contents_a = {m["content"] for m in httpx.get(f"{a_url}/api/memories").json()["items"]}
+        contents_b = {m["content"] for m in httpx.get(f"{b_url}/api/memories").json()["items"]}
+        assert contents_a == contents_b == {c for c, *_ in MEMORIES + BETA}
+        assert TrustList(a.settings.trust_path).load() == []  # accepted once, not trusted

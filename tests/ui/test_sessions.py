@@ -1,0 +1,74 @@
+"""SyncSession alone: events, decisions, the approver's wait and its timeout."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from imprint.errors import SyncError
+from imprint.messages.session import PeerInfo
+from imprint.ui.sessions import DecisionRefused, SessionGone, SessionRegistry, SyncSession
+
+PEER = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d")
+
+
+def test_room_event_carries_the_session_id() -> None:
+    session = SyncSession(kind="serve", approval_timeout=5)
+    session.emit({"event": "room", "pin": "ABCD1234"})
+    events, finished = session.wait_events(0, timeout=0)
+    assert events == [{"event": "room", "pin": "ABCD1234", "session_id": session.id}] and not finished
+    assert len(session.id) >= 32 and session.id != SyncSession(kind="serve", approval_timeout=5).id
+
+
+def test_decision_reaches_the_blocked_approver_once() -> None:
+    session = SyncSession(kind="serve", approval_timeout=30)
+    with pytest.raises(DecisionRefused):
+        session.decide("accept")  # no peer yet
+    answer: list[str] = []
+    session.emit({"event": "approval_required", "fingerprint": PEER.fingerprint})
+    thread = threading.Thread(target=lambda: answer.append(session.approver(PEER, "")))
+    thread.start()
+    session.decide("trust")
+    thread.join(timeout=10)
+    assert answer == ["trust"]
+    with pytest.raises(DecisionRefused):
+        session.decide("reject")
+
+
+def test_approver_rejects_when_nobody_decides_in_time() -> None:
+    session = SyncSession(kind="serve", approval_timeout=0.05)
+    assert session.approver(PEER, "") == "reject"
+    with pytest.raises(DecisionRefused):
+        session.decide("accept")
+
+
+def test_cancel_rejects_a_pending_approval() -> None:
+    session = SyncSession(kind="serve", approval_timeout=30)
+    answer: list[str] = []
+    session.emit({"event": "approval_required"})
+    thread = threading.Thread(target=lambda: answer.append(session.approver(PEER, "")))
+    thread.start()
+    session.cancel()
+    thread.join(timeout=10)
+    assert answer == ["reject"]
+
+
+def test_join_sessions_take_no_decision_and_finished_ones_are_gone() -> None:
+    join = SyncSession(kind="join", approval_timeout=5)
+    join.emit({"event": "approval_required"})
+    with pytest.raises(DecisionRefused):
+        join.decide("accept")
+    registry = SessionRegistry(approval_timeout=5)
+    session = registry.new("serve")
+
+    def fail(_: SyncSession) -> dict:
+        raise SyncError("wrong PIN")
+
+    session.start(fail)
+    session.thread.join(timeout=10)
+    events, finished = session.wait_events(0, timeout=0)
+    assert events == [{"event": "error", "message": "wrong PIN"}] and finished
+    with pytest.raises(SessionGone):
+        session.decide("accept")
+    assert registry.get(session.id) is session and registry.get("other") is None
