@@ -119,7 +119,7 @@ def run(n: int) -> dict:
         relay.stderr.readline()  # "relay listening on …"
         serve = subprocess.Popen(
             imprint("serve", "--relay", f"ws://127.0.0.1:{port}", "--json", data_dir=a),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(Path(tmp) / "serve.err").open("w"), text=True,
         )
         serve_rss = PeakRss(serve)
         serve_rss.start()
@@ -134,7 +134,7 @@ def run(n: int) -> dict:
         start = time.perf_counter()
         join = subprocess.Popen(
             imprint("join", f"ws://127.0.0.1:{port}/{room['room']}", "--pin", room["pin"], "--json", data_dir=b),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=(Path(tmp) / "join.err").open("w"), text=True,
         )
         join_rss = PeakRss(join)
         join_rss.start()
@@ -144,6 +144,11 @@ def run(n: int) -> dict:
         relay.terminate()
         relay.wait(timeout=30)
         stats = [json.loads(l) for l in out.splitlines() if '"stats"' in l]
+        errors = {}
+        for side in ("serve", "join"):
+            lines = [l for l in (Path(tmp) / f"{side}.err").read_text().splitlines() if "error" in l.lower()]
+            if lines:
+                errors[side] = lines[-1][-300:]
         rate = embedder_rate(texts)
         for t in (relay_rss, serve_rss, join_rss):
             t.join(timeout=5)
@@ -161,6 +166,7 @@ def run(n: int) -> dict:
                 "consumer": round(join_rss.peak / 2**20),
             },
             "consumer_received": stats[0]["received"] if stats else None,
+            "errors": errors,
         }
 
 

@@ -42,16 +42,18 @@ def embed_and_store(
         return StoreResult()
     request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records))
     missing = set(ask(memory_store, request, timeout=timeout).ids)
-    fresh: list[MemoryRecord] = []
-    seen: set[str] = set()
+    fresh: dict[str, MemoryRecord] = {}
     for record in records:
-        if record.id in missing and record.id not in seen:
-            seen.add(record.id)
-            fresh.append(record)
+        if record.id not in missing:
+            continue
+        kept = fresh.get(record.id)
+        # The same memory twice in one batch: the earliest copy wins, as it does across batches.
+        if kept is None or (record.timestamp and record.timestamp < kept.timestamp):
+            fresh[record.id] = record
     if not fresh:
         return StoreResult(skipped=len(records))
-    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh)), timeout=timeout).vectors
-    result = ask(memory_store, StoreMemories(records=tuple(fresh), vectors=vectors), timeout=timeout)
+    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh.values())), timeout=timeout).vectors
+    result = ask(memory_store, StoreMemories(records=tuple(fresh.values()), vectors=vectors), timeout=timeout)
     return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
 
 

@@ -58,6 +58,21 @@ def hello_signature_message(transcript: bytes, public_key: bytes) -> bytes:
     return HELLO_CONTEXT + transcript + public_key
 
 
+def _plaintext_answer(data: bytes | str) -> str:
+    """Why an encrypted consumer stops when the provider's first frame is not a key exchange."""
+    try:
+        frame = decode_frame(data)
+    except ProtocolError:
+        frame = None
+    if isinstance(frame, Response):
+        body = frame.body if isinstance(frame.body, str) else str(frame.body)
+        return (
+            f"the provider answered in the plaintext protocol ({frame.status}: {body}); it runs --plaintext "
+            "or is the original imprint: add --plaintext here too to allow an unencrypted sync"
+        )
+    return "the provider's first frame is not part of the encrypted handshake (is it an imprint provider?)"
+
+
 class Handshake(ImprintActor):
     """Runs one side's handshake; tells the listener HandshakeSucceeded or HandshakeFailed.
 
@@ -181,6 +196,8 @@ class Handshake(ImprintActor):
             raise ProtocolError(f"the other side refused: {refusal}")
         match (self.role, self._step):
             case ("consumer", "await-pake"):
+                if first_frame_kind(data) != "secure":
+                    raise ProtocolError(_plaintext_answer(data))
                 self._send_raw(self._setup.receive_pake(data).decode("utf-8"))
                 self._step = "await-confirm"
             case ("consumer", "await-confirm"):
@@ -251,24 +268,32 @@ class Handshake(ImprintActor):
 
     def _on_hello(self, hello: Any) -> None:
         if not isinstance(hello, Hello):
-            raise ProtocolError("the peer's first message was not a HELLO")
+            raise self._refuse_hello("the peer's first message was not a HELLO")
         public_key = ""
         if self._channel is not None:
             try:
                 key = bytes.fromhex(hello.public_key)
                 signature = bytes.fromhex(hello.signature)
             except ValueError:
-                raise ProtocolError("the HELLO's key or signature is not hex") from None
+                raise self._refuse_hello("the HELLO's key or signature is not hex") from None
             if len(key) != 32 or fingerprint_of(key) != hello.fingerprint:
-                raise ProtocolError("the HELLO's fingerprint does not match its public key")
+                raise self._refuse_hello("the HELLO's fingerprint does not match its public key")
             if not verify_signature(key, hello_signature_message(self._channel.transcript, key), signature):
-                raise ProtocolError("the HELLO's signature is invalid")
+                raise self._refuse_hello("the HELLO's signature is invalid")
             public_key = hello.public_key
         self._peer = PeerInfo(
             hostname=hello.hostname, user=hello.user, os=hello.os, fingerprint=hello.fingerprint, public_key=public_key
         )
         self._step = "await-decision"
         self.trust_gate.tell(Approve(peer=self._peer, reply_to=self.actor_ref))
+
+    def _refuse_hello(self, reason: str) -> ProtocolError:
+        """Tell the peer (sealed, when a channel exists) why its HELLO is refused; return the error to raise."""
+        if self._channel is not None:
+            self._send_raw(self._channel.seal(encode_frame(Response(status=400, body=reason))))
+        else:
+            self._send_raw(encode_frame(Response(status=400, body=reason)).decode())
+        return ProtocolError(reason)
 
     def _on_decision(self, decision: str, auto: bool) -> None:
         if self._step != "await-decision":
@@ -280,8 +305,10 @@ class Handshake(ImprintActor):
             ask(self.relay, SendFrame(frame=Response(status=403, body="rejected by user")), timeout=60)
             self._fail(f"rejected {self._peer.hostname} ({self._peer.fingerprint})", "rejected")
             return
-        ask(self.relay, SendFrame(frame=Response(status=200, body="ok")), timeout=60)
+        # Up first: the peer's next frame (its request) may reach the session
+        # as soon as the 200 leaves, and must find the handshake finished.
         self._succeed("auto" if auto else decision)
+        ask(self.relay, SendFrame(frame=Response(status=200, body="ok")), timeout=60)
 
     def _on_response(self, data: bytes | str) -> None:
         if self._channel is not None:

@@ -54,6 +54,7 @@ class Puller(ImprintActor):
         self._done = {d: 0 for d in DATASETS}
         self._phase = "pull"
         self._finished = False
+        self._failed = False
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -71,8 +72,7 @@ class Puller(ImprintActor):
     def _on_frame(self, frame: Any) -> None:
         is_batch = isinstance(frame, (MemoryBatch, FactBatch))
         try:
-            if self._finished:
-                raise ProtocolError("frame after the end of the stream")
+            # After done or a failure the validator refuses every frame.
             if self._validator is None:
                 raise ProtocolError(f"unexpected {type(frame).__name__} frame: no transfer was requested")
             self._validator.feed(frame)
@@ -112,9 +112,10 @@ class Puller(ImprintActor):
         self.listener.tell(Progress(phase=self._phase, dataset=dataset, done=self._done[dataset], total=total))
 
     def _fail(self, message: str) -> None:
-        if self._finished:
+        # Once only; a frame after a finished stream is a failure too.
+        if self._failed:
             return
-        self._finished = True
+        self._failed = True
         logger.debug("pull failed: {}", message)
         self.listener.tell(TransferFailed(phase=self._phase, message=message))
 

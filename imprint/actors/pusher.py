@@ -21,9 +21,11 @@ from imprint.messages.session import Progress, SendFrame, StartPush, TransferFai
 from imprint.messages.store import CountFacts, CountMemories, PageFacts, PageMemories
 from imprint.messages.wire import DatasetCounts, Done, FactBatch, MemoryBatch, Meta, Request, RequestBody
 
-#: A batch frame stops growing past this many bytes of records, whatever batch_size says.
+#: A batch frame stops growing past this many bytes, whatever batch_size says.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 _size_encoder = msgspec.json.Encoder()
+#: What a batch frame adds around its records, with room for a 20-digit seq.
+_FRAME_OVERHEAD = len(b'{"kind":"batch","dataset":"memories","seq":,"records":[]}') + 20
 
 
 class _Next(msgspec.Struct, frozen=True):
@@ -31,15 +33,15 @@ class _Next(msgspec.Struct, frozen=True):
 
 
 def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[Any, ...]]:
-    """Cut a page into runs whose encoded size stays under `max_bytes` (one record at least)."""
+    """Cut a page into runs whose batch frame stays under `max_bytes` (one record at least)."""
     chunks: list[tuple[Any, ...]] = []
     current: list[Any] = []
-    size = 0
+    size = _FRAME_OVERHEAD
     for record in records:
-        n = len(_size_encoder.encode(record))
+        n = len(_size_encoder.encode(record)) + 1  # and its comma
         if current and size + n > max_bytes:
             chunks.append(tuple(current))
-            current, size = [], 0
+            current, size = [], _FRAME_OVERHEAD
         current.append(record)
         size += n
     if current:

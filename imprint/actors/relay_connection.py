@@ -14,6 +14,7 @@ asked, so a fast sender waits for the socket.
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -102,6 +103,7 @@ class RelayConnection(ImprintActor):
         self._closing = False
         self._reader: threading.Thread | None = None
         self._dead = False
+        self._lost = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -143,6 +145,14 @@ class RelayConnection(ImprintActor):
         self._stopping.set()
         ws = self._ws
         if ws is not None:
+            # Closing a socket does not wake a thread blocked in recv on it (Linux);
+            # shutting it down does, so the reader ends now instead of at the join timeout.
+            sock = getattr(ws, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already disconnected
             try:
                 ws.shutdown()
             except Exception:
@@ -168,6 +178,13 @@ class RelayConnection(ImprintActor):
                 opcode, frame = ws.recv_data_frame(control_frame=False)
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     reason = _close_reason(frame)
+                    # websocket-client has answered the close; close the socket
+                    # too, or the relay waits its close_timeout before it
+                    # tells our peer that we are gone.
+                    try:
+                        ws.shutdown()
+                    except Exception:
+                        logger.debug("socket shutdown failed", exc_info=True)
                     break
                 data = frame.data if hasattr(frame, "data") else frame
                 data = bytes(data)
@@ -212,7 +229,11 @@ class RelayConnection(ImprintActor):
             case CloseConnection(reason=reason):
                 self._close(reason)
             case _ReaderEnded(reason=reason):
-                self.listener.tell(ConnectionLost(reason=reason, expected=self._closing))
+                # After a BadFrame the reader stops on purpose and the session
+                # already knows; anything more would be a second, false report.
+                if not self._dead:
+                    self._lost = True
+                    self.listener.tell(ConnectionLost(reason=reason, expected=self._closing))
             case _:
                 return super().handle(message)
         return None
@@ -238,7 +259,7 @@ class RelayConnection(ImprintActor):
         self.listener.tell(FrameReceived(frame=frame))
 
     def _send(self, data: bytes | str) -> None:
-        if self._ws is None or self._closing:
+        if self._ws is None or self._closing or self._lost:
             raise RelayError("the relay connection is closed")
         try:
             if isinstance(data, str):

@@ -19,6 +19,7 @@ import pykka
 from loguru import logger
 
 from imprint.actors.base import ImprintActor
+from imprint.errors import ImprintError
 from imprint.messages.session import ApprovalRequired, Approve, AutoAccepted, Decision, PeerInfo
 from imprint.trust import TrustList
 
@@ -89,20 +90,30 @@ class TrustGate(ImprintActor):
                 self._approve(peer, reply_to)
             case _Decided(peer=peer, decision=decision, reply_to=reply_to):
                 if decision == "trust":
-                    self.trust_list.add(fingerprint=peer.fingerprint, hostname=peer.hostname, public_key=peer.public_key)
-                    logger.info("trusted device {} ({})", peer.fingerprint, peer.hostname)
+                    try:
+                        self.trust_list.add(fingerprint=peer.fingerprint, hostname=peer.hostname, public_key=peer.public_key)
+                        logger.info("trusted device {} ({})", peer.fingerprint, peer.hostname)
+                    except ImprintError as exc:
+                        # The user said yes: accept this session even if it cannot be remembered.
+                        logger.error("{}; accepting {} for this session only", exc, peer.fingerprint)
+                        decision = "accept"
                 reply_to.tell(Decision(decision=decision))
             case _:
                 return super().handle(message)
         return None
 
     def _approve(self, peer: PeerInfo, reply_to: Any) -> None:
-        status = self.trust_list.status(peer.fingerprint, peer.public_key)
+        try:
+            status = self.trust_list.status(peer.fingerprint, peer.public_key)
+            unreadable = ""
+        except ImprintError as exc:
+            # Never auto-accept on a list we cannot read, and never leave the peer hanging: ask.
+            status, unreadable = "unknown", str(exc)
         if status == "trusted":
             self.listener.tell(AutoAccepted(peer=peer))
             reply_to.tell(Decision(decision="accept", auto=True))
             return
-        warning = ""
+        warning = unreadable
         if status == "key-mismatch":
             warning = (
                 f"fingerprint {peer.fingerprint} is on your trust list with a DIFFERENT key; "

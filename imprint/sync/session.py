@@ -67,6 +67,10 @@ from imprint.messages.wire import (
 from imprint.trust import TrustList
 
 
+#: Slowest rate (records/s) at which we assume a peer stores what we sent.
+MIN_PEER_STORE_RATE = 5.0
+
+
 class QueueListener:
     """Where actors `tell` events for the session loop (duck-types an ActorRef's tell)."""
 
@@ -164,6 +168,8 @@ class _Session:
         self.done = False
         self.waiting_for_human = False
         self.waiting_for_peer = False
+        self.unacknowledged = 0
+        self._lost_settled = False
 
     def _start_common(self, trust_gate: Any = None) -> None:
         c = self.config
@@ -202,7 +208,10 @@ class _Session:
         elif self.waiting_for_human:
             timeout, what = self.config.approval_timeout, "waiting for approval"
         else:
-            timeout, what = self.config.idle_timeout, "the peer sent nothing"
+            # Records we sent that the peer has not acknowledged yet may still sit
+            # in socket and relay buffers while it embeds them: allow for that.
+            timeout = self.config.idle_timeout + self.unacknowledged / MIN_PEER_STORE_RATE
+            what = "the peer sent nothing"
         try:
             return self.listener.queue.get(timeout=timeout)
         except queue.Empty:
@@ -226,11 +235,30 @@ class _Session:
                 self._tell_peer_error(message)
                 raise SyncError(message)
             case ConnectionLost(reason=reason):
-                if not self.done:
-                    raise RelayError(f"{reason} before the sync finished; only whole batches were stored, run it again to complete")
+                if self.done:
+                    return True
+                if not self._lost_settled:
+                    # The frames read before the close were handed to Handshake or
+                    # Puller, whose verdict (a rejection, the peer's error) travels a
+                    # longer path than this event. Let them finish, then look again.
+                    self._lost_settled = True
+                    self._settle()
+                    self.listener.tell(event)
+                    return True
+                raise RelayError(f"{reason} before the sync finished; only whole batches were stored, run it again to complete")
             case _:
                 return False
         return True
+
+    def _settle(self) -> None:
+        """Wait until Handshake and Puller have handled every message told so far."""
+        for ref in (self.handshake, self.puller):
+            if ref is None:
+                continue
+            try:
+                ref.ask(Ping(), timeout=30)
+            except Exception:  # a dead or stuck stage has nothing more to say
+                logger.debug("{} did not settle", ref.actor_class.__name__)
 
     def _tell_peer_error(self, message: str) -> None:
         try:
@@ -309,6 +337,7 @@ class ProviderSession(_Session):
                             self.pusher.tell(StartPush(batch_size=batch_size))
                         elif frame.method == "POST" and frame.path == "/sync/push" and not push_started:
                             push_started = True
+                            self.unacknowledged = 0
                             self.puller.tell(StartPull(batch_size=batch_size))
                         else:
                             ask(self.relay, SendFrame(frame=Response(status=404, body="unknown path")), timeout=60)
@@ -319,6 +348,8 @@ class ProviderSession(_Session):
                         raise ProtocolError(f"the peer sent an unexpected {type(frame).__name__} frame")
                 case TransferFinished(phase="pull", stats=stats):
                     sent = stats
+                    if not push_started:
+                        self.unacknowledged = sum(v.get("sent", 0) for v in stats.values())
                 case TransferFinished(phase="push", stats=stats):
                     ask(self.relay, SendFrame(frame=Response(status=200, body=_to_wire_stats(stats).to_body())), timeout=60)
                     result = {"event": "stats", "role": "provider", "received": _stats_dict(stats), "sent": _stats_dict(sent)}
@@ -380,8 +411,9 @@ class ConsumerSession(_Session):
                     received = stats
                     phase = "push"
                     self.pusher.tell(StartPush(batch_size=self.config.batch_size, request=True))
-                case TransferFinished(phase="push"):
+                case TransferFinished(phase="push", stats=stats):
                     phase = "await-stats"
+                    self.unacknowledged = sum(v.get("sent", 0) for v in stats.values())
                 case FrameReceived(frame=frame) if phase in ("push", "await-stats"):
                     if isinstance(frame, StreamError):
                         raise SyncError(f"the provider failed: {frame.message}")
