@@ -1,0 +1,836 @@
+"""End to end: the real `imprint` CLI in subprocesses, syncing through a relay on 127.0.0.1.
+
+Every CLI process loads the embedding model (~6 s), so the data dirs are seeded
+once per module (`templates`) and copied into each test's `tmp_path`, with the
+device key removed so each copy is a new device; record counts stay small.
+
+Waits are bounded reads of the processes' `--json` events (one reader thread per
+pipe feeds a queue); nothing sleeps to synchronise. Every process a test starts
+is killed in teardown if it is still running.
+
+The in-process relay (`relay` fixture) records every frame it forwards and can
+tamper with the frames of one room (`relay.tamper[room] = hook`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+
+from imprint.relay import RelayServer
+from imprint.sync.channel import ChannelSetup
+
+pytestmark = pytest.mark.e2e
+
+#: Longest wait for one event or one exit: a model load on a busy 2-core box, with room to spare.
+WAIT = 90.0
+IMPRINT = [sys.executable, "-m", "imprint"]
+#: What the joining side reports as its user: long and unique, so a leak cannot hide in noise.
+CONSUMER_USER = "e2e-consumer-user-5d1c"
+BULK_BATCH = 5
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of every CLI process: ours, without IMPRINT_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Cli:
+    """One running `imprint` command: stdout JSON events and stderr lines on queues."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str]) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [*IMPRINT, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self.events: list[dict[str, Any]] = []
+        self.stderr_lines: list[str] = []
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stderr: queue.Queue[str | None] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "<not json>", "line": line}
+            self.events.append(event)
+            self._events.put(event)
+        self._events.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+            self._stderr.put(line)
+        self._stderr.put(None)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def describe(self) -> str:
+        return (
+            f"imprint {' '.join(self.args)} (exit {self.proc.poll()})\n"
+            f"events: {self.events}\nstderr (last 3000 chars):\n{self.stderr[-3000:]}"
+        )
+
+    def next_event(self, *names: str, timeout: float = WAIT, where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next event named one of `names` (and matching `where`); fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise queue.Empty
+                event = self._events.get(timeout=remaining)
+            except queue.Empty:
+                pytest.fail(f"no {'/'.join(names)} event within {timeout:g}s from {self.describe()}")
+            if event is None:
+                self._events.put(None)  # later calls see the end too
+                pytest.fail(f"stdout ended before a {'/'.join(names)} event: {self.describe()}")
+            if event.get("event") in names and (where is None or where(event)):
+                return event
+
+    def wait_stderr(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise queue.Empty
+                line = self._stderr.get(timeout=remaining)
+            except queue.Empty:
+                pytest.fail(f"no stderr line matching {pattern!r} within {timeout:g}s: {self.describe()}")
+            if line is None:
+                pytest.fail(f"stderr ended before a line matching {pattern!r}: {self.describe()}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def answer(self, text: str) -> None:
+        """Type one line at the prompt, then close stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        self.proc.stdin.close()
+
+    def wait(self, timeout: float = WAIT) -> int:
+        """Exit code, once stdout and stderr are fully read."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"did not exit within {timeout:g}s: {self.describe()}")
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code
+
+    def error(self) -> str:
+        """The message of the `error` event (the one-line reason of a failure)."""
+        errors = [e for e in self.events if e.get("event") == "error"]
+        assert errors, f"no error event: {self.describe()}"
+        return errors[-1]["message"]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+
+
+Spawn = Callable[..., Cli]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """`spawn(data_dir, *args, env=None)` starts `imprint [--data-dir D] ARGS`; teardown kills leftovers."""
+    started: list[Cli] = []
+
+    def start(data_dir: Path | None, *args: str, env: dict[str, str] | None = None) -> Cli:
+        prefix = ["--data-dir", str(data_dir)] if data_dir is not None else []
+        cli = Cli([*prefix, *args], env=env or cli_env())
+        started.append(cli)
+        return cli
+
+    yield start
+    for cli in started:
+        cli.kill()
+
+
+def run(data_dir: Path, *args: str, timeout: float = WAIT) -> str:
+    """Run one short command to completion; return its stdout, failing on a non-zero exit."""
+    done = subprocess.run(
+        [*IMPRINT, "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL, check=False,
+    )
+    assert done.returncode == 0, f"imprint {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def run_parallel(commands: list[tuple[Path, tuple[str, ...]]], timeout: float = WAIT) -> list[bytes]:
+    """Run commands at once (2 cores); return each one's stdout bytes, failing on any non-zero exit."""
+    procs = [
+        subprocess.Popen([*IMPRINT, "--data-dir", str(d), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=cli_env())
+        for d, args in commands
+    ]
+    try:
+        outputs = []
+        for (d, args), proc in zip(commands, procs):
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"imprint {' '.join(args)} in {d} failed:\n{err.decode()[-3000:]}"
+            outputs.append(out)
+        return outputs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Export:
+    """`imprint export` of one data dir, both datasets, as the raw bytes printed."""
+
+    memories: bytes
+    facts: bytes
+
+    @property
+    def memory_records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.memories.splitlines()]
+
+    @property
+    def fact_records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.facts.splitlines()]
+
+    @property
+    def memory_ids(self) -> list[str]:
+        return [r["id"] for r in self.memory_records]
+
+    @property
+    def contents(self) -> set[str]:
+        return {r["content"] for r in self.memory_records}
+
+
+def export(*data_dirs: Path) -> list[Export]:
+    outs = run_parallel([(d, ("export", "--dataset", ds)) for d in data_dirs for ds in ("memories", "facts")])
+    return [Export(memories=outs[2 * i], facts=outs[2 * i + 1]) for i in range(len(data_dirs))]
+
+
+# ---------------------------------------------------------------- relays
+
+
+class RecordingRelay:
+    """An in-process RelayServer on 127.0.0.1 that records every frame; per-room tamper hooks."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, str, str | bytes]] = []
+        self.tamper: dict[str, Callable[[str, str | bytes], list[str | bytes]]] = {}
+        self.server = RelayServer(host="127.0.0.1", port=0, frame_hook=self._hook)
+        self.port = self.server.start_in_thread()
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def _hook(self, room: str, role: str, frame: str | bytes) -> list[str | bytes]:
+        self.frames.append((room, role, frame))
+        hook = self.tamper.get(room)
+        return hook(role, frame) if hook is not None else [frame]
+
+    def room_frames(self, room: str) -> list[tuple[str, str | bytes]]:
+        return [(role, frame) for r, role, frame in list(self.frames) if r == room]
+
+
+@pytest.fixture
+def relay() -> Iterator[RecordingRelay]:
+    r = RecordingRelay()
+    try:
+        yield r
+    finally:
+        r.server.stop()
+
+
+def nth_binary_from_provider(n: int, action: str) -> Callable[[str, str | bytes], list[str | bytes]]:
+    """A tamper hook: on the n-th binary frame from the provider, flip one bit or drop it."""
+    seen = collections.Counter()
+
+    def hook(role: str, frame: str | bytes) -> list[str | bytes]:
+        if role == "provider" and isinstance(frame, bytes):
+            seen["binary"] += 1
+            if seen["binary"] == n:
+                if action == "drop":
+                    return []
+                flipped = bytearray(frame)
+                flipped[len(flipped) // 2] ^= 0x04
+                return [bytes(flipped)]
+        return [frame]
+
+    return hook
+
+
+# ---------------------------------------------------------------- data
+
+
+SHARED_MEMORIES = [
+    {"content": "e2e shared memory: the kettle in room 4 gets descaled every month", "project": "e2e",
+     "source": "shared.md", "timestamp": 1_700_000_000.25},
+    {"content": "e2e shared memory: standup moved to 09:45 on Wednesdays", "project": "e2e",
+     "source": "shared.md", "timestamp": 1_700_000_100.5, "tags": {"lang": "en", "topics": ["meetings"]}},
+]
+A_MEMORIES = [
+    {"content": f"e2e memory only on A #{i}: the blue heron nests by pier {i}", "project": "e2e-a",
+     "source": "a.md", "chunk_index": i, "source_mtime": 1_690_000_000.0 + i}
+    for i in range(4)
+]
+B_MEMORIES = [
+    {"content": f"e2e memory only on B #{i}: the copper lantern hangs in hall {i}", "project": "e2e-b",
+     "source": "b.md", "chunk_index": i}
+    for i in range(3)
+]
+#: Bulk records for the streaming tests: 40 memories of 500 kB (20 MB), far more than the socket
+#: buffers between relay and consumer hold (~7 MB here), so killing the relay really cuts the stream
+#: however late the test reacts. One long "word" per record keeps the model cheap: it becomes a
+#: single unknown token.
+BULK_MEMORIES = [
+    {"content": f"e2e bulk memory {i:03d}: the quarry ledger " + "q" * 500_000, "project": "e2e-bulk",
+     "source": "bulk.md", "chunk_index": i, "timestamp": 1_650_000_000.0 + i}
+    for i in range(40)
+]
+SHARED_FACT = ("e2e-shared-subject-walrus", "lives_in", "e2e-shared-object-arctic")
+A_FACTS = [("e2e-a-subject-otter", "eats", "e2e-a-object-clams"), ("e2e-a-subject-heron", "nests_at", "e2e-a-object-pier")]
+B_FACTS = [("e2e-b-subject-lantern", "made_of", "e2e-b-object-copper"), ("e2e-b-subject-hall", "has", "e2e-b-object-lantern")]
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def clone(template: Path, dest: Path) -> Path:
+    """Copy a seeded data dir; drop its device key so the copy is a new device."""
+    shutil.copytree(template, dest)
+    for name in ("device_key", "device_id.txt", "trusted_devices.json"):
+        (dest / name).unlink(missing_ok=True)
+    return dest
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Seeded data dirs, never synced themselves, and their exports."""
+
+    a: Path  # shared + A's memories and facts; the shared fact is ended on A
+    b: Path  # shared + B's memories and facts
+    bulk: Path  # shared + the bulk memories and the shared fact
+    exports: dict[str, Export]
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
+    root = tmp_path_factory.mktemp("templates")
+    base = root / "base"
+    # The one fact both sides hold: added once, then the data dir is copied.
+    run(base, "fact", "add", *SHARED_FACT, "--source", "e2e")
+    a, b, bulk = clone(base, root / "a"), clone(base, root / "b"), clone(base, root / "bulk")
+    # Fact commands do not open the memory store, so they run next to the imports.
+    run_parallel([
+        (a, ("import", str(write_jsonl(root / "a.jsonl", SHARED_MEMORIES + A_MEMORIES)))),
+        (b, ("import", str(write_jsonl(root / "b.jsonl", SHARED_MEMORIES + B_MEMORIES)))),
+        (bulk, ("import", str(write_jsonl(root / "bulk.jsonl", SHARED_MEMORIES + BULK_MEMORIES)))),
+        *[(a, ("fact", "add", *fact)) for fact in A_FACTS],
+        *[(b, ("fact", "add", *fact)) for fact in B_FACTS],
+        # An invalidation on A must reach B (the shared fact is row 1 in both).
+        (a, ("fact", "end", "1")),
+    ])
+    a0, b0, bulk0 = export(a, b, bulk)
+    return Templates(a=a, b=b, bulk=bulk, exports={"a": a0, "b": b0, "bulk": bulk0})
+
+
+class DataDirs:
+    """Fresh copies of the templates for one test (the bulk one copied on first use).
+
+    A copy holds exactly its template's data, so `before[name]` is its export before any sync.
+    """
+
+    def __init__(self, templates: Templates, root: Path) -> None:
+        self.templates = templates
+        self.root = root
+        self.before = templates.exports
+        self.a = clone(templates.a, root / "a")
+        self.b = clone(templates.b, root / "b")
+
+    @functools.cached_property
+    def bulk(self) -> Path:
+        return clone(self.templates.bulk, self.root / "bulk")
+
+
+@pytest.fixture
+def dirs(templates: Templates, tmp_path: Path) -> DataDirs:
+    return DataDirs(templates, tmp_path)
+
+
+# ---------------------------------------------------------------- sync helpers
+
+
+def start_serve(spawn: Spawn, data_dir: Path, relay_url: str, *extra: str) -> tuple[Cli, dict[str, Any]]:
+    serve = spawn(data_dir, "serve", "--relay", relay_url, "--json", *extra)
+    room = serve.next_event("room")
+    assert re.fullmatch(r"[A-Za-z0-9]{8}", room["pin"]), room
+    return serve, room
+
+
+def start_join(spawn: Spawn, data_dir: Path, room: dict[str, Any], *extra: str, pin: str | None = None) -> Cli:
+    # The target exactly as serve printed it (HOST:PORT/ROOM for a relay on 127.0.0.1).
+    return spawn(data_dir, "join", room["target"], "--pin", pin or room["pin"], "--json", *extra,
+                 env=cli_env(USER=CONSUMER_USER, LOGNAME=CONSUMER_USER))
+
+
+def sync(spawn: Spawn, provider: Path, consumer: Path, relay_url: str, answer: str | None, *extra: str) -> tuple[Cli, Cli, dict[str, Any]]:
+    """A whole sync: serve, join, answer the prompt (if asked), both exit 0."""
+    serve, room = start_serve(spawn, provider, relay_url, *extra)
+    join = start_join(spawn, consumer, room, *extra)
+    if answer is not None:
+        serve.next_event("approval_required")
+        serve.answer(answer)
+    assert serve.wait() == 0, serve.describe()
+    assert join.wait() == 0, join.describe()
+    # --json prints JSON lines and nothing else on stdout.
+    assert all(e.get("event") != "<not json>" for e in serve.events + join.events), (serve.events, join.events)
+    return serve, join, room
+
+
+def stats(cli: Cli) -> dict[str, Any]:
+    found = [e for e in cli.events if e.get("event") == "stats"]
+    assert len(found) == 1, cli.describe()
+    return found[0]
+
+
+def union_size(*exports: Export) -> int:
+    return len({i for e in exports for i in e.memory_ids})
+
+
+def whole_batches(new: set[str], provider_ids: list[str], before: set[str], batch: int, max_batches: int) -> bool:
+    """True if `new` is exactly what the first k whole batches of the provider's stream added, k <= max_batches."""
+    return any(new == set(provider_ids[: batch * k]) - before for k in range(max_batches + 1))
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.timeout(240)
+def test_sync_merges_distinct_and_overlapping_data(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    a0, b0 = dirs.before["a"], dirs.before["b"]
+    assert len(a0.memory_ids) == 6 and len(b0.memory_ids) == 5 and len(a0.fact_records) == 3
+
+    serve, join, _ = sync(spawn, dirs.a, dirs.b, relay.url, "y")
+
+    a1, b1 = export(dirs.a, dirs.b)
+    assert a1.memories == b1.memories
+    assert a1.facts == b1.facts
+    assert sorted(a1.memory_ids) == sorted(set(a0.memory_ids) | set(b0.memory_ids))  # the union, no duplicates
+    assert len(a1.fact_records) == 5
+    # The shared fact was ended on A; the invalidation reached B.
+    walrus = [f for f in b1.fact_records if f["subject"] == SHARED_FACT[0]]
+    assert len(walrus) == 1 and walrus[0]["ended"] is not None
+    # Imported memories keep their original timestamps.
+    assert {r["timestamp"] for r in b1.memory_records if r["content"] == SHARED_MEMORIES[0]["content"]} == {1_700_000_000.25}
+
+    # Stats agree with the data: A had 4 + 2 shared memories and 2 + 1 facts, B 3 + 2 and 2 + 1.
+    consumer, provider = stats(join), stats(serve)
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 2}
+    assert consumer["received"]["facts"] == {"inserted": 2, "skipped": 1, "ended": 1}
+    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 6}
+    assert provider["received"]["facts"] == {"inserted": 2, "skipped": 3}
+    assert consumer["sent"] == {k: {"inserted": v["inserted"], "skipped": v["skipped"]} for k, v in provider["received"].items()}
+    assert provider["sent"] == {"memories": {"sent": 6}, "facts": {"sent": 3}}
+    # Progress reached the announced totals on the consumer's pull.
+    final = {e["dataset"]: e for e in join.events if e["event"] == "progress" and e["phase"] == "pull"}
+    assert (final["memories"]["done"], final["memories"]["total"]) == (6, 6)
+    assert (final["facts"]["done"], final["facts"]["total"]) == (3, 3)
+    # "y" accepts once: the device is not remembered.
+    assert "auto_accepted" not in {e["event"] for e in serve.events}
+    assert not (dirs.a / "trusted_devices.json").exists() or json.loads((dirs.a / "trusted_devices.json").read_text()) == []
+
+
+@pytest.mark.timeout(240)
+def test_relay_sees_no_pin_content_fact_host_or_user(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    serve, join, room = sync(spawn, dirs.a, dirs.b, relay.url, "y")
+    # The sync went through (both sides got the other's records)…
+    assert stats(join)["received"]["memories"]["inserted"] == len(A_MEMORIES)
+    assert stats(serve)["received"]["memories"]["inserted"] == len(B_MEMORIES)
+    peer = next(e for e in serve.events if e["event"] == "approval_required")
+    assert peer["user"] == CONSUMER_USER  # what the consumer sent, as the provider shows it
+
+    # …yet the relay saw none of it.
+
+    frames = [frame for _, frame in relay.room_frames(room["room"])]
+    binary = [f for f in frames if isinstance(f, bytes)]
+    # The recorder saw the whole sync: more binary bytes than all the content that crossed.
+    assert len(binary) >= 6
+    contents = [m["content"] for m in SHARED_MEMORIES + A_MEMORIES + B_MEMORIES]
+    assert sum(map(len, binary)) > sum(len(c) for c in contents)
+
+    secrets = [room["pin"], CONSUMER_USER, *contents]
+    secrets += [part for fact in [SHARED_FACT, *A_FACTS, *B_FACTS] for part in (fact[0], fact[2])]
+    # Host names may be short ("vm"): look for them as the JSON strings a plaintext HELLO would carry.
+    for host in {peer["hostname"], room["hostname"]}:
+        secrets.append(host if len(host) >= 8 else json.dumps(host))
+    for secret in secrets:
+        needle = secret.encode("utf-8")
+        for frame in frames:
+            if isinstance(frame, str):
+                assert secret not in frame, f"{secret!r} crossed the relay in a text frame: {frame[:200]!r}"
+            else:
+                assert needle not in frame, f"{secret!r} crossed the relay in a binary frame"
+
+
+@pytest.mark.timeout(300)
+def test_trusted_device_resyncs_without_prompt_and_inserts_nothing(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    serve, join, _ = sync(spawn, dirs.a, dirs.b, relay.url, "t")
+    peer = next(e for e in serve.events if e["event"] == "approval_required")
+    trusted = json.loads((dirs.a / "trusted_devices.json").read_text())
+    assert [d["fingerprint"] for d in trusted] == [peer["fingerprint"]]
+
+    serve, join, _ = sync(spawn, dirs.a, dirs.b, relay.url, None)
+    auto = serve.next_event("auto_accepted", timeout=1)
+    assert auto["fingerprint"] == peer["fingerprint"]
+    assert "approval_required" not in {e["event"] for e in serve.events}
+    consumer, provider = stats(join), stats(serve)
+    for side in (consumer["received"], provider["received"], consumer["sent"]):
+        assert side["memories"]["inserted"] == 0 and side["facts"]["inserted"] == 0, (consumer, provider)
+    union = union_size(dirs.before["a"], dirs.before["b"])
+    assert provider["received"]["memories"]["skipped"] == consumer["received"]["memories"]["skipped"] == union
+    a2, b2 = export(dirs.a, dirs.b)
+    assert a2 == b2 and len(a2.memory_ids) == union and len(a2.fact_records) == 5
+
+
+@pytest.mark.timeout(240)
+def test_wrong_pin_is_refused_and_burns_the_session(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    serve, room = start_serve(spawn, dirs.a, relay.url)
+    pin = room["pin"]
+    wrong = ("B" if pin[0] == "A" else "A") + pin[1:]
+    join = start_join(spawn, dirs.b, room, pin=wrong)
+
+    assert join.wait() != 0, join.describe()
+    assert serve.wait() != 0, serve.describe()
+    assert re.search(r"PIN|key confirmation", join.error()), join.describe()
+    assert "wrong PIN" in serve.error(), serve.describe()
+    assert "approval_required" not in {e["event"] for e in serve.events}
+    assert not {"stats", "peer_connected"} & {e["event"] for e in serve.events + join.events}
+    assert export(dirs.a, dirs.b) == [dirs.before["a"], dirs.before["b"]]
+    # Neither PIN crossed the relay.
+    for _, frame in relay.room_frames(room["room"]):
+        data = frame.encode() if isinstance(frame, str) else frame
+        assert pin.encode() not in data and wrong.encode() not in data
+
+
+@pytest.mark.timeout(240)
+def test_rejection_transfers_nothing(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs, tmp_path: Path) -> None:
+    # "n" typed at the prompt, and end of input (Ctrl-D, or a closed pipe): both reject. Run at once.
+    pairs = {"n": (dirs.a, dirs.b), "eof": (clone(dirs.templates.a, tmp_path / "a-eof"), clone(dirs.templates.b, tmp_path / "b-eof"))}
+    runs = {}
+    for how, (provider, consumer) in pairs.items():
+        serve, room = start_serve(spawn, provider, relay.url)
+        runs[how] = (serve, start_join(spawn, consumer, room))
+    for how, (serve, _) in runs.items():
+        serve.next_event("approval_required")
+        if how == "n":
+            serve.answer("n")
+        else:
+            assert serve.proc.stdin is not None
+            serve.proc.stdin.close()
+
+    for how, (serve, join) in runs.items():
+        both = f"{how}:\n{serve.describe()}\n{join.describe()}"
+        assert serve.wait() != 0, both
+        assert join.wait() != 0, both
+        assert "reject" in serve.error(), both
+        assert "reject" in join.error(), both
+        assert not {"stats", "peer_connected"} & {e["event"] for e in serve.events + join.events}, both
+    after = export(*pairs["n"], *pairs["eof"])
+    assert after == [dirs.before["a"], dirs.before["b"]] * 2
+    for provider, _ in pairs.values():
+        trust = provider / "trusted_devices.json"
+        assert not trust.exists() or json.loads(trust.read_text()) == []
+
+
+@pytest.mark.timeout(300)
+def test_tampered_or_dropped_frame_ends_both_sides_and_stores_nothing_from_it(
+    spawn: Spawn, relay: RecordingRelay, dirs: DataDirs, tmp_path: Path
+) -> None:
+    # Provider binary frames: 1 = answer to the HELLO, 2 = meta, 3 = batch 1, 4 = batch 2, …
+    bad_frame, batches_before = 4, 1
+    bulk0, b0 = dirs.before["bulk"], dirs.before["b"]
+    consumers = {"flip": dirs.b, "drop": clone(dirs.templates.b, tmp_path / "b-drop")}
+    providers = {"flip": dirs.bulk, "drop": clone(dirs.templates.bulk, tmp_path / "bulk-drop")}
+    runs = {}
+    for action in ("flip", "drop"):  # both at once, each in its own room
+        serve, room = start_serve(spawn, providers[action], relay.url, "--batch-size", str(BULK_BATCH))
+        relay.tamper[room["room"]] = nth_binary_from_provider(bad_frame, action)
+        runs[action] = (serve, room)
+    joins = {action: start_join(spawn, consumers[action], room, "--batch-size", str(BULK_BATCH))
+             for action, (_, room) in runs.items()}
+    for action, (serve, _) in runs.items():
+        serve.next_event("approval_required")
+        serve.answer("y")
+
+    for action, (serve, room) in runs.items():
+        join = joins[action]
+        both = f"{action}:\n{serve.describe()}\n{join.describe()}"
+        assert join.wait() != 0, both
+        assert serve.wait() != 0, both
+        assert re.search(r"tamper|altered|dropped|replayed|reordered|authenticat", join.error(), re.IGNORECASE), both
+        # The consumer's channel is dead after the bad frame, so it cannot tell the provider why;
+        # the provider sees its peer leave mid-sync.
+        assert re.search(r"disconnected|connection|peer", serve.error(), re.IGNORECASE), both
+        assert not any(e["event"] == "stats" for e in serve.events + join.events), both
+
+    after = export(providers["flip"], consumers["flip"], providers["drop"], consumers["drop"])
+    for action, (provider_after, consumer_after) in zip(("flip", "drop"), (after[:2], after[2:])):
+        # The provider got nothing: the consumer never reached its push.
+        assert provider_after == bulk0, action
+        # The consumer kept at most the whole batch before the bad frame, nothing from it or after it.
+        new = set(consumer_after.memory_ids) - set(b0.memory_ids)
+        assert whole_batches(new, bulk0.memory_ids, set(b0.memory_ids), BULK_BATCH, batches_before), (action, len(new))
+        assert len(consumer_after.memory_ids) == len(set(consumer_after.memory_ids)), action
+        assert consumer_after.facts == b0.facts, action
+
+
+@pytest.mark.timeout(300)
+def test_relay_killed_mid_stream_then_rerun_completes(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    bulk0, b0 = dirs.before["bulk"], dirs.before["b"]
+    relay_proc = spawn(None, "relay", "--host", "127.0.0.1", "--port", "0")
+    url = relay_proc.wait_stderr(r"relay listening on (ws://127\.0\.0\.1:\d+)").group(1)
+    serve, room = start_serve(spawn, dirs.bulk, url, "--batch-size", "2")
+    join = start_join(spawn, dirs.b, room, "--batch-size", "2")
+    serve.next_event("approval_required")
+    serve.answer("y")
+    # Kill once the consumer has stored a batch. What the relay forwarded before dying still
+    # arrives (the kernel delivers it), but 20 MB is far more than the buffers hold.
+    join.next_event("progress", where=lambda e: e["phase"] == "pull" and e["dataset"] == "memories" and e["done"] > 0)
+    relay_proc.kill()
+
+    assert join.wait() != 0, join.describe()
+    assert serve.wait() != 0, serve.describe()
+    for side in (join, serve):
+        assert re.search(r"relay|connection", side.error(), re.IGNORECASE), side.describe()
+    bulk1, b1 = export(dirs.bulk, dirs.b)
+    assert bulk1 == bulk0  # the consumer never got to push
+    new = set(b1.memory_ids) - set(b0.memory_ids)
+    assert len(new) < len(set(bulk0.memory_ids) - set(b0.memory_ids)), "the stream was not cut"
+    assert whole_batches(new, bulk0.memory_ids, set(b0.memory_ids), 2, len(bulk0.memory_ids))
+
+    sync(spawn, dirs.bulk, dirs.b, relay.url, "y", "--batch-size", "50")
+    bulk2, b2 = export(dirs.bulk, dirs.b)
+    assert bulk2.memories == b2.memories and bulk2.facts == b2.facts
+    assert len(b2.memory_ids) == len(set(b2.memory_ids)) == union_size(bulk0, b0)
+    assert len(b2.fact_records) == len({(f["subject"], f["predicate"], f["object"], f["valid_from"]) for f in b2.fact_records}) == 3
+
+
+# ---------------------------------------------------------------- plaintext interop
+
+
+def spec_memory(content: str, *, project: str, source: str, timestamp: float) -> dict[str, Any]:
+    """A memory record exactly as the original sends it (SPEC "Records"), with its SPEC id."""
+    key = f"{project}:{source}:{content.strip()[:200]}"
+    return {
+        "id": hashlib.sha256(key.encode("utf-8")).hexdigest()[:16],
+        "content": content,
+        "project": project,
+        "type": "note",
+        "tags": {"lang": "en", "layer": "", "kind": "", "domain": ["e2e"], "topics": []},
+        "source": source,
+        "chunk_index": 0,
+        "source_mtime": 1_600_000_000.0,
+        "timestamp": timestamp,
+        "vector": [0.25, -0.5, 0.125],  # the original may send one; we must ignore it
+    }
+
+
+ORIGINAL_MEMORIES = [
+    spec_memory("e2e original peer memory: the lighthouse keeper logs fog at dawn", project="orig", source="o.md",
+                timestamp=1_710_000_000.0),
+    spec_memory("e2e original peer memory: tide tables live in the top drawer", project="orig", source="o.md",
+                timestamp=1_710_000_001.0),
+]
+ORIGINAL_FACT = {"subject": "e2e-orig-subject-lighthouse", "predicate": "stands_on", "object": "e2e-orig-object-cliff",
+                 "valid_from": 1_710_000_002.5, "ended": None, "source": "orig"}
+
+
+def ws_json(ws: websocket.WebSocket) -> dict[str, Any]:
+    opcode, data = ws.recv_data()
+    assert opcode == websocket.ABNF.OPCODE_TEXT, f"expected a text frame, got opcode {opcode}"
+    return json.loads(data.decode("utf-8"))
+
+
+def original_hello(pin: str) -> dict[str, Any]:
+    return {"method": "HELLO", "hostname": "original-host", "user": "original-user", "os": "Linux",
+            "fingerprint": "0badc0de", "pin": pin}
+
+
+@pytest.mark.timeout(240)
+def test_plaintext_serve_interoperates_with_a_spec_consumer(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    a0 = dirs.before["a"]
+    serve, room = start_serve(spawn, dirs.a, relay.url, "--plaintext")
+    assert room["mode"] == "plaintext"
+    ws = websocket.create_connection(f"{relay.url}/{room['room']}?role=consumer", timeout=WAIT)
+    try:
+        ws.send(json.dumps(original_hello(room["pin"])))
+        asked = serve.next_event("approval_required")
+        assert (asked["hostname"], asked["user"], asked["fingerprint"]) == ("original-host", "original-user", "0badc0de")
+        serve.answer("y")
+        assert ws_json(ws) == {"status": 200, "body": "ok"}
+
+        ws.send(json.dumps({"method": "GET", "path": "/sync/pull", "body": {"batch_size": 500}}))
+        meta = ws_json(ws)
+        assert meta == {"kind": "meta", "datasets": {"memories": 6, "facts": 3}}
+        pulled: dict[str, list[dict[str, Any]]] = {"memories": [], "facts": []}
+        seqs: dict[str, list[int]] = {"memories": [], "facts": []}
+        while (frame := ws_json(ws))["kind"] == "batch":
+            pulled[frame["dataset"]] += frame["records"]
+            seqs[frame["dataset"]].append(frame["seq"])
+        assert frame == {"kind": "done"}
+        assert seqs == {"memories": [1], "facts": [1]}
+
+        ws.send(json.dumps({"method": "POST", "path": "/sync/push", "body": {"batch_size": 500}}))
+        ws.send(json.dumps({"kind": "meta", "datasets": {"memories": 2, "facts": 1}, "vectors": True}))
+        ws.send(json.dumps({"kind": "batch", "dataset": "memories", "seq": 1, "records": ORIGINAL_MEMORIES}))
+        ws.send(json.dumps({"kind": "batch", "dataset": "facts", "seq": 1, "records": [ORIGINAL_FACT]}))
+        ws.send(json.dumps({"kind": "done"}))
+        assert ws_json(ws) == {"status": 200, "body": {"memories": {"inserted": 2, "skipped": 0},
+                                                       "facts": {"inserted": 1, "skipped": 0}}}
+    finally:
+        ws.close()
+    assert serve.wait() == 0, serve.describe()
+
+    # What the SPEC peer received is exactly the provider's data.
+    assert pulled["memories"] == a0.memory_records
+    assert pulled["facts"] == a0.fact_records
+    a1 = export(dirs.a)[0]
+    by_id = {r["id"]: r for r in a1.memory_records}
+    for sent in ORIGINAL_MEMORIES:
+        stored = by_id[sent["id"]]  # same SPEC id on both implementations
+        assert stored == {k: v for k, v in sent.items() if k != "vector"}
+    assert ORIGINAL_FACT in a1.fact_records
+    # Positive control for the recording relay: in plaintext the PIN and the data are visible.
+    text = "".join(f for _, f in relay.room_frames(room["room"]) if isinstance(f, str))
+    assert room["pin"] in text and ORIGINAL_MEMORIES[0]["content"] in text
+
+
+@pytest.mark.timeout(240)
+def test_plaintext_join_interoperates_with_a_spec_provider(spawn: Spawn, relay: RecordingRelay, dirs: DataDirs) -> None:
+    b0 = dirs.before["b"]
+    room_id, pin = "e2eoriginalroom", "Orig1234"
+    provider = websocket.create_connection(f"{relay.url}/{room_id}?role=provider", timeout=WAIT)
+    try:
+        join = spawn(dirs.b, "join", f"127.0.0.1:{relay.port}/{room_id}", "--pin", pin, "--plaintext", "--json")
+        hello = ws_json(provider)
+        assert hello["method"] == "HELLO" and hello["pin"] == pin
+        assert set(hello) == {"method", "hostname", "user", "os", "fingerprint", "pin"}  # exactly SPEC's HELLO
+        provider.send(json.dumps({"status": 200, "body": "ok"}))
+        assert ws_json(provider) == {"method": "GET", "path": "/sync/pull", "body": {"batch_size": 500}}
+        provider.send(json.dumps({"kind": "meta", "datasets": {"memories": 2, "facts": 1}, "vectors": True}))
+        provider.send(json.dumps({"kind": "batch", "dataset": "memories", "seq": 1, "records": ORIGINAL_MEMORIES}))
+        provider.send(json.dumps({"kind": "batch", "dataset": "facts", "seq": 1, "records": [ORIGINAL_FACT]}))
+        provider.send(json.dumps({"kind": "done"}))
+        assert ws_json(provider) == {"method": "POST", "path": "/sync/push", "body": {"batch_size": 500}}
+        meta = ws_json(provider)
+        assert meta == {"kind": "meta", "datasets": {"memories": 7, "facts": 4}}
+        pushed: list[dict[str, Any]] = []
+        while (frame := ws_json(provider))["kind"] == "batch":
+            pushed += frame["records"] if frame["dataset"] == "memories" else []
+        assert frame == {"kind": "done"}
+        provider.send(json.dumps({"status": 200, "body": {"memories": {"inserted": 5, "skipped": 2},
+                                                          "facts": {"inserted": 3, "skipped": 1}}}))
+        assert join.wait() == 0, join.describe()
+    finally:
+        provider.close()
+    result = stats(join)
+    assert result["received"]["memories"] == {"inserted": 2, "skipped": 0}
+    assert result["sent"]["memories"] == {"inserted": 5, "skipped": 2}
+    b1 = export(dirs.b)[0]
+    assert {r["id"] for r in ORIGINAL_MEMORIES} <= set(b1.memory_ids)
+    assert ORIGINAL_FACT in b1.fact_records
+    assert {r["id"] for r in pushed} == set(b1.memory_ids) == set(b0.memory_ids) | {r["id"] for r in ORIGINAL_MEMORIES}
+    assert "WARNING" in join.stderr and "--plaintext" in join.stderr
+
+
+@pytest.mark.timeout(240)
+def test_modes_refuse_each_other_clearly(spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    encrypted, room_e = start_serve(spawn, tmp_path / "enc", relay.url)
+    plaintext, room_p = start_serve(spawn, tmp_path / "plain", relay.url, "--plaintext")
+
+    # A default (encrypted) provider refuses the original's plaintext HELLO, naming --plaintext.
+    ws = websocket.create_connection(f"{relay.url}/{room_e['room']}?role=consumer", timeout=WAIT)
+    try:
+        ws.send(json.dumps(original_hello(room_e["pin"])))
+        refusal = ws_json(ws)
+    finally:
+        ws.close()
+    assert refusal["status"] == 400 and "--plaintext" in refusal["body"], refusal
+    assert encrypted.wait() != 0, encrypted.describe()
+    assert "--plaintext" in encrypted.error(), encrypted.describe()
+
+    # A --plaintext provider answers our encrypted handshake with SPEC's 400.
+    ws = websocket.create_connection(f"{relay.url}/{room_p['room']}?role=consumer", timeout=WAIT)
+    try:
+        ws.send(ChannelSetup(pin=room_p["pin"], room=room_p["room"], role="consumer").start().decode())
+        refusal = ws_json(ws)
+    finally:
+        ws.close()
+    assert refusal["status"] == 400 and "--plaintext" in refusal["body"], refusal
+    assert plaintext.wait() != 0, plaintext.describe()
+    assert "--plaintext" in plaintext.error(), plaintext.describe()
+    for cli in (encrypted, plaintext):
+        assert not {"approval_required", "peer_connected", "stats"} & {e["event"] for e in cli.events}
+
+
+@pytest.mark.timeout(240)
+def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
+    demo = spawn(tmp_path, "demo", "--json")
+    assert demo.wait() == 0, demo.describe()
+    result = demo.events[-1]
+    assert result["event"] == "demo" and result["identical"] is True, demo.describe()
+    assert (result["memories"], result["facts"]) == (8, 3)
