@@ -445,4 +445,5 @@ def add_sync_commands(sub: Any, common: argparse.ArgumentParser, command: Callab
     t.add_argument("fingerprint", metavar="FP", help="the device's 8-hex id")
     t.set_defaults(handler=cmd_trust_remove)
 
-    command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge")
+    p = command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge")
+    p.set_defaults(no_data_dir=True)  # it works in temporary dirs only

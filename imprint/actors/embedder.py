@@ -20,6 +20,9 @@ from imprint.messages.store import DescribeModel, EmbedTexts, Embeddings, ModelI
 _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 #: Texts per forward pass; bounded so one message never holds the actor for long.
 ENCODE_BATCH = 64
+#: The model reads its first few hundred tokens only; tokenizing a 1 MiB text
+#: to throw most of it away costs time, so texts are cut first.
+MAX_EMBED_CHARS = 8192
 
 
 def _offline() -> None:
@@ -84,7 +87,7 @@ class Embedder(ImprintActor):
                 if not texts:
                     return Embeddings(vectors=[])
                 vectors = self._model.encode(
-                    list(texts), batch_size=ENCODE_BATCH, normalize_embeddings=True, show_progress_bar=False
+                    [t[:MAX_EMBED_CHARS] for t in texts], batch_size=ENCODE_BATCH, normalize_embeddings=True, show_progress_bar=False
                 )
                 return Embeddings(vectors=vectors.tolist())
             case DescribeModel():
