@@ -135,11 +135,14 @@ def run_serve(
     report: Callable[[dict[str, Any]], None],
     approver: Any,
     local: Any = None,
+    on_session: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Provider: prints the command for the other side, serves one peer, returns the stats event.
 
     `local`: running LocalActors (with the embedder) to use instead of starting
     our own; the caller keeps owning it (the dashboard holds one for its lifetime).
+    `on_session`: called with the session before it runs, so the caller can
+    `cancel()` it from another thread.
     """
     from imprint.relay import RelayServer
     from imprint.sync.addresses import default_relay, display_target, lan_address, new_pin, new_room, relay_base
@@ -175,6 +178,8 @@ def run_serve(
                 local=local, identity=identity, host=host, report=report,
                 trust_list=TrustList(settings.trust_path), approver=approver,
             )
+            if on_session is not None:
+                on_session(session)  # lets the caller cancel it
             return session.run()
     finally:
         if server is not None:
@@ -191,6 +196,7 @@ def run_join(
     idle_timeout: float,
     report: Callable[[dict[str, Any]], None],
     local: Any = None,
+    on_session: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
@@ -208,6 +214,8 @@ def run_join(
                                  batch_size=batch_size, idle_timeout=idle_timeout),
             local=local, identity=identity, host=host, report=report,
         )
+        if on_session is not None:
+            on_session(session)
         return session.run()
 
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import msgspec
 import pykka
 from loguru import logger
 
@@ -82,6 +83,12 @@ class QueueListener:
 
 
 Reporter = Callable[[dict[str, Any]], None]
+
+
+class Cancelled(msgspec.Struct, frozen=True):
+    """Told by whoever runs the session (the dashboard) to end it now."""
+
+    reason: str = "cancelled"
 
 
 @dataclass(kw_only=True)
@@ -220,6 +227,8 @@ class _Session:
     def _common_event(self, event: Any) -> bool:
         """Handle events both roles treat alike; True if handled."""
         match event:
+            case Cancelled(reason=reason):
+                raise SyncError(reason)
             case RawFrameReceived():
                 self.waiting_for_peer = False  # someone is here: from now on silence counts
                 self.handshake.tell(event)
@@ -249,6 +258,10 @@ class _Session:
             case _:
                 return False
         return True
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """End the session from another thread (safe at any time)."""
+        self.listener.tell(Cancelled(reason=reason))
 
     def _settle(self) -> None:
         """Wait until Handshake and Puller have handled every message told so far."""

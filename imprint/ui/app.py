@@ -425,7 +425,8 @@ def create_app(
         session = sessions.new("serve")
         session.start(lambda s: run_serve(
             settings, relay=relay or None, listen=listen, mode="plaintext" if plaintext else "encrypted",
-            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, local=local))
+            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, local=local,
+            on_session=s.attach))
         return _stream(session, request)
 
     @app.get("/api/sync/join", response_class=StreamingResponse, tags=["sync"], responses=SSE_RESPONSE,

@@ -48,6 +48,7 @@ class SyncSession:
         self._awaiting = False
         self._decision: Decision | None = None
         self._decided = threading.Event()
+        self._sync: Any = None
 
     # ---------------------------------------------------------------- events
 
@@ -97,12 +98,20 @@ class SyncSession:
                     logger.info("no decision within {:g}s: rejecting {}", self.approval_timeout, peer.fingerprint)
         return self._decision or "reject"
 
+    def attach(self, sync_session: Any) -> None:
+        """Remember the running sync session (from run_serve/run_join) so it can be cancelled."""
+        self._sync = sync_session
+
     def cancel(self) -> None:
-        """The page went away: reject a pending approval so the session ends."""
+        """The page went away: reject a pending approval, and end a session still
+        waiting for a peer, so nothing lingers until the room expires."""
         with self._cond:
             if self._awaiting and self._decision is None:
                 self._decision = "reject"
+            waiting = not self._awaiting and not self.finished
         self._decided.set()
+        if waiting and self._sync is not None:
+            self._sync.cancel("stopped from the dashboard")
 
     # ---------------------------------------------------------------- running
 
