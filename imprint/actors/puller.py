@@ -53,7 +53,6 @@ class Puller(ImprintActor):
         self._stats = {d: {"inserted": 0, "skipped": 0} for d in DATASETS}
         self._done = {d: 0 for d in DATASETS}
         self._phase = "pull"
-        self._finished = False
         self._failed = False
 
     def handle(self, message: Any) -> Any:
@@ -87,7 +86,6 @@ class Puller(ImprintActor):
                 result = ask(self.fact_store, StoreFacts(records=tuple(frame.records)))
                 self._count("facts", len(frame.records), result)
             elif self._validator.finished:
-                self._finished = True
                 self.listener.tell(TransferFinished(phase=self._phase, stats=self._stats))
         except ProtocolError as exc:
             self._fail(str(exc))
