@@ -266,6 +266,8 @@ class RelayConnection(ImprintActor):
                 self._ws.send(data, opcode=websocket.ABNF.OPCODE_TEXT)
             else:
                 self._ws.send(data, opcode=websocket.ABNF.OPCODE_BINARY)
+        except websocket.WebSocketConnectionClosedException:
+            raise RelayError("the connection to the relay closed while sending") from None
         except (websocket.WebSocketException, OSError) as exc:
             raise RelayError(f"sending to the relay failed: {exc or type(exc).__name__}") from None
 

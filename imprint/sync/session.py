@@ -241,6 +241,10 @@ class _Session:
                 self._tell_peer_error(message)
                 raise ProtocolError(message)
             case TransferFailed(message=message):
+                lost = self._pending_connection_loss()
+                if lost is not None:
+                    # A send failed because the relay hung up: its reason says more.
+                    raise RelayError(f"{lost} before the sync finished; only whole batches were stored, run it again to complete")
                 self._tell_peer_error(message)
                 raise SyncError(message)
             case ConnectionLost(reason=reason):
@@ -262,6 +266,27 @@ class _Session:
     def cancel(self, reason: str = "cancelled") -> None:
         """End the session from another thread (safe at any time)."""
         self.listener.tell(Cancelled(reason=reason))
+
+    def _pending_connection_loss(self) -> str | None:
+        """The reason of a connection loss already reported but still queued, if any."""
+        try:
+            self.relay.ask(Ping(), timeout=10)  # the relay has passed on what its reader saw
+        except Exception:
+            logger.debug("relay connection did not answer")
+        pending: list[Any] = []
+        reason = None
+        while True:
+            try:
+                event = self.listener.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, ConnectionLost) and not event.expected and reason is None:
+                reason = event.reason
+            else:
+                pending.append(event)
+        for event in pending:  # keep the rest, in order
+            self.listener.tell(event)
+        return reason
 
     def _settle(self) -> None:
         """Wait until Handshake and Puller have handled every message told so far."""
