@@ -88,6 +88,19 @@ def load_identity(data_dir: Path) -> DeviceIdentity:
     return identity
 
 
+def read_fingerprint(data_dir: Path) -> str | None:
+    """This device's fingerprint if its key exists; creates nothing (for read-only commands)."""
+    try:
+        seed = (data_dir / KEY_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the device key in {data_dir}: {exc.strerror or exc}") from None
+    if len(seed) != 32:
+        raise ConfigError(f"{data_dir / KEY_FILE} is corrupt (expected 32 bytes); move it away to create a new identity")
+    return DeviceIdentity(SigningKey(seed)).fingerprint
+
+
 @dataclass(frozen=True, kw_only=True)
 class HostInfo:
     """What a peer shows the other side's user before approval."""

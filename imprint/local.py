@@ -66,12 +66,14 @@ class LocalActors:
         embedder: start the model (needed to write or search memories).
         memories: start the MemoryStore; without the embedder it is read-only.
         facts: start the FactStore.
+        read_only: open what exists for reading and create nothing (`status`).
     """
 
     settings: Settings
     embedder: bool = False
     memories: bool = True
     facts: bool = True
+    read_only: bool = False
     refs: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
     model: ModelInfo | None = None
 
@@ -101,7 +103,7 @@ class LocalActors:
             )
             ask(self.refs["memory_store"], Ping(), timeout=START_TIMEOUT)
         if self.facts:
-            self.refs["fact_store"] = FactStore.start(path=s.facts_path)
+            self.refs["fact_store"] = FactStore.start(path=s.facts_path, read_only=self.read_only)
             ask(self.refs["fact_store"], Ping(), timeout=START_TIMEOUT)
 
     def __getitem__(self, name: str) -> pykka.ActorRef[Any]:

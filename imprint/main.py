@@ -13,14 +13,14 @@ from typing import Any, Callable, Iterator
 import msgspec
 
 from imprint.cli_output import Output, note
-from imprint.config import Settings, settings_from
+from imprint.config import Settings, settings_from, validate_workspace
 from imprint.errors import ConfigError, ImprintError, InputError
+from imprint.messages.records import TAG_KEYS
 
 #: Records per store round trip when importing.
 IMPORT_BATCH = 256
 #: Bad lines named one by one before the rest are only counted.
 MAX_REPORTED_LINES = 20
-TAG_KEYS = ("lang", "layer", "kind", "domain", "topics")
 
 Handler = Callable[[argparse.Namespace, Settings, Output], int]
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("add", cmd_add, "store one memory and print its id")
-    p.add_argument("text", help="the memory's text")
+    p.add_argument("text", help="the memory's text, or - to read it from standard input (for long or multi-line text)")
     p.add_argument("--project", default="default", help="project the memory belongs to (default: default)")
     p.add_argument("--source", default="", help="where it came from, e.g. a file path")
     p.add_argument("--type", default="note", help="kind of memory (default: note)")
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_fact_end)
     p.add_argument("fact_id", type=int, metavar="ID", help="the id 'fact list' shows")
 
-    command("status", cmd_status, "show data dir, workspace, device id, model and counts")
+    p = command("status", cmd_status, "show data dir, workspace, device id, model and counts (read-only, fast)")
+    p.set_defaults(read_only=True)
 
     try:
         from imprint.sync_cli import add_sync_commands
@@ -147,7 +148,8 @@ def _progress(**kw: Any):
 def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from imprint.messages.records import MemoryRecord, finalize_memory
 
-    raw = {"content": args.text, "project": args.project, "source": args.source, "type": args.type, "tags": _parse_tags(args.tag)}
+    content = _read_stdin_text() if args.text == "-" else args.text
+    raw = {"content": content, "project": args.project, "source": args.source, "type": args.type, "tags": _parse_tags(args.tag)}
     try:
         record = finalize_memory(msgspec.convert(raw, MemoryRecord))
     except msgspec.ValidationError as exc:
@@ -157,6 +159,20 @@ def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     inserted = bool(result.inserted)
     out.result({"id": record.id, "inserted": inserted}, record.id if inserted else f"{record.id} (already there)")
     return 0
+
+
+def _read_stdin_text() -> str:
+    from imprint.messages.records import MAX_RECORD_BYTES
+
+    data = sys.stdin.buffer.read(MAX_RECORD_BYTES + 4)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if len(data) > MAX_RECORD_BYTES:
+        raise InputError("cannot add memory: the text on standard input is larger than 1 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot add memory: standard input is not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
 def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
@@ -171,7 +187,7 @@ def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.messages.records import finalize_memory, memory_decoder
+    from imprint.messages.records import decode_memory_input, finalize_memory
 
     lines, total_bytes = _jsonl_lines(args.file)
     inserted = skipped = rejected = 0
@@ -194,7 +210,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
             if not line.strip():
                 continue
             try:
-                record = finalize_memory(memory_decoder.decode(line.rstrip(b"\r\n")), now=now)
+                record = finalize_memory(decode_memory_input(line.rstrip(b"\r\n")), now=now)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
                 rejected += 1
@@ -334,31 +350,38 @@ def cmd_fact_end(args: argparse.Namespace, settings: Settings, out: Output) -> i
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Read-only: loads no model, creates nothing, works on a data dir it may not write."""
     from imprint.actors.base import ask
-    from imprint.identity import load_identity
+    from imprint.identity import read_fingerprint
     from imprint.messages.store import CountFacts, DescribeStore
 
-    identity = load_identity(settings.data_dir)
-    with _local(settings, embedder=True) as local:
-        store = ask(local["memory_store"], DescribeStore())
+    store_exists = bool(settings.qdrant_url) or settings.qdrant_path.exists()
+    with _local(settings, memories=store_exists, facts=True, read_only=True) as local:
+        store = ask(local["memory_store"], DescribeStore()) if store_exists else None
         facts = ask(local["fact_store"], CountFacts())
-        model = local.model
     info = {
         "data_dir": str(settings.data_dir),
         "workspace": settings.workspace,
-        "device_id": identity.fingerprint,
-        "model": model.name if model else settings.model,
-        "dimension": model.dimension if model else None,
-        "memory_store": store.location,
-        "memories": store.count,
+        "workspace_exists": settings.workspace_dir.exists(),
+        "device_id": read_fingerprint(settings.data_dir),
+        "model": settings.model,
+        "dimension": store.dimension if store else None,
+        "memory_store": store.location if store else (settings.qdrant_url or str(settings.qdrant_path)),
+        "memories": store.count if store else 0,
         "facts_active": facts.active,
         "facts_ended": facts.ended,
     }
     if out.json_mode:
         out.result(info)
     else:
-        width = max(len(k) for k in info)
-        for key, value in info.items():
+        shown = dict(info)
+        shown["device_id"] = info["device_id"] or "none yet (created by the first sync)"
+        shown["dimension"] = info["dimension"] or "-"
+        if not info["workspace_exists"]:
+            shown["workspace"] = f"{settings.workspace} (empty: nothing stored yet)"
+        del shown["workspace_exists"]
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
             out.line(f"{key.replace('_', ' '):<{width}}  {value}")
     return 0
 
@@ -376,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     from imprint.logs import setup_logging
 
     setup_logging(verbose=bool(args.verbose), log_dir=None)
+    settings: Settings | None = None
     try:
         settings = settings_from(data_dir=args.data_dir, workspace=args.workspace, model=args.model, qdrant_url=args.qdrant_url)
-        if not getattr(args, "no_data_dir", False):
+        if getattr(args, "read_only", False):
+            validate_workspace(settings.workspace)
+        elif not getattr(args, "no_data_dir", False):
             settings.prepare()
             setup_logging(verbose=bool(args.verbose), log_dir=settings.log_dir)
         return args.handler(args, settings, out)
@@ -390,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         note("imprint: interrupted")
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        from loguru import logger
+
+        logger.opt(exception=exc).debug("unexpected error")
+        where = f" (details in {settings.log_dir / 'imprint.log'})" if settings is not None else ""
+        note(f"imprint: internal error: {type(exc).__name__}: {str(exc)[:200]}{where}")
+        if out.json_mode:
+            out.result({"event": "error", "message": f"internal error: {type(exc).__name__}"})
+        return 1
     except BrokenPipeError:
         # stdout closed early (e.g. `imprint export | head`): not an error for the user.
         devnull = os.open(os.devnull, os.O_WRONLY)

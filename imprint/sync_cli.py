@@ -145,7 +145,7 @@ def run_serve(
     `cancel()` it from another thread.
     """
     from imprint.relay import RelayServer
-    from imprint.sync.addresses import default_relay, display_target, lan_address, new_pin, new_room, relay_base
+    from imprint.sync.addresses import default_relay, display_target, lan_address, new_pin, new_room, parse_listen, relay_base
     from imprint.sync.session import ProviderSession, SessionConfig
     from imprint.trust import TrustList
 
@@ -158,20 +158,13 @@ def run_serve(
             base = relay_base(chosen)
             connect_base = base
         else:
-            host_part, _, port_part = listen.rpartition(":")
-            try:
-                port = int(port_part)
-            except ValueError:
-                raise ConfigError(f"bad --listen {listen!r}: expected HOST:PORT") from None
-            server = RelayServer(host=host_part or "0.0.0.0", port=port)
+            host_part, port = parse_listen(listen)
+            server = RelayServer(host=host_part, port=port)
             port = server.start_in_thread()
             public_host = lan_address() if host_part in ("", "0.0.0.0") else host_part
             base = f"ws://{public_host}:{port}"
             connect_base = f"ws://127.0.0.1:{port}" if host_part in ("", "0.0.0.0") else base
         with local if owned else nullcontext(local):
-            target = display_target(base, room, default=default_relay())
-            report({"event": "room", "target": target, "pin": pin, "room": room, "relay": base,
-                    "fingerprint": identity.fingerprint, "hostname": host.hostname, "mode": mode})
             session = ProviderSession(
                 config=SessionConfig(url=f"{connect_base}/{room}?role=provider", room=room, pin=pin, mode=mode,
                                      batch_size=batch_size, idle_timeout=idle_timeout),
@@ -180,6 +173,15 @@ def run_serve(
             )
             if on_session is not None:
                 on_session(session)  # lets the caller cancel it
+            try:
+                # No PIN and no command for the other machine until the relay answers.
+                session.connect()
+            except BaseException:
+                session.stop()
+                raise
+            target = display_target(base, room, default=default_relay())
+            report({"event": "room", "target": target, "pin": pin, "room": room, "relay": base,
+                    "fingerprint": identity.fingerprint, "hostname": host.hostname, "mode": mode})
             return session.run()
     finally:
         if server is not None:
@@ -219,15 +221,6 @@ def run_join(
         return session.run()
 
 
-def _check_pin(pin: str) -> str:
-    import re
-
-    pin = pin.strip()
-    if not re.fullmatch(r"[A-Za-z0-9]{8}", pin):
-        raise ConfigError("the PIN is 8 letters or digits, as printed by serve")
-    return pin
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from imprint.actors.trust_gate import stdin_approver
 
@@ -238,10 +231,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
 
 def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.sync.addresses import check_pin
+
     mode = "plaintext" if args.plaintext else "encrypted"
     if args.plaintext:
         note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
-    run_join(settings, target=args.target, pin=_check_pin(args.pin), mode=mode, batch_size=args.batch_size,
+    run_join(settings, target=args.target, pin=check_pin(args.pin), mode=mode, batch_size=args.batch_size,
              idle_timeout=args.timeout, report=_reporter(out, "consumer"))
     return 0
 

@@ -1,9 +1,12 @@
 """The trust list: `DATA_DIR/trusted_devices.json`, shared by CLI and dashboard.
 
-SPEC shape is a JSON array of `{"fingerprint","hostname","added"}`; we add
+The file is a JSON array of `{"fingerprint","hostname","added"}`; we add
 `public_key` (hex Ed25519) so a trusted fingerprint cannot be claimed by a
-device holding another key. Entries without a key (written by the original
-or a plaintext session) match on fingerprint alone.
+device holding another key. Entries without a key (written by Imprint's own
+clients or a plaintext session) match on fingerprint alone. Imprint's Python
+dashboard writes the keys capitalized (`Fingerprint`, `Hostname`, `Added`):
+both spellings are read, ours is written. Fingerprints are compared in lower
+case, so a hand-edited `0BADC0DE` is the same device as `0badc0de`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -30,7 +33,20 @@ class TrustedDevice(msgspec.Struct, frozen=True, omit_defaults=True):
     public_key: str = ""
 
 
-_list_decoder = msgspec.json.Decoder(list[TrustedDevice])
+_list_decoder = msgspec.json.Decoder(list[dict[str, Any]])
+_FIELDS = {"fingerprint": "fingerprint", "hostname": "hostname", "added": "added", "public_key": "public_key",
+           "publickey": "public_key"}
+
+
+def _entry(raw: dict[str, Any]) -> TrustedDevice:
+    """One entry in either spelling (`fingerprint` or `Fingerprint`, …), fingerprint in lower case."""
+    fields = {}
+    for key, value in raw.items():
+        name = _FIELDS.get(key.lower().replace("-", "_")) if isinstance(key, str) else None
+        if name is not None:
+            fields.setdefault(name, value)
+    device = msgspec.convert(fields, TrustedDevice)
+    return msgspec.structs.replace(device, fingerprint=device.fingerprint.strip().lower())
 
 
 class TrustList:
@@ -49,7 +65,7 @@ class TrustList:
         if not data.strip():
             return []
         try:
-            return _list_decoder.decode(data)
+            return [_entry(raw) for raw in _list_decoder.decode(data)]
         except msgspec.DecodeError as exc:
             raise ConfigError(f"the trust list {self.path} is malformed ({exc}); fix or remove it") from None
 
@@ -63,6 +79,7 @@ class TrustList:
 
     def status(self, fingerprint: str, public_key: str = "") -> TrustStatus:
         """Whether a peer showing this fingerprint (and key) is trusted."""
+        fingerprint = fingerprint.lower()
         for device in self.load():
             if device.fingerprint == fingerprint:
                 if device.public_key and device.public_key != public_key:
@@ -72,6 +89,7 @@ class TrustList:
 
     def add(self, *, fingerprint: str, hostname: str, public_key: str = "") -> TrustedDevice:
         """Trust a device (replacing an entry with the same fingerprint)."""
+        fingerprint = fingerprint.lower()
         with _lock:
             devices = [d for d in self.load() if d.fingerprint != fingerprint]
             entry = TrustedDevice(fingerprint=fingerprint, hostname=hostname, added=int(time.time()), public_key=public_key)
@@ -81,6 +99,7 @@ class TrustList:
 
     def remove(self, fingerprint: str) -> bool:
         """Forget a device; False if it was not on the list."""
+        fingerprint = fingerprint.strip().lower()
         with _lock:
             devices = self.load()
             kept = [d for d in devices if d.fingerprint != fingerprint]

@@ -191,6 +191,32 @@ def test_add_refuses_a_bad_tag(tmp_path: Path, imprint_cli: Run) -> None:
     assert "bad --tag 'colour=red'" in one_line_error(imprint_cli(tmp_path, "add", "text", "--tag", "colour=red"))
 
 
+def test_import_refuses_unknown_tag_keys_and_negative_times_like_add(tmp_path: Path, imprint_cli: Run) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"content": "fine", "tags": {"lang": "en", "topics": ["a"]}},
+        {"content": "unknown tag key", "tags": {"colour": "red"}},
+        {"content": "before 1970", "timestamp": -5.0},
+        {"content": "negative mtime", "source_mtime": -1},
+    ])
+    proc = imprint_cli(tmp_path / "data", "import", str(src))
+    assert proc.returncode == 1, proc
+    assert "line 2: rejected: unknown tag key 'colour'" in proc.stderr
+    assert "line 3: rejected:" in proc.stderr and "$.timestamp" in proc.stderr
+    assert "line 4: rejected:" in proc.stderr and "$.source_mtime" in proc.stderr
+    assert "inserted 1" in proc.stdout
+    assert [json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path / "data")] == ["fine"]
+
+
+def test_add_dash_reads_the_text_from_standard_input(tmp_path: Path, imprint_cli: Run) -> None:
+    text = "line one\nline two " + "x" * 300_000  # longer than a shell argument may be
+    proc = ok(imprint_cli(tmp_path / "data", "add", "-", "--project", "p", "--json", input=text))
+    [added] = json_objects(proc.stdout)
+    assert added["id"] == memory_id("p", "", text) and added["inserted"] is True
+    [record] = [json.loads(line) for line in export_lines(imprint_cli, tmp_path / "data")]
+    assert record["content"] == text and record["content"] != "-"
+    assert "not UTF-8" in one_line_error(imprint_cli(tmp_path / "data", "add", "-", input=b"\xff\xfe bad"))
+
+
 def test_import_one_good_two_bad_lines_stores_the_good_one_and_exits_1(tmp_path: Path, imprint_cli: Run) -> None:
     path = tmp_path / "mixed.jsonl"
     path.write_text('{"content": "the only good line", "project": "p"}\nthis is not json\n{"content": 5}\n')
@@ -341,6 +367,11 @@ def test_fact_add_list_end_and_export(tmp_path: Path, imprint_cli: Run) -> None:
 # ---------------------------------------------------------------- status
 
 
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with its size and mtime: what a command may not change."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
 def test_status_reports_dir_workspace_device_model_and_counts(
     corpus: tuple[Path, Path, Any], tmp_path: Path, imprint_cli: Run
 ) -> None:
@@ -348,12 +379,11 @@ def test_status_reports_dir_workspace_device_model_and_counts(
     assert not (data_dir / "device_id.txt").exists()
     ok(imprint_cli(data_dir, "fact", "add", "a", "b", "c"))
     [status] = json_objects(ok(imprint_cli(data_dir, "status", "--json")).stdout)
-    device_id = (data_dir / "device_id.txt").read_text().strip()
-    assert re.fullmatch(r"[0-9a-f]{8}", device_id)
     assert status == {
         "data_dir": str(data_dir),
         "workspace": "default",
-        "device_id": device_id,
+        "workspace_exists": True,
+        "device_id": None,  # status creates nothing; the first sync makes the device key
         "model": "all-MiniLM-L6-v2",
         "dimension": 384,
         "memory_store": str(data_dir / "qdrant"),
@@ -361,6 +391,25 @@ def test_status_reports_dir_workspace_device_model_and_counts(
         "facts_active": 1,
         "facts_ended": 0,
     }
+    assert not (data_dir / "device_id.txt").exists()
+
+
+def test_status_loads_no_model_and_changes_nothing(corpus: tuple[Path, Path, Any], tmp_path: Path, imprint_cli: Run) -> None:
+    data_dir = copy_data_dir(corpus[0], tmp_path / "data")
+    ok(imprint_cli(data_dir, "fact", "add", "a", "b", "c"))
+    before = _tree(data_dir)
+    # A model that cannot be loaded does not matter: status never loads one.
+    proc = ok(imprint_cli(data_dir, "--model", str(tmp_path / "no-such-model"), "status"))
+    assert f"memories  " in proc.stdout.replace("memories      ", "memories  ") and str(CORPUS_SIZE) in proc.stdout
+    assert _tree(data_dir) == before, "status wrote to the data dir"
+    # Another workspace: reported empty, and not created.
+    [other] = json_objects(ok(imprint_cli(data_dir, "--workspace", "other", "status", "--json")).stdout)
+    assert (other["workspace_exists"], other["memories"], other["facts_active"]) == (False, 0, 0)
+    assert not (data_dir / "workspaces" / "other").exists()
+    assert _tree(data_dir) == before
+    # A data dir that does not exist stays that way.
+    [fresh] = json_objects(ok(imprint_cli(tmp_path / "nothing-here", "status", "--json")).stdout)
+    assert fresh["memories"] == 0 and not (tmp_path / "nothing-here").exists()
 
 
 # ---------------------------------------------------------------- entry points

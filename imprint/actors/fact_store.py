@@ -45,6 +45,19 @@ CREATE INDEX IF NOT EXISTS facts_open ON facts (ended, subject);
 _COLUMNS = "id, subject, predicate, object, valid_from, ended, source"
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open for reading only, creating nothing; an absent database reads as empty."""
+    if not path.exists():
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.executescript(SCHEMA)
+        return db
+    if Path(f"{path}-wal").exists():
+        # Another process has it open (or left a log behind): read through its WAL.
+        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    # Fully checkpointed: read the file as it is, without even a -shm file beside it.
+    return sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True, isolation_level=None)
+
+
 def _row_to_fact(row: tuple) -> StoredFact:
     return StoredFact(
         fact_id=row[0],
@@ -55,19 +68,23 @@ def _row_to_fact(row: tuple) -> StoredFact:
 class FactStore(ImprintActor):
     """Answers StoreFacts, PageFacts, ListFacts, AddFact, EndFact, CountFacts."""
 
-    def __init__(self, *, path: Path) -> None:
+    def __init__(self, *, path: Path, read_only: bool = False) -> None:
         super().__init__()
         self.path = path
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
 
     def start_up(self) -> None:
         try:
+            if self.read_only:
+                self._db = _open_read_only(self.path)
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
 
     def on_stop(self) -> None:

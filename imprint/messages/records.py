@@ -22,6 +22,10 @@ MAX_FIELD_CHARS = 4096
 
 ShortStr = Annotated[str, msgspec.Meta(max_length=MAX_FIELD_CHARS)]
 TagList = Annotated[tuple[ShortStr, ...], msgspec.Meta(max_length=256)]
+#: Unix seconds; a time before 1970 is refused.
+Time = Annotated[float, msgspec.Meta(ge=0)]
+#: The tag keys a memory may carry (Imprint's own normalised set).
+TAG_KEYS = ("lang", "layer", "kind", "domain", "topics")
 
 
 class Tags(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -48,9 +52,9 @@ class MemoryRecord(msgspec.Struct, frozen=True, kw_only=True):
     type: ShortStr = "note"
     tags: Tags = Tags()
     source: ShortStr = ""
-    chunk_index: int = 0
-    source_mtime: float = 0.0
-    timestamp: float = 0.0
+    chunk_index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    source_mtime: Time = 0.0
+    timestamp: Time = 0.0
 
     def __post_init__(self) -> None:
         if not self.content.strip():
@@ -65,8 +69,8 @@ class FactRecord(msgspec.Struct, frozen=True):
     subject: ShortStr
     predicate: ShortStr
     object: ShortStr
-    valid_from: float
-    ended: float | None = None
+    valid_from: Time
+    ended: Time | None = None
     source: ShortStr = ""
 
     def __post_init__(self) -> None:
@@ -113,3 +117,35 @@ def memory_to_payload(record: MemoryRecord) -> dict:
 #: Decoders built once; used on every file line and wire record.
 memory_decoder = msgspec.json.Decoder(MemoryRecord)
 fact_decoder = msgspec.json.Decoder(FactRecord)
+
+
+class _TagKeys(msgspec.Struct):
+    tags: dict[str, msgspec.Raw] | None = None
+
+
+_tag_keys_decoder = msgspec.json.Decoder(_TagKeys)
+
+
+def unknown_tag_keys(tags: dict[str, object] | None) -> list[str]:
+    """Keys of `tags` that are not one of :data:`TAG_KEYS`, sorted."""
+    return sorted(set(tags or ()) - set(TAG_KEYS))
+
+
+def decode_memory_input(line: bytes) -> MemoryRecord:
+    """A memory typed or imported by the user: the record schema, and no tag key
+    outside :data:`TAG_KEYS` (the same rule as `imprint add --tag`).
+
+    The wire is more lenient: Imprint's own clients drop unknown tag keys, and
+    so do we (msgspec ignores them).
+
+    Raises:
+        msgspec.DecodeError: the line is not a valid record (the message says why).
+        UnicodeDecodeError: bad bytes inside a JSON string.
+    """
+    record = memory_decoder.decode(line)
+    unknown = unknown_tag_keys(_tag_keys_decoder.decode(line).tags)
+    if unknown:
+        raise msgspec.ValidationError(
+            f"unknown tag key {', '.join(map(repr, unknown[:5]))} (known: {', '.join(TAG_KEYS)}) - at `$.tags`"
+        )
+    return record

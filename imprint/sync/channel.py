@@ -64,6 +64,7 @@ from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
 from imprint.errors import AuthError, InputError, ProtocolError, SyncError
+from imprint.sync.addresses import PIN_ALPHABET, PIN_LENGTH
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -89,8 +90,7 @@ MAX_HANDSHAKE_FRAME_BYTES = 4096
 #: Longest peer refusal message we pass on to a human.
 MAX_REFUSAL_CHARS = 300
 
-PIN_LENGTH = 8
-_PIN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_PIN_ALPHABET = frozenset(PIN_ALPHABET)
 
 _COUNTER_BYTES = 8
 _KEY_BYTES = 32

@@ -178,9 +178,15 @@ class _Session:
         self.unacknowledged = 0
         self._lost_settled = False
 
+    def connect(self) -> None:
+        """Connect to the relay (with retries); RelayError if it does not answer."""
+        if self.relay is None:
+            c = self.config
+            self.relay = self.run_.start(RelayConnection, url=c.url, listener=self.listener, attempts=c.connect_attempts)
+
     def _start_common(self, trust_gate: Any = None) -> None:
         c = self.config
-        self.relay = self.run_.start(RelayConnection, url=c.url, listener=self.listener, attempts=c.connect_attempts)
+        self.connect()
         self.handshake = self.run_.start(
             Handshake,
             role=self.role,

@@ -3,57 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import threading
 import webbrowser
 from typing import Any, Callable
 
 from imprint.cli_output import Output, note
 from imprint.config import Settings
-from imprint.errors import ConfigError
+from imprint.errors import ConfigError, ImprintError
 
 DEFAULT_PORT = 8765
 HOST = "127.0.0.1"
 
 
+def _bind(port: int) -> socket.socket:
+    """Bind the dashboard's port before anything else starts, so a busy port is one clear line."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ImprintError(
+            f"cannot serve the dashboard on {HOST}:{port}: {exc.strerror or exc} "
+            "(is another 'imprint ui' running? pick another --port)"
+        ) from None
+    return sock
+
+
 def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     import uvicorn
 
+    from imprint.local import LocalActors
     from imprint.ui.app import create_app
 
     if not 0 < args.port < 65536:
         raise ConfigError("--port must be between 1 and 65535")
     url = f"http://{HOST}:{args.port}/"
-    app = create_app(settings)
-    config = uvicorn.Config(app, host=HOST, port=args.port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-
-    def announce() -> None:
-        # Runs once uvicorn has bound the port and the actors have started.
-        note(f"imprint: dashboard on {url} (Ctrl-C to stop)")
-        out.result({"event": "ui", "url": url})
-        if not args.no_browser:
-            try:
-                webbrowser.open(url)
-            except webbrowser.Error:
-                note("imprint: no browser to open; visit the address above")
-
-    def watch() -> None:
-        while not server.started and not server.should_exit:
-            ready.wait(0.2)
-        if server.started:
-            announce()
-
-    ready = threading.Event()
-    opener = threading.Thread(target=watch, name="ui-announce", daemon=True)
-    opener.start()
-    note("imprint: starting the dashboard (loading the model)…")
+    sock = _bind(args.port)
     try:
-        server.run()
+        note("imprint: starting the dashboard (loading the model)…")
+        # Opened here, not in the app's startup: a data dir held by another
+        # process is then one line from the CLI, not a server traceback.
+        with LocalActors(settings, embedder=True) as local:
+            app = create_app(settings, local=local)
+            config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
+            server = uvicorn.Server(config)
+
+            def announce() -> None:
+                while not server.started and not server.should_exit:
+                    ready.wait(0.2)
+                if not server.started:
+                    return
+                note(f"imprint: dashboard on {url} (Ctrl-C to stop)")
+                out.result({"event": "ui", "url": url})
+                if not args.no_browser:
+                    try:
+                        webbrowser.open(url)
+                    except webbrowser.Error:
+                        note("imprint: no browser to open; visit the address above")
+
+            ready = threading.Event()
+            opener = threading.Thread(target=announce, name="ui-announce", daemon=True)
+            opener.start()
+            try:
+                server.run(sockets=[sock])
+            finally:
+                ready.set()
+                opener.join(timeout=5)
     finally:
-        ready.set()
-        opener.join(timeout=5)
-    if not server.started:
-        raise ConfigError(f"could not serve the dashboard on {HOST}:{args.port} (port in use?)")
+        sock.close()
     return 0
 
 

@@ -1,0 +1,78 @@
+"""Whatever a user types, no Python traceback reaches them: one line, exit 2
+for a usage error, 1 for a runtime one."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("join", "ws://127.0.0.1:99999/room", "--pin", "Ab3xY9Kq"),
+        ("join", "::::/room", "--pin", "Ab3xY9Kq"),
+        ("join", "ws://127.0.0.1:8430/" + "r" * 5000, "--pin", "Ab3xY9Kq"),
+        ("join", "127.0.0.1:8430/room", "--pin", "short"),
+        ("serve", "--relay", "ws://127.0.0.1:99999"),
+        ("serve", "--relay", "::::"),
+        ("serve", "--listen", "0.0.0.0:http"),
+    ],
+)
+def test_bad_addresses_are_one_line_usage_errors(tmp_path: Path, imprint_cli, args: tuple[str, ...]) -> None:
+    proc = imprint_cli(tmp_path / "data", *args)
+    line = one_line(proc)
+    assert proc.returncode == 2, proc
+    assert line.startswith("imprint: error: ") and len(line) < 300
+
+
+def test_a_relay_that_does_not_answer_is_a_one_line_runtime_error(tmp_path: Path, imprint_cli) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = imprint_cli(tmp_path / "data", "serve", "--relay", f"ws://127.0.0.1:{port}", "--json", timeout=90)
+    assert proc.returncode == 1, proc
+    assert "cannot reach the relay" in one_line(proc)
+    events = [json.loads(line)["event"] for line in proc.stdout.splitlines() if line.strip()]
+    assert "room" not in events, events  # no PIN and no command for a relay that is not there
+
+
+def test_a_second_dashboard_on_a_data_dir_in_use_is_one_line(tmp_path: Path, imprint_cli) -> None:
+    from imprint.config import Settings
+    from imprint.local import LocalActors
+
+    settings = Settings(data_dir=tmp_path / "data").prepare()
+    with LocalActors(settings, facts=False):  # the first holder of the store
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = imprint_cli(settings.data_dir, "ui", "--no-browser", "--port", str(port), timeout=90)
+    assert proc.returncode == 1, proc
+    assert "open in another imprint process" in "\n".join(proc.stderr.splitlines()[-1:])
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_dashboard_port_in_use_is_one_line(tmp_path: Path, imprint_cli) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = imprint_cli(tmp_path / "data", "ui", "--no-browser", "--port", str(port), timeout=60)
+    assert proc.returncode == 1, proc
+    assert "cannot serve the dashboard" in one_line(proc)
