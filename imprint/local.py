@@ -8,18 +8,24 @@ leftover actor as a bug — no thread outlives a command.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 from loguru import logger
 
-from imprint.actors.base import ASK_TIMEOUT, ask
+from imprint.actors.base import ASK_TIMEOUT, QueueListener, ask
 from imprint.actors.embedder import Embedder
 from imprint.actors.fact_store import FactStore
 from imprint.actors.memory_store import MemoryStore
+from imprint.actors.storer import ALL_STREAMS, Storer
+from imprint.cli_output import note
 from imprint.config import Settings
-from imprint.messages.records import MemoryRecord
+from imprint.errors import StoreError
+from imprint.messages.records import MemoryRecord, earliest_copies
+from imprint.messages.session import BatchStored, SpoolIdle, StoreFailed, Unwatch, Wake, Watch
+from imprint.spool import Pending, read_pending, spool_path
 from imprint.messages.store import (
     EmbedTexts,
     FindMissing,
@@ -41,19 +47,11 @@ def embed_and_store(
     if not records:
         return StoreResult()
     request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records))
-    missing = set(ask(memory_store, request, timeout=timeout).ids)
-    fresh: dict[str, MemoryRecord] = {}
-    for record in records:
-        if record.id not in missing:
-            continue
-        kept = fresh.get(record.id)
-        # The same memory twice in one batch: the earliest copy wins, as it does across batches.
-        if kept is None or (record.timestamp and record.timestamp < kept.timestamp):
-            fresh[record.id] = record
+    fresh = earliest_copies(records, ask(memory_store, request, timeout=timeout).ids)
     if not fresh:
         return StoreResult(skipped=len(records))
-    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh.values())), timeout=timeout).vectors
-    result = ask(memory_store, StoreMemories(records=tuple(fresh.values()), vectors=vectors), timeout=timeout)
+    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh)), timeout=timeout).vectors
+    result = ask(memory_store, StoreMemories(records=fresh, vectors=vectors), timeout=timeout)
     return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
 
 
@@ -105,6 +103,50 @@ class LocalActors:
         if self.facts:
             self.refs["fact_store"] = FactStore.start(path=s.facts_path, read_only=self.read_only)
             ask(self.refs["fact_store"], Ping(), timeout=START_TIMEOUT)
+        if self.memories and self.facts and not self.read_only:
+            self._start_storer()
+
+    def _start_storer(self) -> None:
+        """The spool's store stage; first it stores what an interrupted sync left behind."""
+        path = spool_path(self.settings.workspace_dir)
+        pending = read_pending(path)
+        if pending.memories and "embedder" not in self.refs:
+            self.refs["embedder"] = Embedder.start(model_name=self.settings.model)
+            ask(self.refs["embedder"], Ping(), timeout=START_TIMEOUT)
+        self.refs["storer"] = Storer.start(
+            spool_path=path,
+            memory_store=self.refs["memory_store"],
+            fact_store=self.refs["fact_store"],
+            embedder=self.refs.get("embedder"),
+        )
+        ask(self.refs["storer"], Ping(), timeout=START_TIMEOUT)
+        if pending.total:
+            self._finish_interrupted_sync(pending)
+
+    def _finish_interrupted_sync(self, pending: Pending) -> None:
+        from tqdm import tqdm
+
+        note(
+            f"imprint: storing {pending.total:,} records an interrupted sync received earlier "
+            "(kept in the receive spool), before anything else…"
+        )
+        listener = QueueListener()
+        storer = self.refs["storer"]
+        storer.tell(Watch(stream=ALL_STREAMS, listener=listener))
+        storer.tell(Wake())
+        with tqdm(total=pending.total, desc="storing", unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+            try:
+                while True:
+                    event = listener.get(timeout=ASK_TIMEOUT)
+                    match event:
+                        case BatchStored(count=count):
+                            bar.update(count)
+                        case SpoolIdle():
+                            return
+                        case StoreFailed(message=message):
+                            raise StoreError(f"could not store what an interrupted sync received: {message}")
+            finally:
+                storer.tell(Unwatch(stream=ALL_STREAMS))
 
     def __getitem__(self, name: str) -> pykka.ActorRef[Any]:
         return self.refs[name]

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help=f"a tag; KEY is one of {', '.join(TAG_KEYS)}; repeat for several")
 
     p = command("import", cmd_import, "bulk-import memory records from a JSONL file",
-                description="Import memory records, one JSON object per line, with SPEC's fields (content is required). Bad lines are named and skipped; the rest are stored; exit 1 if any line was rejected.")
+                description="Import memory records, one JSON object per line: content (required), project, type, tags "
+                            "(lang, layer, kind, domain, topics), source, chunk_index, source_mtime, timestamp - the "
+                            "shape 'imprint export' writes. Bad lines are named and skipped; the rest are stored; exit 1 if any line was rejected.")
     p.add_argument("file", help="JSONL file, or - for standard input")
 
     p = command("export", cmd_export, "print every record as JSONL (what sync sends)")

@@ -1,4 +1,4 @@
-"""Sync commands: serve, join (and `sync` under the source document's names),
+"""Sync commands: serve, join (and `sync`, the names Imprint's own CLI uses),
 relay, trust, demo. Each command starts what it needs and stops it all."""
 
 from __future__ import annotations
@@ -15,18 +15,21 @@ from imprint.cli_output import Output, note
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
 
-PHASE_LABEL = {"pull": "pull", "push": "push", "embed": "embed"}
-
-
 # ---------------------------------------------------------------- reporting
 
 
 class HumanReporter:
-    """Turns session events into terminal lines and progress bars (stderr)."""
+    """Turns session events into terminal lines and progress bars (stderr).
+
+    Two bars per direction at most: what comes from the other machine
+    (stored here, with received as a note) and what goes to it (what it
+    confirmed, with what left as a note when it cannot confirm).
+    """
 
     def __init__(self, *, prefix: str = "") -> None:
         self.prefix = prefix
         self.bars: dict[tuple[str, str], Any] = {}
+        self.notes: dict[tuple[str, str], dict[str, str]] = {}
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -39,31 +42,46 @@ class HumanReporter:
             if event.get("mode") == "plaintext":
                 note(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
             note(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
+        elif kind == "waiting":
+            note(f"{p}{event['message']}")
         elif kind == "auto_accepted":
             note(f"{p}Trusted device {event['hostname']} ({event['fingerprint']}) accepted")
         elif kind == "approval_required":
             pass  # the prompt itself shows the peer
         elif kind == "peer_connected":
-            who = f"{event.get('hostname', '?')} ({event.get('fingerprint', '?')})" if "hostname" in event else "provider"
+            who = f"{event.get('hostname', '?')} ({event.get('fingerprint', '?')})" if "hostname" in event else "the provider"
             verify = f"; verification code {event['verification']}" if event.get("verification") else ""
             note(f"{p}Connected to {who}, {event['mode']}{verify}")
         elif kind == "stats":
             self.close()
-            print(p + format_stats(event), flush=True)
+            print(p + format_stats(event).replace("\n", "\n" + p), flush=True)
 
     def _progress(self, event: dict[str, Any]) -> None:
         from tqdm import tqdm
 
-        key = (event["phase"], event["dataset"])
+        direction, dataset, total = event["direction"], event["dataset"], event["total"]
+        way = "in" if direction in ("receive", "store") else "out"
+        key = (way, dataset)
         bar = self.bars.get(key)
         if bar is None:
-            verb = "receiving" if (event["phase"] == "push") == (event.get("role") == "provider") else "sending"
-            bar = tqdm(total=event["total"], desc=f"{self.prefix}{event['phase']} {event['dataset']}", unit="rec",
-                       file=sys.stderr, disable=None, dynamic_ncols=True, leave=True)
-            bar.set_postfix_str(verb, refresh=False)
+            if not total:
+                return  # nothing of this dataset moves this way
+            desc = f"{self.prefix}{'receiving' if way == 'in' else 'sending'} {dataset}"
+            bar = tqdm(total=total, desc=desc, unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True, leave=True)
             self.bars[key] = bar
-        bar.total = event["total"]
-        bar.n = event["done"]
+            self.notes[key] = {}
+        notes = self.notes[key]
+        bar.total = total
+        if direction == "store" or direction == "peer_store":
+            bar.n = event["done"]
+            notes["stored"] = "stored" if direction == "store" else "stored there"
+        elif direction == "receive":
+            notes["received"] = f"received {event['done']:,}"
+        elif event.get("confirmed", True):
+            notes["received"] = f"received there {event['done']:,}"
+        else:
+            notes["received"] = f"sent {event['done']:,}"
+        bar.set_postfix_str(", ".join(notes.values()), refresh=False)
         bar.refresh()
 
     def close(self) -> None:
@@ -72,42 +90,40 @@ class HumanReporter:
         self.bars.clear()
 
 
-def format_stats(event: dict[str, Any]) -> str:
-    def part(stats: dict[str, dict[str, int]], dataset: str) -> str:
-        s = stats.get(dataset, {})
-        text = f"{dataset} {s.get('inserted', 0)} new / {s.get('skipped', 0)} already there"
-        if s.get("ended"):
-            text += f" / {s['ended']} ended"
-        return text
+def _received_text(figures: dict[str, int], *, here: bool) -> str:
+    where = "here" if here else "there"
+    parts = [f"{figures.get('inserted', 0):,} new", f"{figures.get('skipped', 0):,} already {where}"]
+    if figures.get("ended"):
+        parts.append(f"{figures['ended']:,} ended")
+    if figures.get("rejected"):
+        parts.append(f"{figures['rejected']:,} refused")
+    return ", ".join(parts)
 
+
+def format_stats(event: dict[str, Any]) -> str:
+    """The summary: per dataset, what came in (new / already here / refused) and what went out."""
     received, sent = event.get("received", {}), event.get("sent", {})
-    here = "this machine" if event.get("role") == "consumer" else "this machine"
-    lines = [
+    incoming = "; ".join(f"{d} {_received_text(received.get(d, {}), here=True)}" for d in ("memories", "facts"))
+    outgoing = []
+    for dataset in ("memories", "facts"):
+        figures = sent.get(dataset, {})
+        text = f"{dataset} {figures.get('sent', 0):,}"
+        if "inserted" in figures:
+            text += f" ({_received_text(figures, here=False)})"
+        outgoing.append(text)
+    return "\n".join([
         "Sync complete.",
-        f"  into {here}:   {part(received, 'memories')}; {part(received, 'facts')}",
-    ]
-    if event.get("role") == "consumer":
-        lines.append(f"  into the other: {part(sent, 'memories')}; {part(sent, 'facts')}")
-    else:
-        lines.append(
-            f"  sent to the other: {sent.get('memories', {}).get('sent', 0)} memories, {sent.get('facts', {}).get('sent', 0)} facts"
-        )
-    return "\n".join(lines)
+        f"  received: {incoming}",
+        f"  sent:     {'; '.join(outgoing)}",
+    ])
 
 
 def json_reporter(out: Output) -> Callable[[dict[str, Any]], None]:
     return lambda event: out.result(event)
 
 
-def _reporter(out: Output, role: str) -> Callable[[dict[str, Any]], None]:
-    if out.json_mode:
-        return json_reporter(out)
-    human = HumanReporter()
-
-    def report(event: dict[str, Any]) -> None:
-        human({**event, "role": role} if event["event"] == "progress" else event)
-
-    return report
+def _reporter(out: Output) -> Callable[[dict[str, Any]], None]:
+    return json_reporter(out) if out.json_mode else HumanReporter()
 
 
 # ---------------------------------------------------------------- serve / join
@@ -124,6 +140,13 @@ def _session_parts(settings: Settings, local: Any = None) -> tuple[Any, Any, Any
     return identity, host_info(), LocalActors(settings, embedder=True), True
 
 
+def _spool_options(settings: Settings, max_bytes: int | None) -> dict[str, Any]:
+    from imprint.spool import default_max_bytes, spool_path
+
+    return {"spool_path": spool_path(settings.workspace_dir),
+            "spool_max_bytes": max_bytes if max_bytes is not None else default_max_bytes()}
+
+
 def run_serve(
     settings: Settings,
     *,
@@ -136,6 +159,7 @@ def run_serve(
     approver: Any,
     local: Any = None,
     on_session: Callable[[Any], None] | None = None,
+    spool_max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Provider: prints the command for the other side, serves one peer, returns the stats event.
 
@@ -167,7 +191,8 @@ def run_serve(
         with local if owned else nullcontext(local):
             session = ProviderSession(
                 config=SessionConfig(url=f"{connect_base}/{room}?role=provider", room=room, pin=pin, mode=mode,
-                                     batch_size=batch_size, idle_timeout=idle_timeout),
+                                     batch_size=batch_size, idle_timeout=idle_timeout,
+                                     **_spool_options(settings, spool_max_bytes)),
                 local=local, identity=identity, host=host, report=report,
                 trust_list=TrustList(settings.trust_path), approver=approver,
             )
@@ -199,6 +224,7 @@ def run_join(
     report: Callable[[dict[str, Any]], None],
     local: Any = None,
     on_session: Callable[[Any], None] | None = None,
+    spool_max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
@@ -213,7 +239,8 @@ def run_join(
     with local if owned else nullcontext(local):
         session = ConsumerSession(
             config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
-                                 batch_size=batch_size, idle_timeout=idle_timeout),
+                                 batch_size=batch_size, idle_timeout=idle_timeout,
+                                 **_spool_options(settings, spool_max_bytes)),
             local=local, identity=identity, host=host, report=report,
         )
         if on_session is not None:
@@ -226,7 +253,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     mode = "plaintext" if args.plaintext else "encrypted"
     run_serve(settings, relay=args.relay, listen=args.listen, mode=mode, batch_size=args.batch_size,
-              idle_timeout=args.timeout, report=_reporter(out, "provider"), approver=stdin_approver)
+              idle_timeout=args.timeout, report=_reporter(out), approver=stdin_approver,
+              spool_max_bytes=args.spool_limit)
     return 0
 
 
@@ -237,7 +265,7 @@ def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     if args.plaintext:
         note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
     run_join(settings, target=args.target, pin=check_pin(args.pin), mode=mode, batch_size=args.batch_size,
-             idle_timeout=args.timeout, report=_reporter(out, "consumer"))
+             idle_timeout=args.timeout, report=_reporter(out), spool_max_bytes=args.spool_limit)
     return 0
 
 
@@ -363,7 +391,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 room_event.update(event)
                 ready.set()
                 return
-            report_a({**event, "role": "provider"} if event["event"] == "progress" else event)
+            report_a(event)
 
         def provider() -> None:
             try:
@@ -380,7 +408,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 raise outcome.get("a_error") or ImprintError("demo provider did not start")
             run_join(b, target=f"ws://127.0.0.1:{port}/{room_event['room']}", pin=room_event["pin"], mode="encrypted",
                      batch_size=500, idle_timeout=120,
-                     report=lambda e: report_b({**e, "role": "consumer"} if e["event"] == "progress" else e))
+                     report=report_b)
             thread.join(timeout=120)
             if "a_error" in outcome:
                 raise outcome["a_error"]
@@ -399,12 +427,26 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _size(text: str) -> int:
+    from imprint.spool import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plaintext", action="store_true",
-                   help="speak the original's plaintext protocol (the relay can read the PIN and all data)")
+                   help="speak the plaintext protocol of Imprint's own sync clients (its Go CLI and dashboard), "
+                        "to sync with them; the relay can then read the PIN and every record")
     p.add_argument("--batch-size", type=int, default=500, metavar="N", help="records per batch (default 500)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="give up when the peer is silent this long mid-transfer (default 120)")
+                   help="give up when the peer is silent this long mid-transfer, or (join) when nobody serves "
+                        "the room this long (default 120)")
+    p.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
+                   help="how much received data may wait on disk to be stored, e.g. 4G "
+                        "(env IMPRINT_SPOOL_LIMIT; default 2G)")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -428,7 +470,7 @@ def add_sync_commands(sub: Any, common: argparse.ArgumentParser, command: Callab
     p.add_argument("--pin", required=True, help="the 8-character PIN serve printed")
     _sync_options(p)
 
-    p = command("sync", cmd_sync, "'sync serve' or 'sync TARGET --pin PIN' (the source document's names)",
+    p = command("sync", cmd_sync, "'sync serve' or 'sync TARGET --pin PIN' (the names Imprint's own CLI uses)",
                 description="imprint sync serve [--relay R]  |  imprint sync TARGET --pin PIN")
     p.add_argument("target", metavar="serve|TARGET", help="'serve' to provide, or the target serve printed")
     p.add_argument("--pin", default=None, help="the PIN serve printed (joining side)")

@@ -478,17 +478,24 @@ def test_sync_merges_distinct_and_overlapping_data(spawn: Spawn, relay: Recordin
     assert {r["timestamp"] for r in b1.memory_records if r["content"] == SHARED_MEMORIES[0]["content"]} == {1_700_000_000.25}
 
     # Stats agree with the data: A had 4 + 2 shared memories and 2 + 1 facts, B 3 + 2 and 2 + 1.
+    # What B just received from A is not sent back: A hears only of B's own records,
+    # so "already there" means there before the sync, not "A's own records echoed".
     consumer, provider = stats(join), stats(serve)
-    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 2}
-    assert consumer["received"]["facts"] == {"inserted": 2, "skipped": 1, "ended": 1}
-    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 6}
-    assert provider["received"]["facts"] == {"inserted": 2, "skipped": 3}
-    assert consumer["sent"] == {k: {"inserted": v["inserted"], "skipped": v["skipped"]} for k, v in provider["received"].items()}
-    assert provider["sent"] == {"memories": {"sent": 6}, "facts": {"sent": 3}}
-    # Progress reached the announced totals on the consumer's pull.
-    final = {e["dataset"]: e for e in join.events if e["event"] == "progress" and e["phase"] == "pull"}
-    assert (final["memories"]["done"], final["memories"]["total"]) == (6, 6)
-    assert (final["facts"]["done"], final["facts"]["total"]) == (3, 3)
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 2, "rejected": 0}
+    assert consumer["received"]["facts"] == {"inserted": 2, "skipped": 1, "rejected": 0, "ended": 1}
+    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
+    assert provider["received"]["facts"] == {"inserted": 2, "skipped": 0, "rejected": 0, "ended": 0}
+    assert consumer["sent"] == {k: {"sent": v["inserted"] + v["skipped"], **v} for k, v in provider["received"].items()}
+    # The provider hears from the consumer's last ack what became of its records.
+    assert provider["sent"] == {k: {"sent": v["inserted"] + v["skipped"], **v} for k, v in consumer["received"].items()}
+    # Progress reached the announced totals on the consumer's side, received and stored.
+    for direction in ("receive", "store"):
+        final = {e["dataset"]: e for e in join.events if e["event"] == "progress" and e["direction"] == direction}
+        assert (final["memories"]["done"], final["memories"]["total"]) == (6, 6)
+        assert (final["facts"]["done"], final["facts"]["total"]) == (3, 3)
+    # …and the provider's "sending" bars count what the consumer confirmed.
+    sent = {e["dataset"]: e for e in serve.events if e["event"] == "progress" and e["direction"] == "peer_store"}
+    assert (sent["memories"]["done"], sent["memories"]["total"]) == (6, 6)
     # "y" accepts once: the device is not remembered.
     assert "auto_accepted" not in {e["event"] for e in serve.events}
     assert not (dirs.a / "trusted_devices.json").exists() or json.loads((dirs.a / "trusted_devices.json").read_text()) == []
@@ -541,7 +548,9 @@ def test_trusted_device_resyncs_without_prompt_and_inserts_nothing(spawn: Spawn,
     for side in (consumer["received"], provider["received"], consumer["sent"]):
         assert side["memories"]["inserted"] == 0 and side["facts"]["inserted"] == 0, (consumer, provider)
     union = union_size(dirs.before["a"], dirs.before["b"])
-    assert provider["received"]["memories"]["skipped"] == consumer["received"]["memories"]["skipped"] == union
+    assert consumer["received"]["memories"]["skipped"] == union
+    # The consumer now holds exactly what the provider sent: nothing to send back.
+    assert consumer["sent"]["memories"]["sent"] == provider["received"]["memories"]["skipped"] == 0
     a2, b2 = export(dirs.a, dirs.b)
     assert a2 == b2 and len(a2.memory_ids) == union and len(a2.fact_records) == 5
 
@@ -649,7 +658,7 @@ def test_relay_killed_mid_stream_then_rerun_completes(spawn: Spawn, relay: Recor
     serve.answer("y")
     # Kill once the consumer has stored a batch. What the relay forwarded before dying still
     # arrives (the kernel delivers it), but 20 MB is far more than the buffers hold.
-    join.next_event("progress", where=lambda e: e["phase"] == "pull" and e["dataset"] == "memories" and e["done"] > 0)
+    join.next_event("progress", where=lambda e: e["direction"] == "store" and e["dataset"] == "memories" and e["done"] > 0)
     relay_proc.kill()
 
     assert join.wait() != 0, join.describe()
@@ -777,7 +786,8 @@ def test_plaintext_join_interoperates_with_a_spec_provider(spawn: Spawn, relay: 
         provider.send(json.dumps({"kind": "done"}))
         assert ws_json(provider) == {"method": "POST", "path": "/sync/push", "body": {"batch_size": 500}}
         meta = ws_json(provider)
-        assert meta == {"kind": "meta", "datasets": {"memories": 7, "facts": 4}}
+        # What the provider just sent is not echoed back: B's own 5 memories and 3 facts.
+        assert meta == {"kind": "meta", "datasets": {"memories": 5, "facts": 3}}
         pushed: list[dict[str, Any]] = []
         while (frame := ws_json(provider))["kind"] == "batch":
             pushed += frame["records"] if frame["dataset"] == "memories" else []
@@ -788,12 +798,13 @@ def test_plaintext_join_interoperates_with_a_spec_provider(spawn: Spawn, relay: 
     finally:
         provider.close()
     result = stats(join)
-    assert result["received"]["memories"] == {"inserted": 2, "skipped": 0}
-    assert result["sent"]["memories"] == {"inserted": 5, "skipped": 2}
+    assert result["received"]["memories"] == {"inserted": 2, "skipped": 0, "rejected": 0}
+    assert result["sent"]["memories"] == {"sent": 5, "inserted": 5, "skipped": 2, "rejected": 0}
     b1 = export(dirs.b)[0]
     assert {r["id"] for r in ORIGINAL_MEMORIES} <= set(b1.memory_ids)
     assert ORIGINAL_FACT in b1.fact_records
-    assert {r["id"] for r in pushed} == set(b1.memory_ids) == set(b0.memory_ids) | {r["id"] for r in ORIGINAL_MEMORIES}
+    assert set(b1.memory_ids) == set(b0.memory_ids) | {r["id"] for r in ORIGINAL_MEMORIES}
+    assert {r["id"] for r in pushed} == set(b0.memory_ids)
     assert "WARNING" in join.stderr and "--plaintext" in join.stderr
 
 

@@ -3,6 +3,7 @@ surfaces through `Ping` instead of a silently dead actor."""
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 import pykka
@@ -61,3 +62,17 @@ def ask(ref: pykka.ActorRef[Any], message: Any, *, timeout: float = ASK_TIMEOUT)
         raise ImprintError(f"internal error: {ref.actor_class.__name__} stopped unexpectedly") from None
     except pykka.Timeout:
         raise ImprintError(f"{ref.actor_class.__name__} did not answer within {timeout:.0f}s") from None
+
+
+class QueueListener:
+    """Where actors `tell` events for a thread that is not an actor (duck-types an ActorRef's tell)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+
+    def tell(self, message: Any) -> None:
+        self.queue.put(message)
+
+    def get(self, *, timeout: float) -> Any:
+        """The next event; queue.Empty after `timeout` seconds."""
+        return self.queue.get(timeout=timeout)

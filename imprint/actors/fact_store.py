@@ -125,6 +125,7 @@ class FactStore(ImprintActor):
 
     def _store(self, records: tuple[FactRecord, ...]) -> StoreResult:
         inserted = ended = 0
+        kept: dict[tuple[str, str, str, float], None] = {}
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -135,19 +136,26 @@ class FactStore(ImprintActor):
                 )
                 if cur.rowcount:
                     inserted += 1
-                elif r.ended is not None:
+                    continue
+                (ours,) = db.execute(
+                    "SELECT ended FROM facts WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
+                    r.identity,
+                ).fetchone()
+                if r.ended is not None and ours is None:
                     # An invalidation on the other machine ends our open copy too.
-                    cur = db.execute(
-                        "UPDATE facts SET ended = ? WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ? AND ended IS NULL",
-                        (r.ended, r.subject, r.predicate, r.object, r.valid_from),
+                    db.execute(
+                        "UPDATE facts SET ended = ? WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
+                        (r.ended, *r.identity),
                     )
-                    ended += cur.rowcount
+                    ended += 1
+                elif ours != r.ended:
+                    kept[r.identity] = None  # ours is ended (otherwise): the sender lacks that
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         logger.debug("stored facts: {} inserted, {} ended, {} skipped", inserted, ended, len(records) - inserted)
-        return StoreResult(inserted=inserted, skipped=len(records) - inserted, ended=ended)
+        return StoreResult(inserted=inserted, skipped=len(records) - inserted, ended=ended, kept_facts=tuple(kept))
 
     def _page(self, limit: int, after: tuple[str, str, str, float] | None) -> FactPage:
         if after is None:

@@ -31,6 +31,7 @@ from imprint.messages.session import (
     Decision,
     HandshakeFailed,
     HandshakeSucceeded,
+    HelloSent,
     PeerInfo,
     RawFrameReceived,
     Role,
@@ -167,6 +168,7 @@ class Handshake(ImprintActor):
             hello = self._hello(pin=self.pin)
             self._send_raw(encode_frame(hello).decode("utf-8"))
             self._step = "await-response"
+            self.listener.tell(HelloSent())
         else:
             self._setup = ChannelSetup(pin=self.pin, room=self.room, role="consumer")
             self._send_raw(self._setup.start().decode("utf-8"))
@@ -205,6 +207,7 @@ class Handshake(ImprintActor):
                 hello = self._hello(transcript=self._channel.transcript)
                 self._send_raw(self._channel.seal(encode_frame(hello)))
                 self._step = "await-response"
+                self.listener.tell(HelloSent(verification=self._channel.verification))
             case ("consumer", "await-response"):
                 self._on_response(data)
             case ("provider", "await-first"):

@@ -127,7 +127,7 @@ class MemoryStore(ImprintActor):
     def _dispatch(self, message: Any) -> Any:
         match message:
             case FindMissing(ids=ids, timestamps=timestamps):
-                return MissingIds(ids=self._to_write(ids, timestamps))
+                return self._to_write(ids, timestamps)
             case StoreMemories(records=records, vectors=vectors):
                 return self._store(records, vectors)
             case PageMemories(limit=limit, after=after):
@@ -147,15 +147,19 @@ class MemoryStore(ImprintActor):
         found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=["timestamp"], with_vectors=False)
         return {by_point[str(p.id)]: float((p.payload or {}).get("timestamp") or 0.0) for p in found}
 
-    def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> tuple[str, ...]:
+    def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> MissingIds:
         stored = self._stored_timestamps(ids)
         result: dict[str, None] = {}
+        kept: dict[str, None] = {}
         for n, memory_id_ in enumerate(ids):
+            given = timestamps[n] if n < len(timestamps) else 0.0
             if memory_id_ not in stored:
                 result[memory_id_] = None
-            elif n < len(timestamps) and timestamps[n] and timestamps[n] < stored[memory_id_]:
+            elif given and given < stored[memory_id_]:
                 result[memory_id_] = None  # an earlier copy of the same memory wins everywhere
-        return tuple(result)
+            elif given and given > stored[memory_id_]:
+                kept[memory_id_] = None
+        return MissingIds(ids=tuple(result), kept=tuple(k for k in kept if k not in result))
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]]) -> StoreResult:
         from qdrant_client import models

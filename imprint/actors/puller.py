@@ -1,72 +1,102 @@
-"""Puller: consumes one meta → batch… → done stream and stores it.
+"""Puller: receives one meta → batch… → done stream into the spool.
 
-Each batch is validated (StreamValidator: order, seq, counts; the decoder
-already checked shapes and sizes), then committed — memories through
-Embedder → MemoryStore, facts in one FactStore transaction — before the
-relay may hand on another batch. An interrupted stream therefore leaves only
-whole batches, and a rerun completes it without duplicates.
+The first of the two receive stages (see :mod:`imprint.spool`). Each frame is
+checked against the stream's order rules (StreamValidator; the decoder
+already checked shapes and sizes and left out the records our schema
+refuses), and each batch is committed to the spool in one transaction before
+the relay may hand on another. Nothing here waits for embedding, so the
+socket is read as fast as the peer sends: keepalive pings are answered and
+no peer ever sees us stall. The Storer stores from the spool.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError, ProtocolError
-from imprint.local import embed_and_store
 from imprint.messages.records import finalize_memory
 from imprint.messages.session import (
+    BatchSpooled,
     FrameHandled,
-    Progress,
     SendFrame,
     StartPull,
     StreamFrame,
+    StreamSpooled,
     TransferFailed,
-    TransferFinished,
+    Wake,
 )
-from imprint.messages.store import StoreFacts
-from imprint.messages.wire import FactBatch, MemoryBatch, Meta, Request, RequestBody, StreamError
+from imprint.messages.wire import FactBatch, MemoryBatch, Meta, Request
+from imprint.spool import DEFAULT_MAX_BYTES, Spool
 from imprint.sync.stream import StreamValidator
 
-DATASETS = ("memories", "facts")
+#: Refusal reasons logged per stream; the rest are only counted.
+LOGGED_REFUSALS = 5
 
 
 class Puller(ImprintActor):
-    """Answers StartPull and StreamFrame; tells the listener Progress and TransferFinished/Failed.
+    """Answers StartPull and StreamFrame; tells the listener BatchSpooled,
+    StreamSpooled or TransferFailed, and wakes the Storer.
 
     Args:
         relay: the RelayConnection (for the pull request and FrameHandled credits).
         listener: the session.
-        embedder, memory_store, fact_store: where records go.
+        storer: the Storer, woken after every batch.
+        spool_path: the workspace's spool.
+        spool_max_bytes: how much may wait in the spool.
     """
 
-    def __init__(self, *, relay: Any, listener: Any, embedder: Any, memory_store: Any, fact_store: Any) -> None:
+    def __init__(
+        self, *, relay: Any, listener: Any, storer: Any, spool_path: Path, spool_max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         super().__init__()
         self.relay = relay
         self.listener = listener
-        self.embedder = embedder
-        self.memory_store = memory_store
-        self.fact_store = fact_store
+        self.storer = storer
+        self.spool_path = spool_path
+        self.spool_max_bytes = spool_max_bytes
+        self._spool: Spool | None = None
         self._validator: StreamValidator | None = None
-        self._stats = {d: {"inserted": 0, "skipped": 0} for d in DATASETS}
-        self._done = {d: 0 for d in DATASETS}
-        self._phase = "pull"
+        self._stream = ""
         self._failed = False
+        self._logged = 0
+
+    def start_up(self) -> None:
+        self._spool = Spool(self.spool_path, max_bytes=self.spool_max_bytes)
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *_: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def handle(self, message: Any) -> Any:
         match message:
-            case StartPull(batch_size=batch_size, request=request):
-                self._validator = StreamValidator()
-                self._phase = "pull" if request else "push"
-                if request:
-                    ask(self.relay, SendFrame(frame=Request(method="GET", path="/sync/pull", body=RequestBody(batch_size=batch_size))), timeout=60)
+            case StartPull(stream=stream, batch_size=batch_size, request=request):
+                self._start(stream, batch_size, request)
             case StreamFrame(frame=frame):
                 self._on_frame(frame)
             case _:
                 return super().handle(message)
         return None
+
+    def _start(self, stream: str, batch_size: int, request: bool) -> None:
+        self._validator = StreamValidator()
+        self._stream = stream
+        try:
+            self._spool.open_stream(stream)
+            if request:
+                ask(self.relay, SendFrame(frame=Request.pull(batch_size=batch_size)), timeout=60)
+        except ImprintError as exc:
+            self._fail(str(exc))
 
     def _on_frame(self, frame: Any) -> None:
         is_batch = isinstance(frame, (MemoryBatch, FactBatch))
@@ -75,47 +105,41 @@ class Puller(ImprintActor):
             if self._validator is None:
                 raise ProtocolError(f"unexpected {type(frame).__name__} frame: no transfer was requested")
             self._validator.feed(frame)
-            if isinstance(frame, Meta):
-                for dataset in DATASETS:
-                    self._progress(dataset)
-            elif isinstance(frame, MemoryBatch):
-                records = tuple(finalize_memory(r) for r in frame.records)
-                result = embed_and_store(self.embedder, self.memory_store, records)
-                self._count("memories", len(records), result)
-            elif isinstance(frame, FactBatch):
-                result = ask(self.fact_store, StoreFacts(records=tuple(frame.records)))
-                self._count("facts", len(frame.records), result)
+            if isinstance(frame, (MemoryBatch, FactBatch)):
+                self._spool_batch(frame)
+            elif isinstance(frame, Meta):
+                pass  # the session reads the totals from the frame it routed
             elif self._validator.finished:
-                self.listener.tell(TransferFinished(phase=self._phase, stats=self._stats))
+                self._spool.complete_stream(self._stream)
+                self.listener.tell(StreamSpooled(stream=self._stream))
+                self.storer.tell(Wake())
         except ProtocolError as exc:
             self._fail(str(exc))
         except ImprintError as exc:
-            self._fail(f"storing a batch failed: {exc}")
+            self._fail(f"keeping a received batch failed: {exc}")
         finally:
             if is_batch:
                 self.relay.tell(FrameHandled())
 
-    def _count(self, dataset: str, n: int, result: Any) -> None:
-        stats = self._stats[dataset]
-        stats["inserted"] += result.inserted
-        stats["skipped"] += result.skipped
-        if getattr(result, "ended", 0):
-            stats["ended"] = stats.get("ended", 0) + result.ended
-        self._done[dataset] += n
-        self._progress(dataset)
-
-    def _progress(self, dataset: str) -> None:
-        announced = self._validator.announced if self._validator else None
-        total = announced[dataset] if announced is not None else 0
-        self.listener.tell(Progress(phase=self._phase, dataset=dataset, done=self._done[dataset], total=total))
+    def _spool_batch(self, batch: MemoryBatch | FactBatch) -> None:
+        for reason in batch.refusals:
+            if self._logged < LOGGED_REFUSALS:
+                self._logged += 1
+                logger.warning("refused a record from the peer: {}", reason)
+        if isinstance(batch, MemoryBatch):
+            records: tuple[Any, ...] = tuple(finalize_memory(r) for r in batch.records)
+        else:
+            records = batch.records
+        if records:
+            self._spool.append(self._stream, batch.dataset, records)
+            self.storer.tell(Wake())
+        self.listener.tell(BatchSpooled(stream=self._stream, dataset=batch.dataset, received=batch.size,
+                                        refused=batch.refused, refusals=batch.refusals))
 
     def _fail(self, message: str) -> None:
         # Once only; a frame after a finished stream is a failure too.
         if self._failed:
             return
         self._failed = True
-        logger.debug("pull failed: {}", message)
-        self.listener.tell(TransferFailed(phase=self._phase, message=message))
-
-
-__all__ = ["Puller", "StreamError"]
+        logger.debug("receiving failed: {}", message)
+        self.listener.tell(TransferFailed(message=message))

@@ -5,6 +5,10 @@ read one at a time and each send is asked of the RelayConnection, which
 answers once the socket took the bytes, so no side holds a whole dataset.
 Between pages the actor posts itself the next step (pykka's self-proxy
 pattern), so a stop is handled between batches.
+
+Records the peer has just sent us, and that we hold exactly as it does, are
+not sent back (`StartPush.skip_ids` / `skip_facts`): the counts in the meta
+leave them out too, so both sides' numbers say what really was new.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
-from imprint.messages.records import MemoryRecord
 from imprint.messages.session import Progress, SendFrame, StartPush, TransferFailed, TransferFinished
 from imprint.messages.store import CountFacts, CountMemories, PageFacts, PageMemories
-from imprint.messages.wire import DatasetCounts, Done, FactBatch, MemoryBatch, Meta, Request, RequestBody
+from imprint.messages.wire import DatasetCounts, Done, FactBatch, MemoryBatch, Meta, Request
 
 #: A batch frame stops growing past this many bytes, whatever batch_size says.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -65,17 +68,19 @@ class Pusher(ImprintActor):
         self.memory_store = memory_store
         self.fact_store = fact_store
         self._batch_size = 500
-        self._phase = "pull"
         self._dataset = "memories"
         self._after: Any = None
         self._seq = {"memories": 0, "facts": 0}
         self._sent = {"memories": 0, "facts": 0}
         self._total = {"memories": 0, "facts": 0}
         self._running = False
+        self._skip_ids: frozenset[str] = frozenset()
+        self._skip_facts: frozenset[tuple[str, str, str, float]] = frozenset()
 
     def handle(self, message: Any) -> Any:
         match message:
-            case StartPush(batch_size=batch_size, request=request):
+            case StartPush(batch_size=batch_size, request=request, skip_ids=skip_ids, skip_facts=skip_facts):
+                self._skip_ids, self._skip_facts = skip_ids, skip_facts
                 self._guard(self._start, batch_size, request)
             case _Next():
                 self._guard(self._next)
@@ -89,20 +94,19 @@ class Pusher(ImprintActor):
         except ImprintError as exc:
             self._running = False
             logger.debug("push failed: {}", exc)
-            self.listener.tell(TransferFailed(phase=self._phase, message=str(exc)))
+            self.listener.tell(TransferFailed(message=str(exc)))
 
     def _send(self, frame: Any) -> None:
         ask(self.relay, SendFrame(frame=frame), timeout=300)
 
     def _start(self, batch_size: int, request: bool) -> None:
         self._batch_size = batch_size
-        # The provider answers a pull; the consumer pushes.
-        self._phase = "push" if request else "pull"
         if request:
-            self._send(Request(method="POST", path="/sync/push", body=RequestBody(batch_size=batch_size)))
-        self._total["memories"] = ask(self.memory_store, CountMemories())
+            self._send(Request.push(batch_size=batch_size))
+        # Every skipped record is in the store (it was just stored, or was there already).
+        self._total["memories"] = max(0, ask(self.memory_store, CountMemories()) - len(self._skip_ids))
         counts = ask(self.fact_store, CountFacts())
-        self._total["facts"] = counts.active + counts.ended
+        self._total["facts"] = max(0, counts.active + counts.ended - len(self._skip_facts))
         self._send(Meta(datasets=DatasetCounts(memories=self._total["memories"], facts=self._total["facts"])))
         self._running = True
         self.actor_ref.tell(_Next())
@@ -112,20 +116,20 @@ class Pusher(ImprintActor):
             return
         if self._dataset == "memories":
             page = ask(self.memory_store, PageMemories(limit=self._batch_size, after=self._after))
-            self._send_records("memories", page.records)
+            skip = self._skip_ids
+            self._send_records("memories", tuple(r for r in page.records if r.id not in skip) if skip else page.records)
             self._after = page.next_after
             if page.next_after is None or not page.records:
                 self._dataset, self._after = "facts", None
         else:
             fpage = ask(self.fact_store, PageFacts(limit=self._batch_size, after=self._after))
-            self._send_records("facts", tuple(f.record for f in fpage.facts))
+            skip_facts = self._skip_facts
+            self._send_records("facts", tuple(f.record for f in fpage.facts if f.record.identity not in skip_facts))
             self._after = fpage.next_after
             if fpage.next_after is None or not fpage.facts:
                 self._send(Done())
                 self._running = False
-                self.listener.tell(
-                    TransferFinished(phase=self._phase, stats={d: {"sent": n} for d, n in self._sent.items()})
-                )
+                self.listener.tell(TransferFinished(sent=dict(self._sent)))
                 return
         self.actor_ref.tell(_Next())
 
@@ -135,13 +139,10 @@ class Pusher(ImprintActor):
         records = records[: max(room, 0)]
         for chunk in split_by_bytes(records):
             self._seq[dataset] += 1
-            if dataset == "memories":
-                frame: Any = MemoryBatch(seq=self._seq[dataset], records=chunk)
-            else:
-                frame = FactBatch(seq=self._seq[dataset], records=chunk)
+            frame: Any = (MemoryBatch if dataset == "memories" else FactBatch).of(self._seq[dataset], chunk)
             self._send(frame)
             self._sent[dataset] += len(chunk)
-            self.listener.tell(Progress(phase=self._phase, dataset=dataset, done=self._sent[dataset], total=self._total[dataset]))
+            # What left the socket; the session turns the peer's acks into confirmed progress.
+            self.listener.tell(Progress(direction="send", dataset=dataset, done=self._sent[dataset],
+                                        total=self._total[dataset], confirmed=False))
 
-
-__all__ = ["Pusher", "MemoryRecord"]

@@ -6,14 +6,21 @@ to the actor; the actor decodes it with the current codec and tells the
 session's listener. Until a codec is installed (during the handshake) frames
 go up raw.
 
-Backpressure: the reader holds at most `window` undelivered frames; a batch
-frame counts until its consumer says `FrameHandled`, so a slow store stops
-the reader, TCP stops the relay, and the relay stops the sender. Sends are
+Backpressure: the reader holds at most `window` undelivered frames (and, past
+the first, `window_bytes` of them); a batch frame counts until the Puller
+says `FrameHandled`, which it does as soon as the batch is in the spool, so
+the socket is read at the speed of the disk, never of embedding. Sends are
 asked, so a fast sender waits for the socket.
+
+Memory: a frame is read into one buffer of its announced size (never a list
+of pieces joined afterwards), a fragmented message is capped on its running
+total, and text frames stay bytes until the codec decodes them, so a frame
+of N bytes costs about N, not 2-4 N.
 """
 
 from __future__ import annotations
 
+import collections
 import socket
 import struct
 import threading
@@ -40,35 +47,75 @@ from imprint.messages.session import (
 )
 from imprint.messages.wire import FactBatch, MemoryBatch
 
-#: Largest frame we accept from the relay (the decoder caps a plaintext frame at 32 MiB).
+#: Largest frame we accept from the relay in the encrypted mode (the decoder
+#: caps the sealed plaintext at 32 MiB).
 MAX_INCOMING_BYTES = 33 * 1024 * 1024
+#: Bytes of undelivered frames the reader may hold beyond the first one.
+WINDOW_BYTES = 64 * 1024 * 1024
+#: Frames at least this big are read into one preallocated buffer.
+_BIG_READ = 1 << 20
 
 
 class _Incoming(msgspec.Struct, frozen=True):
-    data: bytes | str
+    data: bytes | bytearray
+    text: bool
 
 
 class _ReaderEnded(msgspec.Struct, frozen=True):
     reason: str
 
 
-def _cap_frame_length(ws: websocket.WebSocket, limit: int) -> None:
-    """Refuse a frame whose header declares more than `limit` bytes, before reading it.
+class FrameTooLarge(websocket.WebSocketProtocolException):
+    """The relay sent (or announced) more bytes in one message than we accept."""
 
-    websocket-client has no size cap of its own; without this a hostile relay
-    could make us buffer gigabytes.
+
+def _harden(ws: websocket.WebSocket, limit: int) -> None:
+    """Cap every message at `limit` bytes and read big frames in one buffer.
+
+    websocket-client has no size cap of its own, checks a message's size only
+    once all its fragments are joined (by repeated `+=`), and reads a frame
+    as a list of 16 KiB pieces joined at the end (twice the frame at peak).
+    Without this a hostile relay could make us buffer gigabytes.
     """
     buffer = ws.frame_buffer
-    original = buffer.recv_length
+    original_length = buffer.recv_length
+    original_strict = buffer.recv_strict
 
     def recv_length() -> None:
-        original()
+        original_length()
         if buffer.length is not None and buffer.length > limit:
-            raise websocket.WebSocketProtocolException(
-                f"the relay announced a frame of {buffer.length} bytes, over the {limit} limit"
-            )
+            raise FrameTooLarge(f"the relay announced a frame of {buffer.length:,} bytes, over the limit of {limit:,}")
+
+    def recv_strict(size: int) -> bytes | bytearray:
+        if size < _BIG_READ or buffer.recv_buffer:
+            return original_strict(size)
+        out = bytearray(size)
+        view = memoryview(out)
+        filled = 0
+        while filled < size:
+            chunk = buffer.recv(min(_BIG_READ, size - filled))
+            if not chunk:
+                raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return out
 
     buffer.recv_length = recv_length
+    buffer.recv_strict = recv_strict
+
+    frames = ws.cont_frame
+    original_add = frames.add
+
+    def add(frame: Any) -> None:
+        held = len(frames.cont_data[1]) if frames.cont_data else 0
+        if held + len(frame.data) > limit:
+            frames.cont_data = None  # let go of what was gathered
+            raise FrameTooLarge(f"the relay sent a fragmented message of more than {limit:,} bytes")
+        if frames.cont_data and not isinstance(frames.cont_data[1], bytearray):
+            frames.cont_data[1] = bytearray(frames.cont_data[1])  # grow in place, not by copying
+        original_add(frame)
+
+    frames.add = add
 
 
 def _close_reason(frame: Any) -> str:
@@ -88,17 +135,35 @@ class RelayConnection(ImprintActor):
         listener: gets Connected/RawFrameReceived/FrameReceived/BadFrame/ConnectionLost via `tell`.
         attempts: connection attempts before giving up.
         window: frames the reader may hand on before the consumer catches up.
+        window_bytes: bytes of frames it may hand on beyond the first one.
+        max_frame_bytes: largest message accepted (bigger in the plaintext mode).
     """
 
-    def __init__(self, *, url: str, listener: Any, attempts: int = 5, window: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        listener: Any,
+        attempts: int = 5,
+        window: int = 4,
+        window_bytes: int = WINDOW_BYTES,
+        max_frame_bytes: int = MAX_INCOMING_BYTES,
+        connect_timeout: float = 10.0,
+    ) -> None:
         super().__init__()
         self.url = url
         self.listener = listener
         self.attempts = attempts
         self.connect_timeout = connect_timeout
+        self.window = window
+        self.window_bytes = window_bytes
+        self.max_frame_bytes = max_frame_bytes
         self._ws: websocket.WebSocket | None = None
         self._codec: Any = None
-        self._credits = threading.Semaphore(window)
+        self._flow = threading.Condition()
+        self._inflight_frames = 0
+        self._inflight_bytes = 0
+        self._held_sizes: collections.deque[int] = collections.deque()
         self._stopping = threading.Event()
         self._closing = False
         self._reader: threading.Thread | None = None
@@ -112,7 +177,11 @@ class RelayConnection(ImprintActor):
         last_error = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                self._ws = websocket.create_connection(self.url, timeout=self.connect_timeout, enable_multithread=True)
+                # UTF-8 is checked by our decoder in C-speed slices; websocket-client's
+                # own check is a pure-Python loop over every byte of every text frame.
+                self._ws = websocket.create_connection(
+                    self.url, timeout=self.connect_timeout, enable_multithread=True, skip_utf8_validation=True
+                )
                 break
             except websocket.WebSocketBadStatusException as exc:
                 status = getattr(exc, "status_code", "?")
@@ -126,7 +195,7 @@ class RelayConnection(ImprintActor):
         else:
             raise RelayError(f"cannot reach the relay at {self._safe_url()}: {last_error}")
         self._ws.settimeout(None)
-        _cap_frame_length(self._ws, MAX_INCOMING_BYTES)
+        _harden(self._ws, self.max_frame_bytes)
         self._reader = threading.Thread(target=self._read_loop, name="relay-reader", daemon=True)
         self._reader.start()
         logger.debug("connected to {}", self._safe_url())
@@ -157,7 +226,8 @@ class RelayConnection(ImprintActor):
                 ws.shutdown()
             except Exception:
                 logger.debug("socket shutdown failed", exc_info=True)
-        self._credits.release()
+        with self._flow:
+            self._flow.notify_all()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=10)
             if self._reader.is_alive():
@@ -170,10 +240,7 @@ class RelayConnection(ImprintActor):
         reason = "connection closed"
         try:
             while not self._stopping.is_set():
-                while not self._credits.acquire(timeout=0.5):
-                    if self._stopping.is_set():
-                        return
-                if self._stopping.is_set():
+                if not self._wait_for_room():
                     return
                 opcode, frame = ws.recv_data_frame(control_frame=False)
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -187,22 +254,18 @@ class RelayConnection(ImprintActor):
                         logger.debug("socket shutdown failed", exc_info=True)
                     break
                 data = frame.data if hasattr(frame, "data") else frame
-                data = bytes(data)
-                if len(data) > MAX_INCOMING_BYTES:
-                    reason = f"the relay sent a frame of {len(data)} bytes, over the {MAX_INCOMING_BYTES} limit"
+                if len(data) > self.max_frame_bytes:
+                    reason = f"the relay sent a frame of {len(data):,} bytes, over the limit of {self.max_frame_bytes:,}"
                     break
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    try:
-                        payload: bytes | str = data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        reason = "the relay sent a text frame that is not UTF-8"
-                        break
-                else:
-                    payload = data
-                self.actor_ref.tell(_Incoming(data=payload))
+                with self._flow:
+                    self._inflight_frames += 1
+                    self._inflight_bytes += len(data)
+                self.actor_ref.tell(_Incoming(data=data, text=opcode == websocket.ABNF.OPCODE_TEXT))
         except (websocket.WebSocketConnectionClosedException, OSError) as exc:
             reason = "connection to the relay lost" if not self._closing else "closed"
             logger.debug("reader ended: {!r}", exc)
+        except FrameTooLarge as exc:
+            reason = str(exc)
         except websocket.WebSocketException as exc:
             reason = f"websocket error: {exc}"
         except pykka.ActorDeadError:
@@ -212,20 +275,44 @@ class RelayConnection(ImprintActor):
         except pykka.ActorDeadError:
             pass
 
+    def _wait_for_room(self) -> bool:
+        """Block until the window has room for another frame; False once stopping."""
+        with self._flow:
+            while not self._stopping.is_set():
+                full = self._inflight_frames >= self.window or (
+                    self._inflight_frames > 0 and self._inflight_bytes >= self.window_bytes
+                )
+                if not full:
+                    return True
+                self._flow.wait(timeout=0.5)
+        return False
+
+    def _release(self, size: int) -> None:
+        with self._flow:
+            self._inflight_frames -= 1
+            self._inflight_bytes -= size
+            self._flow.notify_all()
+
     # ---------------------------------------------------------------- messages
 
     def handle(self, message: Any) -> Any:
         match message:
-            case _Incoming(data=data):
-                self._deliver(data)
-            case SendFrame(frame=frame):
-                self._send(self._codec.encode(frame))
+            case _Incoming(data=data, text=text):
+                self._deliver(data, text)
+            case SendFrame(frame=frame, quiet=quiet):
+                try:
+                    self._send(self._codec.encode(frame))
+                except RelayError as exc:
+                    if not quiet:
+                        raise
+                    logger.debug("could not send a {}: {}", type(frame).__name__, exc)
             case SendRaw(data=data):
                 self._send(data)
             case UseCodec(codec=codec):
                 self._codec = codec
             case FrameHandled():
-                self._credits.release()
+                if self._held_sizes:
+                    self._release(self._held_sizes.popleft())
             case CloseConnection(reason=reason):
                 self._close(reason)
             case _ReaderEnded(reason=reason):
@@ -238,25 +325,41 @@ class RelayConnection(ImprintActor):
                 return super().handle(message)
         return None
 
-    def _deliver(self, data: bytes | str) -> None:
+    def _deliver(self, data: bytes | bytearray, text: bool) -> None:
+        size = len(data)
         if self._dead:
-            self._credits.release()
+            self._release(size)
             return
         if self._codec is None:
-            self._credits.release()
-            self.listener.tell(RawFrameReceived(data=data))
+            self._release(size)
+            if text:
+                try:
+                    raw: bytes | str = bytes(data).decode("utf-8")
+                except UnicodeDecodeError:
+                    self._fail_frame("the relay sent a text frame that is not UTF-8")
+                    return
+            else:
+                raw = bytes(data)
+            self.listener.tell(RawFrameReceived(data=raw))
             return
         try:
-            frame = self._codec.decode(data)
+            frame = self._codec.decode(data, text=text)
         except ProtocolError as exc:
-            # Nothing more is read: a bad frame ends the session.
-            self._dead = True
-            self._stopping.set()
-            self.listener.tell(BadFrame(message=str(exc)))
+            self._release(size)
+            self._fail_frame(str(exc))
             return
-        if not isinstance(frame, (MemoryBatch, FactBatch)):
-            self._credits.release()
+        del data  # the decoded frame is all we keep
+        if isinstance(frame, (MemoryBatch, FactBatch)):
+            self._held_sizes.append(size)  # until the Puller has it in the spool
+        else:
+            self._release(size)
         self.listener.tell(FrameReceived(frame=frame))
+
+    def _fail_frame(self, message: str) -> None:
+        # Nothing more is read: a bad frame ends the session.
+        self._dead = True
+        self._stopping.set()
+        self.listener.tell(BadFrame(message=message))
 
     def _send(self, data: bytes | str) -> None:
         if self._ws is None or self._closing or self._lost:

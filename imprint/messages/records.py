@@ -109,6 +109,20 @@ def finalize_memory(record: MemoryRecord, *, now: float | None = None) -> Memory
     return msgspec.structs.replace(record, **changes) if changes else record
 
 
+def earliest_copies(records: tuple[MemoryRecord, ...], wanted: tuple[str, ...]) -> tuple[MemoryRecord, ...]:
+    """The records whose id is in `wanted`, one per id: the same memory twice in
+    one batch keeps its earliest copy, as it does across batches and machines."""
+    wanted_ids = set(wanted)
+    fresh: dict[str, MemoryRecord] = {}
+    for record in records:
+        if record.id not in wanted_ids:
+            continue
+        kept = fresh.get(record.id)
+        if kept is None or (record.timestamp and record.timestamp < kept.timestamp):
+            fresh[record.id] = record
+    return tuple(fresh.values())
+
+
 def memory_to_payload(record: MemoryRecord) -> dict:
     """The Qdrant payload (and wire form) of a memory, without vectors."""
     return msgspec.to_builtins(record)

@@ -2,11 +2,12 @@
 
 Down (asked or told by the session or a stage): `SendFrame`, `UseCodec`,
 `FrameHandled`, `CloseConnection`, `StartHandshake`, `Approve`, `StartPull`,
-`StartPush`, `StreamFrame`.
+`StartPush`, `StreamFrame`, `Watch`, `Unwatch`, `Wake`.
 Up (told to the session's listener, never asked): `Connected`,
 `RawFrameReceived`, `FrameReceived`, `ConnectionLost`, `HandshakeSucceeded`,
 `HandshakeFailed`, `ApprovalRequired`, `AutoAccepted`, `Decision`,
-`Progress`, `TransferFinished`, `TransferFailed`.
+`Progress`, `BatchSpooled`, `StreamSpooled`, `BatchStored`, `StreamStored`,
+`StoreFailed`, `SpoolIdle`, `TransferFinished`, `TransferFailed`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from imprint.messages.store import StoreResult
 
 Role = Literal["provider", "consumer"]
 DecisionKind = Literal["accept", "trust", "reject"]
@@ -34,9 +37,12 @@ class PeerInfo(msgspec.Struct, frozen=True):
 
 class SendFrame(msgspec.Struct, frozen=True):
     """Encode (and seal, once a channel is installed) and send one frame. Ask it: the
-    reply comes once the socket took the bytes, which is the sender's backpressure."""
+    reply comes once the socket took the bytes, which is the sender's backpressure.
+    Told with `quiet=True` (acks), a failure is logged, not raised: the lost
+    connection is reported on its own."""
 
     frame: Any
+    quiet: bool = False
 
 
 class SendRaw(msgspec.Struct, frozen=True):
@@ -98,6 +104,13 @@ class HandshakeSucceeded(msgspec.Struct, frozen=True):
     decision: str = "accept"
 
 
+class HelloSent(msgspec.Struct, frozen=True):
+    """Consumer's Handshake → session: our HELLO is on its way (keys confirmed,
+    in the encrypted mode); the provider's user may now be asked to approve."""
+
+    verification: str = ""
+
+
 class HandshakeFailed(msgspec.Struct, frozen=True):
     """`kind` selects the error class: auth, rejected, protocol."""
 
@@ -126,13 +139,14 @@ class Decision(msgspec.Struct, frozen=True):
     auto: bool = False
 
 
-# Puller and Pusher ----------------------------------------------------------------------
+# Puller, Storer and Pusher ------------------------------------------------------------
 
 
 class StartPull(msgspec.Struct, frozen=True):
-    """Consume one meta → batch… → done stream. With `request`, first ask the
-    peer for it (the consumer's `GET /sync/pull`)."""
+    """Receive one meta → batch… → done stream into the spool, as `stream`. With
+    `request`, first ask the peer for it (the consumer's `GET /sync/pull`)."""
 
+    stream: str
     batch_size: int = 500
     request: bool = False
 
@@ -142,26 +156,108 @@ class StreamFrame(msgspec.Struct, frozen=True):
 
 
 class StartPush(msgspec.Struct, frozen=True):
-    """Stream our records. With `request`, first send `POST /sync/push` (consumer)."""
+    """Stream our records. With `request`, first send `POST /sync/push` (consumer).
+
+    `skip_ids` / `skip_facts` are records the peer just sent us and we hold
+    exactly as it does: sending them back would only echo them.
+    """
 
     batch_size: int = 500
     request: bool = False
+    skip_ids: frozenset[str] = frozenset()
+    skip_facts: frozenset[tuple[str, str, str, float]] = frozenset()
+
+
+Direction = Literal["send", "peer_store", "receive", "store"]
 
 
 class Progress(msgspec.Struct, frozen=True):
-    phase: Literal["pull", "push", "embed"]
+    """How far one dataset got in one direction.
+
+    `send`: our records the peer confirmed it received (`confirmed` False in
+    the plaintext mode, where only what left the socket is known);
+    `peer_store`: our records the peer has stored; `receive`: the peer's
+    records in our spool; `store`: the peer's records stored here.
+    """
+
+    direction: Direction
     dataset: str
     done: int
     total: int
+    confirmed: bool = True
+
+
+class BatchSpooled(msgspec.Struct, frozen=True):
+    """Puller → session: one batch of `stream` is safe in the spool.
+
+    `received` counts what the peer sent in it, `refused` of those our schema
+    refused (never spooled), with the first `refusals` reasons.
+    """
+
+    stream: str
+    dataset: str
+    received: int
+    refused: int = 0
+    refusals: tuple[str, ...] = ()
+
+
+class StreamSpooled(msgspec.Struct, frozen=True):
+    """Puller → session: the peer sent `done`; every batch of `stream` is in the spool."""
+
+    stream: str
+
+
+class BatchStored(msgspec.Struct, frozen=True):
+    """Storer → whoever watches the batch's stream: one spooled batch is stored.
+
+    `same_ids` / `same_facts`: records whose stored copy is now exactly the
+    one received (so the peer already has them as we do).
+    """
+
+    stream: str
+    dataset: str
+    count: int
+    result: StoreResult
+    same_ids: tuple[str, ...] = ()
+    same_facts: tuple[tuple[str, str, str, float], ...] = ()
+
+
+class StreamStored(msgspec.Struct, frozen=True):
+    """Storer → watcher: `stream` is complete and every batch of it stored."""
+
+    stream: str
+
+
+class StoreFailed(msgspec.Struct, frozen=True):
+    """Storer → watchers: storing failed; the batch stays in the spool for the next run."""
+
+    message: str
+
+
+class SpoolIdle(msgspec.Struct, frozen=True):
+    """Storer → watchers of every stream: nothing waits in the spool any more."""
+
+
+class Watch(msgspec.Struct, frozen=True):
+    """Tell `listener` what the Storer does with `stream` (every stream if empty)."""
+
+    stream: str
+    listener: Any
+
+
+class Unwatch(msgspec.Struct, frozen=True):
+    stream: str
+
+
+class Wake(msgspec.Struct, frozen=True):
+    """Something new is in the spool: store it."""
 
 
 class TransferFinished(msgspec.Struct, frozen=True):
-    """`stats` maps dataset → {"inserted","skipped"[,"ended"]} (pull) or {"sent"} (push)."""
+    """The Pusher sent its whole stream; `sent` per dataset."""
 
-    phase: Literal["pull", "push"]
-    stats: dict[str, dict[str, int]]
+    sent: dict[str, int]
 
 
 class TransferFailed(msgspec.Struct, frozen=True):
-    phase: Literal["pull", "push"]
     message: str

@@ -50,7 +50,11 @@ class FindMissing(msgspec.Struct, frozen=True):
 
 
 class MissingIds(msgspec.Struct, frozen=True):
+    """`ids` to write; `kept` are stored with an earlier timestamp than given,
+    so our copy stays and differs from the one offered."""
+
     ids: tuple[str, ...]
+    kept: tuple[str, ...] = ()
 
 
 class StoreMemories(msgspec.Struct, frozen=True):
@@ -60,14 +64,24 @@ class StoreMemories(msgspec.Struct, frozen=True):
     vectors: list[list[float]]
 
 
+FactIdentity = tuple[str, str, str, float]
+
+
 class StoreResult(msgspec.Struct, frozen=True):
     """`skipped` counts records whose identity was there (`updated` of them
-    replaced a later copy of the same memory; `ended` facts got an end time)."""
+    replaced a later copy of the same memory; `ended` facts got an end time).
+
+    `kept_ids` (memories) and `kept_facts` name the records whose stored copy
+    stays different from the one given (ours is earlier, or ended otherwise):
+    after a pull, those are the records the peer still lacks.
+    """
 
     inserted: int = 0
     skipped: int = 0
     ended: int = 0
     updated: int = 0
+    kept_ids: tuple[str, ...] = ()
+    kept_facts: tuple[FactIdentity, ...] = ()
 
 
 class PageMemories(msgspec.Struct, frozen=True):

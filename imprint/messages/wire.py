@@ -27,6 +27,7 @@ shape must hold), so older peers still decode them.
 
 from __future__ import annotations
 
+import codecs
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -34,9 +35,14 @@ import msgspec
 from imprint.errors import ProtocolError
 from imprint.messages.records import FactRecord, MemoryRecord
 
-#: Largest frame (UTF-8 bytes) we decode. A full batch of 500 memories fits
-#: easily; a record alone may be 1 MiB (``MAX_RECORD_BYTES``).
+#: Largest frame (UTF-8 bytes) we decode in the encrypted mode. A full batch
+#: of 500 memories fits easily; a record alone may be 1 MiB (``MAX_RECORD_BYTES``).
 MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+#: Largest frame of the plaintext mode. Imprint's own clients send 500 records
+#: a batch with 768-float vectors and cap nothing: 10-80 MB frames occur.
+MAX_PLAINTEXT_FRAME_BYTES: Final = 256 * 1024 * 1024
+#: Reasons kept for the records a batch refused (the rest are only counted).
+MAX_REFUSAL_REASONS: Final = 5
 #: Default records per batch (SPEC), and the bounds a request may ask for.
 DEFAULT_BATCH_SIZE: Final = 500
 MAX_BATCH_SIZE: Final = 5000
@@ -113,18 +119,25 @@ class Request(msgspec.Struct, frozen=True):
 
 
 class DatasetStats(msgspec.Struct, frozen=True):
-    """How many records of one dataset a store inserted and skipped."""
+    """What a receiver did with the records of one dataset.
+
+    ``inserted`` are new here, ``skipped`` were already here, ``rejected``
+    were refused by our schema (Imprint's own clients store some records we
+    refuse, e.g. whitespace-only content). ``rejected`` is ours: the body
+    leaves it out when it is 0, so the STATS stay exactly Imprint's shape.
+    """
 
     inserted: Count = 0
     skipped: Count = 0
+    rejected: Count = 0
+
+    def __add__(self, other: DatasetStats) -> DatasetStats:
+        return type(self)(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
 
 
 class FactStats(DatasetStats, frozen=True):
-    """Fact counts; ``ended`` counts open facts that an incoming end time closed.
-
-    ``ended`` is ours, not SPEC's: :meth:`SyncStats.to_body` leaves it out
-    when it is 0.
-    """
+    """Fact counts; ``ended`` counts open facts that an incoming end time closed
+    (ours; left out of the body when 0)."""
 
     ended: Count = 0
 
@@ -136,19 +149,26 @@ class SyncStats(msgspec.Struct, frozen=True):
     facts: FactStats = FactStats()
 
     def to_body(self) -> dict[str, Any]:
-        """The JSON body, shaped exactly as SPEC unless facts were ended."""
+        """The JSON body, shaped exactly as Imprint's unless something was rejected or ended."""
         body = msgspec.to_builtins(self)
-        if not self.facts.ended:
-            del body["facts"]["ended"]
+        for dataset in body.values():
+            for extra in ("rejected", "ended"):
+                if dataset.get(extra) == 0:
+                    del dataset[extra]
         return body
 
     @classmethod
     def from_body(cls, body: object) -> SyncStats:
-        """Read a STATS body.
+        """Read a STATS body: an object, or (as Imprint's Python provider sends it) a JSON string of one.
 
         Raises:
             ProtocolError: the body is not a STATS object.
         """
+        if isinstance(body, str):
+            try:
+                body = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                raise ProtocolError(f"expected stats, got the text {_short(body)}") from None
         try:
             return msgspec.convert(body, cls)
         except msgspec.ValidationError as e:
@@ -192,12 +212,12 @@ class Response(msgspec.Struct, frozen=True):
         return cls(200, stats.to_body())
 
     def stats(self) -> SyncStats:
-        """The STATS of a 200 push response.
+        """The STATS of a 200 push response (an object, or a JSON string of one).
 
         Raises:
             ProtocolError: the response is not a 200 with a STATS body.
         """
-        if not self.is_ok or not isinstance(self.body, dict):
+        if not self.is_ok:
             raise ProtocolError(f"expected a 200 response with stats, got {self.status} {_short(self.body)}")
         return SyncStats.from_body(self.body)
 
@@ -228,23 +248,61 @@ class Meta(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", ta
     vectors: bool = False
 
 
-class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
+class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="kind", tag="batch"):
     """Some memories of a stream; ``seq`` counts from 1 per dataset.
 
-    A ``"vector"`` the original adds to a record is ignored on decoding.
+    A ``"vector"`` Imprint's own clients add to a record is ignored on decoding.
+    A record our schema refuses does not fail the frame: :func:`decode_frame`
+    leaves it out, counts it in ``refused`` and keeps the first reasons in
+    ``refusals``. Those two never go on the wire (empty, they are omitted).
     """
 
-    dataset: Literal["memories"] = "memories"
+    dataset: Literal["memories"]
     seq: Seq
     records: Annotated[tuple[MemoryRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+    refused: Count = 0
+    refusals: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, seq: int, records: tuple[MemoryRecord, ...]) -> MemoryBatch:
+        return cls(dataset="memories", seq=seq, records=records)
+
+    @property
+    def size(self) -> int:
+        """Records the sender sent in this batch, refused ones included."""
+        return len(self.records) + self.refused
 
 
-class FactBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
-    """Some facts of a stream; ``seq`` counts from 1 per dataset."""
+class FactBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="kind", tag="batch"):
+    """Some facts of a stream; ``seq`` counts from 1 per dataset. Refused
+    records are left out and counted, as in :class:`MemoryBatch`."""
 
-    dataset: Literal["facts"] = "facts"
+    dataset: Literal["facts"]
     seq: Seq
     records: Annotated[tuple[FactRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+    refused: Count = 0
+    refusals: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, seq: int, records: tuple[FactRecord, ...]) -> FactBatch:
+        return cls(dataset="facts", seq=seq, records=records)
+
+    @property
+    def size(self) -> int:
+        """Records the sender sent in this batch, refused ones included."""
+        return len(self.records) + self.refused
+
+
+class Ack(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="ack"):
+    """Receiver → sender, encrypted mode only: how far the receiver got with
+    the stream it is being sent. ``received`` records are safe in its spool
+    (refused ones included), ``stored`` records are stored (or refused); the
+    last ack of a stream carries its ``stats``. Imprint's own clients never
+    see one: the plaintext mode sends none."""
+
+    received: DatasetCounts
+    stored: DatasetCounts
+    stats: SyncStats | None = None
 
 
 class Done(msgspec.Struct, frozen=True, tag_field="kind", tag="done"):
@@ -259,9 +317,9 @@ class StreamError(msgspec.Struct, frozen=True, tag_field="kind", tag="error"):
 
 Batch: TypeAlias = MemoryBatch | FactBatch
 StreamFrame: TypeAlias = Meta | MemoryBatch | FactBatch | Done | StreamError
-Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | Done | StreamError
+Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | Done | StreamError | Ack
 
-_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, Done, StreamError)
+_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, Done, StreamError, Ack)
 
 
 # Codec -----------------------------------------------------------------------
@@ -281,11 +339,45 @@ _hello_decoder: Final = msgspec.json.Decoder(Hello)
 _request_decoder: Final = msgspec.json.Decoder(Request)
 _response_decoder: Final = msgspec.json.Decoder(Response)
 _meta_decoder: Final = msgspec.json.Decoder(Meta)
-_memory_batch_decoder: Final = msgspec.json.Decoder(MemoryBatch)
-_fact_batch_decoder: Final = msgspec.json.Decoder(FactBatch)
 _done_decoder: Final = msgspec.json.Decoder(Done)
 _error_decoder: Final = msgspec.json.Decoder(StreamError)
+_ack_decoder: Final = msgspec.json.Decoder(Ack)
 _encoder: Final = msgspec.json.Encoder()
+
+
+class _RawBatch(msgspec.Struct, frozen=True):
+    """A batch frame with its records still undecoded, so one bad record does not fail the frame."""
+
+    kind: Literal["batch"]
+    dataset: str
+    seq: Seq
+    records: Annotated[tuple[msgspec.Raw, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+
+
+_raw_batch_decoder: Final = msgspec.json.Decoder(_RawBatch)
+_record_decoders: Final = {
+    "memories": (MemoryBatch, msgspec.json.Decoder(MemoryRecord)),
+    "facts": (FactBatch, msgspec.json.Decoder(FactRecord)),
+}
+
+
+class _BatchDecoder:
+    """Decodes a batch frame record by record; records our schema refuses are counted, not fatal."""
+
+    def decode(self, raw: bytes | bytearray) -> MemoryBatch | FactBatch:
+        frame = _raw_batch_decoder.decode(raw)
+        batch_type, record_decoder = _record_decoders[frame.dataset]
+        records, refusals, refused = [], [], 0
+        for n, record in enumerate(frame.records, start=1):
+            try:
+                records.append(record_decoder.decode(record))
+            except (msgspec.DecodeError, ValueError) as e:
+                # A ValidationError (a DecodeError) or a UnicodeError msgspec let through.
+                refused += 1
+                if len(refusals) < MAX_REFUSAL_REASONS:
+                    refusals.append(_one_line(f"{frame.dataset} record {n} of batch {frame.seq}: {e}"))
+        return batch_type(dataset=frame.dataset, seq=frame.seq, records=tuple(records), refused=refused,
+                          refusals=tuple(refusals))
 
 #: Frame name (for messages) and decoder, by the value of its tag field.
 _BY_METHOD: Final = {
@@ -297,29 +389,33 @@ _BY_KIND: Final = {
     "meta": ("meta", _meta_decoder),
     "done": ("done", _done_decoder),
     "error": ("error", _error_decoder),
+    "ack": ("ack", _ack_decoder),
 }
 _BY_DATASET: Final = {
-    "memories": ("batch", _memory_batch_decoder),
-    "facts": ("batch", _fact_batch_decoder),
+    "memories": ("batch", _BatchDecoder()),
+    "facts": ("batch", _BatchDecoder()),
 }
 
 _MAX_MESSAGE = 300
 
 
-def decode_frame(data: bytes | bytearray | memoryview | str) -> Frame:
+def decode_frame(data: bytes | bytearray | memoryview | str, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
     """Decode and validate one frame from a peer.
 
     Args:
         data: the payload of one WebSocket message, text or binary.
+        max_bytes: the largest frame accepted (:data:`MAX_FRAME_BYTES`, or
+            :data:`MAX_PLAINTEXT_FRAME_BYTES` in the plaintext mode).
 
     Returns:
-        The frame, fully validated (records included).
+        The frame, validated. A batch keeps the records our schema accepts and
+        counts the others in ``refused``.
 
     Raises:
         ProtocolError: the input is not a frame we accept; the message says why
             on one line.
     """
-    raw = _utf8_bytes(data)
+    raw = _utf8_bytes(data, max_bytes)
     probe = _decode("frame", _probe_decoder, raw)
     name, decoder = _pick_decoder(probe)
     return _decode(f"{name} frame", decoder, raw)
@@ -333,14 +429,33 @@ def encode_frame(frame: Frame) -> bytes:
     """
     if not isinstance(frame, _FRAME_TYPES):
         raise TypeError(f"not a wire frame: {type(frame).__name__}")
+    if isinstance(frame, (MemoryBatch, FactBatch)) and (frame.refused or frame.refusals):
+        frame = msgspec.structs.replace(frame, refused=0, refusals=())  # local bookkeeping, never sent
     return _encoder.encode(frame)
 
 
-def _utf8_bytes(data: object) -> bytes | bytearray:
+#: Bytes of a frame checked for UTF-8 at a time: the check never holds a
+#: decoded copy of a whole (up to 256 MiB) frame.
+_UTF8_SLICE = 1 << 20
+
+
+def check_utf8(data: bytes | bytearray | memoryview) -> None:
+    """Raise ProtocolError unless `data` is valid UTF-8, in slices (memory stays flat)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    try:
+        for start in range(0, len(view), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"frame is not valid UTF-8 text (bad byte near offset {start + e.start})") from None
+
+
+def _utf8_bytes(data: object, max_bytes: int) -> bytes | bytearray:
     """The frame as UTF-8 bytes, checked for size and encoding before parsing."""
     if isinstance(data, str):
-        if len(data) > MAX_FRAME_BYTES:  # each char is at least one byte
-            raise _too_large(len(data))
+        if len(data) > max_bytes:  # each char is at least one byte
+            raise too_large(len(data), max_bytes)
         try:
             data = data.encode("utf-8")
         except UnicodeEncodeError:
@@ -349,19 +464,17 @@ def _utf8_bytes(data: object) -> bytes | bytearray:
         raise ProtocolError(f"frame must be bytes or text, not {type(data).__name__}")
     if isinstance(data, memoryview):
         data = data.tobytes()
-    if len(data) > MAX_FRAME_BYTES:
-        raise _too_large(len(data))
+    if len(data) > max_bytes:
+        raise too_large(len(data), max_bytes)
     # msgspec skips the values of fields it does not read without checking
     # their UTF-8, so validate the whole frame once here.
-    try:
-        str(data, "utf-8")
-    except UnicodeDecodeError as e:
-        raise ProtocolError(f"frame is not valid UTF-8 text (bad byte at offset {e.start})") from None
+    check_utf8(data)
     return data
 
 
-def _too_large(size: int) -> ProtocolError:
-    return ProtocolError(f"frame of {size} bytes is larger than the limit of {MAX_FRAME_BYTES} bytes")
+def too_large(size: int, max_bytes: int) -> ProtocolError:
+    """The error for a frame over the limit, naming both."""
+    return ProtocolError(f"frame of {size:,} bytes is larger than the limit of {max_bytes:,} bytes ({max_bytes // 2**20} MiB)")
 
 
 def _pick_decoder(probe: _Probe) -> tuple[str, msgspec.json.Decoder]:

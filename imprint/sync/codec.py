@@ -10,27 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from imprint.errors import ProtocolError
-from imprint.messages.wire import decode_frame, encode_frame
+from imprint.messages.wire import MAX_FRAME_BYTES, MAX_PLAINTEXT_FRAME_BYTES, decode_frame, encode_frame
 from imprint.sync.channel import SecureChannel, TamperedFrameError
 
 
 class PlainCodec:
-    """SPEC's plaintext form: JSON text frames."""
+    """The plaintext form Imprint's own clients speak: JSON text frames, up to 256 MiB."""
 
     name = "plaintext"
+    max_frame_bytes = MAX_PLAINTEXT_FRAME_BYTES
 
     def encode(self, frame: Any) -> str:
         return encode_frame(frame).decode("utf-8")
 
-    def decode(self, data: bytes | str) -> Any:
-        return decode_frame(data)
+    def decode(self, data: bytes | bytearray | str, *, text: bool = True) -> Any:
+        return decode_frame(data, max_bytes=self.max_frame_bytes)
 
 
 class SecureCodec:
-    """SPEC's frames sealed in the session's channel (binary frames only)."""
+    """The same frames sealed in the session's channel (binary frames only)."""
 
     name = "encrypted"
+    max_frame_bytes = MAX_FRAME_BYTES
 
     def __init__(self, channel: SecureChannel) -> None:
         self.channel = channel
@@ -38,10 +39,7 @@ class SecureCodec:
     def encode(self, frame: Any) -> bytes:
         return self.channel.seal(encode_frame(frame))
 
-    def decode(self, data: bytes | str) -> Any:
-        if isinstance(data, str):
+    def decode(self, data: bytes | bytearray | str, *, text: bool = False) -> Any:
+        if text or isinstance(data, str):
             raise TamperedFrameError("a text frame arrived where a sealed frame was expected")
-        return decode_frame(self.channel.open(data))
-
-
-__all__ = ["PlainCodec", "SecureCodec", "ProtocolError"]
+        return decode_frame(self.channel.open(data), max_bytes=self.max_frame_bytes)

@@ -183,9 +183,9 @@ class StreamValidator:
         expected = self._last_seq[dataset] + 1
         if batch.seq != expected:
             raise ProtocolError(f"{dataset} batch has seq {batch.seq}, expected {expected}")
-        if not batch.records:
+        if not batch.size:
             raise ProtocolError(f"{dataset} batch {batch.seq} is empty")
-        total = self._received[dataset] + len(batch.records)
+        total = self._received[dataset] + batch.size
         if total > self._announced[dataset]:
             raise ProtocolError(
                 f"{dataset} batch {batch.seq} brings the total to {total}, "

@@ -76,9 +76,15 @@ def test_incoming_end_time_ends_our_open_copy(fact_store: pykka.ActorRef[Any]) -
     assert stored.ended == 150.0
     assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=1, ended=1)
 
-    # an already ended copy keeps its own end time and is not counted again
-    assert store(fact_store, fact("alice", "lives_in", "Paris", 100.0, ended=999.0)) == StoreResult(inserted=0, skipped=1, ended=0)
+    # an already ended copy keeps its own end time, is not counted again, and is named as different
+    identity = ("alice", "lives_in", "Paris", 100.0)
+    assert store(fact_store, fact("alice", "lives_in", "Paris", 100.0, ended=999.0)) == StoreResult(
+        inserted=0, skipped=1, ended=0, kept_facts=(identity,))
     assert listed(fact_store, predicate="lives_in", include_ended=True)[0].ended == 150.0
+    # an open copy offered for our ended one: ours stays ended, and differs
+    assert store(fact_store, fact("alice", "lives_in", "Paris", 100.0)).kept_facts == (identity,)
+    # the same end time: nothing differs
+    assert store(fact_store, fact("alice", "lives_in", "Paris", 100.0, ended=150.0)).kept_facts == ()
 
 
 def test_an_incoming_ended_fact_we_lack_is_inserted_ended(fact_store: pykka.ActorRef[Any]) -> None:

@@ -28,6 +28,7 @@ from imprint.messages.session import (
     AutoAccepted,
     HandshakeFailed,
     HandshakeSucceeded,
+    HelloSent,
     PeerInfo,
     RawFrameReceived,
     SendFrame,
@@ -236,7 +237,8 @@ def test_encrypted_handshake_succeeds_on_both_sides_and_the_relay_learns_nothing
     assert provider == HandshakeSucceeded(peer=p.consumer_peer(), verification=provider.verification, decision="accept")
     assert consumer == HandshakeSucceeded(peer=None, verification=consumer.verification, decision="accept")
     assert p.provider.listener.messages == [ApprovalRequired(peer=p.consumer_peer(), warning=""), provider]
-    assert p.consumer.listener.messages == [consumer]
+    # The consumer says when its HELLO is out (with the code to compare), then the outcome.
+    assert p.consumer.listener.messages == [HelloSent(verification=consumer.verification), consumer]
     assert p.approver.calls == [(p.consumer_peer(), "")]
 
     # Each side: PAKE and confirm (text), then one sealed frame (binary), nothing else.

@@ -153,11 +153,13 @@ def test_streams_meta_every_record_once_in_numbered_batches_then_done(
     outcome = [validator.feed(f) for f in frames][-1]
     assert isinstance(outcome, StreamFinished) and outcome.complete
 
-    expected_progress = [Progress(phase="pull", dataset="memories", done=d, total=n_memories) for d in _running(memory_batches)]
-    expected_progress += [Progress(phase="pull", dataset="facts", done=d, total=n_facts) for d in _running(fact_batches)]
+    expected_progress = [Progress(direction="send", dataset="memories", done=d, total=n_memories, confirmed=False)
+                         for d in _running(memory_batches)]
+    expected_progress += [Progress(direction="send", dataset="facts", done=d, total=n_facts, confirmed=False)
+                          for d in _running(fact_batches)]
     assert rig.listener.messages == [
         *expected_progress,
-        TransferFinished(phase="pull", stats={"memories": {"sent": n_memories}, "facts": {"sent": n_facts}}),
+        TransferFinished(sent={"memories": n_memories, "facts": n_facts}),
     ]
     assert last == rig.listener.messages[-1]
 
@@ -180,8 +182,26 @@ def test_the_consumer_sends_post_sync_push_first(tmp_path: Path) -> None:
     assert encode_frame(frames[0]) == b'{"method":"POST","path":"/sync/push","body":{"batch_size":2}}'
     assert frames[1] == Meta(datasets=DatasetCounts(memories=3, facts=2))
     assert [type(f) for f in frames[2:]] == [MemoryBatch, MemoryBatch, FactBatch, Done]
-    assert last == TransferFinished(phase="push", stats={"memories": {"sent": 3}, "facts": {"sent": 2}})
-    assert {m.phase for m in rig.listener.of_type(Progress)} == {"push"}
+    assert last == TransferFinished(sent={"memories": 3, "facts": 2})
+    assert {m.direction for m in rig.listener.of_type(Progress)} == {"send"}
+
+
+def test_records_the_peer_just_sent_are_not_echoed_back_and_not_announced(tmp_path: Path) -> None:
+    mems, fcts = memories(6), facts(4)
+    rig = Rig(tmp_path, mems, fcts)
+    skip_ids = frozenset(m.id for m in mems[::2])
+    skip_facts = frozenset(f.identity for f in fcts[:3])
+    rig.pusher.tell(StartPush(batch_size=2, request=True, skip_ids=skip_ids, skip_facts=skip_facts))
+    last = rig.listener.wait_for(TransferFinished, TransferFailed)
+
+    frames = rig.frames
+    assert frames[1] == Meta(datasets=DatasetCounts(memories=3, facts=1))
+    sent = [r for f in frames if isinstance(f, (MemoryBatch, FactBatch)) for r in f.records]
+    assert {r.id for r in sent if isinstance(r, MemoryRecord)} == {m.id for m in mems[1::2]}
+    assert [r.identity for r in sent if isinstance(r, FactRecord)] == [fcts[3].identity]
+    assert last == TransferFinished(sent={"memories": 3, "facts": 1})
+    validator = StreamValidator()
+    assert [validator.feed(f) for f in frames[1:]][-1].complete
 
 
 def test_large_records_are_split_so_each_frame_stays_under_the_byte_cap(tmp_path: Path) -> None:
@@ -201,15 +221,15 @@ def test_large_records_are_split_so_each_frame_stays_under_the_byte_cap(tmp_path
 def test_split_by_bytes_keeps_each_encoded_frame_under_the_cap() -> None:
     records = memories(10, size=1000)
     record = len(msgspec.json.encode(records[0]))  # every record encodes to about this size
-    one = len(encode_frame(MemoryBatch(seq=10, records=records[:1])))  # a frame of one
+    one = len(encode_frame(MemoryBatch(dataset="memories", seq=10, records=records[:1])))  # a frame of one
     for cap in (one + 50, 3 * record, 3 * record + 40, 4 * record + 100, 5 * one + 3, 100 * one):
         runs = split_by_bytes(records, cap)
         assert [r for run in runs for r in run] == list(records)  # all, in order
         for n, run in enumerate(runs, start=1):
-            assert len(encode_frame(MemoryBatch(seq=n, records=run))) <= cap, (cap, len(run))
+            assert len(encode_frame(MemoryBatch(dataset="memories", seq=n, records=run))) <= cap, (cap, len(run))
         # Runs are about as long as the cap allows: the next record would (nearly) not have fit.
         for n, (run, following) in enumerate(zip(runs, runs[1:]), start=1):
-            assert len(encode_frame(MemoryBatch(seq=n, records=run + following[:1]))) > cap - 64
+            assert len(encode_frame(MemoryBatch(dataset="memories", seq=n, records=run + following[:1]))) > cap - 64
 
 
 def test_split_by_bytes_sends_a_record_larger_than_the_cap_alone() -> None:
@@ -231,7 +251,7 @@ def test_a_refused_send_ends_the_push_with_transfer_failed(tmp_path: Path) -> No
 
     last = rig.push(batch_size=2)
 
-    assert last == TransferFailed(phase="pull", message="sending to the relay failed: broken pipe")
+    assert last == TransferFailed(message="sending to the relay failed: broken pipe")
     assert [type(f) for f in rig.frames] == [Meta, MemoryBatch, MemoryBatch]
     # No frame after the failure, and the Pusher is still alive to be stopped cleanly.
     assert rig.pusher.ask(Ping(), timeout=10) is True

@@ -96,7 +96,7 @@ def rig(relay_port: int) -> Iterator[Callable[..., Rig]]:
 
 
 def batch(seq: int) -> MemoryBatch:
-    return MemoryBatch(seq=seq, records=(MemoryRecord(content=f"memory {seq}"),))
+    return MemoryBatch(dataset="memories", seq=seq, records=(MemoryRecord(content=f"memory {seq}"),))
 
 
 def test_frames_go_up_raw_until_a_codec_is_installed(rig: Callable[..., Rig]) -> None:

@@ -31,11 +31,11 @@ def facts(n: int) -> tuple[FactRecord, ...]:
 
 
 def mb(seq: int, n: int = 1) -> MemoryBatch:
-    return MemoryBatch(seq=seq, records=memories(n))
+    return MemoryBatch(dataset="memories", seq=seq, records=memories(n))
 
 
 def fb(seq: int, n: int = 1) -> FactBatch:
-    return FactBatch(seq=seq, records=facts(n))
+    return FactBatch(dataset="facts", seq=seq, records=facts(n))
 
 
 HELLO = Hello(hostname="h", user="u", os="o", fingerprint="0a1b2c3d")
@@ -59,10 +59,10 @@ def test_good_stream_returns_each_event_in_order():
 
     frames = [
         meta(5, 3),
-        MemoryBatch(seq=1, records=memories(2)),
-        FactBatch(seq=1, records=facts(1)),
-        MemoryBatch(seq=2, records=memories(3, start=2)),
-        FactBatch(seq=2, records=facts(2)),
+        MemoryBatch(dataset="memories", seq=1, records=memories(2)),
+        FactBatch(dataset="facts", seq=1, records=facts(1)),
+        MemoryBatch(dataset="memories", seq=2, records=memories(3, start=2)),
+        FactBatch(dataset="facts", seq=2, records=facts(2)),
         Done(),
     ]
     events = [validator.feed(frame) for frame in frames]
@@ -81,7 +81,7 @@ def test_good_stream_returns_each_event_in_order():
 
 def test_good_stream_through_the_codec():
     validator = StreamValidator()
-    frames = [meta(2, 0), MemoryBatch(seq=1, records=memories(2)), Done()]
+    frames = [meta(2, 0), MemoryBatch(dataset="memories", seq=1, records=memories(2)), Done()]
     events = [validator.feed(decode_frame(encode_frame(frame))) for frame in frames]
     assert isinstance(events[-1], StreamFinished) and events[-1].complete
 
@@ -98,7 +98,7 @@ def test_empty_stream():
 
 def test_fewer_records_than_announced_is_accepted_and_reported():
     validator = started(5, 3)
-    validator.feed(MemoryBatch(seq=1, records=memories(4)))
+    validator.feed(MemoryBatch(dataset="memories", seq=1, records=memories(4)))
     finished = validator.feed(Done())
     assert finished.received == DatasetCounts(memories=4, facts=0)
     assert finished.short == DatasetCounts(memories=1, facts=3)
@@ -130,7 +130,7 @@ def test_meta_vectors_flag_is_accepted():
         ([meta(2, 0), mb(1, 3)], "memories batch 1 brings the total to 3, more than the 2 the meta announced"),
         ([meta(3, 0), mb(1, 2), mb(2, 2)], "total to 4, more than the 3"),
         ([meta(3, 0), fb(1)], "facts batch 1 brings the total to 1, more than the 0"),
-        ([meta(3, 0), MemoryBatch(seq=1, records=())], "memories batch 1 is empty"),
+        ([meta(3, 0), MemoryBatch(dataset="memories", seq=1, records=())], "memories batch 1 is empty"),
         ([meta(0, 0), Done(), Done()], "unexpected done frame after done"),
         ([meta(1, 0), Done(), mb(1)], "unexpected memories batch frame after done"),
         ([meta(0, 0), Done(), meta(0, 0)], "unexpected meta frame after done"),
@@ -152,7 +152,7 @@ def test_bad_streams(frames, match):
     assert not isinstance(info.value, PeerStreamError)
 
 
-@pytest.mark.parametrize("before", [[], [meta(2, 0)], [meta(2, 0), MemoryBatch(seq=1, records=memories(1))]])
+@pytest.mark.parametrize("before", [[], [meta(2, 0)], [meta(2, 0), MemoryBatch(dataset="memories", seq=1, records=memories(1))]])
 def test_peer_error_frame(before):
     validator = StreamValidator()
     for frame in before:
@@ -166,10 +166,10 @@ def test_peer_error_frame(before):
 def test_nothing_is_accepted_after_a_failure():
     validator = started(5, 0)
     with pytest.raises(ProtocolError):
-        validator.feed(MemoryBatch(seq=2, records=memories(1)))
+        validator.feed(MemoryBatch(dataset="memories", seq=2, records=memories(1)))
     # even the batch that would have been right is refused now
     with pytest.raises(ProtocolError, match="stream already failed: memories batch has seq 2"):
-        validator.feed(MemoryBatch(seq=1, records=memories(1)))
+        validator.feed(MemoryBatch(dataset="memories", seq=1, records=memories(1)))
     with pytest.raises(ProtocolError, match="already failed"):
         validator.feed(Done())
     assert not validator.finished
@@ -178,7 +178,7 @@ def test_nothing_is_accepted_after_a_failure():
 
 def test_rejected_batch_is_not_counted():
     validator = started(2, 0)
-    validator.feed(MemoryBatch(seq=1, records=memories(1)))
+    validator.feed(MemoryBatch(dataset="memories", seq=1, records=memories(1)))
     with pytest.raises(ProtocolError):
-        validator.feed(MemoryBatch(seq=2, records=memories(2)))
+        validator.feed(MemoryBatch(dataset="memories", seq=2, records=memories(2)))
     assert validator.received == DatasetCounts(memories=1, facts=0)

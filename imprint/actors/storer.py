@@ -1,0 +1,197 @@
+"""Storer: the second receive stage, from the spool into the stores.
+
+Takes the oldest spooled batch, embeds the memories that are new (one
+chunk of texts per message, so a stop is handled within a fraction of a
+second), writes the batch to the MemoryStore in one upsert or to the
+FactStore in one transaction, and only then removes it from the spool. It
+tells whoever watches the batch's stream (see :class:`Watch`) what it did,
+and :class:`StreamStored` once a complete stream is stored.
+
+It also stores what an interrupted sync left in the spool: the command that
+opens the store wakes it first (see :class:`imprint.local.LocalActors`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pykka
+from loguru import logger
+
+from imprint.actors.base import ImprintActor, ask
+from imprint.actors.embedder import ENCODE_BATCH
+from imprint.errors import ImprintError
+from imprint.messages.records import MemoryRecord, earliest_copies
+from imprint.messages.session import (
+    BatchStored,
+    SpoolIdle,
+    StoreFailed,
+    StreamStored,
+    Unwatch,
+    Wake,
+    Watch,
+)
+from imprint.messages.store import EmbedTexts, FindMissing, StoreFacts, StoreMemories, StoreResult
+from imprint.spool import Spool, SpooledBatch
+
+#: Watch every stream (leftovers of an interrupted sync included).
+ALL_STREAMS = ""
+
+
+class _Step(msgspec.Struct, frozen=True):
+    """Do the next unit of work (posted to self)."""
+
+
+class Storer(ImprintActor):
+    """Answers Watch, Unwatch and Wake; stores the spool's batches in order.
+
+    Args:
+        spool_path: the workspace's spool.
+        memory_store, fact_store: where records go.
+        embedder: embeds new memory texts; may be None when no memory batch waits.
+    """
+
+    def __init__(self, *, spool_path: Path, memory_store: Any, fact_store: Any, embedder: Any = None) -> None:
+        super().__init__()
+        self.spool_path = spool_path
+        self.memory_store = memory_store
+        self.fact_store = fact_store
+        self.embedder = embedder
+        self._spool: Spool | None = None
+        self._watchers: dict[str, Any] = {}
+        self._busy = False
+        self._current: SpooledBatch | None = None
+        self._todo: list[MemoryRecord] = []
+        self._vectors: list[list[float]] = []
+        self._kept: tuple[str, ...] = ()
+
+    def start_up(self) -> None:
+        self._spool = Spool(self.spool_path)
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *_: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Watch(stream=stream, listener=listener):
+                self._watchers[stream] = listener
+                if stream and not self._busy:
+                    self._tell_if_done(stream)
+            case Unwatch(stream=stream):
+                self._watchers.pop(stream, None)
+            case Wake():
+                if not self._busy:
+                    self._busy = True
+                    self._step()
+            case _Step():
+                self._step()
+            case _:
+                return super().handle(message)
+        return None
+
+    # ---------------------------------------------------------------- the work
+
+    def _step(self) -> None:
+        try:
+            self._work()
+        except ImprintError as exc:
+            # The batch stays in the spool; the next command that opens the store retries it.
+            logger.error("storing a received batch failed: {}", exc)
+            self._current = None
+            self._busy = False
+            for listener in {id(w): w for w in self._watchers.values()}.values():
+                listener.tell(StoreFailed(message=str(exc)))
+
+    def _work(self) -> None:
+        if self._current is None:
+            batch = self._spool.next_batch()
+            if batch is None:
+                self._idle()
+                return
+            self._begin(batch)
+        batch = self._current
+        if batch.dataset == "memories" and len(self._vectors) < len(self._todo):
+            # One chunk per message: a stop or a new watcher is handled between chunks.
+            start = len(self._vectors)
+            texts = tuple(r.content for r in self._todo[start : start + ENCODE_BATCH])
+            self._vectors.extend(ask(self._embedder(), EmbedTexts(texts=texts)).vectors)
+            self._again()
+            return
+        if batch.dataset == "memories":
+            result = self._store_memories(batch)
+            kept_ids = set(self._kept)
+            same_ids = tuple(dict.fromkeys(r.id for r in batch.records if r.id not in kept_ids))
+            stored = BatchStored(stream=batch.stream, dataset="memories", count=len(batch.records), result=result,
+                                 same_ids=same_ids)
+        else:
+            result = ask(self.fact_store, StoreFacts(records=batch.records))
+            kept = set(result.kept_facts)
+            same_facts = tuple(dict.fromkeys(r.identity for r in batch.records if r.identity not in kept))
+            stored = BatchStored(stream=batch.stream, dataset="facts", count=len(batch.records), result=result,
+                                 same_facts=same_facts)
+        self._spool.remove(batch.id)
+        self._current, self._todo, self._vectors, self._kept = None, [], [], ()
+        self._tell(batch.stream, stored)
+        self._tell_if_done(batch.stream)
+        self._again()
+
+    def _begin(self, batch: SpooledBatch) -> None:
+        self._current = batch
+        self._todo, self._vectors, self._kept = [], [], ()
+        if batch.dataset != "memories":
+            return
+        records = batch.records
+        missing = ask(self.memory_store, FindMissing(ids=tuple(r.id for r in records),
+                                                     timestamps=tuple(r.timestamp for r in records)))
+        self._todo = list(earliest_copies(records, missing.ids))
+        self._kept = missing.kept
+
+    def _store_memories(self, batch: SpooledBatch) -> StoreResult:
+        n = len(batch.records)
+        if not self._todo:
+            return StoreResult(skipped=n, kept_ids=self._kept)
+        result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors))
+        return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
+                           kept_ids=self._kept)
+
+    def _embedder(self) -> Any:
+        if self.embedder is None:
+            raise ImprintError("memories wait in the receive spool but no embedding model is running")
+        return self.embedder
+
+    def _tell_if_done(self, stream: str) -> None:
+        """StreamStored, once, when `stream` is complete and none of its batches waits."""
+        if self._spool.stream_done(stream):
+            self._spool.forget_stream(stream)
+            self._tell(stream, StreamStored(stream=stream))
+
+    def _idle(self) -> None:
+        self._busy = False
+        for stream in [s for s in self._watchers if s]:
+            self._tell_if_done(stream)
+        # Streams an interrupted sync left unfinished: their batches are stored, nobody waits for them.
+        self._spool.forget_streams(keep=set(self._watchers))
+        if ALL_STREAMS in self._watchers:
+            self._watchers[ALL_STREAMS].tell(SpoolIdle())
+
+    def _tell(self, stream: str, message: Any) -> None:
+        for key in (stream, ALL_STREAMS):
+            listener = self._watchers.get(key)
+            if listener is not None:
+                listener.tell(message)
+
+    def _again(self) -> None:
+        try:
+            self.actor_ref.tell(_Step())
+        except pykka.ActorDeadError:
+            pass

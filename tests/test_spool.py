@@ -1,0 +1,73 @@
+"""The receive spool alone: batches in, in order, out; bounded; read-only reads create nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
+from imprint.spool import Pending, Spool, SpoolFullError, parse_size, read_pending
+
+
+def mem(content: str) -> MemoryRecord:
+    return finalize_memory(MemoryRecord(content=content, timestamp=1.0))
+
+
+def test_batches_come_back_whole_and_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.open_stream("a")
+    spool.append("a", "memories", (mem("one"), mem("two")))
+    spool.append("a", "facts", (FactRecord(subject="s", predicate="p", object="o", valid_from=1.0),))
+    assert spool.pending() == Pending(memories=2, facts=1, bytes=spool.pending().bytes)
+    first = spool.next_batch()
+    assert (first.stream, first.dataset, [r.content for r in first.records]) == ("a", "memories", ["one", "two"])
+    assert spool.next_batch() == first  # nothing is taken until it is removed
+    spool.remove(first.id)
+    assert spool.next_batch().dataset == "facts"
+    spool.close()
+    # A new connection (the next command) sees the same.
+    again = Spool(tmp_path / "spool.db")
+    assert again.pending().facts == 1 and again.pending().memories == 0
+    again.close()
+
+
+def test_a_stream_is_done_once_complete_and_stored(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.open_stream("a")
+    batch_id = spool.append("a", "memories", (mem("one"),))
+    spool.complete_stream("a")
+    assert not spool.stream_done("a")
+    spool.remove(batch_id)
+    assert spool.stream_done("a")
+    spool.forget_stream("a")
+    assert not spool.stream_done("a")
+
+
+def test_the_spool_is_bounded_and_keeps_what_fit(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=1000)
+    spool.append("a", "memories", (mem("small"),))
+    with pytest.raises(SpoolFullError, match="receive spool is full.*--spool-limit"):
+        spool.append("a", "memories", (mem("x" * 2000),))
+    assert spool.pending().memories == 1
+
+
+def test_pending_is_read_without_creating_anything(tmp_path: Path) -> None:
+    assert read_pending(tmp_path / "nothing.db") == Pending()
+    assert not (tmp_path / "nothing.db").exists()
+    spool = Spool(tmp_path / "spool.db")
+    spool.append("a", "memories", (mem("one"),))
+    spool.close()
+    assert read_pending(tmp_path / "spool.db").memories == 1
+
+
+@pytest.mark.parametrize(("text", "size"), [("2G", 2 * 1024**3), ("500M", 500 * 1024**2), ("1.5k", 1536),
+                                            ("4GiB", 4 * 1024**3), ("1048576", 1048576)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
