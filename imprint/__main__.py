@@ -1,7 +1,5 @@
 """`python -m imprint` is the `imprint` command."""
 
-import sys
+from imprint.main import run
 
-from imprint.main import main
-
-sys.exit(main())
+run()

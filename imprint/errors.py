@@ -4,7 +4,7 @@ Every failure a user can meet is an :class:`ImprintError`; the CLI prints its
 message on one line and exits non-zero. Anything else escaping is a bug.
 
     ImprintError
-    ├── ConfigError          bad option, data dir, workspace name
+    ├── ConfigError          bad option, data dir, workspace name (exit 2)
     ├── InputError           a record or file the user gave is malformed
     ├── ModelError           the embedding model cannot be loaded
     ├── StoreError           Qdrant or SQLite refused an operation
@@ -14,6 +14,9 @@ message on one line and exits non-zero. Anything else escaping is a bug.
         ├── AuthError        wrong PIN, or key confirmation failed
         ├── RejectedError    a human (or policy) said no
         └── PeerTimeoutError the peer went silent
+
+    KeyboardInterrupt
+    └── Terminated           SIGTERM (exit 143; Ctrl-C exits 130)
 """
 
 from __future__ import annotations
@@ -91,3 +94,13 @@ class RejectedError(SyncError):
 
 class PeerTimeoutError(SyncError):
     """The peer sent nothing for longer than the session allows."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The system asked the command to stop (SIGTERM).
+
+    Handled like Ctrl-C: whole batches are kept, the peer is told, and the
+    command exits 143 (Ctrl-C: 130) within a few seconds.
+    """
+
+    exit_code = 143

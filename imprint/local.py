@@ -9,6 +9,7 @@ leftover actor as a bug — no thread outlives a command.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,21 +79,25 @@ class LocalActors:
     def __enter__(self) -> "LocalActors":
         try:
             self._start()
-        except BaseException:
-            self.stop()
+        except BaseException as exc:
+            self.stop(interrupted=isinstance(exc, KeyboardInterrupt))
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.stop(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
     def _start(self) -> None:
         s = self.settings
-        if self.embedder:
+        # What an interrupted sync left in the receive spool is stored before the
+        # command runs, by any command that opens the store (so export, search…
+        # see it); that may need the model and both stores.
+        pending = Pending() if self.read_only else read_pending(spool_path(s.workspace_dir))
+        if self.embedder or pending.memories:
             self.refs["embedder"] = Embedder.start(model_name=s.model)
             ask(self.refs["embedder"], Ping(), timeout=START_TIMEOUT)
             self.model = ask(self.refs["embedder"], DescribeModel())
-        if self.memories:
+        if self.memories or pending.total:
             self.refs["memory_store"] = MemoryStore.start(
                 collection=s.collection,
                 path=s.qdrant_path,
@@ -100,28 +105,20 @@ class LocalActors:
                 dimension=self.model.dimension if self.model else None,
             )
             ask(self.refs["memory_store"], Ping(), timeout=START_TIMEOUT)
-        if self.facts:
+        if self.facts or pending.total:
             self.refs["fact_store"] = FactStore.start(path=s.facts_path, read_only=self.read_only)
             ask(self.refs["fact_store"], Ping(), timeout=START_TIMEOUT)
-        if self.memories and self.facts and not self.read_only:
-            self._start_storer()
-
-    def _start_storer(self) -> None:
-        """The spool's store stage; first it stores what an interrupted sync left behind."""
-        path = spool_path(self.settings.workspace_dir)
-        pending = read_pending(path)
-        if pending.memories and "embedder" not in self.refs:
-            self.refs["embedder"] = Embedder.start(model_name=self.settings.model)
-            ask(self.refs["embedder"], Ping(), timeout=START_TIMEOUT)
-        self.refs["storer"] = Storer.start(
-            spool_path=path,
-            memory_store=self.refs["memory_store"],
-            fact_store=self.refs["fact_store"],
-            embedder=self.refs.get("embedder"),
-        )
-        ask(self.refs["storer"], Ping(), timeout=START_TIMEOUT)
-        if pending.total:
-            self._finish_interrupted_sync(pending)
+        if "memory_store" in self.refs and "fact_store" in self.refs and not self.read_only:
+            # The spool's store stage: it stores what sessions receive, and first what is left.
+            self.refs["storer"] = Storer.start(
+                spool_path=spool_path(s.workspace_dir),
+                memory_store=self.refs["memory_store"],
+                fact_store=self.refs["fact_store"],
+                embedder=self.refs.get("embedder"),
+            )
+            ask(self.refs["storer"], Ping(), timeout=START_TIMEOUT)
+            if pending.total:
+                self._finish_interrupted_sync(pending)
 
     def _finish_interrupted_sync(self, pending: Pending) -> None:
         from tqdm import tqdm
@@ -154,20 +151,29 @@ class LocalActors:
     def store_memories(self, records: tuple[MemoryRecord, ...]) -> StoreResult:
         return embed_and_store(self.refs["embedder"], self.refs["memory_store"], records)
 
-    def stop(self) -> None:
+    def stop(self, *, interrupted: bool = False) -> None:
+        """Stop in reverse order. After Ctrl-C or SIGTERM, within about 2 s in all: a store
+        finishes the write in hand (a batch is whole or absent), a model still loading is
+        left to die with the process (its thread is a daemon)."""
+        deadline = time.monotonic() + (2.0 if interrupted else 60.0 * max(1, len(self.refs)))
         for name in reversed(list(self.refs)):
             try:
-                self.refs[name].stop(timeout=60)
+                self.refs[name].stop(timeout=max(0.1, min(60.0, deadline - time.monotonic())))
             except pykka.Timeout:
-                logger.error("{} did not stop within 60s", name)
+                (logger.debug if interrupted else logger.error)("{} did not stop in time", name)
             except pykka.ActorDeadError:
                 pass
         self.refs.clear()
 
 
-def stop_leftovers() -> None:
-    """Stop any actor still running at the end of a command, and say so: it is a bug."""
+def stop_leftovers(*, interrupted: bool = False) -> None:
+    """Stop any actor still running at the end of a command, and say so: it is a bug
+    (unless the command was interrupted, when a model may still be loading)."""
     leftovers = pykka.ActorRegistry.get_all()
     if leftovers:
-        logger.error("bug: actors still running at exit: {}", [ref.actor_class.__name__ for ref in leftovers])
-        pykka.ActorRegistry.stop_all(block=True, timeout=30)
+        names = [ref.actor_class.__name__ for ref in leftovers]
+        if interrupted:
+            logger.debug("actors left after an interrupt: {}", names)
+        else:
+            logger.error("bug: actors still running at exit: {}", names)
+        pykka.ActorRegistry.stop_all(block=not interrupted, timeout=2 if interrupted else 30)

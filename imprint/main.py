@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -357,6 +359,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
     from imprint.identity import read_fingerprint
     from imprint.messages.store import CountFacts, DescribeStore
 
+    from imprint.spool import read_pending, spool_path
+
     store_exists = bool(settings.qdrant_url) or settings.qdrant_path.exists()
     with _local(settings, memories=store_exists, facts=True, read_only=True) as local:
         store = ask(local["memory_store"], DescribeStore()) if store_exists else None
@@ -372,6 +376,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         "memories": store.count if store else 0,
         "facts_active": facts.active,
         "facts_ended": facts.ended,
+        "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
     }
     if out.json_mode:
         out.result(info)
@@ -382,6 +387,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         if not info["workspace_exists"]:
             shown["workspace"] = f"{settings.workspace} (empty: nothing stored yet)"
         del shown["workspace_exists"]
+        if info["waiting_in_spool"]:
+            shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
+                                         "that opens the store")
+        else:
+            del shown["waiting_in_spool"]
         width = max(len(k) for k in shown)
         for key, value in shown.items():
             out.line(f"{key.replace('_', ' '):<{width}}  {value}")
@@ -389,6 +399,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    from imprint.errors import Terminated
+
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     from imprint.logs import setup_logging
 
     setup_logging(verbose=bool(args.verbose), log_dir=None)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM as Ctrl-C: unwind through every `finally`, so stores close and peers are told.
+        signal.signal(signal.SIGTERM, _raise_terminated)
     settings: Settings | None = None
+    interrupted = False
     try:
         settings = settings_from(data_dir=args.data_dir, workspace=args.workspace, model=args.model, qdrant_url=args.qdrant_url)
         if getattr(args, "read_only", False):
@@ -415,9 +435,16 @@ def main(argv: list[str] | None = None) -> int:
         if out.json_mode:
             out.result({"event": "error", "message": str(exc)})
         return exc.exit_code
-    except KeyboardInterrupt:
-        note("imprint: interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        code = getattr(exc, "exit_code", 130)
+        note("imprint: stopped (SIGTERM)" if code == 143 else "imprint: interrupted")
+        return code
+    except BrokenPipeError:
+        # stdout closed early (e.g. `imprint export | head`): not an error for the user.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug: one line for the user, the traceback in the log
         from loguru import logger
 
@@ -427,16 +454,34 @@ def main(argv: list[str] | None = None) -> int:
         if out.json_mode:
             out.result({"event": "error", "message": f"internal error: {type(exc).__name__}"})
         return 1
-    except BrokenPipeError:
-        # stdout closed early (e.g. `imprint export | head`): not an error for the user.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     finally:
         from imprint.local import stop_leftovers
 
-        stop_leftovers()
+        stop_leftovers(interrupted=interrupted)
+
+
+def run() -> None:
+    """The `imprint` command: `main()`, then exit at once.
+
+    Every store is closed and every actor stopped by the time `main` returns;
+    what is left is the interpreter's teardown of torch and friends, about a
+    second on these machines, which a user would wait through after every
+    command (and after Ctrl-C). Output is flushed and the log closed first.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+    try:
+        sys.stderr.flush()
+    except (ValueError, OSError):
+        pass
+    from loguru import logger
+
+    logger.remove()  # flushes and closes the log file
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -390,6 +390,7 @@ def test_status_reports_dir_workspace_device_model_and_counts(
         "memories": CORPUS_SIZE,
         "facts_active": 1,
         "facts_ended": 0,
+        "waiting_in_spool": 0,
     }
     assert not (data_dir / "device_id.txt").exists()
 

@@ -24,6 +24,10 @@ class ImprintActor(pykka.ThreadingActor):
     command can print it, rather than the actor dying before anyone asks.
     """
 
+    #: A thread stuck past an interrupt (a model still loading) must not keep the
+    #: process alive; every normal path stops its actors explicitly.
+    use_daemon_thread = True
+
     def __init__(self) -> None:
         super().__init__()
         self._start_error: ImprintError | None = None

@@ -118,6 +118,35 @@ def _harden(ws: websocket.WebSocket, limit: int) -> None:
     frames.add = add
 
 
+class Hangup:
+    """Cuts the connection at once, from any thread: what Ctrl-C needs while the
+    actor is blocked in a send that the relay does not read (a stop message
+    would wait behind it). The socket stays the RelayConnection's: this only
+    shuts it down, which wakes its blocked send and its reader."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._fired = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            fire = self._fired
+        if fire:
+            self()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._fired = True
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already disconnected
+
+
 def _close_reason(frame: Any) -> str:
     data = bytes(getattr(frame, "data", b"") or b"")
     if len(data) >= 2:
@@ -149,8 +178,10 @@ class RelayConnection(ImprintActor):
         window_bytes: int = WINDOW_BYTES,
         max_frame_bytes: int = MAX_INCOMING_BYTES,
         connect_timeout: float = 10.0,
+        hangup: Hangup | None = None,
     ) -> None:
         super().__init__()
+        self.hangup = hangup
         self.url = url
         self.listener = listener
         self.attempts = attempts
@@ -196,6 +227,8 @@ class RelayConnection(ImprintActor):
             raise RelayError(f"cannot reach the relay at {self._safe_url()}: {last_error}")
         self._ws.settimeout(None)
         _harden(self._ws, self.max_frame_bytes)
+        if self.hangup is not None:
+            self.hangup.attach(getattr(self._ws, "sock", None))
         self._reader = threading.Thread(target=self._read_loop, name="relay-reader", daemon=True)
         self._reader.start()
         logger.debug("connected to {}", self._safe_url())

@@ -21,7 +21,6 @@ import pykka
 from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
-from imprint.actors.embedder import ENCODE_BATCH
 from imprint.errors import ImprintError
 from imprint.messages.records import MemoryRecord, earliest_copies
 from imprint.messages.session import (
@@ -38,6 +37,9 @@ from imprint.spool import Spool, SpooledBatch
 
 #: Watch every stream (leftovers of an interrupted sync included).
 ALL_STREAMS = ""
+#: Texts embedded per message: small enough that a stop waits at most a few
+#: hundred milliseconds, big enough to keep the model's batches efficient.
+EMBED_CHUNK = 32
 
 
 class _Step(msgspec.Struct, frozen=True):
@@ -123,7 +125,7 @@ class Storer(ImprintActor):
         if batch.dataset == "memories" and len(self._vectors) < len(self._todo):
             # One chunk per message: a stop or a new watcher is handled between chunks.
             start = len(self._vectors)
-            texts = tuple(r.content for r in self._todo[start : start + ENCODE_BATCH])
+            texts = tuple(r.content for r in self._todo[start : start + EMBED_CHUNK])
             self._vectors.extend(ask(self._embedder(), EmbedTexts(texts=texts)).vectors)
             self._again()
             return

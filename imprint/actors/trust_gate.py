@@ -59,6 +59,12 @@ def stdin_approver(peer: PeerInfo, warning: str) -> str:
         answer = sys.stdin.readline()
     except (OSError, ValueError):
         answer = ""
+    try:
+        if not sys.stdin.isatty():  # a terminal echoed the Enter; a pipe did not
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     return parse_answer(answer)
 
 

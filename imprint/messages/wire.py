@@ -53,6 +53,9 @@ MAX_MESSAGE_CHARS: Final = 64 * 1024
 PULL_PATH: Final = "/sync/pull"
 PUSH_PATH: Final = "/sync/push"
 
+#: The error frame a side sends when its user stops the sync (Ctrl-C, SIGTERM).
+INTERRUPTED: Final = "the other machine stopped the sync (interrupted by its user)"
+
 #: Response bodies of SPEC.
 OK: Final = "ok"
 INVALID_PIN: Final = "invalid PIN"

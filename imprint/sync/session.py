@@ -35,7 +35,7 @@ from imprint.actors.base import QueueListener, ask
 from imprint.actors.handshake import Handshake, Mode
 from imprint.actors.puller import Puller
 from imprint.actors.pusher import Pusher
-from imprint.actors.relay_connection import MAX_INCOMING_BYTES, RelayConnection
+from imprint.actors.relay_connection import MAX_INCOMING_BYTES, Hangup, RelayConnection
 from imprint.actors.trust_gate import TrustGate
 from imprint.errors import (
     AuthError,
@@ -80,6 +80,7 @@ from imprint.messages.wire import (
     MAX_PLAINTEXT_FRAME_BYTES,
     Ack,
     DatasetCounts,
+    INTERRUPTED,
     DatasetStats,
     FactStats,
     Meta,
@@ -96,8 +97,6 @@ from imprint.trust import TrustList
 MIN_PEER_STORE_RATE = 5.0
 #: Seconds between two acks of a stream (the last one always goes).
 ACK_INTERVAL = 0.25
-#: What the other side is told when this one is interrupted.
-INTERRUPTED = "the other machine stopped the sync (interrupted by its user)"
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -154,10 +153,12 @@ class _Run:
         ask(ref, Ping(), timeout=120)
         return ref
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, *, interrupted: bool = False) -> None:
+        """Stop in reverse order; after an interrupt, within about a second in all."""
+        deadline = time.monotonic() + (1.0 if interrupted else 30.0 * max(1, len(self.refs)))
         for ref in reversed(self.refs):
             try:
-                ref.stop(timeout=timeout)
+                ref.stop(timeout=max(0.1, min(30.0, deadline - time.monotonic())))
             except (pykka.ActorDeadError, pykka.Timeout):
                 logger.debug("actor {} did not stop cleanly", ref.actor_class.__name__)
         self.refs.clear()
@@ -206,6 +207,12 @@ class Outgoing:
     peer_stats: SyncStats | None = None
 
 
+def _peer_failed(message: str) -> str:
+    if message == INTERRUPTED:
+        return f"{INTERRUPTED}; what was received is kept, run the sync again to complete it"
+    return f"the other machine failed: {message}"
+
+
 def stats_dict(stats: SyncStats | None, sent: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
     """The `stats` event's per-dataset figures: what was sent, and what the receiver made of it."""
     result: dict[str, dict[str, int]] = {}
@@ -251,6 +258,7 @@ class _Session:
         self.incoming: Incoming | None = None
         self.outgoing = Outgoing()
         self._watched: list[str] = []
+        self._hangup = Hangup()
         self._last_ack = 0.0
         self._lost_settled = False
 
@@ -269,7 +277,7 @@ class _Session:
             # The plaintext mode may meet Imprint's own clients, whose frames reach 10-80 MB.
             limit = MAX_PLAINTEXT_FRAME_BYTES + 1024 if c.mode == "plaintext" else MAX_INCOMING_BYTES
             self.relay = self.run_.start(RelayConnection, url=c.url, listener=self.listener,
-                                         attempts=c.connect_attempts, max_frame_bytes=limit)
+                                         attempts=c.connect_attempts, max_frame_bytes=limit, hangup=self._hangup)
 
     def _start_common(self, trust_gate: Any = None) -> None:
         c = self.config
@@ -353,6 +361,8 @@ class _Session:
                     self._progress("send", dataset, done, total, confirmed=False)
             case FrameReceived(frame=Ack() as ack):
                 self._on_ack(ack)
+            case FrameReceived(frame=StreamError(message=message)) if not self._receiving():
+                raise SyncError(_peer_failed(message))
             case BatchSpooled() | StreamSpooled() | BatchStored() if self._for_incoming(event):
                 self._on_incoming(event)
             case StoreFailed(message=message):
@@ -381,6 +391,10 @@ class _Session:
             case _:
                 return False
         return True
+
+    def _receiving(self) -> bool:
+        """True while a stream from the peer is coming in (its error frame is the Puller's to judge)."""
+        return self.incoming is not None and not self.incoming.spooled
 
     def _for_incoming(self, event: Any) -> bool:
         return self.incoming is not None and getattr(event, "stream", None) == self.incoming.stream
@@ -521,12 +535,15 @@ class _Session:
             pass
 
     def stop(self, *, interrupted: bool = False) -> None:
-        """Stop every actor of the session. After an interrupt, tell the peer first, briefly."""
+        """Stop every actor of the session. After an interrupt, tell the peer first
+        (briefly: a send blocked behind a big frame is not waited for), then hang up."""
         if interrupted and not self.done and self.relay is not None and self.connected:
             try:
                 self.relay.ask(SendFrame(frame=StreamError(message=INTERRUPTED), quiet=True), timeout=0.5)
             except Exception:
                 logger.debug("could not tell the peer about the interrupt")
+        if interrupted:
+            self._hangup()  # unblocks a send in progress, so every stage can stop now
         self.done = True
         for stream in self._watched:
             try:
@@ -534,7 +551,7 @@ class _Session:
             except (pykka.ActorDeadError, KeyError):
                 pass
         self._watched.clear()
-        self.run_.stop(timeout=2 if interrupted else 30)
+        self.run_.stop(interrupted=interrupted)
 
     def _run(self, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         interrupted = False
@@ -696,8 +713,6 @@ class ConsumerSession(_Session):
                     self.report({"event": "waiting", "for": "peer",
                                  "message": "sent; waiting for the other machine to store our records…"})
                 case FrameReceived(frame=frame) if phase in ("push", "await-stats"):
-                    if isinstance(frame, StreamError):
-                        raise SyncError(f"the provider failed: {frame.message}")
                     if not isinstance(frame, Response):
                         raise ProtocolError(f"the provider sent an unexpected {type(frame).__name__} frame")
                     if frame.status != 200:

@@ -34,6 +34,7 @@ from imprint.messages.wire import (
     Done,
     FactBatch,
     Frame,
+    INTERRUPTED,
     Hello,
     MemoryBatch,
     Meta,
@@ -51,7 +52,10 @@ class PeerStreamError(ProtocolError):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"peer failed while streaming: {message}")
+        if message == INTERRUPTED:
+            super().__init__(f"{INTERRUPTED}; what was received is kept, run the sync again to complete it")
+        else:
+            super().__init__(f"peer failed while streaming: {message}")
         self.message = message
 
 
