@@ -96,6 +96,10 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8430
+#: Largest frame passed: Imprint's own clients put 500 records with 768-float
+#: vectors in a batch and cap nothing (10-80 MB frames occur); our plaintext
+#: mode accepts up to 256 MiB, and a frame's envelope needs a little more.
+MAX_FRAME_BYTES = 256 * 1024 * 1024 + 64 * 1024
 #: Keepalive: ping every PING_INTERVAL s, drop a peer silent for PING_TIMEOUT s.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 300.0
@@ -220,7 +224,7 @@ class RelayServer:
         port: int = DEFAULT_PORT,
         room_ttl: float = 3600.0,
         max_rooms: int = 1000,
-        max_frame_bytes: int = 64 * 1024 * 1024,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
         max_pending_frames: int = 64,
         max_pending_bytes: int = 64 * 1024 * 1024,
         frame_hook: FrameHook | None = None,

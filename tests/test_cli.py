@@ -429,6 +429,14 @@ def test_console_script_and_module_are_the_same_command(tmp_path: Path, imprint_
         assert re.search(rf"^\s+{command}\s", via_module.stdout, flags=re.M), command
 
 
+@pytest.mark.parametrize("command", ["", "add", "import", "export", "search", "fact", "status", "serve", "join", "sync",
+                                     "relay", "trust", "demo", "ui"])
+def test_help_speaks_to_users(imprint_cli: Run, command: str) -> None:
+    text = ok(imprint_cli(None, *command.split(), "--help")).stdout
+    for jargon in ("SPEC", "source document", "the original"):
+        assert jargon not in text, f"{jargon!r} in `imprint {command} --help`"
+
+
 def test_no_command_prints_usage_and_fails(imprint_cli: Run) -> None:
     proc = imprint_cli(None)
     assert proc.returncode == 2 and proc.stdout == ""

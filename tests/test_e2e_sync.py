@@ -845,3 +845,26 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     result = demo.events[-1]
     assert result["event"] == "demo" and result["identical"] is True, demo.describe()
     assert (result["memories"], result["facts"]) == (8, 3)
+    # The numbers a person reads are right: one memory and one fact were on both machines.
+    provider, consumer = (next(e for e in demo.events if e["event"] == "stats" and e["role"] == role)
+                          for role in ("provider", "consumer"))
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 1, "rejected": 0}
+    assert consumer["received"]["facts"] == {"inserted": 1, "skipped": 1, "rejected": 0, "ended": 0}
+    # What B had just received from A is not counted as "already there" on A.
+    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
+    assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0}
+
+
+def test_the_human_summary_names_each_dataset_and_direction(tmp_path: Path) -> None:
+    from imprint.sync_cli import format_stats
+
+    text = format_stats({"event": "stats", "role": "provider",
+                         "received": {"memories": {"inserted": 3, "skipped": 0, "rejected": 2},
+                                      "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
+                         "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
+                                  "facts": {"sent": 1}}})
+    assert text.splitlines() == [
+        "Sync complete.",
+        "  received: memories 3 new, 0 already here, 2 refused; facts 1 new, 0 already here, 1 ended",
+        "  sent:     memories 5 (4 new, 1 already there); facts 1",
+    ]

@@ -299,14 +299,27 @@ class RelayConnection(ImprintActor):
             logger.debug("reader ended: {!r}", exc)
         except FrameTooLarge as exc:
             reason = str(exc)
+            self._hang_up(ws, 1009)  # free what the relay sent and stop it sending more
         except websocket.WebSocketException as exc:
             reason = f"websocket error: {exc}"
+            self._hang_up(ws, 1002)
         except pykka.ActorDeadError:
             return
         try:
             self.actor_ref.tell(_ReaderEnded(reason=reason))
         except pykka.ActorDeadError:
             pass
+
+    @staticmethod
+    def _hang_up(ws: websocket.WebSocket, code: int) -> None:
+        try:
+            ws.send_close(status=code)
+        except Exception:  # the socket may be gone already
+            pass
+        try:
+            ws.shutdown()
+        except Exception:
+            logger.debug("socket shutdown failed", exc_info=True)
 
     def _wait_for_room(self) -> bool:
         """Block until the window has room for another frame; False once stopping."""

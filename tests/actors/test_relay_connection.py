@@ -30,7 +30,7 @@ from imprint.messages.session import (
     UseCodec,
 )
 from imprint.messages.store import Ping
-from imprint.messages.wire import DatasetCounts, Done, MemoryBatch, Meta, Request, encode_frame
+from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, DatasetCounts, Done, MemoryBatch, Meta, Request, encode_frame
 from imprint.relay import RelayServer
 from imprint.sync.codec import PlainCodec
 
@@ -58,11 +58,12 @@ def _stop_actors() -> Iterator[None]:
 class Rig:
     """The actor (consumer role) and a websocket-client peer (provider role) in a fresh room."""
 
-    def __init__(self, port: int, *, window: int = 4) -> None:
+    def __init__(self, port: int, *, window: int = 4, **kw: Any) -> None:
         self.room = uuid.uuid4().hex[:12]
         base = f"ws://127.0.0.1:{port}/{self.room}"
         self.listener = Recorder("session")
-        self.actor = RelayConnection.start(url=f"{base}?role=consumer", listener=self.listener, window=window, attempts=2)
+        self.actor = RelayConnection.start(url=f"{base}?role=consumer", listener=self.listener, window=window,
+                                           attempts=2, **kw)
         assert self.actor.ask(Ping(), timeout=30) is True
         self.peer = websocket.create_connection(f"{base}?role=provider", timeout=10)
         self._open = True
@@ -200,3 +201,93 @@ def test_batch_frames_wait_for_credits(rig: Callable[..., Rig]) -> None:
 
     r.actor.tell(FrameHandled())
     assert r.listener.next() == FrameReceived(Done())
+
+
+# ---------------------------------------------------------------- a hostile relay
+
+class HostileRelay:
+    """A websockets server that plays a script at whoever connects, as a hostile relay would."""
+
+    def __init__(self, script: Callable[[Any], None]) -> None:
+        import threading
+
+        from websockets.sync.server import serve
+
+        self.server = serve(lambda ws: script(ws), "127.0.0.1", 0, max_size=None, compression=None)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/room1?role=consumer"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+
+
+def _wait_closed(ws: Any) -> None:
+    try:
+        for _ in ws:
+            pass
+    except Exception:
+        pass
+
+
+@pytest.mark.parametrize("fragments", [3, 60])
+def test_a_fragmented_message_is_refused_as_soon_as_its_total_passes_the_cap(fragments: int) -> None:
+    """Fragments are counted as they come, not once reassembled (60 x 8 MiB cost 800 MB before)."""
+    limit = 1024 * 1024
+    piece = "x" * (limit // 2 + 1)
+
+    def script(ws: Any) -> None:
+        try:
+            ws.send(iter([piece] * fragments))  # one text message in fragments
+        except Exception:
+            pass  # we hang up part way, as we should
+        _wait_closed(ws)
+
+    relay = HostileRelay(script)
+    listener = Recorder("session")
+    try:
+        ref = RelayConnection.start(url=relay.url(), listener=listener, attempts=1, max_frame_bytes=limit)
+        assert ref.ask(Ping(), timeout=30) is True
+        lost = listener.wait_for(ConnectionLost)
+        assert "fragmented message of more than 1,048,576 bytes" in lost.reason
+        assert listener.of_type(RawFrameReceived, FrameReceived) == []
+    finally:
+        relay.stop()
+
+
+def test_a_frame_announced_over_the_cap_is_refused_before_it_is_read() -> None:
+    limit = 1024 * 1024
+
+    def script(ws: Any) -> None:
+        try:
+            ws.send(b"\0" * (limit + 1))
+        except Exception:
+            pass
+        _wait_closed(ws)
+
+    relay = HostileRelay(script)
+    listener = Recorder("session")
+    try:
+        ref = RelayConnection.start(url=relay.url(), listener=listener, attempts=1, max_frame_bytes=limit)
+        assert ref.ask(Ping(), timeout=30) is True
+        lost = listener.wait_for(ConnectionLost)
+        assert "announced a frame of 1,048,577 bytes, over the limit of 1,048,576" in lost.reason
+    finally:
+        relay.stop()
+
+
+def test_a_big_plaintext_frame_is_read_whole_and_decoded(rig: Callable[..., Rig]) -> None:
+    """Frames Imprint's own clients send (tens of MB) pass in the plaintext mode."""
+    r = rig(max_frame_bytes=MAX_PLAINTEXT_FRAME_BYTES)
+    r.use_plain_codec()
+    records = tuple(MemoryRecord(content=f"memory {i} " + "z" * 90_000) for i in range(400))
+    frame = MemoryBatch(dataset="memories", seq=1, records=records)
+    data = encode_frame(frame)
+    assert len(data) > 33 * 2**20  # past the sealed mode's 33 MiB cap
+    r.peer.send(data.decode("utf-8"))
+    received = r.listener.next(timeout=30)
+    assert isinstance(received, FrameReceived) and received.frame.records == records
