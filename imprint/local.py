@@ -91,13 +91,16 @@ class LocalActors:
         s = self.settings
         # What an interrupted sync left in the receive spool is stored before the
         # command runs, by any command that opens the store (so export, search…
-        # see it); that may need the model and both stores.
+        # see it): all of it when the command opens the memory store (which may
+        # need the model and the fact store too), the facts alone for a facts command.
         pending = Pending() if self.read_only else read_pending(spool_path(s.workspace_dir))
+        if not self.memories:
+            pending = Pending(facts=pending.facts) if self.facts else Pending()
         if self.embedder or pending.memories:
             self.refs["embedder"] = Embedder.start(model_name=s.model)
             ask(self.refs["embedder"], Ping(), timeout=START_TIMEOUT)
             self.model = ask(self.refs["embedder"], DescribeModel())
-        if self.memories or pending.total:
+        if self.memories:
             self.refs["memory_store"] = MemoryStore.start(
                 collection=s.collection,
                 path=s.qdrant_path,
@@ -108,11 +111,11 @@ class LocalActors:
         if self.facts or pending.total:
             self.refs["fact_store"] = FactStore.start(path=s.facts_path, read_only=self.read_only)
             ask(self.refs["fact_store"], Ping(), timeout=START_TIMEOUT)
-        if "memory_store" in self.refs and "fact_store" in self.refs and not self.read_only:
+        if "fact_store" in self.refs and not self.read_only and (self.memories or pending.total):
             # The spool's store stage: it stores what sessions receive, and first what is left.
             self.refs["storer"] = Storer.start(
                 spool_path=spool_path(s.workspace_dir),
-                memory_store=self.refs["memory_store"],
+                memory_store=self.refs.get("memory_store"),
                 fact_store=self.refs["fact_store"],
                 embedder=self.refs.get("embedder"),
             )

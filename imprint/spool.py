@@ -188,9 +188,12 @@ class Spool:
 
     # ---------------------------------------------------------------- store side
 
-    def next_batch(self) -> SpooledBatch | None:
-        """The oldest batch waiting to be stored, or None."""
-        row = self._read("SELECT id, stream, dataset, body FROM batches ORDER BY id LIMIT 1").fetchone()
+    def next_batch(self, datasets: tuple[Dataset, ...] = ("memories", "facts")) -> SpooledBatch | None:
+        """The oldest batch of `datasets` waiting to be stored, or None."""
+        marks = ",".join("?" * len(datasets))
+        row = self._read(
+            f"SELECT id, stream, dataset, body FROM batches WHERE dataset IN ({marks}) ORDER BY id LIMIT 1", datasets
+        ).fetchone()
         if row is None:
             return None
         batch_id, stream, dataset, body = row
@@ -202,7 +205,7 @@ class Spool:
 
             logger.error("dropping unreadable spool batch {} ({}): {}", batch_id, dataset, exc)
             self.remove(batch_id)
-            return self.next_batch()
+            return self.next_batch(datasets)
         return SpooledBatch(id=batch_id, stream=stream, dataset=dataset, records=records)
 
     def remove(self, batch_id: int) -> None:

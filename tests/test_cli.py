@@ -404,9 +404,9 @@ def test_status_loads_no_model_and_changes_nothing(corpus: tuple[Path, Path, Any
     assert f"memories  " in proc.stdout.replace("memories      ", "memories  ") and str(CORPUS_SIZE) in proc.stdout
     assert _tree(data_dir) == before, "status wrote to the data dir"
     # Another workspace: reported empty, and not created.
-    [other] = json_objects(ok(imprint_cli(data_dir, "--workspace", "other", "status", "--json")).stdout)
+    [other] = json_objects(ok(imprint_cli(data_dir, "--workspace", "status-only", "status", "--json")).stdout)
     assert (other["workspace_exists"], other["memories"], other["facts_active"]) == (False, 0, 0)
-    assert not (data_dir / "workspaces" / "other").exists()
+    assert not (data_dir / "workspaces" / "status-only").exists()
     assert _tree(data_dir) == before
     # A data dir that does not exist stays that way.
     [fresh] = json_objects(ok(imprint_cli(tmp_path / "nothing-here", "status", "--json")).stdout)

@@ -51,7 +51,8 @@ class Storer(ImprintActor):
 
     Args:
         spool_path: the workspace's spool.
-        memory_store, fact_store: where records go.
+        memory_store, fact_store: where records go. Without a memory store,
+            only fact batches are stored (a facts-only command).
         embedder: embeds new memory texts; may be None when no memory batch waits.
     """
 
@@ -61,6 +62,7 @@ class Storer(ImprintActor):
         self.memory_store = memory_store
         self.fact_store = fact_store
         self.embedder = embedder
+        self.datasets: tuple[Any, ...] = ("memories", "facts") if memory_store is not None else ("facts",)
         self._spool: Spool | None = None
         self._watchers: dict[str, Any] = {}
         self._busy = False
@@ -116,7 +118,7 @@ class Storer(ImprintActor):
 
     def _work(self) -> None:
         if self._current is None:
-            batch = self._spool.next_batch()
+            batch = self._spool.next_batch(self.datasets)
             if batch is None:
                 self._idle()
                 return
