@@ -76,9 +76,18 @@ class Settings:
         return self.data_dir / "logs"
 
     def prepare(self) -> "Settings":
-        """Create the data dir and workspace dir; fail clearly if not writable."""
+        """Create the data dir (0700) and workspace dir; fail clearly if not writable.
+
+        Memories, facts, logs and the trust list are nobody else's business:
+        the data dir is made private, and files in it are created 0600 (the
+        command runs with umask 077).
+        """
         validate_workspace(self.workspace)
         try:
+            fresh = not self.data_dir.exists()
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if fresh or (self.data_dir.stat().st_mode & 0o077):
+                os.chmod(self.data_dir, 0o700)  # one made by an older imprint (0755 under umask 022)
             self.workspace_dir.mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             # mkdir succeeds on an existing read-only dir; prove we can write.

@@ -61,8 +61,9 @@ class StoreError(ImprintError):
 class SyncError(ImprintError):
     """A sync session ended before both sides merged.
 
-    Only whole batches were stored; running the same sync again completes it
-    without duplicates.
+    What was received is kept in the receive spool and stored (a batch whole,
+    or not yet) by the next command that opens the store; running the same
+    sync again completes it without duplicates.
     """
 
 

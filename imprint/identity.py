@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,33 +60,57 @@ class DeviceIdentity:
         return self.signing_key.sign(message).signature
 
 
+_identity_lock = threading.Lock()
+
+
 def load_identity(data_dir: Path) -> DeviceIdentity:
-    """Load this device's key, creating key and `device_id.txt` on first use."""
+    """Load this device's key, creating key and `device_id.txt` on first use.
+
+    Safe to call from several threads or processes at once: the key is created
+    with O_EXCL, and whoever loses that race reads the winner's key.
+    """
     key_path = data_dir / KEY_FILE
     id_path = data_dir / ID_FILE
-    try:
-        if key_path.exists():
-            seed = key_path.read_bytes()
-            if len(seed) != 32:
-                raise ConfigError(f"{key_path} is corrupt (expected 32 bytes); move it away to create a new identity")
-            identity = DeviceIdentity(SigningKey(seed))
-        else:
-            identity = DeviceIdentity(SigningKey.generate())
-            data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(bytes(identity.signing_key))
-            logger.info("created device key {} (fingerprint {})", key_path, identity.fingerprint)
-        recorded = id_path.read_text().strip() if id_path.exists() else ""
-        if recorded != identity.fingerprint:
-            if recorded:
-                logger.warning("device_id.txt said {}; rewriting it from the device key", recorded)
-            tmp = id_path.with_suffix(".tmp")
-            tmp.write_text(identity.fingerprint + "\n")
-            tmp.replace(id_path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read or create the device identity in {data_dir}: {exc.strerror or exc}") from None
+    with _identity_lock:
+        try:
+            identity = _read_key(key_path)
+            if identity is None:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                identity = DeviceIdentity(SigningKey.generate())
+                # Written whole under a private name, then linked into place: a reader
+                # never sees half a key, and link() fails if another process won.
+                tmp = key_path.with_name(f"{KEY_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(bytes(identity.signing_key))
+                try:
+                    os.link(tmp, key_path)
+                except FileExistsError:
+                    identity = _read_key(key_path) or identity  # another process made it first
+                else:
+                    logger.info("created device key {} (fingerprint {})", key_path, identity.fingerprint)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            recorded = id_path.read_text().strip() if id_path.exists() else ""
+            if recorded != identity.fingerprint:
+                if recorded:
+                    logger.warning("device_id.txt said {}; rewriting it from the device key", recorded)
+                tmp = id_path.with_name(f"{ID_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(identity.fingerprint + "\n")
+                tmp.replace(id_path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read or create the device identity in {data_dir}: {exc.strerror or exc}") from None
     return identity
+
+
+def _read_key(key_path: Path) -> DeviceIdentity | None:
+    try:
+        seed = key_path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(seed) != 32:
+        raise ConfigError(f"{key_path} is corrupt (expected 32 bytes); move it away to create a new identity")
+    return DeviceIdentity(SigningKey(seed))
 
 
 def read_fingerprint(data_dir: Path) -> str | None:

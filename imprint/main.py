@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     out = Output(json_mode=bool(args.json))
+    # Everything imprint creates (stores, spool, logs, keys, trust list) is for this user only.
+    os.umask(0o077)
     from imprint.logs import setup_logging
 
     setup_logging(verbose=bool(args.verbose), log_dir=None)

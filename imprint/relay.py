@@ -59,20 +59,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from contextlib import suppress
 import errno
+import gc
 import json
 import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, PayloadTooBig
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -87,6 +91,7 @@ __all__ = [
     "CLOSE_SHUTTING_DOWN",
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_MANY_HELD",
+    "CLOSE_TOO_MANY_ROOMS",
     "DEFAULT_PORT",
     "ROLES",
     "FrameHook",
@@ -100,6 +105,19 @@ DEFAULT_PORT = 8430
 #: vectors in a batch and cap nothing (10-80 MB frames occur); our plaintext
 #: mode accepts up to 256 MiB, and a frame's envelope needs a little more.
 MAX_FRAME_BYTES = 256 * 1024 * 1024 + 64 * 1024
+#: Until a room has both sides, a side may only send frames this big: the
+#: first frames of every mode (PAKE, HELLO) are well under 4 KiB, and a
+#: client alone in a room has no business sending more.
+SMALL_FRAME_BYTES = 16 * 1024
+#: Everything the relay holds or has in flight at once, across all rooms.
+DEFAULT_BUDGET_BYTES = 512 * 1024 * 1024
+#: A big frame costs about this many copies of itself while it is read (the
+#: reader's buffer, its slice, the unmasked copy) and forwarded.
+READ_COPIES = 2
+#: Per client address: rooms it may have open, new connections per second (burst).
+DEFAULT_ROOMS_PER_ADDRESS = 16
+DEFAULT_CONNECTIONS_PER_SECOND = 10.0
+CONNECTION_BURST = 30
 #: Keepalive: ping every PING_INTERVAL s, drop a peer silent for PING_TIMEOUT s.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 300.0
@@ -114,6 +132,7 @@ CLOSE_RELAY_FULL = 1013
 CLOSE_ROLE_TAKEN = 4409
 CLOSE_ROOM_EXPIRED = 4410
 CLOSE_TOO_MANY_HELD = 4413
+CLOSE_TOO_MANY_ROOMS = 4429
 
 FrameHook = Callable[[str, str, str | bytes], list[str | bytes]]
 """``frame_hook(room, sender_role, frame)`` returns the frames to forward instead."""
@@ -162,6 +181,146 @@ def _close_reason(text: str) -> str:
     return data[:_MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
+class MemoryBudget:
+    """The bytes of frames the relay may hold at once, across every room: being
+    read, held for a side that has not joined, or being forwarded.
+
+    Single-threaded (the relay's event loop); a reservation that does not fit
+    is refused, never waited for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    @property
+    def free(self) -> int:
+        return self.limit - self.used
+
+    def reserve(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+class BudgetExceeded(PayloadTooBig):
+    """A frame that does not fit in what is left of the relay's memory budget.
+
+    websockets closes the sender with 1009 and this text as the reason; the
+    other rooms go on.
+    """
+
+    def __init__(self, size: int, free: int) -> None:
+        super().__init__(size, max(0, free))
+        self.wanted, self.free_bytes = size, free
+
+    def __str__(self) -> str:
+        return f"relay busy: no memory for a {self.wanted:,}-byte frame now; try again later"
+
+
+class _Meter:
+    """Charges one connection's big frames to the budget before websockets reads them.
+
+    websockets reads a frame's payload with ``reader.read_exact(length)`` once
+    its header is parsed; reserving there refuses an over-budget frame at its
+    header, before its bytes are buffered. What the handler later receives
+    claims from this connection's reservations and gives them back once the
+    frame is forwarded or dropped.
+    """
+
+    def __init__(self, budget: MemoryBudget, connection: ServerConnection) -> None:
+        self.budget = budget
+        self.unclaimed = 0
+        reader = connection.protocol.reader
+        original = reader.read_exact
+
+        def read_exact(n: int) -> Any:
+            if n >= SMALL_FRAME_BYTES:
+                cost = n * READ_COPIES
+                if not budget.reserve(cost):
+                    raise BudgetExceeded(n, budget.free // READ_COPIES)
+                self.unclaimed += cost
+            return (yield from original(n))
+
+        reader.read_exact = read_exact
+
+    def claim(self, size: int) -> int:
+        """The reservation a received frame (or fragment) of `size` bytes carries away."""
+        claimed = min(self.unclaimed, size * READ_COPIES) if size >= SMALL_FRAME_BYTES // 2 else 0
+        self.unclaimed -= claimed
+        return claimed
+
+    def close(self) -> None:
+        self.budget.release(self.unclaimed)
+        self.unclaimed = 0
+
+
+class _AddressLimits:
+    """New connections per second and open rooms, per client address."""
+
+    def __init__(self, *, rate: float, burst: int, rooms: int) -> None:
+        self.rate, self.burst, self.rooms = rate, burst, rooms
+        self._tokens: dict[str, tuple[float, float]] = {}
+        self.open_rooms: collections.Counter[str] = collections.Counter()
+
+    def connection_allowed(self, address: str) -> bool:
+        now = time.monotonic()
+        tokens, at = self._tokens.get(address, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if len(self._tokens) > 10_000:  # forget idle addresses
+            self._tokens = {a: v for a, v in self._tokens.items() if now - v[1] < 60}
+        if tokens < 1.0:
+            self._tokens[address] = (tokens, now)
+            return False
+        self._tokens[address] = (tokens - 1.0, now)
+        return True
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise: a relay that once
+    held 1 GB of frames kept 2 GB after its abusers left)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+def _scrub(ws: ServerConnection) -> None:
+    """Let go of whatever a finished connection still buffers (a frame half read when
+    it aborted, frames queued for nobody) now, not when the garbage collector finds
+    the connection's reference cycles: until then a budget already given back
+    would still be in use."""
+    with suppress(Exception):
+        ws.protocol.reader.buffer.clear()
+    with suppress(Exception):
+        ws.recv_messages.frames.queue.clear()
+
+
+def _set_frame_cap(ws: ServerConnection, limit: int) -> None:
+    """The largest message `ws` may send from its next frame on (websockets reads it per frame)."""
+    ws.protocol.max_message_size = limit
+
+
+def _address(ws: ServerConnection) -> str:
+    remote = ws.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else "?"
+
+
 class _Refusal(Exception):
     """Ends one connection with a close code; raised inside the relay only."""
 
@@ -183,9 +342,10 @@ class _Room:
     room_id: str
     created: float = field(default_factory=time.monotonic)
     sides: dict[str, ServerConnection] = field(default_factory=dict)
-    held: dict[str, collections.deque[tuple[str | bytes, int]]] = field(
+    held: dict[str, collections.deque[tuple[str | bytes, int, int]]] = field(
         default_factory=lambda: {role: collections.deque() for role in ROLES}
     )
+    owner: str = ""
     held_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     locks: dict[str, asyncio.Lock] = field(
         default_factory=lambda: {role: asyncio.Lock() for role in ROLES}
@@ -210,6 +370,15 @@ class RelayServer:
         max_pending_frames: Frames held per room and direction while the
             other role has not joined yet.
         max_pending_bytes: Bytes held per room and direction, likewise.
+        budget_bytes: Bytes of frames held or in flight across all rooms.
+        max_rooms_per_address: Rooms one client address may have open.
+        connections_per_second: New connections one client address may open
+            per second (with a burst of CONNECTION_BURST).
+        rooms: When given, the only room ids admitted (`serve`'s built-in
+            relay admits its own room and no other).
+        max_connections: Connections open at once (default: two per room).
+        connection_burst: New connections one address may open at once
+            before `connections_per_second` applies.
         frame_hook: Called as ``frame_hook(room, sender_role, frame)`` for
             every frame received; the frames it returns are forwarded instead
             (an empty list drops the frame). ``None`` forwards unchanged.
@@ -228,6 +397,12 @@ class RelayServer:
         max_pending_frames: int = 64,
         max_pending_bytes: int = 64 * 1024 * 1024,
         frame_hook: FrameHook | None = None,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        max_rooms_per_address: int = DEFAULT_ROOMS_PER_ADDRESS,
+        connections_per_second: float = DEFAULT_CONNECTIONS_PER_SECOND,
+        rooms: frozenset[str] | set[str] | None = None,
+        max_connections: int | None = None,
+        connection_burst: int = CONNECTION_BURST,
     ) -> None:
         for name, value in (
             ("room_ttl", room_ttl),
@@ -235,6 +410,9 @@ class RelayServer:
             ("max_frame_bytes", max_frame_bytes),
             ("max_pending_frames", max_pending_frames),
             ("max_pending_bytes", max_pending_bytes),
+            ("budget_bytes", budget_bytes),
+            ("max_rooms_per_address", max_rooms_per_address),
+            ("connections_per_second", connections_per_second),
         ):
             if value <= 0:
                 raise ConfigError(f"relay {name} must be positive, not {value}")
@@ -248,6 +426,12 @@ class RelayServer:
         self.max_pending_frames = max_pending_frames
         self.max_pending_bytes = max_pending_bytes
         self.frame_hook = frame_hook
+        self.budget = MemoryBudget(budget_bytes)
+        self.allowed_rooms = frozenset(rooms) if rooms is not None else None
+        self._limits = _AddressLimits(rate=connections_per_second, burst=connection_burst, rooms=max_rooms_per_address)
+        self.max_connections = max_connections or 2 * max_rooms
+        self._meters: weakref.WeakKeyDictionary[ServerConnection, _Meter] = weakref.WeakKeyDictionary()
+        self._trimmed_at = 0.0
         self.url = ""
         # How long a leaver's frames may take to reach the peer before the
         # peer is closed anyway; also websockets' closing-handshake timeout.
@@ -365,10 +549,12 @@ class RelayServer:
                     self.host,
                     self.port,
                     process_request=self._process_request,
-                    max_size=self.max_frame_bytes,
-                    # Frames buffered per connection before reading pauses;
-                    # with 64 MiB frames the default of 16 is too generous.
-                    max_queue=4,
+                    # Every connection starts with small frames only; a room with
+                    # both sides raises its sides' cap to max_frame_bytes.
+                    max_size=min(SMALL_FRAME_BYTES, self.max_frame_bytes),
+                    # Frames buffered per connection before reading pauses: one.
+                    # The budget, not websockets' queue, decides what is held.
+                    max_queue=1,
                     # Peers encrypt end to end: nothing to gain from deflate.
                     compression=None,
                     # A pong queues behind the data frames ahead of it: while a slow
@@ -431,10 +617,21 @@ class RelayServer:
             response.headers["Content-Type"] = "application/json"
             return response
         try:
-            parse_target(request.path)
+            room_id, _ = parse_target(request.path)
         except ValueError as exc:
             logger.debug("relay refused {}: {}", request.path[:100], exc)
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        if self.allowed_rooms is not None and room_id not in self.allowed_rooms:
+            return connection.respond(HTTPStatus.NOT_FOUND, "no such room on this relay\n")
+        address = _address(connection)
+        if len(self._meters) >= self.max_connections:
+            logger.warning("relay full: {} connections", len(self._meters))
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "relay full; try again later\n")
+        if not self._limits.connection_allowed(address):
+            logger.warning("relay: too many connections from {}", address)
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      "too many new connections from your address; slow down\n")
+        self._meters[connection] = _Meter(self.budget, connection)
         return None
 
     # ------------------------------------------------------------- connection
@@ -442,14 +639,32 @@ class RelayServer:
     async def _handle(self, ws: ServerConnection) -> None:
         """Serve one upgraded connection from join to leave."""
         assert ws.request is not None  # set by the opening handshake
+        meter = self._meters.get(ws) or _Meter(self.budget, ws)
+        try:
+            await self._serve_connection(ws, meter)
+        finally:
+            _scrub(ws)
+            meter.close()
+            self._meters.pop(ws, None)
+            self._maybe_trim()
+
+    async def _serve_connection(self, ws: ServerConnection, meter: _Meter) -> None:
         room_id, role = parse_target(ws.request.path)
+        address = _address(ws)
         room = self._rooms.get(room_id)
         if room is None:
             if len(self._rooms) >= self.max_rooms:
                 logger.warning("relay full ({} rooms): refused {} of room {}", len(self._rooms), role, room_id)
                 await ws.close(CLOSE_RELAY_FULL, "relay full")
                 return
-            room = self._open_room(room_id)
+            if self._limits.open_rooms[address] >= self._limits.rooms:
+                logger.warning("relay: {} already has {} rooms open; refused room {}", address,
+                               self._limits.open_rooms[address], room_id)
+                await ws.close(CLOSE_TOO_MANY_ROOMS,
+                               _close_reason(f"too many rooms open from your address ({self._limits.rooms}); "
+                                             "close some or try later"))
+                return
+            room = self._open_room(room_id, owner=address)
         elif role in room.sides:
             logger.warning("room {}: refused a second {}", room_id, role)
             await ws.close(CLOSE_ROLE_TAKEN, _close_reason(f"a {role} is already connected to room {room_id}"))
@@ -458,10 +673,13 @@ class RelayServer:
         # frames held for this role go out before any sent after it joined.
         room.sides[role] = ws
         logger.info("room {}: {} joined ({} of 2)", room_id, role, len(room.sides))
+        if len(room.sides) == 2:
+            # A sync can begin: its frames may now be big (Imprint's own clients send 10-80 MB).
+            for side in room.sides.values():
+                _set_frame_cap(side, self.max_frame_bytes)
         try:
             await self._deliver_held(room, to_role=role, ws=ws)
-            async for frame in ws:
-                await self._forward(room, role, frame)
+            await self._relay_messages(room, role, ws, meter)
         except _Refusal as refusal:
             logger.warning("room {}: closing {}: {}", room_id, role, refusal.reason)
             # Forget the room first, so it is gone by the time the client
@@ -470,16 +688,85 @@ class RelayServer:
             # Tell the peer now rather than after this client's closing
             # handshake, which a client that never closes its socket drags
             # out to close_timeout.
-            await asyncio.gather(ws.close(refusal.code, refusal.reason), self._close_peer(room, role))
+            await asyncio.gather(self._close_now(ws, refusal.code, refusal.reason), self._close_peer(room, role))
         except ConnectionClosed as exc:
-            # Our own side failed (e.g. 1009 frame too big, or keepalive).
+            # Our own side failed (e.g. 1009 frame too big or over budget, or keepalive).
             logger.info("room {}: {} connection lost: {}", room_id, role, exc)
         finally:
             await self._leave(room, role)
 
-    def _open_room(self, room_id: str) -> _Room:
-        room = _Room(room_id)
+    async def _relay_messages(self, room: _Room, role: str, ws: ServerConnection, meter: _Meter) -> None:
+        """Forward every message of `role`; a fragmented one fragment by fragment.
+
+        websockets reads an unfragmented frame whole before handing it over, so
+        such a frame is held whole (and budgeted); a fragmented message streams
+        through, holding one fragment at a time.
+        """
+        while True:
+            fragments = ws.recv_streaming()
+            try:
+                first = await anext(fragments)
+            except StopAsyncIteration:
+                continue
+            claims = [meter.claim(_frame_size(first))]
+            try:
+                second = await anext(fragments)
+            except StopAsyncIteration:
+                await self._forward(room, role, first, claims[0])
+                continue
+            claims.append(meter.claim(_frame_size(second)))
+            await self._forward_fragments(room, role, first, second, fragments, claims, meter)
+
+    async def _forward_fragments(self, room: _Room, sender: str, first: str | bytes, second: str | bytes,
+                                 rest: Any, claims: list[int], meter: _Meter) -> None:
+        receiver = _other(sender)
+        peer = room.sides.get(receiver)
+        if peer is None or room.held[sender] or self.frame_hook is not None or room.closed:
+            # Nobody to stream to yet (or a test hook that wants whole frames): gather
+            # it. Before the room has both sides a message is small (SMALL_FRAME_BYTES).
+            parts = [first, second]
+            async for fragment in rest:
+                claims.append(meter.claim(_frame_size(fragment)))
+                parts.append(fragment)
+            whole: str | bytes = "".join(parts) if isinstance(first, str) else b"".join(parts)  # type: ignore[arg-type]
+            await self._forward(room, sender, whole, sum(claims))
+            return
+
+        async def stream() -> Any:
+            yield first
+            self.budget.release(claims.pop(0))
+            yield second
+            self.budget.release(claims.pop(0))
+            async for fragment in rest:
+                claim = meter.claim(_frame_size(fragment))
+                try:
+                    yield fragment
+                finally:
+                    self.budget.release(claim)
+
+        async with room.locks[sender]:
+            try:
+                await peer.send(stream())
+            except ConnectionClosed:
+                pass  # the peer left; its handler closes this side
+            finally:
+                for claim in claims:
+                    self.budget.release(claim)
+
+    @staticmethod
+    async def _close_now(ws: ServerConnection, code: int, reason: str) -> None:
+        """Close promptly: the close frame goes out now, and the socket follows
+        after a short wait for the client's answer (not close_timeout)."""
+        try:
+            async with asyncio.timeout(2):
+                await ws.close(code, reason)
+        except TimeoutError:
+            ws.transport.abort()
+
+    def _open_room(self, room_id: str, *, owner: str = "") -> _Room:
+        room = _Room(room_id, owner=owner)
         self._rooms[room_id] = room
+        self._limits.open_rooms[owner] += 1
         assert self._loop is not None
         room.expiry = self._loop.call_later(self.room_ttl, self._expire, room)
         logger.info("room {} opened ({} rooms)", room_id, len(self._rooms))
@@ -493,26 +780,37 @@ class RelayServer:
             if held:
                 logger.debug("room {}: delivering {} held frames to {}", room.room_id, len(held), to_role)
             while held:
-                frame, size = held.popleft()
+                frame, size, claim = held.popleft()
                 room.held_bytes[sender] -= size
-                await ws.send(frame)
+                try:
+                    await ws.send(frame)
+                finally:
+                    self.budget.release(claim)
 
-    async def _forward(self, room: _Room, sender: str, frame: str | bytes) -> None:
-        """Forward one received frame to the peer, or hold it until it joins."""
+    async def _forward(self, room: _Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
+        """Forward one received frame to the peer, or hold it until it joins.
+
+        `claim` is the frame's share of the memory budget; it goes back when
+        the frame has left (or is dropped), or travels with it when held.
+        """
         frames = self._apply_hook(room, sender, frame)
         receiver = _other(sender)
         async with room.locks[sender]:
-            for item in frames:
-                if room.closed:
-                    return
-                peer = room.sides.get(receiver)
-                if peer is None or room.held[sender]:
-                    self._hold(room, sender, item)
-                    continue
-                try:
-                    await peer.send(item)
-                except ConnectionClosed:
-                    return  # the peer left; its handler closes this side
+            try:
+                for item in frames:
+                    if room.closed:
+                        return
+                    peer = room.sides.get(receiver)
+                    if peer is None or room.held[sender]:
+                        self._hold(room, sender, item, claim)
+                        claim = 0
+                        continue
+                    try:
+                        await peer.send(item)
+                    except ConnectionClosed:
+                        return  # the peer left; its handler closes this side
+            finally:
+                self.budget.release(claim)
 
     def _apply_hook(self, room: _Room, sender: str, frame: str | bytes) -> list[str | bytes]:
         if self.frame_hook is None:
@@ -527,7 +825,7 @@ class RelayServer:
             raise _Refusal(CLOSE_RELAY_ERROR, "relay error")
         return frames
 
-    def _hold(self, room: _Room, sender: str, frame: str | bytes) -> None:
+    def _hold(self, room: _Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
         held = room.held[sender]
         size = _frame_size(frame)
         if len(held) + 1 > self.max_pending_frames or room.held_bytes[sender] + size > self.max_pending_bytes:
@@ -538,7 +836,7 @@ class RelayServer:
             )
         if not held:
             logger.debug("room {}: holding frames from {} until the {} joins", room.room_id, sender, _other(sender))
-        held.append((frame, size))
+        held.append((frame, size, claim))
         room.held_bytes[sender] += size
 
     async def _leave(self, room: _Room, role: str) -> None:
@@ -563,6 +861,14 @@ class RelayServer:
             logger.warning("room {}: gave up delivering the {}'s last frames", room.room_id, role)
         await peer.close(CLOSE_PEER_DISCONNECTED, "peer disconnected")
 
+    def _maybe_trim(self) -> None:
+        """Give freed memory back to the OS once the relay holds little (at most once a second)."""
+        now = time.monotonic()
+        if self.budget.used < 4 * SMALL_FRAME_BYTES and now - self._trimmed_at > 1.0:
+            self._trimmed_at = now
+            gc.collect()  # finished connections sit in reference cycles
+            _release_memory()
+
     def _expire(self, room: _Room) -> None:
         if room.closed:
             return
@@ -581,17 +887,24 @@ class RelayServer:
             room.expiry.cancel()
         # Frames held for a side that is present are still being delivered
         # (see _close_peer); those held for a side that never came are lost.
+        if room.owner:  # once per room: the owner is cleared below
+            self._limits.open_rooms[room.owner] -= 1
+            if self._limits.open_rooms[room.owner] <= 0:
+                del self._limits.open_rooms[room.owner]
+            room.owner = ""
         dropped = 0
         for sender, frames in room.held.items():
             if _other(sender) not in room.sides:
                 dropped += len(frames)
+                for _, _, claim in frames:
+                    self.budget.release(claim)
                 frames.clear()
         logger.info(
             "room {} closed: {} ({} held frames dropped, {} rooms left)", room.room_id, why, dropped, len(self._rooms)
         )
 
 
-def run_relay(*, host: str, port: int) -> int:
+def run_relay(*, host: str, port: int, **limits: Any) -> int:
     """Run a relay in the foreground until Ctrl-C or SIGTERM.
 
     Prints ``relay listening on ws://HOST:PORT`` to stderr once bound.
@@ -599,6 +912,7 @@ def run_relay(*, host: str, port: int) -> int:
     Args:
         host: Interface to listen on.
         port: TCP port to listen on.
+        limits: RelayServer's limits (budget_bytes, max_rooms, max_rooms_per_address…).
 
     Returns:
         The process exit code: 0 after a clean stop, 1 if the port cannot
@@ -606,7 +920,7 @@ def run_relay(*, host: str, port: int) -> int:
     """
     import signal
 
-    relay = RelayServer(host=host, port=port)
+    relay = RelayServer(host=host, port=port, **limits)
 
     def on_ready(_port: int) -> None:
         print(f"relay listening on {relay.url}", file=sys.stderr, flush=True)

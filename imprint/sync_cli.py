@@ -11,7 +11,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from imprint.cli_output import Output, note
+from imprint.cli_output import Output, note, say
+from imprint.text import clip
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
 
@@ -37,24 +38,25 @@ class HumanReporter:
         if kind == "progress":
             self._progress(event)
         elif kind == "room":
-            print(f"{p}On the other machine, run:\n\n    imprint sync {event['target']} --pin {event['pin']}\n", flush=True)
-            print(f"{p}This device: {event['hostname']} (id: {event['fingerprint']})", flush=True)
+            say(f"{p}On the other machine, run:\n\n    imprint sync {event['target']} --pin {event['pin']}\n")
+            say(f"{p}This device: {clip(event['hostname'], 64)} (id: {event['fingerprint']})")
             if event.get("mode") == "plaintext":
                 note(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
             note(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
         elif kind == "waiting":
             note(f"{p}{event['message']}")
         elif kind == "auto_accepted":
-            note(f"{p}Trusted device {event['hostname']} ({event['fingerprint']}) accepted")
+            note(f"{p}Trusted device {clip(event['hostname'], 64)} ({clip(event['fingerprint'], 16)}) accepted")
         elif kind == "approval_required":
             pass  # the prompt itself shows the peer
         elif kind == "peer_connected":
-            who = f"{event.get('hostname', '?')} ({event.get('fingerprint', '?')})" if "hostname" in event else "the provider"
+            who = (f"{clip(event['hostname'], 64)} ({clip(event.get('fingerprint', '?'), 16)})" if "hostname" in event
+                   else "the other machine")
             verify = f"; verification code {event['verification']}" if event.get("verification") else ""
             note(f"{p}Connected to {who}, {event['mode']}{verify}")
         elif kind == "stats":
             self.close()
-            print(p + format_stats(event).replace("\n", "\n" + p), flush=True)
+            say(p + format_stats(event).replace("\n", "\n" + p))
 
     def _progress(self, event: dict[str, Any]) -> None:
         from tqdm import tqdm
@@ -183,7 +185,9 @@ def run_serve(
             connect_base = base
         else:
             host_part, port = parse_listen(listen)
-            server = RelayServer(host=host_part, port=port)
+            # Only this serve's room: the port is open to the LAN while serve waits,
+            # and nobody else may park rooms (or memory) in this process.
+            server = RelayServer(host=host_part, port=port, rooms={room})
             port = server.start_in_thread()
             public_host = lan_address() if host_part in ("", "0.0.0.0") else host_part
             base = f"ws://{public_host}:{port}"
@@ -225,10 +229,12 @@ def run_join(
     local: Any = None,
     on_session: Callable[[Any], None] | None = None,
     spool_max_bytes: int | None = None,
+    confirm: Callable[[Any, str], str] | None = None,
 ) -> dict[str, Any]:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
-    `local`: as for :func:`run_serve`.
+    `local`: as for :func:`run_serve`. `confirm(peer, verification)`: asked once
+    connected, before any record moves; anything but "accept" stops the join.
     """
     from imprint.sync.addresses import default_relay, parse_target
     from imprint.sync.session import ConsumerSession, SessionConfig
@@ -241,7 +247,7 @@ def run_join(
             config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
                                  batch_size=batch_size, idle_timeout=idle_timeout,
                                  **_spool_options(settings, spool_max_bytes)),
-            local=local, identity=identity, host=host, report=report,
+            local=local, identity=identity, host=host, report=report, confirm=confirm,
         )
         if on_session is not None:
             on_session(session)
@@ -286,7 +292,10 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from imprint.relay import run_relay
 
-    return run_relay(host=args.host, port=args.port)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port must be between 0 and 65535")
+    return run_relay(host=args.host, port=args.port, budget_bytes=args.budget, max_rooms=args.max_rooms,
+                     max_rooms_per_address=args.rooms_per_address)
 
 
 def cmd_trust_list(args: argparse.Namespace, settings: Settings, out: Output) -> int:
@@ -296,9 +305,13 @@ def cmd_trust_list(args: argparse.Namespace, settings: Settings, out: Output) ->
     if not devices:
         out.line("no trusted devices")
     for d in devices:
-        added = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.added)) if d.added else "?"
+        try:
+            added = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.added)) if d.added else "?"
+        except (OverflowError, ValueError, OSError):
+            added = "?"  # a hand-edited file
         out.result({"fingerprint": d.fingerprint, "hostname": d.hostname, "added": d.added, "public_key": d.public_key},
-                   f"{d.fingerprint}  {d.hostname:<24} added {added}{'' if d.public_key else '  (no key: plaintext peer)'}")
+                   f"{clip(d.fingerprint, 16)}  {clip(d.hostname, 64):<24} added {added}"
+                   f"{'' if d.public_key else '  (no key: plaintext peer)'}")
     return 0
 
 
@@ -477,9 +490,17 @@ def add_sync_commands(sub: Any, common: argparse.ArgumentParser, command: Callab
     _serve_options(p)
     _sync_options(p)
 
-    p = command("relay", cmd_relay, "run a relay server (stateless forwarder between peers)")
+    p = command("relay", cmd_relay, "run a relay server (stateless forwarder between peers)",
+                description="Forward frames between the two sides of each room; never reads them. Everything it "
+                            "holds at once (frames held, read, in flight) stays within --budget; a client that "
+                            "would pass it is refused with close 1009, the others go on.")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8430, help="port (default 8430)")
+    p.add_argument("--budget", type=_size, default=512 * 1024 * 1024, metavar="SIZE",
+                   help="memory for frames across all rooms, e.g. 1G (default 512M)")
+    p.add_argument("--max-rooms", type=int, default=1000, metavar="N", help="rooms open at once (default 1000)")
+    p.add_argument("--rooms-per-address", type=int, default=16, metavar="N",
+                   help="rooms one client address may have open (default 16)")
     p.set_defaults(no_data_dir=True)
 
     trust = command("trust", _trust_usage, "list or remove trusted devices")

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -32,6 +33,8 @@ from imprint.relay import (
     CLOSE_ROOM_EXPIRED,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_HELD,
+    CLOSE_TOO_MANY_ROOMS,
+    SMALL_FRAME_BYTES,
     RelayServer,
     parse_target,
     run_relay,
@@ -290,9 +293,9 @@ def test_held_frames_arrive_before_peer_disconnected(make_relay, connect) -> Non
     gate = FrameGate()
     relay = make_relay(frame_hook=gate)
     provider = connect(relay, "early", "provider")
-    # Far more than socket buffers hold: the relay is still draining them
-    # into the consumer (which reads nothing yet) when the provider leaves.
-    frames = [os.urandom(1024 * 1024) for _ in range(16)]
+    # As many as may be held (frames before the peer joins are small): the relay
+    # is still draining them into the consumer when the provider leaves.
+    frames = [os.urandom(SMALL_FRAME_BYTES) for _ in range(60)]
     for frame in frames:
         provider.send_binary(frame)
     gate.wait_for(len(frames))
@@ -428,11 +431,101 @@ def test_overflowing_the_held_frames_closes_sender_4413(make_relay, connect, fra
         else:
             provider.send(frame)
 
+    sent = time.monotonic()
     code, reason, _ = wait_closed(provider)
+    assert time.monotonic() - sent < 2.0  # at once, not after the 10 s close timeout
     assert code == CLOSE_TOO_MANY_HELD
     assert "held before the consumer joined" in reason
     assert limit in reason
     assert relay.room_count == 0
+
+
+# ---------------------------------------------------------- memory and abuse
+
+
+def test_a_side_alone_may_only_send_small_frames(make_relay, connect) -> None:
+    """10 rooms each holding one 64 MiB frame took a relay from 46 to 686 MiB."""
+    relay = make_relay()
+    provider = connect(relay, "alone", "provider")
+    provider.send_binary(b"x" * (SMALL_FRAME_BYTES + 1))
+    code, reason, _ = wait_closed(provider)
+    assert code == CLOSE_TOO_BIG and str(SMALL_FRAME_BYTES) in reason
+    assert relay.budget.used == 0
+
+
+def test_a_frame_over_the_memory_budget_is_refused_and_others_go_on(make_relay, connect) -> None:
+    relay = make_relay(budget_bytes=10 * 1024 * 1024)
+    consumer, provider = connect(relay, "big", "consumer"), connect(relay, "big", "provider")
+    other_c, other_p = connect(relay, "other", "consumer"), connect(relay, "other", "provider")
+    provider.send_binary(b"x" * (8 * 1024 * 1024))  # costs twice its size to read and forward
+    code, reason, _ = wait_closed(provider)
+    assert code == CLOSE_TOO_BIG and "relay busy" in reason
+    other_p.send_binary(b"y" * (1024 * 1024))  # fits: the other room goes on
+    assert recv(other_c) == b"y" * (1024 * 1024)
+    assert relay.budget.peak <= relay.budget.limit
+
+
+def test_the_budget_comes_back_when_frames_have_passed(make_relay, connect) -> None:
+    relay = make_relay(budget_bytes=64 * 1024 * 1024)
+    consumer, provider = connect(relay, "room", "consumer"), connect(relay, "room", "provider")
+    for n in range(5):
+        provider.send_binary(bytes([n]) * (4 * 1024 * 1024))
+        assert recv(consumer) == bytes([n]) * (4 * 1024 * 1024)
+    assert relay.budget.peak >= 8 * 1024 * 1024
+    consumer.close()
+    provider.close()
+    deadline = time.monotonic() + WAIT
+    while relay.budget.used and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling a counter the relay's loop updates; bounded
+    assert relay.budget.used == 0
+
+
+def test_a_fragmented_message_streams_through(make_relay, connect) -> None:
+    relay = make_relay()
+    consumer, provider = connect(relay, "frag", "consumer"), connect(relay, "frag", "provider")
+    pieces = [b"a" * 100_000, b"b" * 100_000, b"c" * 100_000]
+    provider.send_frame(websocket.ABNF.create_frame(pieces[0], websocket.ABNF.OPCODE_BINARY, fin=0))
+    provider.send_frame(websocket.ABNF.create_frame(pieces[1], websocket.ABNF.OPCODE_CONT, fin=0))
+    provider.send_frame(websocket.ABNF.create_frame(pieces[2], websocket.ABNF.OPCODE_CONT, fin=1))
+    assert recv(consumer) == b"".join(pieces)
+    provider.send("text after it")
+    assert consumer.recv() == "text after it"
+
+
+def test_one_address_may_open_only_so_many_rooms(make_relay, connect) -> None:
+    relay = make_relay(max_rooms_per_address=2)
+    first, second = connect(relay, "r1", "provider"), connect(relay, "r2", "provider")
+    third = connect(relay, "r3", "provider")
+    code, reason, _ = wait_closed(third)
+    assert code == CLOSE_TOO_MANY_ROOMS and "too many rooms open from your address" in reason
+    # Joining an existing room is not opening one; closing one frees a place.
+    assert connect(relay, "r1", "consumer") is not None
+    first.close()
+    deadline = time.monotonic() + WAIT
+    while relay.room_count > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # bounded poll of the relay's room count
+    fourth = connect(relay, "r4", "provider")
+    fourth.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        fourth.recv()  # open, not closed
+
+
+def test_one_address_may_open_only_so_many_connections_a_second(make_relay) -> None:
+    relay = make_relay(connections_per_second=0.01, connection_burst=3)
+    for n in range(3):
+        websocket.create_connection(f"{relay.url}/rate{n}?role=provider", timeout=WAIT).close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(f"{relay.url}/rate9?role=provider", timeout=WAIT)
+    assert info.value.status_code == 429
+
+
+def test_a_relay_for_one_room_admits_no_other(make_relay, connect) -> None:
+    relay = make_relay(rooms={"mine"})
+    assert connect(relay, "mine", "provider") is not None
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(f"{relay.url}/yours?role=provider", timeout=WAIT)
+    assert info.value.status_code == 404
+    assert relay.room_count == 1
 
 
 # -------------------------------------------------------------- frame hook

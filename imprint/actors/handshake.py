@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Literal
 
+import msgspec
 from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
@@ -40,9 +41,10 @@ from imprint.messages.session import (
     StartHandshake,
     UseCodec,
 )
-from imprint.messages.wire import Hello, Response, decode_frame, encode_frame
+from imprint.messages.wire import Hello, ProviderIdentity, Response, decode_frame, encode_frame
 from imprint.sync.channel import ChannelSetup, SecureChannel, first_frame_kind, parse_refusal, refusal_frame
 from imprint.sync.codec import PlainCodec, SecureCodec
+from imprint.text import clip
 
 Mode = Literal["encrypted", "plaintext"]
 HELLO_CONTEXT = b"imprint-hello/1"
@@ -54,24 +56,35 @@ PLAINTEXT_REFUSAL = (
 SECURE_REFUSAL = "expected HELLO: this provider runs --plaintext; add --plaintext on the joining side"
 
 
+PROVIDER_CONTEXT = b"imprint-provider/1"
+
+
 def hello_signature_message(transcript: bytes, public_key: bytes) -> bytes:
     """What a HELLO's signature covers: this session's transcript and the signer's key."""
     return HELLO_CONTEXT + transcript + public_key
 
 
+def provider_signature_message(transcript: bytes, public_key: bytes) -> bytes:
+    """What the provider's identity signature covers (another context: a HELLO cannot pass for it)."""
+    return PROVIDER_CONTEXT + transcript + public_key
+
+
 def _plaintext_answer(data: bytes | str) -> str:
-    """Why an encrypted consumer stops when the provider's first frame is not a key exchange."""
+    """Why an encrypted consumer stops when the provider's first frame is not a key exchange.
+
+    That frame is not authenticated (anyone on the relay can forge it), so it
+    never earns advice to turn encryption off: only what it was is said.
+    """
     try:
         frame = decode_frame(data)
     except ProtocolError:
         frame = None
     if isinstance(frame, Response):
-        body = frame.body if isinstance(frame.body, str) else str(frame.body)
         return (
-            f"the provider answered in the plaintext protocol ({frame.status}: {body}); it runs --plaintext "
-            "or is the original imprint: add --plaintext here too to allow an unencrypted sync"
+            f"the other side answered without the encrypted handshake (status {frame.status}); nothing was sent. "
+            "Check that it runs imprint serve; an unauthenticated answer like this one is not trusted"
         )
-    return "the provider's first frame is not part of the encrypted handshake (is it an imprint provider?)"
+    return "the other side's first frame is not part of the encrypted handshake; nothing was sent"
 
 
 class Handshake(ImprintActor):
@@ -158,6 +171,14 @@ class Handshake(ImprintActor):
     def _send_raw(self, data: bytes | str) -> None:
         ask(self.relay, SendRaw(data=data), timeout=60)
 
+    def _refuse(self, data: bytes | str) -> None:
+        """Tell the peer why we stop, if it is still there: the reason we stop is ours to
+        report, whether or not this last word arrives (it may have hung up first)."""
+        try:
+            self._send_raw(data)
+        except ImprintError as exc:
+            logger.debug("could not send the refusal: {}", exc)
+
     # ---------------------------------------------------------------- start
 
     def _start(self) -> None:
@@ -216,7 +237,7 @@ class Handshake(ImprintActor):
                 try:
                     self._channel = self._setup.receive_confirm(data)
                 except AuthError:
-                    self._send_raw(refusal_frame("wrong PIN; this session's PIN is burned, ask for a new one").decode())
+                    self._refuse(refusal_frame("wrong PIN; this session's PIN is burned, ask for a new one").decode())
                     raise AuthError(
                         "someone tried to join with a wrong PIN; this session's PIN is burned. Run serve again for a new PIN."
                     ) from None
@@ -234,7 +255,7 @@ class Handshake(ImprintActor):
         kind = first_frame_kind(data)
         if self.mode == "plaintext":
             if kind != "plaintext-hello":
-                self._send_raw(encode_frame(Response(status=400, body=SECURE_REFUSAL)).decode())
+                self._refuse(encode_frame(Response(status=400, body=SECURE_REFUSAL)).decode())
                 raise ProtocolError(
                     "the joining side speaks the encrypted protocol but this provider runs --plaintext; "
                     "drop --plaintext on both sides"
@@ -243,27 +264,27 @@ class Handshake(ImprintActor):
             if not isinstance(hello, Hello):
                 raise ProtocolError("first frame was not a HELLO")
             if not hmac.compare_digest(hello.pin.encode("utf-8"), self.pin.encode("utf-8")):
-                self._send_raw(encode_frame(Response(status=403, body="invalid PIN")).decode())
+                self._refuse(encode_frame(Response(status=403, body="invalid PIN")).decode())
                 raise AuthError(
                     "someone tried to join with a wrong PIN; this session's PIN is burned. Run serve again for a new PIN."
                 )
             self._on_hello(hello)
             return
         if kind == "plaintext-hello":
-            self._send_raw(encode_frame(Response(status=400, body=PLAINTEXT_REFUSAL)).decode())
+            self._refuse(encode_frame(Response(status=400, body=PLAINTEXT_REFUSAL)).decode())
             raise ProtocolError(
                 "a peer tried to join with the plaintext protocol (the original imprint?); "
                 "run serve with --plaintext to allow it"
             )
         if kind != "secure":
-            self._send_raw(encode_frame(Response(status=400, body="first frame was not a HELLO")).decode())
+            self._refuse(encode_frame(Response(status=400, body="first frame was not a HELLO")).decode())
             raise ProtocolError("the first frame from the peer was not a handshake")
         self._setup = ChannelSetup(pin=self.pin, room=self.room, role="provider")
         own_pake = self._setup.start()
         try:
             confirm = self._setup.receive_pake(data)
         except ProtocolError as exc:
-            self._send_raw(refusal_frame(str(exc)).decode())
+            self._refuse(refusal_frame(str(exc)).decode())
             raise
         self._send_raw(own_pake.decode("utf-8"))
         self._send_raw(confirm.decode("utf-8"))
@@ -293,9 +314,9 @@ class Handshake(ImprintActor):
     def _refuse_hello(self, reason: str) -> ProtocolError:
         """Tell the peer (sealed, when a channel exists) why its HELLO is refused; return the error to raise."""
         if self._channel is not None:
-            self._send_raw(self._channel.seal(encode_frame(Response(status=400, body=reason))))
+            self._refuse(self._channel.seal(encode_frame(Response(status=400, body=reason))))
         else:
-            self._send_raw(encode_frame(Response(status=400, body=reason)).decode())
+            self._refuse(encode_frame(Response(status=400, body=reason)).decode())
         return ProtocolError(reason)
 
     def _on_decision(self, decision: str, auto: bool) -> None:
@@ -305,13 +326,41 @@ class Handshake(ImprintActor):
         # Install before answering: the peer's next frame must be decoded with it.
         self.relay.tell(UseCodec(codec=codec))
         if decision == "reject":
-            ask(self.relay, SendFrame(frame=Response(status=403, body="rejected by user")), timeout=60)
+            try:
+                ask(self.relay, SendFrame(frame=Response(status=403, body="rejected by user")), timeout=60)
+            except ImprintError as exc:
+                logger.debug("could not send the rejection: {}", exc)
             self._fail(f"rejected {self._peer.hostname} ({self._peer.fingerprint})", "rejected")
             return
         # Up first: the peer's next frame (its request) may reach the session
         # as soon as the 200 leaves, and must find the handshake finished.
         self._succeed("auto" if auto else decision)
-        ask(self.relay, SendFrame(frame=Response(status=200, body="ok")), timeout=60)
+        body: Any = "ok" if self._channel is None else msgspec.to_builtins(self._identity())
+        ask(self.relay, SendFrame(frame=Response(status=200, body=body)), timeout=60)
+
+    def _identity(self) -> ProviderIdentity:
+        """Who we are, signed over this session's transcript (encrypted mode, provider)."""
+        host = self.host or HostInfo(hostname="unknown", user="unknown", os="")
+        key = self.identity.public_key
+        return ProviderIdentity(
+            hostname=host.hostname[:255], user=host.user[:255], os=host.os[:255],
+            fingerprint=self.identity.fingerprint, public_key=key.hex(),
+            signature=self.identity.sign(provider_signature_message(self._channel.transcript, key)).hex(),
+        )
+
+    def _provider_peer(self, body: object) -> PeerInfo:
+        """Check the provider's signed identity (encrypted mode, consumer)."""
+        try:
+            claimed = msgspec.convert(body, ProviderIdentity)
+            key, signature = bytes.fromhex(claimed.public_key), bytes.fromhex(claimed.signature)
+        except (msgspec.ValidationError, ValueError):
+            raise ProtocolError("the provider's answer does not say who it is") from None
+        if len(key) != 32 or fingerprint_of(key) != claimed.fingerprint:
+            raise ProtocolError("the provider's fingerprint does not match its public key")
+        if not verify_signature(key, provider_signature_message(self._channel.transcript, key), signature):
+            raise ProtocolError("the provider's identity signature is invalid")
+        return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
+                        fingerprint=claimed.fingerprint, public_key=claimed.public_key)
 
     def _on_response(self, data: bytes | str) -> None:
         if self._channel is not None:
@@ -323,11 +372,13 @@ class Handshake(ImprintActor):
         if not isinstance(response, Response):
             raise ProtocolError("expected an answer to our HELLO")
         if response.status == 200:
+            if self._channel is not None:
+                self._peer = self._provider_peer(response.body)
             codec = SecureCodec(self._channel) if self._channel is not None else PlainCodec()
             self.relay.tell(UseCodec(codec=codec))
             self._succeed()
             return
-        body = response.body if isinstance(response.body, str) else str(response.body)
+        body = clip(response.body if isinstance(response.body, str) else str(response.body))
         if response.status == 403 and "PIN" in body:
             raise AuthError(f"the provider refused: {body}")
         if response.status == 403:

@@ -200,6 +200,7 @@ class RelayConnection(ImprintActor):
         self._reader: threading.Thread | None = None
         self._dead = False
         self._lost = False
+        self._lost_reason = ""
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -366,6 +367,7 @@ class RelayConnection(ImprintActor):
                 # already knows; anything more would be a second, false report.
                 if not self._dead:
                     self._lost = True
+                    self._lost_reason = reason
                     self.listener.tell(ConnectionLost(reason=reason, expected=self._closing))
             case _:
                 return super().handle(message)
@@ -409,7 +411,8 @@ class RelayConnection(ImprintActor):
 
     def _send(self, data: bytes | str) -> None:
         if self._ws is None or self._closing or self._lost:
-            raise RelayError("the relay connection is closed")
+            # Say why: "a consumer is already connected to room X" beats "closed".
+            raise RelayError(self._lost_reason or "the relay connection is closed")
         try:
             if isinstance(data, str):
                 self._ws.send(data, opcode=websocket.ABNF.OPCODE_TEXT)

@@ -20,6 +20,7 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError
+from imprint.text import clip
 from imprint.messages.session import ApprovalRequired, Approve, AutoAccepted, Decision, PeerInfo
 from imprint.trust import TrustList
 
@@ -44,13 +45,15 @@ def stdin_approver(peer: PeerInfo, warning: str) -> str:
     """Prompt on stderr and read one line from stdin (works when stdin is a pipe)."""
     lines = []
     if warning:
-        lines.append(f"WARNING: {warning}")
+        lines.append(f"WARNING: {clip(warning, 300)}")
+    # What the peer says about itself is shown, never obeyed: no escape sequence can
+    # clear the screen or overwrite the warning above.
     lines += [
         "A device wants to sync with this machine:",
-        f"  hostname:    {peer.hostname}",
-        f"  user:        {peer.user}",
-        f"  os:          {peer.os}",
-        f"  fingerprint: {peer.fingerprint}",
+        f"  hostname:    {clip(peer.hostname, 64)}",
+        f"  user:        {clip(peer.user, 64)}",
+        f"  os:          {clip(peer.os, 64)}",
+        f"  fingerprint: {clip(peer.fingerprint, 16)}",
         "Allow? [y]es / [n]o / [t]rust (accept and remember): ",
     ]
     sys.stderr.write("\n".join(lines))

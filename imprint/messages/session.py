@@ -125,6 +125,12 @@ class Approve(msgspec.Struct, frozen=True):
     reply_to: Any
 
 
+class JoinDecision(msgspec.Struct, frozen=True):
+    """The joining side's user (the dashboard) said whether to go on with a provider."""
+
+    decision: DecisionKind
+
+
 class ApprovalRequired(msgspec.Struct, frozen=True):
     peer: PeerInfo
     warning: str = ""

@@ -97,6 +97,20 @@ class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method",
     signature: KeyField = ""
 
 
+class ProviderIdentity(msgspec.Struct, frozen=True):
+    """The body of the provider's 200 to a HELLO in the encrypted mode: who the
+    provider is, its key, and its signature over the session transcript (so the
+    joining side can show, and check, whom it is about to sync with). The
+    plaintext mode answers "ok", as Imprint's own clients do."""
+
+    hostname: HostField
+    user: HostField
+    os: HostField
+    fingerprint: Fingerprint
+    public_key: KeyField
+    signature: KeyField
+
+
 class RequestBody(msgspec.Struct, frozen=True):
     """Options of a pull or push request."""
 

@@ -21,6 +21,7 @@ tells the provider what became of the records it sent.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ from imprint.messages.session import (
     HandshakeFailed,
     HandshakeSucceeded,
     HelloSent,
+    JoinDecision,
+    PeerInfo,
     Progress,
     RawFrameReceived,
     SendFrame,
@@ -90,6 +93,10 @@ from imprint.messages.wire import (
     SyncStats,
 )
 from imprint.spool import DEFAULT_MAX_BYTES
+
+#: What the provider is told when the joining side's user declines to go on.
+DECLINED = "the other machine's user chose not to sync"
+from imprint.text import clip
 from imprint.trust import TrustList
 
 #: Slowest rate (records/s) at which we assume a peer stores what we sent,
@@ -210,7 +217,7 @@ class Outgoing:
 def _peer_failed(message: str) -> str:
     if message == INTERRUPTED:
         return f"{INTERRUPTED}; what was received is kept, run the sync again to complete it"
-    return f"the other machine failed: {message}"
+    return f"the other machine failed: {clip(message)}"
 
 
 def stats_dict(stats: SyncStats | None, sent: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
@@ -343,6 +350,8 @@ class _Session:
         """Handle events both roles treat alike; True if handled."""
         match event:
             case Cancelled(reason=reason):
+                if self.connected:
+                    self._tell_peer_error(reason)
                 raise SyncError(reason)
             case RawFrameReceived():
                 if self.waiting in ("peer", "room"):
@@ -654,9 +663,18 @@ class ProviderSession(_Session):
 
 
 class ConsumerSession(_Session):
-    """`join`: handshake, pull the provider's records, push ours, read its stats."""
+    """`join`: handshake, pull the provider's records, push ours, read its stats.
+
+    With `confirm` (the dashboard), nothing moves until its user has seen the
+    provider (hostname, fingerprint, verification code) and said "accept".
+    """
 
     role = "consumer"
+
+    def __init__(self, *, confirm: Callable[[PeerInfo | None, str], str] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.confirm = confirm
+        self._confirm_thread: threading.Thread | None = None
 
     def run(self) -> dict[str, Any]:
         def body() -> dict[str, Any]:
@@ -670,6 +688,32 @@ class ConsumerSession(_Session):
             return self._loop()
 
         return self._run(body)
+
+    def _pull(self) -> str:
+        stream = self._begin_incoming()
+        self.puller.tell(StartPull(stream=stream, batch_size=self.config.batch_size, request=True))
+        return "pull"
+
+    def _ask_to_join(self, event: HandshakeSucceeded) -> None:
+        """Show the provider and wait for the user's answer (on a thread: the loop keeps running)."""
+        peer = event.peer
+        shown: dict[str, Any] = {"event": "confirm_required", "mode": self.config.mode,
+                                 "verification": event.verification}
+        if peer is not None:
+            shown.update(hostname=peer.hostname, user=peer.user, os=peer.os, fingerprint=peer.fingerprint)
+        self.waiting = "approval"
+        self.report(shown)
+
+        def ask_user() -> None:
+            try:
+                decision = self.confirm(peer, event.verification)
+            except Exception:
+                logger.exception("join confirmation failed; not joining")
+                decision = "reject"
+            self.listener.tell(JoinDecision(decision="accept" if decision == "accept" else "reject"))
+
+        self._confirm_thread = threading.Thread(target=ask_user, name="join-confirm", daemon=True)
+        self._confirm_thread.start()
 
     def _loop(self) -> dict[str, Any]:
         phase = "handshake"
@@ -687,12 +731,22 @@ class ConsumerSession(_Session):
                     self._wait("approval", "approval", how + code)
                 case HandshakeSucceeded():
                     self._peer_connected(event)
-                    phase = "pull"
-                    stream = self._begin_incoming()
-                    self.puller.tell(StartPull(stream=stream, batch_size=self.config.batch_size, request=True))
+                    if self.confirm is not None:
+                        phase = "confirm"
+                        self._ask_to_join(event)
+                    else:
+                        phase = self._pull()
+                case JoinDecision(decision=decision) if phase == "confirm":
+                    if decision != "accept":
+                        self._tell_peer_error(DECLINED)
+                        raise RejectedError("you did not join: nothing was sent or received")
+                    self.waiting = ""
+                    phase = self._pull()
+                case FrameReceived(frame=frame) if phase == "confirm":
+                    raise ProtocolError(f"the provider sent a {type(frame).__name__} frame before we asked for anything")
                 case FrameReceived(frame=frame) if phase == "pull":
                     if isinstance(frame, Response):
-                        raise ProtocolError(f"the provider answered the pull with {frame.status}: {frame.body}")
+                        raise ProtocolError(f"the provider answered the pull with {frame.status}: {clip(frame.body)}")
                     if isinstance(frame, Meta):
                         self._on_incoming_meta(frame)
                     self.puller.tell(StreamFrame(frame=frame))
@@ -716,7 +770,7 @@ class ConsumerSession(_Session):
                     if not isinstance(frame, Response):
                         raise ProtocolError(f"the provider sent an unexpected {type(frame).__name__} frame")
                     if frame.status != 200:
-                        raise SyncError(f"the provider refused our records ({frame.status}: {frame.body})")
+                        raise SyncError(f"the provider refused our records ({frame.status}: {clip(frame.body)})")
                     result = self._stats_event(received=received, sent_stats=frame.stats())
                     self.report(result)
                     self._finish()

@@ -27,6 +27,7 @@ from typing import TypeAlias
 import msgspec
 
 from imprint.errors import ProtocolError
+from imprint.text import clip
 from imprint.messages.wire import (
     DATASETS,
     DatasetCounts,
@@ -55,7 +56,7 @@ class PeerStreamError(ProtocolError):
         if message == INTERRUPTED:
             super().__init__(f"{INTERRUPTED}; what was received is kept, run the sync again to complete it")
         else:
-            super().__init__(f"peer failed while streaming: {message}")
+            super().__init__(f"peer failed while streaming: {clip(message)}")
         self.message = message
 
 

@@ -5,10 +5,12 @@ long as the app: the embedded Qdrant store admits one client per data dir, so
 pages and sync sessions all go through the same actors.
 
 Security: the server binds 127.0.0.1; requests must name a loopback Host (a
-DNS-rebinding page cannot reach the API by its own name); state-changing
-requests (POST, DELETE, and starting a sync) are refused with 403 when they
-come from another origin, so another web page cannot start a sync or approve
-a peer.
+DNS-rebinding page cannot reach the API by its own name). Everything that
+changes something is a POST with a JSON body that must come from the
+dashboard's own page (same-origin `Origin`, or `Sec-Fetch-Site: same-origin`),
+so neither another web page nor a link clicked in a mail can start a sync,
+approve a peer or change the trust list. GETs only read or watch; a sync
+session asks its page before any record moves, and ends when its page goes.
 """
 
 from __future__ import annotations
@@ -123,7 +125,32 @@ class Removed(BaseModel):
 
 class ApproveRequest(BaseModel):
     session_id: str = Field(min_length=1, max_length=200)
-    decision: Decision = Field(description="accept once, trust and accept, or reject")
+    decision: Decision = Field(description="serve: accept once, trust and accept, or reject; join: accept (Join) or reject")
+
+
+class ServeRequest(BaseModel):
+    relay: str | None = Field(None, max_length=500, description="relay: HOST, ws://HOST:PORT or wss://HOST; default as "
+                                                                "for the CLI (IMPRINT_RELAY, else a relay in this process)")
+    plaintext: bool = Field(False, description="the plaintext protocol of Imprint's own sync clients")
+
+
+class JoinRequest(BaseModel):
+    target: str = Field(min_length=1, max_length=500, description="ROOM, HOST/ROOM or ws[s]://HOST/ROOM as serve printed")
+    pin: str = Field(min_length=1, max_length=64, description="the 8-character PIN serve printed")
+    plaintext: bool = Field(False, description="the plaintext protocol of Imprint's own sync clients")
+
+
+class Started(BaseModel):
+    session_id: str
+    kind: str
+
+
+class SessionRef(BaseModel):
+    session_id: str = Field(min_length=1, max_length=200)
+
+
+class TrustRemove(BaseModel):
+    fingerprint: str = Field(pattern=r"^[0-9A-Fa-f]{8}$", description="the device's 8-hex id")
 
 
 class ApproveResult(BaseModel):
@@ -141,10 +168,13 @@ class SessionInfo(BaseModel):
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-sent events; each `data:` line is one JSON event as `serve --json` / `join --json` print it "
-        "(room, approval_required, auto_accepted, peer_connected, progress, stats, error).",
+        "(room, waiting, approval_required, confirm_required, auto_accepted, peer_connected, progress, stats, error).",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    403: {"description": "request from another origin"},
+}
+REFUSED: dict[int | str, dict[str, Any]] = {
+    403: {"description": "not from the dashboard's own page (foreign or missing Origin)"},
+    415: {"description": "not a JSON body"},
 }
 
 
@@ -189,6 +219,7 @@ def create_app(
     approval_timeout: float = 590.0,
     listen: str = "0.0.0.0:8430",
     extra_hosts: tuple[str, ...] = (),
+    watch_grace: float = 15.0,
 ) -> FastAPI:
     """Build the dashboard app.
 
@@ -201,9 +232,10 @@ def create_app(
             rejects the peer (just under the session's own 600 s).
         listen: where the built-in relay listens when Serve names no relay (as the CLI).
         extra_hosts: Host names accepted besides the loopback ones.
+        watch_grace: seconds a new sync session waits for a page to watch it.
     """
     allowed_hosts = LOOPBACK_HOSTS | set(extra_hosts)
-    sessions = SessionRegistry(approval_timeout=approval_timeout)
+    sessions = SessionRegistry(approval_timeout=approval_timeout, watch_grace=watch_grace)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,21 +260,34 @@ def create_app(
             raise HTTPException(400, "unknown Host: open the dashboard at http://127.0.0.1")
 
     def same_origin(request: Request) -> None:
-        """Refuse a state-changing request made by another web page."""
+        """Only the dashboard's own page may change anything.
+
+        A state change is a POST with a JSON body (a form or a link cannot send
+        one without a CORS preflight we never grant), and it must say it comes
+        from this page: an `Origin` of this very host and port, or
+        `Sec-Fetch-Site: same-origin`. A request saying neither is refused,
+        which covers a link clicked in a mail or chat app (no Origin,
+        `Sec-Fetch-Site: none`).
+        """
         site = request.headers.get("sec-fetch-site")
-        if site is not None and site not in ("same-origin", "none"):
-            raise HTTPException(403, "cross-site request refused")
+        if site is not None and site != "same-origin":
+            raise HTTPException(403, f"request refused: Sec-Fetch-Site is {site[:40]!r}, not same-origin")
         origin = request.headers.get("origin")
-        if origin is None:
-            return  # not sent by a browser on another page (curl, same-origin GET)
-        parts = urlsplit(origin)
-        _, host_port = _host_of(request.headers.get("host", ""))
-        try:
-            origin_port = parts.port or 80
-        except ValueError:
-            origin_port = -1
-        if parts.scheme != "http" or parts.hostname not in allowed_hosts or origin_port != (host_port or 80):
-            raise HTTPException(403, f"request from origin {origin!r} refused")
+        if origin is not None:
+            parts = urlsplit(origin)
+            _, host_port = _host_of(request.headers.get("host", ""))
+            try:
+                origin_port = parts.port or 80
+            except ValueError:
+                origin_port = -1
+            if parts.scheme != "http" or parts.hostname not in allowed_hosts or origin_port != (host_port or 80):
+                raise HTTPException(403, f"request from origin {origin[:100]!r} refused")
+        elif site != "same-origin":
+            raise HTTPException(403, "request refused: changes come only from the dashboard's own page "
+                                     "(same-origin, with an Origin header)")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise HTTPException(415, "send a JSON body (Content-Type: application/json)")
 
     app = FastAPI(
         title="imprint dashboard",
@@ -367,12 +412,11 @@ def create_app(
         return [TrustedDevice(fingerprint=d.fingerprint, hostname=d.hostname, added=float(d.added), public_key=d.public_key)
                 for d in TrustList(settings.trust_path).load()]
 
-    @app.delete("/api/trust/{fingerprint}", response_model=Removed, tags=["trust"],
-                dependencies=[Depends(same_origin)], responses={403: {"description": "request from another origin"},
-                                                               404: {"description": "not on the trust list"}})
-    def trust_remove(fingerprint: str) -> Removed:
+    @app.post("/api/trust/remove", response_model=Removed, tags=["trust"],
+              dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "not on the trust list"}})
+    def trust_remove(body: TrustRemove) -> Removed:
         """Forget a trusted device."""
-        fp = fingerprint.lower()
+        fp = body.fingerprint.lower()
         if not TrustList(settings.trust_path).remove(fp):
             raise HTTPException(404, f"{fp} is not on the trust list")
         return Removed(removed=fp)
@@ -383,6 +427,7 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             cursor = 0
             idle = 0.0
+            session.watch()
             try:
                 while True:
                     batch, finished = await anyio.to_thread.run_sync(session.wait_events, cursor, 1.0)
@@ -398,25 +443,20 @@ def create_app(
                     if await request.is_disconnected():
                         return
             finally:
-                if not session.finished:
-                    session.cancel()  # nobody is left to click: a pending approval is a rejection
+                session.unwatch()  # the last page leaving stops the session
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    @app.get("/api/sync/serve", response_class=StreamingResponse, tags=["sync"], responses=SSE_RESPONSE,
-             dependencies=[Depends(same_origin)])
-    def sync_serve(
-        request: Request,
-        relay: str | None = Query(None, description="relay: HOST, ws://HOST:PORT or wss://HOST; default as for the CLI "
-                                                    "(IMPRINT_RELAY, else a relay in this process)"),
-        plaintext: bool = Query(False, description="the original's plaintext protocol"),
-        local: Any = Depends(actors),
-    ) -> StreamingResponse:
-        """Start a provider session and stream its events; the `room` event carries target, pin and session_id."""
+    @app.post("/api/sync/serve", response_model=Started, status_code=201, tags=["sync"],
+              dependencies=[Depends(same_origin)], responses=REFUSED)
+    def sync_serve(body: ServeRequest, local: Any = Depends(actors)) -> Started:
+        """Start a provider session; watch it at `/api/sync/sessions/{id}/events` (its `room` event carries
+        target and PIN). It asks before letting anyone in, and ends when no page watches it."""
         from imprint.sync.addresses import relay_base
         from imprint.sync_cli import run_serve
 
+        relay = (body.relay or "").strip() or None
         if relay:
             try:
                 relay_base(relay)
@@ -424,40 +464,49 @@ def create_app(
                 raise HTTPException(422, str(exc)) from None
         session = sessions.new("serve")
         session.start(lambda s: run_serve(
-            settings, relay=relay or None, listen=listen, mode="plaintext" if plaintext else "encrypted",
+            settings, relay=relay, listen=listen, mode="plaintext" if body.plaintext else "encrypted",
             batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, local=local,
             on_session=s.attach))
-        return _stream(session, request)
+        return Started(session_id=session.id, kind=session.kind)
 
-    @app.get("/api/sync/join", response_class=StreamingResponse, tags=["sync"], responses=SSE_RESPONSE,
-             dependencies=[Depends(same_origin)])
-    def sync_join(
-        request: Request,
-        target: str = Query(..., min_length=1, max_length=500, description="ROOM, HOST/ROOM or ws[s]://HOST/ROOM as serve printed"),
-        pin: str = Query(..., pattern=r"^\s*[A-Za-z0-9]{8}\s*$", description="the 8-character PIN serve printed"),
-        plaintext: bool = Query(False, description="the original's plaintext protocol"),
-        local: Any = Depends(actors),
-    ) -> StreamingResponse:
-        """Join another machine's serve session and stream progress and the final stats."""
-        from imprint.sync.addresses import default_relay, parse_target
+    @app.post("/api/sync/join", response_model=Started, status_code=201, tags=["sync"],
+              dependencies=[Depends(same_origin)], responses=REFUSED)
+    def sync_join(body: JoinRequest, local: Any = Depends(actors)) -> Started:
+        """Join another machine's serve session. Once connected, the session shows the provider
+        (`confirm_required`) and moves nothing until the page answers `accept` (Join) at
+        `/api/sync/approve`; it ends when no page watches it."""
+        from imprint.sync.addresses import check_pin, default_relay, parse_target
         from imprint.sync_cli import run_join
 
         try:
-            parse_target(target.strip(), default_relay=default_relay())
+            parse_target(body.target, default_relay=default_relay())
+            pin = check_pin(body.pin)
         except ConfigError as exc:
             raise HTTPException(422, str(exc)) from None
         session = sessions.new("join")
         session.start(lambda s: run_join(
-            settings, target=target.strip(), pin=pin.strip(), mode="plaintext" if plaintext else "encrypted",
-            batch_size=500, idle_timeout=120.0, report=s.emit, local=local))
+            settings, target=body.target.strip(), pin=pin, mode="plaintext" if body.plaintext else "encrypted",
+            batch_size=500, idle_timeout=120.0, report=s.emit, local=local, confirm=s.approver,
+            on_session=s.attach))
+        return Started(session_id=session.id, kind=session.kind)
+
+    @app.get("/api/sync/sessions/{session_id}/events", response_class=StreamingResponse, tags=["sync"],
+             responses={**SSE_RESPONSE, 404: {"description": "unknown session"}})
+    def sync_events(session_id: str, request: Request) -> StreamingResponse:
+        """Watch a session: its events as SSE, from the first. Only watches: closing the last
+        stream of a session stops it."""
+        session = sessions.get(session_id)
+        if session is None:
+            raise HTTPException(404, "no such session")
         return _stream(session, request)
 
     @app.post("/api/sync/approve", response_model=ApproveResult, tags=["sync"], dependencies=[Depends(same_origin)],
-              responses={403: {"description": "request from another origin"},
+              responses={**REFUSED,
                          404: {"description": "unknown or finished session"},
-                         409: {"description": "already decided, or no peer is waiting"}})
+                         409: {"description": "already decided, or nothing to decide"}})
     def sync_approve(body: ApproveRequest) -> ApproveResult:
-        """Answer a serve session's `approval_required`: accept once, trust and accept, or reject."""
+        """Answer a serve's `approval_required` (accept once, trust and accept, reject) or a join's
+        `confirm_required` (accept = Join, reject = Cancel)."""
         session = sessions.get(body.session_id)
         if session is None:
             raise HTTPException(404, "no such session")
@@ -468,6 +517,16 @@ def create_app(
         except DecisionRefused as exc:
             raise HTTPException(409, str(exc)) from None
         return ApproveResult(session_id=session.id, decision=body.decision)
+
+    @app.post("/api/sync/cancel", response_model=SessionRef, tags=["sync"], dependencies=[Depends(same_origin)],
+              responses={**REFUSED, 404: {"description": "unknown session"}})
+    def sync_cancel(body: SessionRef) -> SessionRef:
+        """Stop a session at whatever stage it is."""
+        session = sessions.get(body.session_id)
+        if session is None:
+            raise HTTPException(404, "no such session")
+        session.cancel()
+        return SessionRef(session_id=session.id)
 
     @app.get("/api/sync/sessions/{session_id}", response_model=SessionInfo, tags=["sync"],
              responses={404: {"description": "unknown session"}})

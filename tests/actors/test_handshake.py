@@ -138,6 +138,7 @@ class Pair:
         self.trust_list = TrustList(tmp_path / "trusted_devices.json")
         self.approver = ScriptedApprover(answer)
         self.consumer_identity = consumer_identity or identity(2)
+        self.provider_identity = identity(1)
         self.relays = [LoopbackRelay.start(role=role, wire=self.wire) for role in ("provider", "consumer")]
         provider_listener = Recorder("provider session")
         gate = TrustGate.start(trust_list=self.trust_list, approver=self.approver, listener=provider_listener)
@@ -149,7 +150,7 @@ class Pair:
                 listener=provider_listener,
                 pin=provider_pin,
                 room=ROOM,
-                identity=identity(1),
+                identity=self.provider_identity,
                 host=PROVIDER_HOST,
                 trust_gate=gate,
             ),
@@ -188,6 +189,15 @@ class Pair:
             os=CONSUMER_HOST.os,
             fingerprint=self.consumer_identity.fingerprint,
             public_key=self.consumer_identity.public_key.hex(),
+        )
+
+    def provider_peer(self) -> PeerInfo:
+        return PeerInfo(
+            hostname=PROVIDER_HOST.hostname,
+            user=PROVIDER_HOST.user,
+            os=PROVIDER_HOST.os,
+            fingerprint=self.provider_identity.fingerprint,
+            public_key=self.provider_identity.public_key.hex(),
         )
 
     def settle(self) -> None:
@@ -235,7 +245,8 @@ def test_encrypted_handshake_succeeds_on_both_sides_and_the_relay_learns_nothing
     assert provider.verification == consumer.verification
     assert len(provider.verification) == 14 and provider.verification.count("-") == 2
     assert provider == HandshakeSucceeded(peer=p.consumer_peer(), verification=provider.verification, decision="accept")
-    assert consumer == HandshakeSucceeded(peer=None, verification=consumer.verification, decision="accept")
+    # The provider's answer says who it is, signed over this session: the consumer can show it.
+    assert consumer == HandshakeSucceeded(peer=p.provider_peer(), verification=consumer.verification, decision="accept")
     assert p.provider.listener.messages == [ApprovalRequired(peer=p.consumer_peer(), warning=""), provider]
     # The consumer says when its HELLO is out (with the code to compare), then the outcome.
     assert p.consumer.listener.messages == [HelloSent(verification=consumer.verification), consumer]
@@ -448,7 +459,10 @@ def test_a_plaintext_provider_answers_our_handshake_with_specs_400(pair: Callabl
     body = json.loads(answer)
     assert list(body) == ["status", "body"] and body["status"] == 400 and "--plaintext" in body["body"]
     assert isinstance(provider, HandshakeFailed) and provider.kind == "protocol" and "--plaintext" in provider.message
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol" and "--plaintext" in consumer.message
+    # That 400 is not authenticated (a relay can forge it): the consumer says what it saw
+    # and never advises turning encryption off on its say-so.
+    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol"
+    assert "--plaintext" not in consumer.message and "without the encrypted handshake" in consumer.message
     assert_no_secrets(p.wire, PIN)
 
 

@@ -4,13 +4,16 @@ API of two dashboards and an in-process relay."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -31,6 +34,8 @@ MEMORIES = [
 FACTS = [("alice", "works_on", "billing", None), ("postgres", "version", "15", 1_700_000_100.0)]
 BASE = "http://127.0.0.1:8765"
 FOREIGN = {"Origin": "http://evil.example"}
+#: What the dashboard's own page sends with every change.
+SAME = {"Origin": BASE}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +60,16 @@ def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) ->
     validate(schema)
     assert set(schema["paths"]) == {
         "/api/status", "/api/memories", "/api/search", "/api/stats", "/api/facts", "/api/trust",
-        "/api/trust/{fingerprint}", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/sessions/{session_id}",
+        "/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/cancel",
+        "/api/sync/sessions/{session_id}", "/api/sync/sessions/{session_id}/events",
     }
-    assert "text/event-stream" in schema["paths"]["/api/sync/serve"]["get"]["responses"]["200"]["content"]
+    events = schema["paths"]["/api/sync/sessions/{session_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    # Whatever changes something is a POST; a GET only reads or watches.
+    for path, operations in schema["paths"].items():
+        changing = path in ("/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve",
+                            "/api/sync/cancel")
+        assert set(operations) == ({"post"} if changing else {"get"}), path
     assert client.get("/openapi.json").json() == schema
 
 
@@ -149,9 +161,11 @@ def test_trust_list_and_remove(client: TestClient, alpha: Machine) -> None:
     assert [(d["fingerprint"], d["hostname"], d["public_key"]) for d in listed] == [
         ("0a1b2c3d", "laptop", "ab" * 32), ("deadbeef", "desk", "")]
 
-    assert client.delete("/api/trust/DEADBEEF", headers=FOREIGN).status_code == 403
-    assert client.delete("/api/trust/DEADBEEF").json() == {"removed": "deadbeef"}
-    assert client.delete("/api/trust/deadbeef").status_code == 404
+    assert client.post("/api/trust/remove", json={"fingerprint": "DEADBEEF"}, headers=FOREIGN).status_code == 403
+    assert client.post("/api/trust/remove", json={"fingerprint": "DEADBEEF"}).status_code == 403  # no Origin
+    assert client.post("/api/trust/remove", json={"fingerprint": "DEADBEEF"}, headers=SAME).json() == {"removed": "deadbeef"}
+    assert client.post("/api/trust/remove", json={"fingerprint": "deadbeef"}, headers=SAME).status_code == 404
+    assert client.post("/api/trust/remove", json={"fingerprint": "../x"}, headers=SAME).status_code == 422
     assert [d.fingerprint for d in trust.load()] == ["0a1b2c3d"]
     trust.remove("0a1b2c3d")
 
@@ -160,7 +174,7 @@ def test_trust_list_and_remove(client: TestClient, alpha: Machine) -> None:
 
 
 def test_approve_unknown_session_is_404(client: TestClient) -> None:
-    r = client.post("/api/sync/approve", json={"session_id": "no-such-session", "decision": "accept"})
+    r = client.post("/api/sync/approve", json={"session_id": "no-such-session", "decision": "accept"}, headers=SAME)
     assert r.status_code == 404
 
 
@@ -173,12 +187,19 @@ def test_approve_unknown_session_is_404(client: TestClient) -> None:
     ["s", "accept"],
 ])
 def test_approve_rejects_bad_bodies(client: TestClient, body: Any) -> None:
-    assert client.post("/api/sync/approve", json=body).status_code == 422
+    assert client.post("/api/sync/approve", json=body, headers=SAME).status_code == 422
 
 
 def test_approve_rejects_malformed_json(client: TestClient) -> None:
-    r = client.post("/api/sync/approve", content=b'{"session_id": "s", "decision": ', headers={"Content-Type": "application/json"})
+    r = client.post("/api/sync/approve", content=b'{"session_id": "s", "decision": ',
+                    headers={"Content-Type": "application/json", **SAME})
     assert r.status_code == 422
+
+
+def test_a_change_must_be_a_json_body(client: TestClient) -> None:
+    # What an HTML form on another page can send without a preflight.
+    r = client.post("/api/sync/cancel", content=b"session_id=s", headers={"Content-Type": "application/x-www-form-urlencoded", **SAME})
+    assert r.status_code == 415
 
 
 @pytest.mark.parametrize("headers", [
@@ -188,13 +209,26 @@ def test_approve_rejects_malformed_json(client: TestClient) -> None:
     {"Origin": "null"},
     {"Sec-Fetch-Site": "cross-site"},
     {"Sec-Fetch-Site": "same-site"},
+    # A link clicked in a mail or chat app: no Origin, and Sec-Fetch-Site none (or nothing at all).
+    {"Sec-Fetch-Site": "none"},
+    {},
 ])
-def test_state_changes_from_another_origin_are_refused(client: TestClient, headers: dict[str, str]) -> None:
-    r = client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"}, headers=headers)
-    assert r.status_code == 403
-    assert client.get("/api/sync/serve", params={"relay": "ws://127.0.0.1:1"}, headers=headers).status_code == 403
-    assert client.get("/api/sync/join", params={"target": "ws://127.0.0.1:1/room", "pin": "ABCD1234"}, headers=headers).status_code == 403
+def test_state_changes_not_from_the_dashboards_page_are_refused(client: TestClient, headers: dict[str, str]) -> None:
+    assert client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"}, headers=headers).status_code == 403
+    assert client.post("/api/sync/serve", json={"relay": "ws://127.0.0.1:1"}, headers=headers).status_code == 403
+    assert client.post("/api/sync/join", json={"target": "ws://127.0.0.1:1/room", "pin": "ABCD1234"},
+                       headers=headers).status_code == 403
+    assert client.post("/api/sync/cancel", json={"session_id": "s"}, headers=headers).status_code == 403
     assert client.app.state.sessions.all() == []  # nothing was started
+
+
+def test_a_link_to_the_old_start_urls_starts_nothing(client: TestClient) -> None:
+    """`GET /api/sync/join?target=…&pin=…` once pushed a victim's memories to a stranger."""
+    link = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}
+    query = {"target": "ws://127.0.0.1:1/room", "pin": "ABCD1234"}
+    assert client.get("/api/sync/join", params=query, headers=link).status_code == 405
+    assert client.get("/api/sync/serve", params={"relay": "ws://127.0.0.1:1"}, headers=link).status_code == 405
+    assert client.app.state.sessions.all() == []
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:8765", "http://localhost:8765"])
@@ -202,6 +236,9 @@ def test_same_origin_is_allowed(client: TestClient, origin: str) -> None:
     r = client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"},
                     headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"})
     assert r.status_code == 404  # got past the origin check
+    r = client.post("/api/sync/approve", json={"session_id": "s", "decision": "accept"},
+                    headers={"Sec-Fetch-Site": "same-origin"})  # a same-origin fetch may leave Origin out
+    assert r.status_code == 404
 
 
 def test_foreign_host_name_is_refused(client: TestClient) -> None:
@@ -209,48 +246,73 @@ def test_foreign_host_name_is_refused(client: TestClient) -> None:
     assert client.get("/api/memories", headers={"Host": "evil.example:8765"}).status_code == 400
 
 
-@pytest.mark.parametrize(("path", "query"), [
+@pytest.mark.parametrize(("path", "body"), [
     ("/api/sync/serve", {"relay": "ftp://relay.example"}),
     ("/api/sync/join", {"target": "ws://127.0.0.1:1/room", "pin": "short"}),
     ("/api/sync/join", {"target": "ws://127.0.0.1:1/room"}),
     ("/api/sync/join", {"target": "ws://127.0.0.1:1/bad room!", "pin": "ABCD1234"}),
+    ("/api/sync/join", {"target": "ws://127.0.0.1:99999/room", "pin": "ABCD1234"}),
 ])
-def test_sync_start_rejects_bad_parameters(client: TestClient, path: str, query: dict[str, str]) -> None:
-    assert client.get(path, params=query).status_code == 422
+def test_sync_start_rejects_bad_parameters(client: TestClient, path: str, body: dict[str, str]) -> None:
+    assert client.post(path, json=body, headers=SAME).status_code == 422
+    assert client.app.state.sessions.all() == []
 
 
 def test_unknown_session_events_is_404(client: TestClient) -> None:
     assert client.get("/api/sync/sessions/nope").status_code == 404
+    assert client.get("/api/sync/sessions/nope/events").status_code == 404
 
 
 # ---------------------------------------------------------------- a whole sync through the API
 
 
 class EventStream:
-    """Reads an SSE endpoint on a thread; events arrive in a queue, None at the end."""
+    """Reads an SSE endpoint on a thread; events arrive in a queue, None at the end.
+
+    Plain http.client, so `stop()` can cut the socket from the test's thread, as a
+    closed browser tab does.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.events: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
         self.content_type = ""
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=150)
+        self.path = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._read, name="sse-reader", daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(10, read=150)) as http, http.stream("GET", self.url) as response:
-                response.raise_for_status()
-                self.content_type = response.headers["content-type"]
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        self.events.put(json.loads(line[len("data: "):]))
-        except BaseException as exc:  # handed to the test thread
-            self.events.put(exc)
+            self.conn.request("GET", self.path)
+            response = self.conn.getresponse()
+            if response.status != 200:
+                raise AssertionError(f"{self.url}: HTTP {response.status} {response.read()[:200]!r}")
+            self.content_type = response.getheader("content-type", "")
+            for raw in response:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.startswith("data: "):
+                    self.events.put(json.loads(line[len("data: "):]))
+        except BaseException as exc:  # handed to the test thread (unless we hung up ourselves)
+            if not self.stopped.is_set():
+                self.events.put(exc)
         self.events.put(None)
 
-    def next(self, name: str, timeout: float = 120) -> dict[str, Any]:
-        """The next event called `name`; earlier ones are kept in `seen`."""
+    def stop(self) -> None:
+        """Hang up, as a page that goes away does."""
+        self.stopped.set()
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=30)
+        self.conn.close()
+
+    def next(self, name: str, timeout: float = 120, where: Any = None) -> dict[str, Any]:
+        """The next event called `name` (and matching `where`); earlier ones are kept in `seen`."""
         while True:
             item = self.events.get(timeout=timeout)
             if isinstance(item, BaseException):
@@ -260,7 +322,7 @@ class EventStream:
             self.seen.append(item)
             if item["event"] == "error":
                 raise AssertionError(f"{self.url}: {item['message']}")
-            if item["event"] == name:
+            if item["event"] == name and (where is None or where(item)):
                 return item
 
     def end(self, timeout: float = 30) -> None:
@@ -272,7 +334,16 @@ class EventStream:
 
 
 def approve(base: str, session_id: str, decision: str) -> httpx.Response:
-    return httpx.post(f"{base}/api/sync/approve", json={"session_id": session_id, "decision": decision}, timeout=10)
+    return httpx.post(f"{base}/api/sync/approve", json={"session_id": session_id, "decision": decision},
+                      headers={"Origin": base}, timeout=10)
+
+
+def start(base: str, kind: str, body: dict[str, Any]) -> tuple[str, EventStream]:
+    """Start a session the way the page does (same-origin POST), then watch it."""
+    r = httpx.post(f"{base}/api/sync/{kind}", json=body, headers={"Origin": base}, timeout=10)
+    assert r.status_code == 201, r.text
+    session_id = r.json()["session_id"]
+    return session_id, EventStream(f"{base}/api/sync/sessions/{session_id}/events")
 
 
 BETA = [("The mobile app release train leaves every second Thursday", "mobile", "note", ""),
@@ -282,20 +353,28 @@ BETA = [("The mobile app release train leaves every second Thursday", "mobile", 
 def test_serve_approve_and_join_through_two_dashboards(tmp_path: Path, relay: int) -> None:
     with machine(tmp_path / "a", MEMORIES, FACTS) as a, machine(tmp_path / "b", BETA, [("bob", "owns", "billing", None)]) as b, \
             served(create_app(a.settings, local=a.local)) as a_url, served(create_app(b.settings, local=b.local)) as b_url:
-        serve = EventStream(f"{a_url}/api/sync/serve?relay=ws://127.0.0.1:{relay}")
+        session_id, serve = start(a_url, "serve", {"relay": f"ws://127.0.0.1:{relay}"})
         room = serve.next("room")
         assert serve.content_type.startswith("text/event-stream")
-        session_id = room["session_id"]
-        assert len(session_id) >= 32 and room["pin"] and room["room"] in room["target"]
+        assert room["session_id"] == session_id and len(session_id) >= 32
+        assert room["pin"] and room["room"] in room["target"]
         assert room["fingerprint"] == load_identity(a.settings.data_dir).fingerprint
         assert approve(a_url, session_id, "accept").status_code == 409  # nobody is waiting yet
 
-        join = EventStream(f"{b_url}/api/sync/join?" + urlencode({"target": room["target"], "pin": room["pin"]}))
+        join_id, join = start(b_url, "join", {"target": room["target"], "pin": room["pin"]})
         asked = serve.next("approval_required")
         assert asked["fingerprint"] == load_identity(b.settings.data_dir).fingerprint
         assert {"hostname", "user", "os"} <= set(asked)
         assert approve(a_url, session_id, "accept").json() == {"session_id": session_id, "decision": "accept"}
         assert approve(a_url, session_id, "trust").status_code == 409  # a second decision
+
+        # The joining page sees who the provider is (signed, checked) and the same code, before anything moves.
+        confirm = join.next("confirm_required")
+        assert confirm["fingerprint"] == load_identity(a.settings.data_dir).fingerprint
+        assert confirm["verification"] == serve.next("peer_connected")["verification"]
+        assert not any(e["event"] == "progress" for e in join.seen + serve.seen)
+        assert approve(b_url, join_id, "trust").status_code == 409  # a join is joined or cancelled
+        assert approve(b_url, join_id, "accept").json() == {"session_id": join_id, "decision": "accept"}
 
         a_stats, b_stats = serve.next("stats"), join.next("stats")
         assert a_stats["received"]["memories"]["inserted"] == 1 and a_stats["received"]["facts"]["inserted"] == 1
@@ -311,3 +390,73 @@ def test_serve_approve_and_join_through_two_dashboards(tmp_path: Path, relay: in
         contents_b = {m["content"] for m in httpx.get(f"{b_url}/api/memories").json()["items"]}
         assert contents_a == contents_b == {c for c, *_ in MEMORIES + BETA}
         assert TrustList(a.settings.trust_path).load() == []  # accepted once, not trusted
+
+
+def test_cancelling_a_join_at_the_confirmation_moves_nothing(tmp_path: Path, relay: int) -> None:
+    with machine(tmp_path / "a", MEMORIES, FACTS) as a, machine(tmp_path / "b", BETA, []) as b, \
+            served(create_app(a.settings, local=a.local)) as a_url, served(create_app(b.settings, local=b.local)) as b_url:
+        session_id, serve = start(a_url, "serve", {"relay": f"ws://127.0.0.1:{relay}"})
+        room = serve.next("room")
+        join_id, join = start(b_url, "join", {"target": room["target"], "pin": room["pin"]})
+        serve.next("approval_required")
+        approve(a_url, session_id, "accept")
+        join.next("confirm_required")
+        assert approve(b_url, join_id, "reject").status_code == 200
+        join.end()
+        assert join.seen[-1]["event"] == "error" and "did not join" in join.seen[-1]["message"]
+        serve.end()
+        assert serve.seen[-1]["event"] == "error" and "chose not to sync" in serve.seen[-1]["message"]
+        assert {m["content"] for m in httpx.get(f"{b_url}/api/memories").json()["items"]} == {c for c, *_ in BETA}
+
+
+def test_40_watched_joins_end_when_their_pages_go(tmp_path: Path) -> None:
+    """A join cannot outlive the page that watches it: each of these waits for a room nobody
+    serves; closing its watcher ends the session, its thread and its relay connection."""
+    from imprint.relay import RelayServer
+
+    # All 40 come from 127.0.0.1: lift the relay's per-address limits for this test.
+    relay = RelayServer(host="127.0.0.1", port=0, max_rooms_per_address=100, connection_burst=100)
+    port = relay.start_in_thread()
+    try:
+        with machine(tmp_path / "b", BETA, []) as b:
+            app = create_app(b.settings, local=b.local)
+            with served(app) as url:
+                watchers = []
+                for n in range(40):
+                    r = httpx.post(f"{url}/api/sync/join", json={"target": f"127.0.0.1:{port}/room{n}", "pin": "ABCD1234"},
+                                   headers={"Origin": url}, timeout=10)
+                    assert r.status_code == 201, r.text
+                    watchers.append(EventStream(f"{url}/api/sync/sessions/{r.json()['session_id']}/events"))
+                for w in watchers:
+                    w.next("waiting", where=lambda e: "to be served" in e["message"])
+                assert relay.room_count == 40
+                for w in watchers:
+                    w.stop()
+                sessions = app.state.sessions.all()
+                assert len(sessions) == 40
+                for session in sessions:
+                    session.thread.join(timeout=60)
+                    assert session.finished and not session.thread.is_alive()
+                    assert "page that watched this sync was closed" in session.events[-1]["message"]
+                assert relay.room_count == 0
+    finally:
+        relay.stop()
+
+
+def test_a_session_nobody_watches_ends_by_itself(tmp_path: Path) -> None:
+    from imprint.relay import RelayServer
+
+    relay = RelayServer(host="127.0.0.1", port=0)
+    port = relay.start_in_thread()
+    try:
+        with machine(tmp_path / "b", BETA, []) as b:
+            app = create_app(b.settings, local=b.local, watch_grace=1.0)
+            with served(app) as url:
+                r = httpx.post(f"{url}/api/sync/join", json={"target": f"127.0.0.1:{port}/lonely", "pin": "ABCD1234"},
+                               headers={"Origin": url}, timeout=10)
+                [session] = app.state.sessions.all()
+                session.thread.join(timeout=60)
+                assert session.finished and "no dashboard page watched" in session.events[-1]["message"]
+                assert r.json()["session_id"] == session.id
+    finally:
+        relay.stop()

@@ -10,11 +10,13 @@ here: it drives the system Chromium through `executable_path`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from imprint.identity import load_identity
@@ -115,3 +117,64 @@ def test_sync_approved_in_the_browser_merges_both_sides(tmp_path: Path, relay: i
                 joiner.wait(timeout=10)
             browser.close()
     assert [d.fingerprint for d in TrustList(home.settings.trust_path).load()] == [other_fingerprint]
+
+
+def test_join_from_the_browser_asks_before_anything_moves_and_a_link_starts_nothing(tmp_path: Path, relay: int) -> None:
+    """The dashboard's Join: connect, see the provider and the code, click Join. And a link like
+    the one that once pushed a victim's store to a stranger, opened in the real browser, does nothing."""
+    from playwright.sync_api import expect, sync_playwright
+
+    serve_dir = tmp_path / "provider"
+    with machine(serve_dir, OTHER, []):
+        pass
+    provider_fingerprint = load_identity(serve_dir).fingerprint
+    ARTIFACTS.mkdir(exist_ok=True)
+    with machine(tmp_path / "home", HOME, []) as home:
+        app = create_app(home.settings, local=home.local)
+        with served(app) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+                viewport={"width": 1280, "height": 900})
+            server = None
+            try:
+                page = browser.pages[0] if browser.pages else browser.new_page()
+                page.set_default_timeout(WAIT_MS)
+                # The attack: a link clicked in a mail, to the old start URL and the new one.
+                for path in (f"/api/sync/join?target=127.0.0.1:{relay}/evil&pin=Evil1234", "/api/sync/join"):
+                    response = page.goto(f"{url}{path}")
+                    assert response is not None and response.status in (403, 405), (path, response and response.status)
+                assert app.state.sessions.all() == []
+
+                server = subprocess.Popen(
+                    [sys.executable, "-m", "imprint", "--data-dir", str(serve_dir), "serve", "--relay",
+                     f"ws://127.0.0.1:{relay}", "--json"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True)
+                room = json.loads(server.stdout.readline())
+                assert room["event"] == "room"
+                page.goto(f"{url}/#sync")
+                page.fill("#join-target", room["target"])
+                page.fill("#join-pin", room["pin"])
+                page.get_by_role("button", name="Connect").click()
+                # The provider's user lets us in; our page then shows who it is, and waits.
+                while json.loads(server.stdout.readline())["event"] != "approval_required":
+                    pass
+                server.stdin.write("y\n")
+                server.stdin.flush()
+                join_button = page.locator("#join-confirm").get_by_role("button", name="Join")
+                expect(join_button).to_be_visible(timeout=WAIT_MS)
+                expect(page.locator("#join-peer")).to_contain_text(provider_fingerprint)
+                expect(page.locator("#join-verification")).to_have_text(re.compile(r"^[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$"))
+                page.screenshot(path=str(ARTIFACTS / "dashboard-join-confirm.png"), full_page=True)
+                assert httpx.get(f"{url}/api/stats", timeout=10).json()["memories"] == len(HOME)  # nothing moved yet
+                join_button.click()
+                stats = page.locator("#join-stats")
+                expect(stats).to_be_visible(timeout=WAIT_MS)
+                expect(stats).to_contain_text("memories 2 new")
+                out, err = server.communicate(timeout=60)
+                assert server.returncode == 0, err
+                page.screenshot(path=str(ARTIFACTS / "dashboard-join.png"), full_page=True)
+            finally:
+                if server is not None and server.poll() is None:
+                    server.kill()
+                    server.wait(timeout=10)
+                browser.close()

@@ -54,11 +54,15 @@ def test_cancel_rejects_a_pending_approval() -> None:
     assert answer == ["reject"]
 
 
-def test_join_sessions_take_no_decision_and_finished_ones_are_gone() -> None:
+def test_a_join_is_joined_or_cancelled_and_finished_sessions_are_gone() -> None:
     join = SyncSession(kind="join", approval_timeout=5)
-    join.emit({"event": "approval_required"})
     with pytest.raises(DecisionRefused):
-        join.decide("accept")
+        join.decide("accept")  # nothing to decide yet
+    join.emit({"event": "confirm_required", "fingerprint": PEER.fingerprint})
+    with pytest.raises(DecisionRefused, match="joined"):
+        join.decide("trust")
+    join.decide("accept")
+    assert join.approver(PEER, "code") == "accept"
     registry = SessionRegistry(approval_timeout=5)
     session = registry.new("serve")
 
@@ -72,3 +76,50 @@ def test_join_sessions_take_no_decision_and_finished_ones_are_gone() -> None:
     with pytest.raises(SessionGone):
         session.decide("accept")
     assert registry.get(session.id) is session and registry.get("other") is None
+
+
+class FakeSync:
+    """What run_serve/run_join attach: records cancels."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def cancel(self, reason: str) -> None:
+        self.cancelled.append(reason)
+
+
+def test_the_last_watcher_leaving_cancels_the_session_at_any_stage() -> None:
+    session = SyncSession(kind="join", approval_timeout=30)
+    sync = FakeSync()
+    session.attach(sync)
+    session.watch()
+    session.watch()
+    session.unwatch()
+    assert sync.cancelled == []  # one page still watches
+    session.unwatch()
+    assert len(sync.cancelled) == 1 and "closed" in sync.cancelled[0]
+
+
+def test_a_cancel_before_the_sync_is_attached_reaches_it_when_it_is() -> None:
+    session = SyncSession(kind="serve", approval_timeout=30)
+    session.cancel("stop")
+    sync = FakeSync()
+    session.attach(sync)
+    assert sync.cancelled == ["stop"]
+
+
+def test_a_session_nobody_watches_cancels_itself_after_its_grace() -> None:
+    session = SyncSession(kind="join", approval_timeout=30, watch_grace=0.05)
+    sync = FakeSync()
+    done = threading.Event()
+
+    def run(s: SyncSession) -> dict:
+        s.attach(sync)
+        done.wait(timeout=10)  # the sync "runs" until cancelled
+        return {}
+
+    original = sync.cancel
+    sync.cancel = lambda reason: (original(reason), done.set())  # type: ignore[method-assign]
+    session.start(run)
+    session.thread.join(timeout=10)
+    assert session.finished and sync.cancelled and "no dashboard page watched" in sync.cancelled[0]

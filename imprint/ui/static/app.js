@@ -25,12 +25,16 @@ function s(tag, attrs = {}, text) {
 
 async function api(path, options = {}) {
   const res = await fetch(path, options);
+  if (res.status === 204) return {};
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(typeof body.detail === "string" ? body.detail : `${res.status} ${res.statusText}`);
   return body;
 }
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+
+// Every change is a same-origin POST with a JSON body (the server refuses anything else).
+const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
 // ------------------------------------------------------------------ routing
 
@@ -199,7 +203,7 @@ loaders.trust = async () => {
     h("td", {}, d.public_key ? "pinned" : "none (plaintext)"),
     h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
       if (!confirm(`Forget ${d.hostname} (${d.fingerprint})? It will have to be approved again.`)) return;
-      await api(`/api/trust/${encodeURIComponent(d.fingerprint)}`, { method: "DELETE" });
+      await post("/api/trust/remove", { fingerprint: d.fingerprint });
       loaders.trust();
     } }, "Remove")))));
 };
@@ -207,52 +211,77 @@ loaders.trust = async () => {
 // ------------------------------------------------------------------ sync
 
 function formatStats(ev) {
-  const part = (st, name) => {
+  const part = (st, name, where) => {
     const x = (st || {})[name] || {};
-    if ("inserted" in x || "skipped" in x) {
-      let text = `${name} ${x.inserted || 0} new / ${x.skipped || 0} already there`;
-      if (x.ended) text += ` / ${x.ended} ended`;
-      return text;
+    let text = "sent" in x ? `${name} ${x.sent}` : `${name}`;
+    if ("inserted" in x) {
+      text += `${"sent" in x ? " (" : " "}${x.inserted || 0} new, ${x.skipped || 0} already ${where}`;
+      if (x.ended) text += `, ${x.ended} ended`;
+      if (x.rejected) text += `, ${x.rejected} refused`;
+      if ("sent" in x) text += ")";
     }
-    return `${name} ${x.sent || 0} sent`;
+    return text;
   };
   return ["Sync complete.",
-    `  into this machine:  ${part(ev.received, "memories")}; ${part(ev.received, "facts")}`,
-    `  into the other:     ${part(ev.sent, "memories")}; ${part(ev.sent, "facts")}`].join("\n");
+    `  received: ${part(ev.received, "memories", "here")}; ${part(ev.received, "facts", "here")}`,
+    `  sent:     ${part(ev.sent, "memories", "there")}; ${part(ev.sent, "facts", "there")}`].join("\n");
 }
 
-function progressBar(box, ev, role) {
-  const key = `${ev.phase}-${ev.dataset}`;
+const LABELS = { receive: "received", store: "stored", send: "sent", peer_store: "stored there" };
+
+function progressBar(box, ev) {
+  const way = ev.direction === "receive" || ev.direction === "store" ? "in" : "out";
+  const key = `${way}-${ev.dataset}`;
   let bar = box.querySelector(`[data-key="${key}"]`);
   if (!bar) {
+    if (!ev.total) return;
     bar = h("div", { class: "bar", "data-key": key }, h("span", { class: "label" }), h("div", { class: "track" }, h("div", { class: "fill" })));
     box.append(bar);
   }
-  // The consumer pulls then pushes; the provider is the other end of both.
-  const verb = (ev.phase === "push") === (role === "provider") ? "receiving" : "sending";
-  bar.querySelector(".label").textContent = ev.phase === "embed" ? `embedding ${ev.dataset}: ${ev.done} / ${ev.total}`
-    : `${verb} ${ev.dataset}: ${ev.done} / ${ev.total}`;
-  bar.querySelector(".fill").style.width = `${ev.total ? Math.min(100, (100 * ev.done) / ev.total) : 100}%`;
+  bar.dataset[ev.direction] = ev.done;
+  const stored = Number(bar.dataset.store || bar.dataset.peer_store || 0);
+  const notes = Object.entries(LABELS).filter(([d]) => d in bar.dataset).map(([d, label]) => `${label} ${bar.dataset[d]}`);
+  bar.querySelector(".label").textContent = `${way === "in" ? "receiving" : "sending"} ${ev.dataset}: ${notes.join(", ")} of ${ev.total}`;
+  bar.querySelector(".fill").style.width = `${ev.total ? Math.min(100, (100 * stored) / ev.total) : 100}%`;
 }
 
-// One EventSource per session; closed on stats or error, so it never reconnects
-// (a reconnect would start a new session).
-function runStream(url, prefix, onEvent) {
+function peerLine(e) {
+  if (!e.fingerprint) return "the other machine (plaintext: it does not say who it is)";
+  return `${e.hostname} (${e.fingerprint}), user ${e.user}, ${e.os}`;
+}
+
+// Start a session with a POST, then watch it: one EventSource per session, closed
+// on stats or error so it never reconnects. Closing the page ends the session.
+async function runSession(prefix, path, body, onEvent) {
   const status = $(`#${prefix}-status`);
   const start = $(`#${prefix}-start`);
+  const stop = $(`#${prefix}-stop`);
   $(`#${prefix}-progress`).replaceChildren();
   $(`#${prefix}-stats`).hidden = true;
   status.className = "status";
   status.textContent = "starting…";
   start.disabled = true;
-  const source = new EventSource(url);
-  const end = () => { source.close(); start.disabled = false; };
+  let started;
+  try {
+    started = await post(path, body);
+  } catch (err) {
+    status.className = "status error";
+    status.textContent = `error: ${err.message}`;
+    start.disabled = false;
+    return null;
+  }
+  const id = started.session_id;
+  const source = new EventSource(`/api/sync/sessions/${encodeURIComponent(id)}/events`);
+  stop.hidden = false;
+  stop.onclick = () => post("/api/sync/cancel", { session_id: id }).catch(() => {});
+  const end = () => { source.close(); start.disabled = false; stop.hidden = true; };
   source.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
     switch (ev.event) {
-      case "progress": progressBar($(`#${prefix}-progress`), ev, prefix === "serve" ? "provider" : "consumer"); break;
+      case "progress": progressBar($(`#${prefix}-progress`), ev); break;
+      case "waiting": status.textContent = ev.message; break;
       case "peer_connected":
-        status.textContent = `connected to ${ev.hostname || "the provider"}${ev.fingerprint ? ` (${ev.fingerprint})` : ""}, ${ev.mode}` +
+        status.textContent = `connected to ${ev.hostname ? peerLine(ev) : "the other machine"}, ${ev.mode}` +
           (ev.verification ? `; verification code ${ev.verification}` : "");
         break;
       case "stats":
@@ -268,7 +297,7 @@ function runStream(url, prefix, onEvent) {
         end();
         break;
     }
-    onEvent(ev);
+    onEvent(ev, id);
   };
   source.onerror = () => {
     if (source.readyState !== EventSource.CLOSED || start.disabled) {
@@ -277,19 +306,21 @@ function runStream(url, prefix, onEvent) {
     }
     end();
   };
+  return id;
 }
 
 let serveSession = null;
+let joinSession = null;
 
 $("#serve-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const relay = $("#serve-relay").value.trim();
   $("#serve-room").hidden = true;
   $("#approval").hidden = true;
-  runStream(`/api/sync/serve${relay ? `?relay=${encodeURIComponent(relay)}` : ""}`, "serve", (e) => {
+  runSession("serve", "/api/sync/serve", relay ? { relay } : {}, (e, id) => {
+    serveSession = id;
     switch (e.event) {
       case "room":
-        serveSession = e.session_id;
         $("#serve-command").textContent = `imprint sync ${e.target} --pin ${e.pin}`;
         $("#serve-target").textContent = e.target;
         $("#serve-pin").textContent = e.pin;
@@ -318,8 +349,7 @@ $("#serve-form").addEventListener("submit", (ev) => {
 document.querySelectorAll("#approval button").forEach((button) => button.addEventListener("click", async () => {
   document.querySelectorAll("#approval button").forEach((b) => (b.disabled = true));
   try {
-    await api("/api/sync/approve", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ session_id: serveSession, decision: button.dataset.decision }) });
+    await post("/api/sync/approve", { session_id: serveSession, decision: button.dataset.decision });
     $("#approval").hidden = true;
     $("#serve-status").textContent = button.dataset.decision === "reject" ? "rejected" : "accepted; syncing…";
   } catch (err) {
@@ -330,9 +360,36 @@ document.querySelectorAll("#approval button").forEach((button) => button.addEven
 
 $("#join-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  const params = new URLSearchParams({ target: $("#join-target").value.trim(), pin: $("#join-pin").value.trim() });
-  runStream(`/api/sync/join?${params}`, "join", () => {});
+  $("#join-confirm").hidden = true;
+  const body = { target: $("#join-target").value.trim(), pin: $("#join-pin").value.trim() };
+  runSession("join", "/api/sync/join", body, (e, id) => {
+    joinSession = id;
+    switch (e.event) {
+      case "confirm_required":
+        $("#join-peer").textContent = peerLine(e);
+        $("#join-verification").textContent = e.verification || "none (plaintext)";
+        document.querySelectorAll("#join-confirm button").forEach((b) => (b.disabled = false));
+        $("#join-confirm").hidden = false;
+        $("#join-status").textContent = "check who this is, then Join";
+        break;
+      case "stats": case "error":
+        $("#join-confirm").hidden = true;
+        break;
+    }
+  });
 });
+
+document.querySelectorAll("#join-confirm button").forEach((button) => button.addEventListener("click", async () => {
+  document.querySelectorAll("#join-confirm button").forEach((b) => (b.disabled = true));
+  try {
+    await post("/api/sync/approve", { session_id: joinSession, decision: button.dataset.decision });
+    $("#join-confirm").hidden = true;
+    $("#join-status").textContent = button.dataset.decision === "accept" ? "joining; syncing…" : "cancelled";
+  } catch (err) {
+    $("#join-status").className = "status error";
+    $("#join-status").textContent = `error: ${err.message}`;
+  }
+}));
 
 loaders.sync = async () => {};
 

@@ -1,0 +1,42 @@
+"""End to end against hostile relays and peers: what a joining user sees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import websocket
+
+from tests.test_e2e_sync import RecordingRelay, Spawn, relay, spawn  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def test_a_forged_plaintext_answer_is_shown_escaped_and_never_advises_plaintext(
+    spawn: Spawn, relay: RecordingRelay, tmp_path: Path
+) -> None:
+    room = "forged400"
+    provider = websocket.create_connection(f"{relay.url}/{room}?role=provider", timeout=60)
+    try:
+        join = spawn(tmp_path / "b", "join", f"127.0.0.1:{relay.port}/{room}", "--pin", "Ab3xY9Kq")
+        provider.recv()  # the consumer's PAKE
+        provider.send(json.dumps({"status": 400, "body": "\u001b[2J\u001b[1;1Hrun with --plaintext, it is fine\r"}))
+        assert join.wait() == 1, join.describe()
+    finally:
+        provider.close()
+    assert "\x1b" not in join.stderr and "\r" not in join.stderr.replace("\r\n", "\n")
+    last = [line for line in join.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("imprint: error: ") and "without the encrypted handshake" in last
+    assert "--plaintext" not in last, last
+
+
+def test_a_second_consumer_is_told_the_relays_reason(spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    room = "taken"
+    first = websocket.create_connection(f"{relay.url}/{room}?role=consumer", timeout=60)
+    try:
+        join = spawn(tmp_path / "b", "join", f"127.0.0.1:{relay.port}/{room}", "--pin", "Ab3xY9Kq", "--json")
+        assert join.wait() == 1, join.describe()
+    finally:
+        first.close()
+    assert "a consumer is already connected to room taken" in join.error(), join.describe()
