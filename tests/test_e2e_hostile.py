@@ -40,3 +40,18 @@ def test_a_second_consumer_is_told_the_relays_reason(spawn: Spawn, relay: Record
     finally:
         first.close()
     assert "a consumer is already connected to room taken" in join.error(), join.describe()
+
+
+def test_serves_own_relay_admits_only_its_room(spawn: Spawn, tmp_path: Path) -> None:
+    """8 foreign rooms once took a serve process from 509 to 1,025 MiB."""
+    serve = spawn(tmp_path / "a", "serve", "--listen", "127.0.0.1:0", "--json")
+    room = serve.next_event("room")
+    base = room["relay"]
+    for n in range(8):
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(f"{base}/foreign{n}?role=provider", timeout=30)
+        assert info.value.status_code == 404
+    # Its own room is there for the other machine.
+    ws = websocket.create_connection(f"{base}/{room['room']}?role=consumer", timeout=30)
+    ws.close()
+    serve.kill()
