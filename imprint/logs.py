@@ -10,7 +10,6 @@ from pathlib import Path
 
 from loguru import logger
 
-
 #: The same stdlib log line more often than this within REPEAT_WINDOW seconds is
 #: counted, not written: asyncio logs "socket.send() raised exception." for every
 #: write to a peer that vanished, and a ping flood made hundreds of KB of them.

@@ -33,14 +33,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
 
 import msgspec
 
-from imprint.errors import StoreError
+from imprint.errors import SpoolFullError, StoreError
 from imprint.messages.records import FactRecord, MemoryRecord
-
-Dataset: TypeAlias = Literal["memories", "facts"]
+from imprint.messages.wire import Dataset
 
 #: Batches waiting to be stored may take this much disk before the receive
 #: side refuses more (a day's sync of a large store fits many times over).
@@ -68,15 +66,6 @@ _decoders = {
     "memories": msgspec.msgpack.Decoder(tuple[MemoryRecord, ...]),
     "facts": msgspec.msgpack.Decoder(tuple[FactRecord, ...]),
 }
-
-
-class SpoolFullError(StoreError):
-    """The receive spool holds more than its limit of batches waiting to be stored.
-
-    Nothing of the batch that did not fit was kept; the batches before it are
-    stored. Raise the limit (`--spool-limit`, env IMPRINT_SPOOL_LIMIT) or free
-    disk space, then run the sync again.
-    """
 
 
 @dataclass(frozen=True)

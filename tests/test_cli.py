@@ -401,7 +401,7 @@ def test_status_loads_no_model_and_changes_nothing(corpus: tuple[Path, Path, Any
     before = _tree(data_dir)
     # A model that cannot be loaded does not matter: status never loads one.
     proc = ok(imprint_cli(data_dir, "--model", str(tmp_path / "no-such-model"), "status"))
-    assert f"memories  " in proc.stdout.replace("memories      ", "memories  ") and str(CORPUS_SIZE) in proc.stdout
+    assert "memories  " in proc.stdout.replace("memories      ", "memories  ") and str(CORPUS_SIZE) in proc.stdout
     assert _tree(data_dir) == before, "status wrote to the data dir"
     # Another workspace: reported empty, and not created.
     [other] = json_objects(ok(imprint_cli(data_dir, "--workspace", "status-only", "status", "--json")).stdout)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import cli_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from imprint.config import DEFAULT_MODEL, Settings, default_data_dir, settings_from, validate_workspace
+from imprint.config import (
+    DEFAULT_MODEL,
+    Settings,
+    default_data_dir,
+    settings_from,
+    validate_workspace,
+)
 from imprint.errors import ConfigError
 
 ENV_NAMES = ("IMPRINT_DATA_DIR", "IMPRINT_WORKSPACE", "IMPRINT_MODEL", "IMPRINT_QDRANT_URL", "XDG_DATA_HOME")

@@ -10,12 +10,12 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from imprint.actors.trust_gate import stdin_approver
+from imprint.actors.trust_gate import parse_answer
+from imprint.commands.render import stdin_approver
 from imprint.messages.session import PeerInfo
 from imprint.text import clip, visible
 
@@ -34,7 +34,7 @@ def test_the_approval_prompt_shows_a_hostile_hostname_escaped(monkeypatch: pytes
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
     peer = PeerInfo(hostname=HOSTILE, user="u\x1b]0;title\x07" + "x" * 200, os="o\x9b31m", fingerprint="0badc0de")
-    assert stdin_approver(peer, "fingerprint 0badc0de is on your trust list with a DIFFERENT key") == "reject"
+    assert parse_answer(stdin_approver(peer, "fingerprint 0badc0de is on your trust list with a DIFFERENT key")) == "reject"
     shown = err.getvalue()
     assert ESC not in shown and "\r" not in shown and "\u202e" not in shown and "\x9b" not in shown
     assert "\\x1b[2J" in shown and "DIFFERENT key" in shown

@@ -25,7 +25,7 @@ import websocket
 from websocket import ABNF
 
 from imprint.errors import ConfigError, RelayError
-from imprint.relay import (
+from imprint.relay.server import (
     CLOSE_PEER_DISCONNECTED,
     CLOSE_RELAY_ERROR,
     CLOSE_RELAY_FULL,
@@ -455,7 +455,7 @@ def test_a_side_alone_may_only_send_small_frames(make_relay, connect) -> None:
 
 def test_a_frame_over_the_memory_budget_is_refused_and_others_go_on(make_relay, connect) -> None:
     relay = make_relay(budget_bytes=10 * 1024 * 1024)
-    consumer, provider = connect(relay, "big", "consumer"), connect(relay, "big", "provider")
+    _, provider = connect(relay, "big", "consumer"), connect(relay, "big", "provider")
     other_c, other_p = connect(relay, "other", "consumer"), connect(relay, "other", "provider")
     provider.send_binary(b"x" * (8 * 1024 * 1024))  # costs twice its size to read and forward
     code, reason, _ = wait_closed(provider)
@@ -494,7 +494,7 @@ def test_a_fragmented_message_streams_through(make_relay, connect) -> None:
 
 def test_one_address_may_open_only_so_many_rooms(make_relay, connect) -> None:
     relay = make_relay(max_rooms_per_address=2)
-    first, second = connect(relay, "r1", "provider"), connect(relay, "r2", "provider")
+    first, _ = connect(relay, "r1", "provider"), connect(relay, "r2", "provider")
     third = connect(relay, "r3", "provider")
     code, reason, _ = wait_closed(third)
     assert code == CLOSE_TOO_MANY_ROOMS and "too many rooms open from your address" in reason
@@ -613,7 +613,7 @@ def test_run_relay_reports_a_taken_port_and_returns_1(capsys) -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs SIGINT delivery to a child")
 def test_run_relay_listens_and_stops_cleanly_on_ctrl_c() -> None:
-    code = "import sys; from imprint.relay import run_relay; sys.exit(run_relay(host='127.0.0.1', port=0))"
+    code = "import sys; from imprint.relay.server import run_relay; sys.exit(run_relay(host='127.0.0.1', port=0))"
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stderr], daemon=True)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from imprint.errors import SpoolFullError
 from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
-from imprint.spool import Pending, Spool, SpoolFullError, parse_size, read_pending
+from imprint.spool import Pending, Spool, parse_size, read_pending
 
 
 def mem(content: str) -> MemoryRecord:

@@ -1,5 +1,8 @@
-"""What every imprint actor shares: typed dispatch and a start-up error that
-surfaces through `Ping` instead of a silently dead actor."""
+"""What every imprint actor shares: typed dispatch, a start-up error that
+surfaces through `Ping` instead of a silently dead actor, one place to free
+resources (`shut_down`, on a normal stop and after a crash alike), and a crash
+reported at once to whoever runs the actor (`boss`) as :class:`StageFailed`,
+instead of a silence that only an idle timeout would end."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pykka
 from loguru import logger
 
 from imprint.errors import ImprintError
+from imprint.messages.session import Listener, StageFailed
 from imprint.messages.store import Ping
 
 #: Seconds an ask to a local actor may take before the caller gives up.
@@ -28,8 +32,9 @@ class ImprintActor(pykka.ThreadingActor):
     #: process alive; every normal path stops its actors explicitly.
     use_daemon_thread = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, boss: Listener | None = None) -> None:
         super().__init__()
+        self.boss = boss
         self._start_error: ImprintError | None = None
 
     def on_start(self) -> None:
@@ -43,6 +48,22 @@ class ImprintActor(pykka.ThreadingActor):
 
     def start_up(self) -> None:
         """Open resources. Runs on the actor's own thread."""
+
+    def shut_down(self) -> None:
+        """Free resources; runs after a normal stop and after a crash alike."""
+
+    def on_stop(self) -> None:
+        self.shut_down()
+
+    def on_failure(self, exception_type: Any, exception_value: BaseException | None, traceback: Any) -> None:
+        # An exception escaped a told message: the actor is dead. Say so now.
+        stage = type(self).__name__
+        logger.opt(exception=(exception_type, exception_value, traceback)).debug("{} crashed", stage)
+        try:
+            self.shut_down()
+        finally:
+            if self.boss is not None:
+                self.boss.tell(StageFailed(stage=stage, message=str(exception_value) or exception_type.__name__))
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Ping):

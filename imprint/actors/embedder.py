@@ -15,7 +15,7 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ModelError
-from imprint.messages.store import DescribeModel, EmbedTexts, Embeddings, ModelInfo
+from imprint.messages.store import DescribeModel, Embeddings, EmbedTexts, ModelInfo
 
 _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 #: Texts per forward pass; bounded so one message never holds the actor for long.

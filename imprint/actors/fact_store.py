@@ -87,13 +87,7 @@ class FactStore(ImprintActor):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
 
-    def on_stop(self) -> None:
-        self._close()
-
-    def on_failure(self, *_: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def shut_down(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -102,13 +102,7 @@ class MemoryStore(ImprintActor):
         self._exists = True
         logger.debug("created collection {} ({} dims) at {}", self.collection, self.dimension, self.location)
 
-    def on_stop(self) -> None:
-        self._close()
-
-    def on_failure(self, *_: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def shut_down(self) -> None:
         if self._client is not None:
             try:
                 self._client.close()
@@ -128,8 +122,8 @@ class MemoryStore(ImprintActor):
         match message:
             case FindMissing(ids=ids, timestamps=timestamps):
                 return self._to_write(ids, timestamps)
-            case StoreMemories(records=records, vectors=vectors):
-                return self._store(records, vectors)
+            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at):
+                return self._store(records, vectors, stored_at)
             case PageMemories(limit=limit, after=after):
                 return self._page(limit, after)
             case SearchMemories(vector=vector, limit=limit, project=project):
@@ -159,16 +153,17 @@ class MemoryStore(ImprintActor):
                 result[memory_id_] = None  # an earlier copy of the same memory wins everywhere
             elif given and given > stored[memory_id_]:
                 kept[memory_id_] = None
-        return MissingIds(ids=tuple(result), kept=tuple(k for k in kept if k not in result))
+        return MissingIds(ids=tuple(result), kept=tuple(k for k in kept if k not in result), stored_at=stored)
 
-    def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]]) -> StoreResult:
+    def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
+               stored_at: dict[str, float] | None) -> StoreResult:
         from qdrant_client import models
 
         if len(records) != len(vectors):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
         if not self._exists:
             raise StoreError("the memory store was opened read-only")
-        stored = self._stored_timestamps(tuple(r.id for r in records))
+        stored = stored_at if stored_at is not None else self._stored_timestamps(tuple(r.id for r in records))
         points, seen = [], set()
         updated = 0
         for record, vector in zip(records, vectors):

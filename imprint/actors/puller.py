@@ -30,8 +30,8 @@ from imprint.messages.session import (
     Wake,
 )
 from imprint.messages.wire import FactBatch, MemoryBatch, Meta, Request
+from imprint.protocol.stream import StreamValidator
 from imprint.spool import DEFAULT_MAX_BYTES, Spool
-from imprint.sync.stream import StreamValidator
 
 #: Refusal reasons logged per stream; the rest are only counted.
 LOGGED_REFUSALS = 5
@@ -52,7 +52,7 @@ class Puller(ImprintActor):
     def __init__(
         self, *, relay: Any, listener: Any, storer: Any, spool_path: Path, spool_max_bytes: int = DEFAULT_MAX_BYTES
     ) -> None:
-        super().__init__()
+        super().__init__(boss=listener)
         self.relay = relay
         self.listener = listener
         self.storer = storer
@@ -67,13 +67,7 @@ class Puller(ImprintActor):
     def start_up(self) -> None:
         self._spool = Spool(self.spool_path, max_bytes=self.spool_max_bytes)
 
-    def on_stop(self) -> None:
-        self._close()
-
-    def on_failure(self, *_: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def shut_down(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None

@@ -20,13 +20,26 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
-from imprint.messages.session import Progress, SendFrame, StartPush, TransferFailed, TransferFinished
+from imprint.messages.events import Progress
+from imprint.messages.session import (
+    SendFrame,
+    StartPush,
+    TransferFailed,
+    TransferFinished,
+)
 from imprint.messages.store import CountFacts, CountMemories, PageFacts, PageMemories
-from imprint.messages.wire import DatasetCounts, Done, FactBatch, MemoryBatch, Meta, Request
+from imprint.messages.wire import (
+    Dataset,
+    DatasetCounts,
+    Done,
+    EncodedBatch,
+    Meta,
+    Request,
+)
 
 #: A batch frame stops growing past this many bytes, whatever batch_size says.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-_size_encoder = msgspec.json.Encoder()
+_record_encoder = msgspec.json.Encoder()
 #: What a batch frame adds around its records, with room for a 20-digit seq.
 _FRAME_OVERHEAD = len(b'{"kind":"batch","dataset":"memories","seq":,"records":[]}') + 20
 
@@ -35,17 +48,19 @@ class _Next(msgspec.Struct, frozen=True):
     """Send the next page (posted to self)."""
 
 
-def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[Any, ...]]:
-    """Cut a page into runs whose batch frame stays under `max_bytes` (one record at least)."""
-    chunks: list[tuple[Any, ...]] = []
-    current: list[Any] = []
+def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[msgspec.Raw, ...]]:
+    """Encode each record once and cut the page into runs whose batch frame stays under
+    `max_bytes` (one record at least); the encoded records are what goes on the wire."""
+    chunks: list[tuple[msgspec.Raw, ...]] = []
+    current: list[msgspec.Raw] = []
     size = _FRAME_OVERHEAD
     for record in records:
-        n = len(_size_encoder.encode(record)) + 1  # and its comma
+        encoded = msgspec.Raw(_record_encoder.encode(record))
+        n = len(encoded) + 1  # and its comma
         if current and size + n > max_bytes:
             chunks.append(tuple(current))
             current, size = [], _FRAME_OVERHEAD
-        current.append(record)
+        current.append(encoded)
         size += n
     if current:
         chunks.append(tuple(current))
@@ -62,7 +77,7 @@ class Pusher(ImprintActor):
     """
 
     def __init__(self, *, relay: Any, listener: Any, memory_store: Any, fact_store: Any) -> None:
-        super().__init__()
+        super().__init__(boss=listener)
         self.relay = relay
         self.listener = listener
         self.memory_store = memory_store
@@ -133,14 +148,13 @@ class Pusher(ImprintActor):
                 return
         self.actor_ref.tell(_Next())
 
-    def _send_records(self, dataset: str, records: tuple[Any, ...]) -> None:
+    def _send_records(self, dataset: Dataset, records: tuple[Any, ...]) -> None:
         # Never send more than announced: records added since the count wait for the next sync.
         room = self._total[dataset] - self._sent[dataset]
         records = records[: max(room, 0)]
         for chunk in split_by_bytes(records):
             self._seq[dataset] += 1
-            frame: Any = (MemoryBatch if dataset == "memories" else FactBatch).of(self._seq[dataset], chunk)
-            self._send(frame)
+            self._send(EncodedBatch(dataset=dataset, seq=self._seq[dataset], records=chunk))
             self._sent[dataset] += len(chunk)
             # What left the socket; the session turns the peer's acks into confirmed progress.
             self.listener.tell(Progress(direction="send", dataset=dataset, done=self._sent[dataset],

@@ -38,6 +38,7 @@ from imprint.messages.session import (
     BadFrame,
     CloseConnection,
     ConnectionLost,
+    DeliverRawTo,
     FrameHandled,
     FrameReceived,
     RawFrameReceived,
@@ -161,7 +162,11 @@ class RelayConnection(ImprintActor):
 
     Args:
         url: full websocket URL including room and role.
-        listener: gets Connected/RawFrameReceived/FrameReceived/BadFrame/ConnectionLost via `tell`.
+        listener: the session: gets FrameReceived, BadFrame and ConnectionLost via `tell`
+            once a codec is installed. Before that, raw frames (and a lost
+            connection) go to the handshake (see :class:`DeliverRawTo`), in the order
+            they came, so its verdict on a frame always comes before the news that
+            the peer left.
         attempts: connection attempts before giving up.
         window: frames the reader may hand on before the consumer catches up.
         window_bytes: bytes of frames it may hand on beyond the first one.
@@ -180,7 +185,7 @@ class RelayConnection(ImprintActor):
         connect_timeout: float = 10.0,
         hangup: Hangup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(boss=listener)
         self.hangup = hangup
         self.url = url
         self.listener = listener
@@ -201,6 +206,9 @@ class RelayConnection(ImprintActor):
         self._dead = False
         self._lost = False
         self._lost_reason = ""
+        self._reader_reason = ""
+        self._raw_to: Any = None
+        self._early: list[tuple[bytes | bytearray, bool]] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -237,13 +245,7 @@ class RelayConnection(ImprintActor):
     def _safe_url(self) -> str:
         return self.url.split("?", 1)[0]
 
-    def on_stop(self) -> None:
-        self._shutdown()
-
-    def on_failure(self, *_: Any) -> None:
-        self._shutdown()
-
-    def _shutdown(self) -> None:
+    def shut_down(self) -> None:
         self._closing = True
         self._stopping.set()
         ws = self._ws
@@ -306,6 +308,7 @@ class RelayConnection(ImprintActor):
             self._hang_up(ws, 1002)
         except pykka.ActorDeadError:
             return
+        self._reader_reason = reason  # for a send that fails meanwhile: it can say why
         try:
             self.actor_ref.tell(_ReaderEnded(reason=reason))
         except pykka.ActorDeadError:
@@ -362,13 +365,20 @@ class RelayConnection(ImprintActor):
                     self._release(self._held_sizes.popleft())
             case CloseConnection(reason=reason):
                 self._close(reason)
+            case DeliverRawTo(target=target):
+                self._raw_to = target
+                early, self._early = self._early, []
+                for data, text in early:
+                    self._deliver(data, text)
             case _ReaderEnded(reason=reason):
                 # After a BadFrame the reader stops on purpose and the session
                 # already knows; anything more would be a second, false report.
                 if not self._dead:
                     self._lost = True
                     self._lost_reason = reason
-                    self.listener.tell(ConnectionLost(reason=reason, expected=self._closing))
+                    lost = ConnectionLost(reason=reason, expected=self._closing)
+                    # Behind the raw frames, on the same path: the handshake's verdict first.
+                    (self._raw_to if self._codec is None and self._raw_to is not None else self.listener).tell(lost)
             case _:
                 return super().handle(message)
         return None
@@ -379,6 +389,9 @@ class RelayConnection(ImprintActor):
             self._release(size)
             return
         if self._codec is None:
+            if self._raw_to is None:
+                self._early.append((data, text))  # the handshake is being started
+                return
             self._release(size)
             if text:
                 try:
@@ -388,7 +401,7 @@ class RelayConnection(ImprintActor):
                     return
             else:
                 raw = bytes(data)
-            self.listener.tell(RawFrameReceived(data=raw))
+            self._raw_to.tell(RawFrameReceived(data=raw))
             return
         try:
             frame = self._codec.decode(data, text=text)
@@ -419,9 +432,16 @@ class RelayConnection(ImprintActor):
             else:
                 self._ws.send(data, opcode=websocket.ABNF.OPCODE_BINARY)
         except websocket.WebSocketConnectionClosedException:
-            raise RelayError("the connection to the relay closed while sending") from None
+            raise RelayError(self._why_closed("the connection to the relay closed while sending")) from None
         except (websocket.WebSocketException, OSError) as exc:
-            raise RelayError(f"sending to the relay failed: {exc or type(exc).__name__}") from None
+            raise RelayError(self._why_closed(f"sending to the relay failed: {exc or type(exc).__name__}")) from None
+
+    def _why_closed(self, fallback: str) -> str:
+        """The relay's own reason for closing, when the reader is about to have it (a close
+        frame racing our send): "a consumer is already connected" beats "closed while sending"."""
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=2)
+        return self._reader_reason or fallback
 
     def _close(self, reason: str) -> None:
         if self._closing or self._ws is None:

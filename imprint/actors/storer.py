@@ -26,13 +26,20 @@ from imprint.messages.records import MemoryRecord, earliest_copies
 from imprint.messages.session import (
     BatchStored,
     SpoolIdle,
+    StageFailed,
     StoreFailed,
     StreamStored,
     Unwatch,
     Wake,
     Watch,
 )
-from imprint.messages.store import EmbedTexts, FindMissing, StoreFacts, StoreMemories, StoreResult
+from imprint.messages.store import (
+    EmbedTexts,
+    FindMissing,
+    StoreFacts,
+    StoreMemories,
+    StoreResult,
+)
 from imprint.spool import Spool, SpooledBatch
 
 #: Watch every stream (leftovers of an interrupted sync included).
@@ -70,17 +77,18 @@ class Storer(ImprintActor):
         self._todo: list[MemoryRecord] = []
         self._vectors: list[list[float]] = []
         self._kept: tuple[str, ...] = ()
+        self._stored_at: dict[str, float] = {}
 
     def start_up(self) -> None:
         self._spool = Spool(self.spool_path)
 
-    def on_stop(self) -> None:
-        self._close()
+    def on_failure(self, exception_type: Any, exception_value: BaseException | None, traceback: Any) -> None:
+        super().on_failure(exception_type, exception_value, traceback)
+        # A bug here would otherwise leave every watcher waiting for a StreamStored.
+        for listener in {id(w): w for w in self._watchers.values()}.values():
+            listener.tell(StageFailed(stage="Storer", message=str(exception_value) or exception_type.__name__))
 
-    def on_failure(self, *_: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def shut_down(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
@@ -144,27 +152,28 @@ class Storer(ImprintActor):
             stored = BatchStored(stream=batch.stream, dataset="facts", count=len(batch.records), result=result,
                                  same_facts=same_facts)
         self._spool.remove(batch.id)
-        self._current, self._todo, self._vectors, self._kept = None, [], [], ()
+        self._current, self._todo, self._vectors, self._kept, self._stored_at = None, [], [], (), {}
         self._tell(batch.stream, stored)
         self._tell_if_done(batch.stream)
         self._again()
 
     def _begin(self, batch: SpooledBatch) -> None:
         self._current = batch
-        self._todo, self._vectors, self._kept = [], [], ()
+        self._todo, self._vectors, self._kept, self._stored_at = [], [], (), {}
         if batch.dataset != "memories":
             return
         records = batch.records
         missing = ask(self.memory_store, FindMissing(ids=tuple(r.id for r in records),
                                                      timestamps=tuple(r.timestamp for r in records)))
         self._todo = list(earliest_copies(records, missing.ids))
-        self._kept = missing.kept
+        self._kept, self._stored_at = missing.kept, missing.stored_at
 
     def _store_memories(self, batch: SpooledBatch) -> StoreResult:
         n = len(batch.records)
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
-        result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors))
+        result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
+                                                              stored_at=self._stored_at))
         return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
                            kept_ids=self._kept)
 

@@ -1,7 +1,8 @@
 """TrustGate: decides whether a peer whose PIN was right may sync.
 
 A trusted fingerprint (with the same key) is accepted without asking; any
-other peer goes to the approver — a stdin prompt, the dashboard, or a test
+other peer goes to the approver — the terminal prompt
+(:func:`imprint.commands.render.stdin_approver`), the dashboard, or a test
 script. Approvers block (a human is typing), so each runs on its own thread
 and the decision comes back to the gate as a message; the gate tells it to
 whoever asked, and the session's listener hears `approval_required` /
@@ -10,7 +11,6 @@ whoever asked, and the session's listener hears `approval_required` /
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any, Callable, Protocol
 
@@ -20,8 +20,13 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError
-from imprint.text import clip
-from imprint.messages.session import ApprovalRequired, Approve, AutoAccepted, Decision, PeerInfo
+from imprint.messages.session import (
+    ApprovalRequired,
+    Approve,
+    AutoAccepted,
+    Decision,
+    PeerInfo,
+)
 from imprint.trust import TrustList
 
 
@@ -41,36 +46,6 @@ def parse_answer(answer: str | None) -> str:
     return "reject"
 
 
-def stdin_approver(peer: PeerInfo, warning: str) -> str:
-    """Prompt on stderr and read one line from stdin (works when stdin is a pipe)."""
-    lines = []
-    if warning:
-        lines.append(f"WARNING: {clip(warning, 300)}")
-    # What the peer says about itself is shown, never obeyed: no escape sequence can
-    # clear the screen or overwrite the warning above.
-    lines += [
-        "A device wants to sync with this machine:",
-        f"  hostname:    {clip(peer.hostname, 64)}",
-        f"  user:        {clip(peer.user, 64)}",
-        f"  os:          {clip(peer.os, 64)}",
-        f"  fingerprint: {clip(peer.fingerprint, 16)}",
-        "Allow? [y]es / [n]o / [t]rust (accept and remember): ",
-    ]
-    sys.stderr.write("\n".join(lines))
-    sys.stderr.flush()
-    try:
-        answer = sys.stdin.readline()
-    except (OSError, ValueError):
-        answer = ""
-    try:
-        if not sys.stdin.isatty():  # a terminal echoed the Enter; a pipe did not
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    return parse_answer(answer)
-
-
 class _Decided(msgspec.Struct, frozen=True):
     peer: PeerInfo
     decision: str
@@ -87,7 +62,7 @@ class TrustGate(ImprintActor):
     """
 
     def __init__(self, *, trust_list: TrustList, approver: Approver | Callable[[PeerInfo, str], str], listener: Any) -> None:
-        super().__init__()
+        super().__init__(boss=listener)
         self.trust_list = trust_list
         self.approver = approver
         self.listener = listener
@@ -110,6 +85,16 @@ class TrustGate(ImprintActor):
             case _:
                 return super().handle(message)
         return None
+
+    def on_stop(self) -> None:
+        # An approver that answered is done; one still asking (the peer left while the
+        # prompt waits for a line) cannot be interrupted: its answer will go nowhere.
+        for thread in self._threads:
+            thread.join(timeout=0.05)
+        waiting = sum(t.is_alive() for t in self._threads)
+        if waiting:
+            logger.debug("{} approval prompt(s) still wait for an answer that will be ignored", waiting)
+        super().on_stop()
 
     def _approve(self, peer: PeerInfo, reply_to: Any) -> None:
         try:

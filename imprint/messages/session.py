@@ -1,35 +1,56 @@
-"""Messages between the sync actors and up to the session that wires them.
+"""Messages between the sync stages (actors) and up to the session, their boss.
 
-Down (asked or told by the session or a stage): `SendFrame`, `UseCodec`,
-`FrameHandled`, `CloseConnection`, `StartHandshake`, `Approve`, `StartPull`,
-`StartPush`, `StreamFrame`, `Watch`, `Unwatch`, `Wake`.
-Up (told to the session's listener, never asked): `Connected`,
-`RawFrameReceived`, `FrameReceived`, `ConnectionLost`, `HandshakeSucceeded`,
-`HandshakeFailed`, `ApprovalRequired`, `AutoAccepted`, `Decision`,
-`Progress`, `BatchSpooled`, `StreamSpooled`, `BatchStored`, `StreamStored`,
-`StoreFailed`, `SpoolIdle`, `TransferFinished`, `TransferFailed`.
+Down (asked or told by the session or a stage): `SendFrame`, `SendRaw`,
+`DeliverRawTo`, `UseCodec`, `FrameHandled`, `CloseConnection`,
+`StartHandshake`, `Approve`, `Decision`, `StartPull`, `StreamFrame`,
+`StartPush`, `Watch`, `Unwatch`, `Wake`.
+
+Up (told to a listener, never asked): `RawFrameReceived` (to the handshake),
+`FrameReceived`, `ConnectionLost`, `BadFrame`, `PeerArrived`, `HelloSent`,
+`HandshakeSucceeded`, `HandshakeFailed`, `ApprovalRequired`, `AutoAccepted`,
+`JoinDecision`, `Progress` (the event :class:`imprint.messages.events.Progress`),
+`BatchSpooled`, `StreamSpooled`, `BatchStored`, `StreamStored`, `StoreFailed`,
+`SpoolIdle`, `TransferFinished`, `TransferFailed`, `StageFailed`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from imprint.messages.store import StoreResult
+from imprint.errors import ImprintError
+from imprint.messages.store import FactIdentity, StoreResult
+from imprint.messages.wire import Frame
+from imprint.messages.wire import StreamFrame as WireStreamFrame
 
-Role = Literal["provider", "consumer"]
+if TYPE_CHECKING:
+    from imprint.protocol.codec import Codec
+
 DecisionKind = Literal["accept", "trust", "reject"]
 
 
+class Listener(Protocol):
+    """Anything messages are told to: an ActorRef, or a QueueListener."""
+
+    def tell(self, message: Any) -> None: ...
+
+
 class PeerInfo(msgspec.Struct, frozen=True):
-    """Who the other side says it is (from its HELLO)."""
+    """Who the other side says it is (and, in the encrypted mode, proved with its key)."""
 
     hostname: str
     user: str
     os: str
     fingerprint: str
     public_key: str = ""  # hex Ed25519 key; empty in plaintext mode
+
+
+class StageFailed(msgspec.Struct, frozen=True):
+    """An actor crashed on a told message (a bug): the boss ends the session now."""
+
+    stage: str
+    message: str
 
 
 # RelayConnection ----------------------------------------------------------------
@@ -41,7 +62,7 @@ class SendFrame(msgspec.Struct, frozen=True):
     Told with `quiet=True` (acks), a failure is logged, not raised: the lost
     connection is reported on its own."""
 
-    frame: Any
+    frame: Frame
     quiet: bool = False
 
 
@@ -51,23 +72,26 @@ class SendRaw(msgspec.Struct, frozen=True):
     data: bytes | str
 
 
-class UseCodec(msgspec.Struct, frozen=True):
-    """From now on decode incoming frames with `codec` (plain or sealed) and
-    deliver `FrameReceived` instead of `RawFrameReceived`."""
+class DeliverRawTo(msgspec.Struct, frozen=True):
+    """Hand raw frames (and a lost connection) to `target` until a codec is installed:
+    the handshake judges them before the session hears anything."""
 
-    codec: Any
+    target: Listener
+
+
+class UseCodec(msgspec.Struct, frozen=True):
+    """From now on decode incoming frames with `codec` (plain or sealed) and deliver
+    `FrameReceived` to the session, instead of raw frames to the handshake."""
+
+    codec: Codec
 
 
 class FrameHandled(msgspec.Struct, frozen=True):
-    """A delivered batch frame has been stored: the reader may take another."""
+    """A delivered batch frame is in the spool: the reader may take another."""
 
 
 class CloseConnection(msgspec.Struct, frozen=True):
     reason: str = "done"
-
-
-class Connected(msgspec.Struct, frozen=True):
-    url: str
 
 
 class RawFrameReceived(msgspec.Struct, frozen=True):
@@ -75,7 +99,7 @@ class RawFrameReceived(msgspec.Struct, frozen=True):
 
 
 class FrameReceived(msgspec.Struct, frozen=True):
-    frame: Any
+    frame: Frame
 
 
 class ConnectionLost(msgspec.Struct, frozen=True):
@@ -98,10 +122,8 @@ class StartHandshake(msgspec.Struct, frozen=True):
     pass
 
 
-class HandshakeSucceeded(msgspec.Struct, frozen=True):
-    peer: PeerInfo | None
-    verification: str = ""
-    decision: str = "accept"
+class PeerArrived(msgspec.Struct, frozen=True):
+    """The first frame from the other side: someone is there (silence counts from now)."""
 
 
 class HelloSent(msgspec.Struct, frozen=True):
@@ -111,24 +133,27 @@ class HelloSent(msgspec.Struct, frozen=True):
     verification: str = ""
 
 
-class HandshakeFailed(msgspec.Struct, frozen=True):
-    """`kind` selects the error class: auth, rejected, protocol."""
+class HandshakeSucceeded(msgspec.Struct, frozen=True):
+    peer: PeerInfo | None
+    verification: str = ""
 
-    message: str
-    kind: Literal["auth", "rejected", "protocol"] = "protocol"
+
+class HandshakeFailed(msgspec.Struct, frozen=True):
+    """The handshake ended without a peer; `error` says why (AuthError, RejectedError, ProtocolError…)."""
+
+    error: ImprintError
 
 
 class Approve(msgspec.Struct, frozen=True):
     """Decide on a peer whose PIN was right. The decision is told to `reply_to`."""
 
     peer: PeerInfo
-    reply_to: Any
+    reply_to: Listener
 
 
-class JoinDecision(msgspec.Struct, frozen=True):
-    """The joining side's user (the dashboard) said whether to go on with a provider."""
-
+class Decision(msgspec.Struct, frozen=True):
     decision: DecisionKind
+    auto: bool = False
 
 
 class ApprovalRequired(msgspec.Struct, frozen=True):
@@ -140,9 +165,10 @@ class AutoAccepted(msgspec.Struct, frozen=True):
     peer: PeerInfo
 
 
-class Decision(msgspec.Struct, frozen=True):
+class JoinDecision(msgspec.Struct, frozen=True):
+    """The joining side's user (the dashboard) said whether to go on with a provider."""
+
     decision: DecisionKind
-    auto: bool = False
 
 
 # Puller, Storer and Pusher ------------------------------------------------------------
@@ -158,7 +184,7 @@ class StartPull(msgspec.Struct, frozen=True):
 
 
 class StreamFrame(msgspec.Struct, frozen=True):
-    frame: Any
+    frame: WireStreamFrame
 
 
 class StartPush(msgspec.Struct, frozen=True):
@@ -171,26 +197,7 @@ class StartPush(msgspec.Struct, frozen=True):
     batch_size: int = 500
     request: bool = False
     skip_ids: frozenset[str] = frozenset()
-    skip_facts: frozenset[tuple[str, str, str, float]] = frozenset()
-
-
-Direction = Literal["send", "peer_store", "receive", "store"]
-
-
-class Progress(msgspec.Struct, frozen=True):
-    """How far one dataset got in one direction.
-
-    `send`: our records the peer confirmed it received (`confirmed` False in
-    the plaintext mode, where only what left the socket is known);
-    `peer_store`: our records the peer has stored; `receive`: the peer's
-    records in our spool; `store`: the peer's records stored here.
-    """
-
-    direction: Direction
-    dataset: str
-    done: int
-    total: int
-    confirmed: bool = True
+    skip_facts: frozenset[FactIdentity] = frozenset()
 
 
 class BatchSpooled(msgspec.Struct, frozen=True):
@@ -225,7 +232,7 @@ class BatchStored(msgspec.Struct, frozen=True):
     count: int
     result: StoreResult
     same_ids: tuple[str, ...] = ()
-    same_facts: tuple[tuple[str, str, str, float], ...] = ()
+    same_facts: tuple[FactIdentity, ...] = ()
 
 
 class StreamStored(msgspec.Struct, frozen=True):
@@ -248,7 +255,7 @@ class Watch(msgspec.Struct, frozen=True):
     """Tell `listener` what the Storer does with `stream` (every stream if empty)."""
 
     stream: str
-    listener: Any
+    listener: Listener
 
 
 class Unwatch(msgspec.Struct, frozen=True):

@@ -55,13 +55,22 @@ class MissingIds(msgspec.Struct, frozen=True):
 
     ids: tuple[str, ...]
     kept: tuple[str, ...] = ()
+    #: The stored timestamp of every asked id that is stored: hand it to
+    #: :class:`StoreMemories` so the store does not look it up again.
+    stored_at: dict[str, float] = {}
 
 
 class StoreMemories(msgspec.Struct, frozen=True):
-    """Store records with their vectors; existing ids are skipped. Reply: :class:`StoreResult`."""
+    """Store records with their vectors; existing ids are skipped unless the record
+    is an earlier copy. Reply: :class:`StoreResult`.
+
+    ``stored_at`` is :attr:`MissingIds.stored_at` from the FindMissing just asked
+    for these records (the store then trusts it: this process is the store's only
+    writer); None looks the stored timestamps up."""
 
     records: tuple[MemoryRecord, ...]
     vectors: list[list[float]]
+    stored_at: dict[str, float] | None = None
 
 
 FactIdentity = tuple[str, str, str, float]

@@ -53,9 +53,6 @@ MAX_MESSAGE_CHARS: Final = 64 * 1024
 PULL_PATH: Final = "/sync/pull"
 PUSH_PATH: Final = "/sync/push"
 
-#: The error frame a side sends when its user stops the sync (Ctrl-C, SIGTERM).
-INTERRUPTED: Final = "the other machine stopped the sync (interrupted by its user)"
-
 #: Response bodies of SPEC.
 OK: Final = "ok"
 INVALID_PIN: Final = "invalid PIN"
@@ -63,6 +60,10 @@ REJECTED_BY_USER: Final = "rejected by user"
 UNKNOWN_PATH: Final = "unknown path"
 
 Dataset: TypeAlias = Literal["memories", "facts"]
+#: Who serves (provider) and who joins (consumer): the relay's `role`, a session's side.
+Role: TypeAlias = Literal["provider", "consumer"]
+#: The secure channel (ours) or SPEC's plaintext frames (Imprint's own clients).
+Mode: TypeAlias = Literal["encrypted", "plaintext"]
 DATASETS: Final[tuple[Dataset, ...]] = ("memories", "facts")
 
 HostField = Annotated[str, msgspec.Meta(max_length=255)]
@@ -310,6 +311,16 @@ class FactBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
         return len(self.records) + self.refused
 
 
+class EncodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
+    """A batch we send, its records already JSON: the sender encodes each record once,
+    to cut batches by size, and those bytes go on the wire as they are. Encodes exactly
+    as :class:`MemoryBatch` / :class:`FactBatch` with the same records; never decoded."""
+
+    dataset: Dataset
+    seq: Seq
+    records: tuple[msgspec.Raw, ...]
+
+
 class Ack(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="ack"):
     """Receiver → sender, encrypted mode only: how far the receiver got with
     the stream it is being sent. ``received`` records are safe in its spool
@@ -334,9 +345,9 @@ class StreamError(msgspec.Struct, frozen=True, tag_field="kind", tag="error"):
 
 Batch: TypeAlias = MemoryBatch | FactBatch
 StreamFrame: TypeAlias = Meta | MemoryBatch | FactBatch | Done | StreamError
-Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | Done | StreamError | Ack
+Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | EncodedBatch | Done | StreamError | Ack
 
-_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, Done, StreamError, Ack)
+_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, EncodedBatch, Done, StreamError, Ack)
 
 
 # Codec -----------------------------------------------------------------------

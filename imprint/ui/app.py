@@ -15,7 +15,6 @@ session asks its page before any record moves, and ends when its page goes.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,9 +31,23 @@ from pydantic import BaseModel, Field
 from imprint.actors.base import ask
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
-from imprint.messages.store import CountFacts, EmbedTexts, ListFacts, PageMemories, SearchMemories
+from imprint.local import all_memories
+from imprint.messages.events import encode_event
+from imprint.messages.store import (
+    CountFacts,
+    EmbedTexts,
+    ListFacts,
+    SearchMemories,
+)
+from imprint.sync.runner import mode_of, run_join, run_serve
 from imprint.trust import TrustList
-from imprint.ui.sessions import Decision, DecisionRefused, SessionGone, SessionRegistry, SyncSession
+from imprint.ui.sessions import (
+    Decision,
+    DecisionRefused,
+    SessionGone,
+    SessionRegistry,
+    SyncSession,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -186,13 +199,7 @@ def _memory(record: Any) -> Memory:
 
 
 def _scan_memories(local: Any) -> Iterator[Any]:
-    after = None
-    while True:
-        page = ask(local["memory_store"], PageMemories(limit=SCAN_PAGE, after=after))
-        yield from page.records
-        if page.next_after is None:
-            return
-        after = page.next_after
+    return all_memories(local["memory_store"], page=SCAN_PAGE)
 
 
 def _counts(counter: Counter[str]) -> list[Count]:
@@ -432,7 +439,7 @@ def create_app(
                 while True:
                     batch, finished = await anyio.to_thread.run_sync(session.wait_events, cursor, 1.0)
                     for event in batch:
-                        yield f"data: {json.dumps(event)}\n\n"
+                        yield f"data: {encode_event(event).decode()}\n\n"
                     cursor += len(batch)
                     if finished:
                         return
@@ -453,8 +460,7 @@ def create_app(
     def sync_serve(body: ServeRequest, local: Any = Depends(actors)) -> Started:
         """Start a provider session; watch it at `/api/sync/sessions/{id}/events` (its `room` event carries
         target and PIN). It asks before letting anyone in, and ends when no page watches it."""
-        from imprint.sync.addresses import relay_base
-        from imprint.sync_cli import run_serve
+        from imprint.protocol.addresses import relay_base
 
         relay = (body.relay or "").strip() or None
         if relay:
@@ -464,7 +470,7 @@ def create_app(
                 raise HTTPException(422, str(exc)) from None
         session = sessions.new("serve")
         session.start(lambda s: run_serve(
-            settings, relay=relay, listen=listen, mode="plaintext" if body.plaintext else "encrypted",
+            settings, relay=relay, listen=listen, mode=mode_of(body.plaintext),
             batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, local=local,
             on_session=s.attach))
         return Started(session_id=session.id, kind=session.kind)
@@ -475,8 +481,7 @@ def create_app(
         """Join another machine's serve session. Once connected, the session shows the provider
         (`confirm_required`) and moves nothing until the page answers `accept` (Join) at
         `/api/sync/approve`; it ends when no page watches it."""
-        from imprint.sync.addresses import check_pin, default_relay, parse_target
-        from imprint.sync_cli import run_join
+        from imprint.protocol.addresses import check_pin, default_relay, parse_target
 
         try:
             parse_target(body.target, default_relay=default_relay())
@@ -485,7 +490,7 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         session = sessions.new("join")
         session.start(lambda s: run_join(
-            settings, target=body.target.strip(), pin=pin, mode="plaintext" if body.plaintext else "encrypted",
+            settings, target=body.target.strip(), pin=pin, mode=mode_of(body.plaintext),
             batch_size=500, idle_timeout=120.0, report=s.emit, local=local, confirm=s.approver,
             on_session=s.attach))
         return Started(session_id=session.id, kind=session.kind)
@@ -535,6 +540,7 @@ def create_app(
         session = sessions.get(session_id)
         if session is None:
             raise HTTPException(404, "no such session")
-        return SessionInfo(session_id=session.id, kind=session.kind, finished=session.finished, events=list(session.events))
+        return SessionInfo(session_id=session.id, kind=session.kind, finished=session.finished,
+                           events=[msgspec.to_builtins(e) for e in session.events])
 
     return app

@@ -21,9 +21,18 @@ import threading
 import time
 from typing import Any, Callable, Literal
 
+import msgspec
 from loguru import logger
 
 from imprint.errors import ImprintError
+from imprint.messages.events import (
+    ApprovalRequired,
+    ConfirmRequired,
+    Error,
+    Event,
+    Room,
+    Stats,
+)
 
 Decision = Literal["accept", "trust", "reject"]
 SessionKind = Literal["serve", "join"]
@@ -53,7 +62,7 @@ class SyncSession:
         self.kind = kind
         self.approval_timeout = approval_timeout
         self.watch_grace = watch_grace
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.finished = False
         self.thread: threading.Thread | None = None
         self._cond = threading.Condition()
@@ -68,17 +77,17 @@ class SyncSession:
 
     # ---------------------------------------------------------------- events
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         """Record one event (called on the session's thread by run_serve/run_join)."""
-        if event.get("event") == "room":
-            event = {**event, "session_id": self.id}
+        if isinstance(event, Room):
+            event = msgspec.structs.replace(event, session_id=self.id)
         with self._cond:
-            if event.get("event") in ("approval_required", "confirm_required"):
+            if isinstance(event, (ApprovalRequired, ConfirmRequired)):
                 self._awaiting = True
             self.events.append(event)
             self._cond.notify_all()
 
-    def wait_events(self, cursor: int, timeout: float) -> tuple[list[dict[str, Any]], bool]:
+    def wait_events(self, cursor: int, timeout: float) -> tuple[list[Event], bool]:
         """Events from index `cursor` on, waiting up to `timeout` s for one; and whether the session is over."""
         with self._cond:
             self._cond.wait_for(lambda: len(self.events) > cursor or self.finished, timeout=timeout)
@@ -163,17 +172,17 @@ class SyncSession:
 
     # ---------------------------------------------------------------- running
 
-    def start(self, run: Callable[[SyncSession], dict[str, Any]]) -> None:
+    def start(self, run: Callable[[SyncSession], Stats]) -> None:
         """Run `run(self)` on a daemon thread; its errors become an `error` event."""
 
         def target() -> None:
             try:
                 run(self)
             except ImprintError as exc:
-                self.emit({"event": "error", "message": str(exc)})
+                self.emit(Error(message=str(exc)))
             except Exception as exc:  # a bug: say so on the page rather than hang it
                 logger.exception("dashboard {} session failed", self.kind)
-                self.emit({"event": "error", "message": f"internal error: {exc}"})
+                self.emit(Error(message=f"internal error: {exc}"))
             finally:
                 self._finish()
 

@@ -10,7 +10,13 @@ import pytest
 
 from imprint.actors.embedder import Embedder
 from imprint.errors import ModelError
-from imprint.messages.store import DescribeModel, EmbedTexts, Embeddings, ModelInfo, Ping
+from imprint.messages.store import (
+    DescribeModel,
+    Embeddings,
+    EmbedTexts,
+    ModelInfo,
+    Ping,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -20,8 +20,9 @@ import pykka
 import pytest
 from nacl.signing import SigningKey
 
-from imprint.actors.handshake import PLAINTEXT_REFUSAL, Handshake
+from imprint.actors.handshake import Handshake
 from imprint.actors.trust_gate import TrustGate
+from imprint.errors import AuthError, RejectedError
 from imprint.identity import DeviceIdentity, HostInfo
 from imprint.messages.session import (
     ApprovalRequired,
@@ -29,6 +30,7 @@ from imprint.messages.session import (
     HandshakeFailed,
     HandshakeSucceeded,
     HelloSent,
+    PeerArrived,
     PeerInfo,
     RawFrameReceived,
     SendFrame,
@@ -38,7 +40,9 @@ from imprint.messages.session import (
 )
 from imprint.messages.store import Ping
 from imprint.messages.wire import DatasetCounts, Meta
-from imprint.sync.channel import ChannelSetup
+from imprint.protocol.channel import ChannelSetup
+from imprint.protocol.handshake import PLAINTEXT_REFUSAL
+from imprint.protocol.handshake import Handshake as HandshakeMachine
 from imprint.trust import TrustList
 
 from .fakes import Recorder, ScriptedApprover, stopping_new_actors
@@ -144,14 +148,10 @@ class Pair:
         gate = TrustGate.start(trust_list=self.trust_list, approver=self.approver, listener=provider_listener)
         self.provider = Side(
             Handshake.start(
-                role="provider",
-                mode=provider_mode,
+                handshake=HandshakeMachine(role="provider", mode=provider_mode, pin=provider_pin, room=ROOM,
+                                           identity=self.provider_identity, host=PROVIDER_HOST),
                 relay=self.relays[0],
                 listener=provider_listener,
-                pin=provider_pin,
-                room=ROOM,
-                identity=self.provider_identity,
-                host=PROVIDER_HOST,
                 trust_gate=gate,
             ),
             provider_listener,
@@ -161,14 +161,10 @@ class Pair:
             consumer_listener = Recorder("consumer session")
             self.consumer = Side(
                 Handshake.start(
-                    role="consumer",
-                    mode=consumer_mode,
+                    handshake=HandshakeMachine(role="consumer", mode=consumer_mode, pin=consumer_pin, room=ROOM,
+                                               identity=self.consumer_identity, host=CONSUMER_HOST),
                     relay=self.relays[1],
                     listener=consumer_listener,
-                    pin=consumer_pin,
-                    room=ROOM,
-                    identity=self.consumer_identity,
-                    host=CONSUMER_HOST,
                 ),
                 consumer_listener,
             )
@@ -221,6 +217,15 @@ def pair(tmp_path: Path) -> Callable[..., Pair]:
     return lambda **kw: Pair(tmp_path, **kw)
 
 
+def kind(failed: HandshakeFailed) -> str:
+    """The kind of failure, by its error's type."""
+    return {AuthError: "auth", RejectedError: "rejected"}.get(type(failed.error), "protocol")
+
+
+def message(failed: HandshakeFailed) -> str:
+    return str(failed.error)
+
+
 def as_bytes(data: bytes | str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else data
 
@@ -244,12 +249,12 @@ def test_encrypted_handshake_succeeds_on_both_sides_and_the_relay_learns_nothing
     assert isinstance(provider, HandshakeSucceeded) and isinstance(consumer, HandshakeSucceeded)
     assert provider.verification == consumer.verification
     assert len(provider.verification) == 14 and provider.verification.count("-") == 2
-    assert provider == HandshakeSucceeded(peer=p.consumer_peer(), verification=provider.verification, decision="accept")
+    assert provider == HandshakeSucceeded(peer=p.consumer_peer(), verification=provider.verification)
     # The provider's answer says who it is, signed over this session: the consumer can show it.
-    assert consumer == HandshakeSucceeded(peer=p.provider_peer(), verification=consumer.verification, decision="accept")
-    assert p.provider.listener.messages == [ApprovalRequired(peer=p.consumer_peer(), warning=""), provider]
+    assert consumer == HandshakeSucceeded(peer=p.provider_peer(), verification=consumer.verification)
+    assert p.provider.listener.messages == [PeerArrived(), ApprovalRequired(peer=p.consumer_peer(), warning=""), provider]
     # The consumer says when its HELLO is out (with the code to compare), then the outcome.
-    assert p.consumer.listener.messages == [HelloSent(verification=consumer.verification), consumer]
+    assert p.consumer.listener.messages == [PeerArrived(), HelloSent(verification=consumer.verification), consumer]
     assert p.approver.calls == [(p.consumer_peer(), "")]
 
     # Each side: PAKE and confirm (text), then one sealed frame (binary), nothing else.
@@ -274,7 +279,7 @@ def test_encrypted_handshake_succeeds_on_both_sides_and_the_relay_learns_nothing
 def test_trust_is_remembered_and_the_next_session_is_auto_accepted(pair: Callable[..., Pair]) -> None:
     first = pair(answer="trust")
     first.start()
-    assert first.provider.outcome().decision == "trust"
+    assert isinstance(first.provider.outcome(), HandshakeSucceeded)
     assert isinstance(first.consumer.outcome(), HandshakeSucceeded)
     assert first.trust_list.status(first.consumer_identity.fingerprint, first.consumer_identity.public_key.hex()) == "trusted"
 
@@ -282,8 +287,8 @@ def test_trust_is_remembered_and_the_next_session_is_auto_accepted(pair: Callabl
     second.start()
 
     provider, consumer = second.provider.outcome(), second.consumer.outcome()
-    assert provider.decision == "auto" and isinstance(consumer, HandshakeSucceeded)
-    assert second.provider.listener.messages == [AutoAccepted(peer=second.consumer_peer()), provider]
+    assert isinstance(provider, HandshakeSucceeded) and isinstance(consumer, HandshakeSucceeded)
+    assert second.provider.listener.messages == [PeerArrived(), AutoAccepted(peer=second.consumer_peer()), provider]
     assert second.approver.calls == []
 
 
@@ -293,10 +298,10 @@ def test_a_wrong_pin_fails_both_sides_and_burns_the_session(pair: Callable[..., 
 
     provider, consumer = p.provider.outcome(), p.consumer.outcome()
 
-    assert isinstance(provider, HandshakeFailed) and provider.kind == "auth"
-    assert "wrong PIN" in provider.message and "burned" in provider.message
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "auth"
-    assert "PIN" in consumer.message
+    assert isinstance(provider, HandshakeFailed) and kind(provider) == "auth"
+    assert "wrong PIN" in message(provider) and "burned" in message(provider)
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "auth"
+    assert "PIN" in message(consumer)
     assert p.approver.calls == []
     assert not p.provider.listener.of_type(ApprovalRequired)
     # No key was confirmed: nothing sealed crossed, and neither PIN did.
@@ -321,11 +326,10 @@ def test_a_rejection_reaches_the_consumer_as_rejected(pair: Callable[..., Pair])
 
     provider, consumer = p.provider.outcome(), p.consumer.outcome()
 
-    assert provider == HandshakeFailed(
-        message=f"rejected {CONSUMER_HOST.hostname} ({p.consumer_identity.fingerprint})", kind="rejected"
-    )
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "rejected"
-    assert "rejected by user" in consumer.message
+    assert kind(provider) == "rejected"
+    assert message(provider) == f"rejected {CONSUMER_HOST.hostname} ({p.consumer_identity.fingerprint})"
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "rejected"
+    assert "rejected by user" in message(consumer)
     assert p.trust_list.load() == []
 
 
@@ -333,8 +337,8 @@ def test_an_approver_that_fails_rejects(pair: Callable[..., Pair]) -> None:
     p = pair(answer=OSError("stdin closed"))
     p.start()
 
-    assert p.provider.outcome().kind == "rejected"
-    assert p.consumer.outcome().kind == "rejected"
+    assert kind(p.provider.outcome()) == "rejected"
+    assert kind(p.consumer.outcome()) == "rejected"
 
 
 # ---------------------------------------------------------------- forged identities
@@ -381,13 +385,13 @@ def test_a_hello_signed_by_another_key_than_its_fingerprint_is_refused(
 
     provider, consumer = p.provider.outcome(), p.consumer.outcome()
 
-    assert isinstance(provider, HandshakeFailed) and provider.kind == "protocol"
-    assert expected in provider.message
+    assert isinstance(provider, HandshakeFailed) and kind(provider) == "protocol"
+    assert expected in message(provider)
     assert p.approver.calls == []
     assert not p.provider.listener.of_type(ApprovalRequired, AutoAccepted, HandshakeSucceeded)
     # The consumer hears why, rather than a dropped connection.
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol"
-    assert expected in consumer.message
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "protocol"
+    assert expected in message(consumer)
 
 
 # ---------------------------------------------------------------- plaintext mode
@@ -405,9 +409,8 @@ def test_plaintext_handshake_speaks_specs_frames_exactly(pair: Callable[..., Pai
             fingerprint=p.consumer_identity.fingerprint,
         ),
         verification="",
-        decision="accept",
     )
-    assert consumer == HandshakeSucceeded(peer=None, verification="", decision="accept")
+    assert consumer == HandshakeSucceeded(peer=None, verification="")
     [(_, hello), (_, answer)] = p.wire.frames
     assert [s for s, _ in p.wire.frames] == ["consumer", "provider"]
     assert isinstance(hello, str) and isinstance(answer, str)
@@ -430,8 +433,8 @@ def test_plaintext_wrong_pin_is_a_403_and_auth_on_both_sides(pair: Callable[...,
 
     provider, consumer = p.provider.outcome(), p.consumer.outcome()
 
-    assert provider.kind == "auth" and "burned" in provider.message
-    assert consumer.kind == "auth" and "invalid PIN" in consumer.message
+    assert kind(provider) == "auth" and "burned" in message(provider)
+    assert kind(consumer) == "auth" and "invalid PIN" in message(consumer)
     assert json.loads(p.wire.sent_by("provider")[-1]) == {"status": 403, "body": "invalid PIN"}
     assert p.approver.calls == []
 
@@ -442,8 +445,8 @@ def test_an_encrypted_provider_refuses_a_plaintext_consumer_naming_the_flag(pair
 
     provider, consumer = p.provider.outcome(), p.consumer.outcome()
 
-    assert isinstance(provider, HandshakeFailed) and provider.kind == "protocol" and "--plaintext" in provider.message
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol" and "--plaintext" in consumer.message
+    assert isinstance(provider, HandshakeFailed) and kind(provider) == "protocol" and "--plaintext" in message(provider)
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "protocol" and "--plaintext" in message(consumer)
     assert [json.loads(d) for d in p.wire.sent_by("provider")] == [{"status": 400, "body": PLAINTEXT_REFUSAL}]
     assert p.approver.calls == []
 
@@ -458,11 +461,11 @@ def test_a_plaintext_provider_answers_our_handshake_with_specs_400(pair: Callabl
     assert isinstance(answer, str)
     body = json.loads(answer)
     assert list(body) == ["status", "body"] and body["status"] == 400 and "--plaintext" in body["body"]
-    assert isinstance(provider, HandshakeFailed) and provider.kind == "protocol" and "--plaintext" in provider.message
+    assert isinstance(provider, HandshakeFailed) and kind(provider) == "protocol" and "--plaintext" in message(provider)
     # That 400 is not authenticated (a relay can forge it): the consumer says what it saw
     # and never advises turning encryption off on its say-so.
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol"
-    assert "--plaintext" not in consumer.message and "without the encrypted handshake" in consumer.message
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "protocol"
+    assert "--plaintext" not in message(consumer) and "without the encrypted handshake" in message(consumer)
     assert_no_secrets(p.wire, PIN)
 
 
@@ -477,8 +480,8 @@ def test_an_unknown_protocol_version_is_refused_clearly(pair: Callable[..., Pair
     p.provider.handshake.tell(RawFrameReceived(data=json.dumps({"imprint": 2, "pake": pake["pake"]})))
 
     provider = p.provider.outcome()
-    assert isinstance(provider, HandshakeFailed) and provider.kind == "protocol"
-    assert "version 2" in provider.message
+    assert isinstance(provider, HandshakeFailed) and kind(provider) == "protocol"
+    assert "version 2" in message(provider)
     [refusal] = p.wire.sent_by("provider")
     answer = json.loads(refusal)
     assert answer["imprint"] == 1 and "version 2" in answer["error"]
@@ -489,5 +492,5 @@ def test_an_unknown_protocol_version_is_refused_clearly(pair: Callable[..., Pair
     c.consumer.handshake.tell(StartHandshake())
     c.consumer.handshake.tell(RawFrameReceived(data=refusal))
     consumer = c.consumer.outcome()
-    assert isinstance(consumer, HandshakeFailed) and consumer.kind == "protocol"
-    assert "refused" in consumer.message and "version 2" in consumer.message
+    assert isinstance(consumer, HandshakeFailed) and kind(consumer) == "protocol"
+    assert "refused" in message(consumer) and "version 2" in message(consumer)

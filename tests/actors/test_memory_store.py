@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 import pykka
 import pytest
 
@@ -84,6 +85,26 @@ def test_find_missing_store_and_restore_inserts_nothing(start_actor: StartActor,
     assert store(ref, records, unit_vectors(5)) == StoreResult(inserted=0, skipped=5)
     assert ref.ask(CountMemories(), timeout=30) == 5
     assert ref.ask(FindMissing(ids=ids), timeout=30).ids == ()
+
+
+def test_find_missing_tells_stored_timestamps_and_store_trusts_them(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    old, new = (finalize_memory(MemoryRecord(content=f"timed {i}", timestamp=100.0)) for i in range(2))
+    store(ref, [old], unit_vectors(1))
+
+    missing = ref.ask(FindMissing(ids=(old.id, new.id), timestamps=(50.0, 50.0)), timeout=30)
+    assert missing.ids == (old.id, new.id)  # an earlier copy of `old` replaces it
+    assert missing.stored_at == {old.id: 100.0}  # what the store would otherwise look up again
+
+    # Handed what FindMissing said, the store decides from it: one update, one insert.
+    earlier = msgspec.structs.replace(old, timestamp=50.0)
+    result = ref.ask(StoreMemories(records=(earlier, new), vectors=unit_vectors(2), stored_at=missing.stored_at), timeout=60)
+    assert (result.inserted, result.updated, result.skipped) == (1, 1, 1)  # updated counts as skipped too
+    # And it believes it: a record said to be stored with an earlier timestamp is skipped.
+    later = finalize_memory(MemoryRecord(content="timed 2", timestamp=100.0))
+    said = ref.ask(StoreMemories(records=(later,), vectors=unit_vectors(1), stored_at={later.id: 1.0}), timeout=60)
+    assert (said.inserted, said.skipped) == (0, 1)
+    assert ref.ask(CountMemories(), timeout=30) == 2
 
 
 def test_duplicates_inside_one_batch_are_stored_once(start_actor: StartActor, tmp_path: Path) -> None:

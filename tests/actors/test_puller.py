@@ -11,11 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pykka
 import pytest
 
 from imprint.actors.puller import Puller
-from imprint.messages.records import FactRecord, MemoryRecord, Tags, finalize_memory, memory_id
+from imprint.messages.records import (
+    FactRecord,
+    MemoryRecord,
+    Tags,
+    finalize_memory,
+    memory_id,
+)
 from imprint.messages.session import (
     BatchSpooled,
     FrameHandled,
@@ -27,7 +32,15 @@ from imprint.messages.session import (
     Wake,
 )
 from imprint.messages.store import Ping
-from imprint.messages.wire import DatasetCounts, Done, FactBatch, MemoryBatch, Meta, Request, StreamError
+from imprint.messages.wire import (
+    DatasetCounts,
+    Done,
+    FactBatch,
+    MemoryBatch,
+    Meta,
+    Request,
+    StreamError,
+)
 from imprint.spool import Spool
 
 from .fakes import Recorder, stopping_new_actors

@@ -20,20 +20,28 @@ from imprint.actors.fact_store import FactStore
 from imprint.actors.memory_store import MemoryStore
 from imprint.actors.pusher import MAX_BATCH_BYTES, Pusher, split_by_bytes
 from imprint.errors import RelayError
+from imprint.messages.events import Progress
 from imprint.messages.records import FactRecord, MemoryRecord, Tags, finalize_memory
-from imprint.messages.session import Progress, SendFrame, StartPush, TransferFailed, TransferFinished
+from imprint.messages.session import (
+    SendFrame,
+    StartPush,
+    TransferFailed,
+    TransferFinished,
+)
 from imprint.messages.store import Ping, StoreFacts, StoreMemories
 from imprint.messages.wire import (
     DatasetCounts,
     Done,
+    EncodedBatch,
     FactBatch,
     MemoryBatch,
     Meta,
     Request,
     RequestBody,
+    decode_frame,
     encode_frame,
 )
-from imprint.sync.stream import StreamFinished, StreamValidator
+from imprint.protocol.stream import StreamFinished, StreamValidator
 
 from .fakes import Recorder, stopping_new_actors
 
@@ -103,9 +111,10 @@ class Rig:
 
     @property
     def frames(self) -> list[Any]:
+        """The frames sent, as the peer decodes them from the wire."""
         sent = self.relay.messages
         assert all(isinstance(m, SendFrame) for m in sent), sent
-        return [m.frame for m in sent]
+        return [decode_frame(encode_frame(m.frame)) for m in sent]
 
 
 @pytest.fixture(autouse=True)
@@ -218,23 +227,32 @@ def test_large_records_are_split_so_each_frame_stays_under_the_byte_cap(tmp_path
     assert sorted(r.id for b in batches for r in b.records) == sorted(m.id for m in mems)
 
 
+def encoded(records: tuple[Any, ...]) -> list[bytes]:
+    return [msgspec.json.encode(r) for r in records]
+
+
 def test_split_by_bytes_keeps_each_encoded_frame_under_the_cap() -> None:
     records = memories(10, size=1000)
     record = len(msgspec.json.encode(records[0]))  # every record encodes to about this size
     one = len(encode_frame(MemoryBatch(dataset="memories", seq=10, records=records[:1])))  # a frame of one
     for cap in (one + 50, 3 * record, 3 * record + 40, 4 * record + 100, 5 * one + 3, 100 * one):
         runs = split_by_bytes(records, cap)
-        assert [r for run in runs for r in run] == list(records)  # all, in order
+        assert [bytes(r) for run in runs for r in run] == encoded(records)  # all, in order, encoded once
         for n, run in enumerate(runs, start=1):
-            assert len(encode_frame(MemoryBatch(dataset="memories", seq=n, records=run))) <= cap, (cap, len(run))
+            frame = encode_frame(EncodedBatch(dataset="memories", seq=n, records=run))
+            assert len(frame) <= cap, (cap, len(run))
+            # Byte for byte the frame a batch of those records makes.
+            decoded = tuple(msgspec.json.decode(r, type=MemoryRecord) for r in run)
+            assert frame == encode_frame(MemoryBatch(dataset="memories", seq=n, records=decoded))
         # Runs are about as long as the cap allows: the next record would (nearly) not have fit.
         for n, (run, following) in enumerate(zip(runs, runs[1:]), start=1):
-            assert len(encode_frame(MemoryBatch(dataset="memories", seq=n, records=run + following[:1]))) > cap - 64
+            assert len(encode_frame(EncodedBatch(dataset="memories", seq=n, records=run + following[:1]))) > cap - 64
 
 
 def test_split_by_bytes_sends_a_record_larger_than_the_cap_alone() -> None:
     small, big, small2 = memories(3, size=10)[0], memories(1, size=5000)[0], memories(3, size=10)[2]
-    assert split_by_bytes((small, big, small2), 1000) == [(small,), (big,), (small2,)]
+    runs = split_by_bytes((small, big, small2), 1000)
+    assert [[bytes(r) for r in run] for run in runs] == [encoded((small,)), encoded((big,)), encoded((small2,))]
     assert split_by_bytes((), 1000) == []
 
 

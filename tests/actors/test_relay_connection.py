@@ -22,6 +22,7 @@ from imprint.messages.session import (
     BadFrame,
     CloseConnection,
     ConnectionLost,
+    DeliverRawTo,
     FrameHandled,
     FrameReceived,
     RawFrameReceived,
@@ -30,9 +31,17 @@ from imprint.messages.session import (
     UseCodec,
 )
 from imprint.messages.store import Ping
-from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, DatasetCounts, Done, MemoryBatch, Meta, Request, encode_frame
-from imprint.relay import RelayServer
-from imprint.sync.codec import PlainCodec
+from imprint.messages.wire import (
+    MAX_PLAINTEXT_FRAME_BYTES,
+    DatasetCounts,
+    Done,
+    MemoryBatch,
+    Meta,
+    Request,
+    encode_frame,
+)
+from imprint.protocol.codec import PlainCodec
+from imprint.relay.server import RelayServer
 
 from .fakes import Recorder, stopping_new_actors
 
@@ -65,6 +74,7 @@ class Rig:
         self.actor = RelayConnection.start(url=f"{base}?role=consumer", listener=self.listener, window=window,
                                            attempts=2, **kw)
         assert self.actor.ask(Ping(), timeout=30) is True
+        self.actor.tell(DeliverRawTo(target=self.listener))  # here the test stands in for the handshake
         self.peer = websocket.create_connection(f"{base}?role=provider", timeout=10)
         self._open = True
 

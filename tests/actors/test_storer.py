@@ -15,8 +15,23 @@ from imprint.actors.memory_store import MemoryStore
 from imprint.actors.storer import ALL_STREAMS, Storer
 from imprint.local import embed_and_store
 from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
-from imprint.messages.session import BatchStored, SpoolIdle, StoreFailed, StreamStored, Unwatch, Wake, Watch
-from imprint.messages.store import DescribeModel, PageFacts, PageMemories, Ping, StoreFacts, StoreResult
+from imprint.messages.session import (
+    BatchStored,
+    SpoolIdle,
+    StoreFailed,
+    StreamStored,
+    Unwatch,
+    Wake,
+    Watch,
+)
+from imprint.messages.store import (
+    DescribeModel,
+    PageFacts,
+    PageMemories,
+    Ping,
+    StoreFacts,
+    StoreResult,
+)
 from imprint.spool import Spool
 
 from .fakes import Recorder, stopping_new_actors

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from imprint.actors.trust_gate import TrustGate, parse_answer
-from imprint.messages.session import ApprovalRequired, Approve, AutoAccepted, Decision, PeerInfo
+from imprint.messages.session import (
+    ApprovalRequired,
+    Approve,
+    AutoAccepted,
+    Decision,
+    PeerInfo,
+)
 from imprint.messages.store import Ping
 from imprint.trust import TrustList
 

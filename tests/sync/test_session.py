@@ -9,8 +9,9 @@ import pytest
 
 from imprint.config import Settings
 from imprint.errors import SyncError
-from imprint.relay import RelayServer
-from imprint.sync_cli import run_serve
+from imprint.messages.events import Room
+from imprint.relay.server import RelayServer
+from imprint.sync.runner import run_serve
 
 
 @pytest.mark.timeout(120)
@@ -35,7 +36,7 @@ def test_serve_waiting_for_a_peer_can_be_cancelled(tmp_path):
     thread.start()
     try:
         room = events.get(timeout=90)
-        assert room["event"] == "room" and len(room["pin"]) == 8
+        assert isinstance(room, Room) and len(room.pin) == 8
         assert len(sessions) == 1
         sessions[0].cancel("stopped by test")
         thread.join(timeout=60)

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture
 def relay() -> Iterator[int]:
     """An in-process relay on 127.0.0.1; yields its port."""
-    from imprint.relay import RelayServer
+    from imprint.relay.server import RelayServer
 
     server = RelayServer(host="127.0.0.1", port=0)
     port = server.start_in_thread()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from imprint.identity import load_identity
 from imprint.trust import TrustList
 from imprint.ui.app import create_app
+
 from .helpers import Machine, machine, served
 
 pytestmark = pytest.mark.timeout(180)
@@ -412,7 +413,7 @@ def test_cancelling_a_join_at_the_confirmation_moves_nothing(tmp_path: Path, rel
 def test_40_watched_joins_end_when_their_pages_go(tmp_path: Path) -> None:
     """A join cannot outlive the page that watches it: each of these waits for a room nobody
     serves; closing its watcher ends the session, its thread and its relay connection."""
-    from imprint.relay import RelayServer
+    from imprint.relay.server import RelayServer
 
     # All 40 come from 127.0.0.1: lift the relay's per-address limits for this test.
     relay = RelayServer(host="127.0.0.1", port=0, max_rooms_per_address=100, connection_burst=100)
@@ -437,14 +438,14 @@ def test_40_watched_joins_end_when_their_pages_go(tmp_path: Path) -> None:
                 for session in sessions:
                     session.thread.join(timeout=60)
                     assert session.finished and not session.thread.is_alive()
-                    assert "page that watched this sync was closed" in session.events[-1]["message"]
+                    assert "page that watched this sync was closed" in session.events[-1].message
                 assert relay.room_count == 0
     finally:
         relay.stop()
 
 
 def test_a_session_nobody_watches_ends_by_itself(tmp_path: Path) -> None:
-    from imprint.relay import RelayServer
+    from imprint.relay.server import RelayServer
 
     relay = RelayServer(host="127.0.0.1", port=0)
     port = relay.start_in_thread()
@@ -456,7 +457,7 @@ def test_a_session_nobody_watches_ends_by_itself(tmp_path: Path) -> None:
                                headers={"Origin": url}, timeout=10)
                 [session] = app.state.sessions.all()
                 session.thread.join(timeout=60)
-                assert session.finished and "no dashboard page watched" in session.events[-1]["message"]
+                assert session.finished and "no dashboard page watched" in session.events[-1].message
                 assert r.json()["session_id"] == session.id
     finally:
         relay.stop()

@@ -23,6 +23,7 @@ from imprint.identity import load_identity
 from imprint.trust import TrustList
 from imprint.ui.app import create_app
 from tests.conftest import cli_env
+
 from .helpers import machine, served
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import pytest
 
 from imprint.errors import SyncError
+from imprint.messages.events import ApprovalRequired, ConfirmRequired, Error, Room
 from imprint.messages.session import PeerInfo
-from imprint.ui.sessions import DecisionRefused, SessionGone, SessionRegistry, SyncSession
+from imprint.ui.sessions import (
+    DecisionRefused,
+    SessionGone,
+    SessionRegistry,
+    SyncSession,
+)
 
 PEER = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d")
+ROOM = Room(target="h/r", pin="ABCD1234", room="r", relay="ws://h", fingerprint="0a1b2c3d", hostname="laptop",
+            mode="encrypted")
+ASKED = ApprovalRequired(hostname=PEER.hostname, user=PEER.user, os=PEER.os, fingerprint=PEER.fingerprint)
 
 
 def test_room_event_carries_the_session_id() -> None:
     session = SyncSession(kind="serve", approval_timeout=5)
-    session.emit({"event": "room", "pin": "ABCD1234"})
+    session.emit(ROOM)
     events, finished = session.wait_events(0, timeout=0)
-    assert events == [{"event": "room", "pin": "ABCD1234", "session_id": session.id}] and not finished
+    assert events == [msgspec.structs.replace(ROOM, session_id=session.id)] and not finished
     assert len(session.id) >= 32 and session.id != SyncSession(kind="serve", approval_timeout=5).id
 
 
@@ -26,7 +36,7 @@ def test_decision_reaches_the_blocked_approver_once() -> None:
     with pytest.raises(DecisionRefused):
         session.decide("accept")  # no peer yet
     answer: list[str] = []
-    session.emit({"event": "approval_required", "fingerprint": PEER.fingerprint})
+    session.emit(ASKED)
     thread = threading.Thread(target=lambda: answer.append(session.approver(PEER, "")))
     thread.start()
     session.decide("trust")
@@ -46,7 +56,7 @@ def test_approver_rejects_when_nobody_decides_in_time() -> None:
 def test_cancel_rejects_a_pending_approval() -> None:
     session = SyncSession(kind="serve", approval_timeout=30)
     answer: list[str] = []
-    session.emit({"event": "approval_required"})
+    session.emit(ASKED)
     thread = threading.Thread(target=lambda: answer.append(session.approver(PEER, "")))
     thread.start()
     session.cancel()
@@ -58,7 +68,7 @@ def test_a_join_is_joined_or_cancelled_and_finished_sessions_are_gone() -> None:
     join = SyncSession(kind="join", approval_timeout=5)
     with pytest.raises(DecisionRefused):
         join.decide("accept")  # nothing to decide yet
-    join.emit({"event": "confirm_required", "fingerprint": PEER.fingerprint})
+    join.emit(ConfirmRequired(mode="encrypted", fingerprint=PEER.fingerprint))
     with pytest.raises(DecisionRefused, match="joined"):
         join.decide("trust")
     join.decide("accept")
@@ -72,7 +82,7 @@ def test_a_join_is_joined_or_cancelled_and_finished_sessions_are_gone() -> None:
     session.start(fail)
     session.thread.join(timeout=10)
     events, finished = session.wait_events(0, timeout=0)
-    assert events == [{"event": "error", "message": "wrong PIN"}] and finished
+    assert events == [Error(message="wrong PIN")] and finished
     with pytest.raises(SessionGone):
         session.decide("accept")
     assert registry.get(session.id) is session and registry.get("other") is None

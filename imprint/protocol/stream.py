@@ -26,16 +26,14 @@ from typing import TypeAlias
 
 import msgspec
 
-from imprint.errors import ProtocolError
-from imprint.text import clip
+from imprint.errors import PeerStreamError, ProtocolError
 from imprint.messages.wire import (
     DATASETS,
-    DatasetCounts,
     Dataset,
+    DatasetCounts,
     Done,
     FactBatch,
     Frame,
-    INTERRUPTED,
     Hello,
     MemoryBatch,
     Meta,
@@ -43,21 +41,6 @@ from imprint.messages.wire import (
     Response,
     StreamError,
 )
-
-
-class PeerStreamError(ProtocolError):
-    """The peer sent an ``error`` frame: it failed while streaming to us.
-
-    ``message`` is the peer's own text. The batches stored before it stay
-    stored; running the same sync again completes it without duplicates.
-    """
-
-    def __init__(self, message: str) -> None:
-        if message == INTERRUPTED:
-            super().__init__(f"{INTERRUPTED}; what was received is kept, run the sync again to complete it")
-        else:
-            super().__init__(f"peer failed while streaming: {clip(message)}")
-        self.message = message
 
 
 class StreamFinished(msgspec.Struct, frozen=True, kw_only=True):

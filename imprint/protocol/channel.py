@@ -63,26 +63,20 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
-from imprint.errors import AuthError, InputError, ProtocolError, SyncError
-from imprint.sync.addresses import PIN_ALPHABET, PIN_LENGTH
-
-__all__ = [
-    "PROTOCOL_VERSION",
-    "ChannelExhaustedError",
-    "ChannelSetup",
-    "Role",
-    "SecureChannel",
-    "TamperedFrameError",
-    "UnsupportedVersionError",
-    "first_frame_kind",
-    "parse_refusal",
-    "refusal_frame",
-]
+from imprint.errors import (
+    AuthError,
+    ChannelExhaustedError,
+    InputError,
+    ProtocolError,
+    TamperedFrameError,
+    UnsupportedVersionError,
+)
+from imprint.messages.wire import Role
+from imprint.protocol.addresses import PIN_ALPHABET, PIN_LENGTH
 
 #: Version of the secure sync protocol; every handshake frame names it.
 PROTOCOL_VERSION: int = 1
 
-Role = Literal["provider", "consumer"]
 
 #: Largest handshake frame we parse. Ours are under 100 bytes; anything much
 #: bigger is not a handshake and should not cost a big JSON parse.
@@ -100,43 +94,6 @@ _PAKE_MESSAGE_BYTES = 33
 _CONFIRM_BYTES = 32
 _TAG_BYTES = nacl.secret.SecretBox.MACBYTES
 _NONCE_BYTES = nacl.secret.SecretBox.NONCE_SIZE
-
-
-class TamperedFrameError(ProtocolError):
-    """A sealed frame failed its checks: altered, replayed, reordered, dropped,
-    truncated or reflected between the peers.
-
-    Keys were confirmed, so the peer is genuine; the relay (or the network
-    under it) interfered, or, less likely, the peer has a bug. The channel is closed for good and nothing from the
-    bad frame was used. Run the sync again, through another relay if it
-    happens twice.
-    """
-
-
-class UnsupportedVersionError(ProtocolError):
-    """The peer's handshake names a secure-sync protocol version we do not speak.
-
-    Install the same imprint version on both machines and start a new session.
-
-    Attributes:
-        peer_version: The version the peer's frame named.
-        our_version: The version this device speaks.
-    """
-
-    def __init__(self, peer_version: int, our_version: int = PROTOCOL_VERSION) -> None:
-        self.peer_version = peer_version
-        self.our_version = our_version
-        super().__init__(
-            f"the peer speaks imprint sync protocol version {peer_version}, this device "
-            f"speaks version {our_version}: install the same imprint version on both machines"
-        )
-
-
-class ChannelExhaustedError(SyncError):
-    """This side sealed as many frames as one channel may number.
-
-    Never happens in practice (2**64 frames); start a new session to go on.
-    """
 
 
 # Handshake frames -----------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imprint.errors import ProtocolError
+from imprint.errors import PeerStreamError, ProtocolError
 from imprint.messages.records import FactRecord, MemoryRecord
 from imprint.messages.wire import (
     DatasetCounts,
@@ -19,7 +19,7 @@ from imprint.messages.wire import (
     decode_frame,
     encode_frame,
 )
-from imprint.sync.stream import PeerStreamError, StreamFinished, StreamValidator
+from imprint.protocol.stream import StreamFinished, StreamValidator
 
 
 def memories(n: int, start: int = 0) -> tuple[MemoryRecord, ...]:

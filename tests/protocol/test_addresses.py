@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from imprint.errors import ConfigError
-from imprint.sync.addresses import (
+from imprint.protocol.addresses import (
     Target,
     check_pin,
     display_target,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import websocket
 
-from tests.test_e2e_sync import RecordingRelay, Spawn, relay, spawn  # noqa: F401  (fixtures)
+from tests.e2e.support import RecordingRelay, Spawn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

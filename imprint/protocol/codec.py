@@ -1,17 +1,34 @@
 """Codecs between typed frames and what crosses the relay.
 
-`PlainCodec` speaks SPEC's frames exactly (one JSON object per text frame),
-so the original interoperates. `SecureCodec` puts the same JSON inside the
-secure channel's sealed binary frames. Both raise only ProtocolError (or its
-subclass TamperedFrameError) on bad input.
+`PlainCodec` speaks the frames of Imprint's own clients exactly (one JSON
+object per text frame), so they interoperate. `SecureCodec` puts the same
+frames inside the secure channel's sealed binary frames. Both raise only
+ProtocolError (or its subclass TamperedFrameError) on bad input.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from imprint.messages.wire import MAX_FRAME_BYTES, MAX_PLAINTEXT_FRAME_BYTES, decode_frame, encode_frame
-from imprint.sync.channel import SecureChannel, TamperedFrameError
+from imprint.errors import TamperedFrameError
+from imprint.messages.wire import (
+    MAX_FRAME_BYTES,
+    MAX_PLAINTEXT_FRAME_BYTES,
+    decode_frame,
+    encode_frame,
+)
+from imprint.protocol.channel import SecureChannel
+
+
+class Codec(Protocol):
+    """What the RelayConnection encodes outgoing and decodes incoming frames with."""
+
+    name: str
+    max_frame_bytes: int
+
+    def encode(self, frame: Any) -> bytes | str: ...
+
+    def decode(self, data: bytes | bytearray | str, *, text: bool = ...) -> Any: ...
 
 
 class PlainCodec:

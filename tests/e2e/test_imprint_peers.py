@@ -23,14 +23,12 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from imprint.messages.records import memory_id
-from tests.test_e2e_sync import (  # noqa: F401  (fixtures)
+from tests.e2e.support import (
     WAIT,
     RecordingRelay,
     Spawn,
     export,
-    relay,
     run,
-    spawn,
     stats,
 )
 

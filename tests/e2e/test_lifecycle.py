@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websocket
 
-from tests.test_e2e_sync import (  # noqa: F401  (fixtures)
-    WAIT,
+from tests.e2e.support import (
     Cli,
     RecordingRelay,
     Spawn,
     clone,
     export,
-    relay,
     run,
-    spawn,
     start_join,
     start_serve,
     stats,

@@ -14,19 +14,10 @@ tamper with the frames of one room (`relay.tamper[room] = hook`).
 
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import json
-import os
-import queue
 import re
-import shutil
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,282 +25,30 @@ from typing import Any
 import pytest
 import websocket
 
-from imprint.relay import RelayServer
-from imprint.sync.channel import ChannelSetup
+from imprint.protocol.channel import ChannelSetup
+from tests.e2e.support import (
+    BULK_BATCH,
+    CONSUMER_USER,
+    WAIT,
+    ByteGate,
+    Export,
+    RecordingRelay,
+    Spawn,
+    clone,
+    export,
+    nth_binary_from_provider,
+    run,
+    run_parallel,
+    start_join,
+    start_serve,
+    stats,
+    sync,
+    union_size,
+    whole_batches,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.e2e
-
-#: Longest wait for one event or one exit: a model load on a busy 2-core box, with room to spare.
-WAIT = 90.0
-IMPRINT = [sys.executable, "-m", "imprint"]
-#: What the joining side reports as its user: long and unique, so a leak cannot hide in noise.
-CONSUMER_USER = "e2e-consumer-user-5d1c"
-BULK_BATCH = 5
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of every CLI process: ours, without IMPRINT_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
-
-
-# ---------------------------------------------------------------- processes
-
-
-class Cli:
-    """One running `imprint` command: stdout JSON events and stderr lines on queues."""
-
-    def __init__(self, args: list[str], *, env: dict[str, str]) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            [*IMPRINT, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        self.events: list[dict[str, Any]] = []
-        self.stderr_lines: list[str] = []
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._stderr: queue.Queue[str | None] = queue.Queue()
-        self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "<not json>", "line": line}
-            self.events.append(event)
-            self._events.put(event)
-        self._events.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-            self._stderr.put(line)
-        self._stderr.put(None)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def describe(self) -> str:
-        return (
-            f"imprint {' '.join(self.args)} (exit {self.proc.poll()})\n"
-            f"events: {self.events}\nstderr (last 3000 chars):\n{self.stderr[-3000:]}"
-        )
-
-    def next_event(self, *names: str, timeout: float = WAIT, where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        """The next event named one of `names` (and matching `where`); fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise queue.Empty
-                event = self._events.get(timeout=remaining)
-            except queue.Empty:
-                pytest.fail(f"no {'/'.join(names)} event within {timeout:g}s from {self.describe()}")
-            if event is None:
-                self._events.put(None)  # later calls see the end too
-                pytest.fail(f"stdout ended before a {'/'.join(names)} event: {self.describe()}")
-            if event.get("event") in names and (where is None or where(event)):
-                return event
-
-    def wait_stderr(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise queue.Empty
-                line = self._stderr.get(timeout=remaining)
-            except queue.Empty:
-                pytest.fail(f"no stderr line matching {pattern!r} within {timeout:g}s: {self.describe()}")
-            if line is None:
-                pytest.fail(f"stderr ended before a line matching {pattern!r}: {self.describe()}")
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def answer(self, text: str) -> None:
-        """Type one line at the prompt, then close stdin."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        self.proc.stdin.close()
-
-    def wait(self, timeout: float = WAIT) -> int:
-        """Exit code, once stdout and stderr are fully read."""
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"did not exit within {timeout:g}s: {self.describe()}")
-        for reader in self._readers:
-            reader.join(timeout=10)
-        return code
-
-    def error(self) -> str:
-        """The message of the `error` event (the one-line reason of a failure)."""
-        errors = [e for e in self.events if e.get("event") == "error"]
-        assert errors, f"no error event: {self.describe()}"
-        return errors[-1]["message"]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
-
-
-Spawn = Callable[..., Cli]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """`spawn(data_dir, *args, env=None)` starts `imprint [--data-dir D] ARGS`; teardown kills leftovers."""
-    started: list[Cli] = []
-
-    def start(data_dir: Path | None, *args: str, env: dict[str, str] | None = None) -> Cli:
-        prefix = ["--data-dir", str(data_dir)] if data_dir is not None else []
-        cli = Cli([*prefix, *args], env=env or cli_env())
-        started.append(cli)
-        return cli
-
-    yield start
-    for cli in started:
-        cli.kill()
-
-
-def run(data_dir: Path, *args: str, timeout: float = WAIT) -> str:
-    """Run one short command to completion; return its stdout, failing on a non-zero exit."""
-    done = subprocess.run(
-        [*IMPRINT, "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL, check=False,
-    )
-    assert done.returncode == 0, f"imprint {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def run_parallel(commands: list[tuple[Path, tuple[str, ...]]], timeout: float = WAIT) -> list[bytes]:
-    """Run commands at once (2 cores); return each one's stdout bytes, failing on any non-zero exit."""
-    procs = [
-        subprocess.Popen([*IMPRINT, "--data-dir", str(d), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, env=cli_env())
-        for d, args in commands
-    ]
-    try:
-        outputs = []
-        for (d, args), proc in zip(commands, procs):
-            out, err = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, f"imprint {' '.join(args)} in {d} failed:\n{err.decode()[-3000:]}"
-            outputs.append(out)
-        return outputs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-@dataclass(frozen=True)
-class Export:
-    """`imprint export` of one data dir, both datasets, as the raw bytes printed."""
-
-    memories: bytes
-    facts: bytes
-
-    @property
-    def memory_records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.memories.splitlines()]
-
-    @property
-    def fact_records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.facts.splitlines()]
-
-    @property
-    def memory_ids(self) -> list[str]:
-        return [r["id"] for r in self.memory_records]
-
-    @property
-    def contents(self) -> set[str]:
-        return {r["content"] for r in self.memory_records}
-
-
-def export(*data_dirs: Path) -> list[Export]:
-    outs = run_parallel([(d, ("export", "--dataset", ds)) for d in data_dirs for ds in ("memories", "facts")])
-    return [Export(memories=outs[2 * i], facts=outs[2 * i + 1]) for i in range(len(data_dirs))]
-
-
-# ---------------------------------------------------------------- relays
-
-
-class RecordingRelay:
-    """An in-process RelayServer on 127.0.0.1 that records every frame; per-room tamper hooks."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[str, str, str | bytes]] = []
-        self.tamper: dict[str, Callable[[str, str | bytes], list[str | bytes]]] = {}
-        self.server = RelayServer(host="127.0.0.1", port=0, frame_hook=self._hook)
-        self.port = self.server.start_in_thread()
-        self.url = f"ws://127.0.0.1:{self.port}"
-
-    def _hook(self, room: str, role: str, frame: str | bytes) -> list[str | bytes]:
-        self.frames.append((room, role, frame))
-        hook = self.tamper.get(room)
-        return hook(role, frame) if hook is not None else [frame]
-
-    def room_frames(self, room: str) -> list[tuple[str, str | bytes]]:
-        return [(role, frame) for r, role, frame in list(self.frames) if r == room]
-
-
-@pytest.fixture
-def relay() -> Iterator[RecordingRelay]:
-    r = RecordingRelay()
-    try:
-        yield r
-    finally:
-        r.server.stop()
-
-
-def nth_binary_from_provider(n: int, action: str) -> Callable[[str, str | bytes], list[str | bytes]]:
-    """A tamper hook: on the n-th binary frame from the provider, flip one bit or drop it."""
-    seen = collections.Counter()
-
-    def hook(role: str, frame: str | bytes) -> list[str | bytes]:
-        if role == "provider" and isinstance(frame, bytes):
-            seen["binary"] += 1
-            if seen["binary"] == n:
-                if action == "drop":
-                    return []
-                flipped = bytearray(frame)
-                flipped[len(flipped) // 2] ^= 0x04
-                return [bytes(flipped)]
-        return [frame]
-
-    return hook
-
 
 # ---------------------------------------------------------------- data
 
@@ -342,19 +81,6 @@ BULK_MEMORIES = [
 SHARED_FACT = ("e2e-shared-subject-walrus", "lives_in", "e2e-shared-object-arctic")
 A_FACTS = [("e2e-a-subject-otter", "eats", "e2e-a-object-clams"), ("e2e-a-subject-heron", "nests_at", "e2e-a-object-pier")]
 B_FACTS = [("e2e-b-subject-lantern", "made_of", "e2e-b-object-copper"), ("e2e-b-subject-hall", "has", "e2e-b-object-lantern")]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def clone(template: Path, dest: Path) -> Path:
-    """Copy a seeded data dir; drop its device key so the copy is a new device."""
-    shutil.copytree(template, dest)
-    for name in ("device_key", "device_id.txt", "trusted_devices.json"):
-        (dest / name).unlink(missing_ok=True)
-    return dest
 
 
 @dataclass(frozen=True)
@@ -409,51 +135,6 @@ class DataDirs:
 @pytest.fixture
 def dirs(templates: Templates, tmp_path: Path) -> DataDirs:
     return DataDirs(templates, tmp_path)
-
-
-# ---------------------------------------------------------------- sync helpers
-
-
-def start_serve(spawn: Spawn, data_dir: Path, relay_url: str, *extra: str) -> tuple[Cli, dict[str, Any]]:
-    serve = spawn(data_dir, "serve", "--relay", relay_url, "--json", *extra)
-    room = serve.next_event("room")
-    assert re.fullmatch(r"[A-Za-z0-9]{8}", room["pin"]), room
-    return serve, room
-
-
-def start_join(spawn: Spawn, data_dir: Path, room: dict[str, Any], *extra: str, pin: str | None = None) -> Cli:
-    # The target exactly as serve printed it (HOST:PORT/ROOM for a relay on 127.0.0.1).
-    return spawn(data_dir, "join", room["target"], "--pin", pin or room["pin"], "--json", *extra,
-                 env=cli_env(USER=CONSUMER_USER, LOGNAME=CONSUMER_USER))
-
-
-def sync(spawn: Spawn, provider: Path, consumer: Path, relay_url: str, answer: str | None, *extra: str) -> tuple[Cli, Cli, dict[str, Any]]:
-    """A whole sync: serve, join, answer the prompt (if asked), both exit 0."""
-    serve, room = start_serve(spawn, provider, relay_url, *extra)
-    join = start_join(spawn, consumer, room, *extra)
-    if answer is not None:
-        serve.next_event("approval_required")
-        serve.answer(answer)
-    assert serve.wait() == 0, serve.describe()
-    assert join.wait() == 0, join.describe()
-    # --json prints JSON lines and nothing else on stdout.
-    assert all(e.get("event") != "<not json>" for e in serve.events + join.events), (serve.events, join.events)
-    return serve, join, room
-
-
-def stats(cli: Cli) -> dict[str, Any]:
-    found = [e for e in cli.events if e.get("event") == "stats"]
-    assert len(found) == 1, cli.describe()
-    return found[0]
-
-
-def union_size(*exports: Export) -> int:
-    return len({i for e in exports for i in e.memory_ids})
-
-
-def whole_batches(new: set[str], provider_ids: list[str], before: set[str], batch: int, max_batches: int) -> bool:
-    """True if `new` is exactly what the first k whole batches of the provider's stream added, k <= max_batches."""
-    return any(new == set(provider_ids[: batch * k]) - before for k in range(max_batches + 1))
 
 
 # ---------------------------------------------------------------- tests
@@ -652,17 +333,22 @@ def test_relay_killed_mid_stream_then_rerun_completes(spawn: Spawn, relay: Recor
     bulk0, b0 = dirs.before["bulk"], dirs.before["b"]
     relay_proc = spawn(None, "relay", "--host", "127.0.0.1", "--port", "0")
     url = relay_proc.wait_stderr(r"relay listening on (ws://127\.0\.0\.1:\d+)").group(1)
-    serve, room = start_serve(spawn, dirs.bulk, url, "--batch-size", "2")
-    join = start_join(spawn, dirs.b, room, "--batch-size", "2")
-    serve.next_event("approval_required")
-    serve.answer("y")
-    # Kill once the consumer has stored a batch. What the relay forwarded before dying still
-    # arrives (the kernel delivers it), but 20 MB is far more than the buffers hold.
-    join.next_event("progress", where=lambda e: e["direction"] == "store" and e["dataset"] == "memories" and e["done"] > 0)
-    relay_proc.kill()
-
-    assert join.wait() != 0, join.describe()
-    assert serve.wait() != 0, serve.describe()
+    # Peers reach the relay through a gate that lets each of them receive 4 MB, then holds
+    # the rest: the consumer spools what it receives at once, so without the gate it could
+    # have the whole 20 MB before the kill.
+    gate = ByteGate(int(url.rsplit(":", 1)[1]), limit=4 << 20)
+    try:
+        serve, room = start_serve(spawn, dirs.bulk, gate.url, "--batch-size", "2")
+        join = start_join(spawn, dirs.b, room, "--batch-size", "2")
+        serve.next_event("approval_required")
+        serve.answer("y")
+        assert gate.held.wait(WAIT), join.describe()
+        join.next_event("progress", where=lambda e: e["direction"] == "store" and e["dataset"] == "memories" and e["done"] > 0)
+        relay_proc.kill()
+        assert join.wait() != 0, join.describe()
+        assert serve.wait() != 0, serve.describe()
+    finally:
+        gate.close()
     for side in (join, serve):
         assert re.search(r"relay|connection", side.error(), re.IGNORECASE), side.describe()
     bulk1, b1 = export(dirs.bulk, dirs.b)
@@ -853,18 +539,3 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     # What B had just received from A is not counted as "already there" on A.
     assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
     assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0}
-
-
-def test_the_human_summary_names_each_dataset_and_direction(tmp_path: Path) -> None:
-    from imprint.sync_cli import format_stats
-
-    text = format_stats({"event": "stats", "role": "provider",
-                         "received": {"memories": {"inserted": 3, "skipped": 0, "rejected": 2},
-                                      "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
-                         "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
-                                  "facts": {"sent": 1}}})
-    assert text.splitlines() == [
-        "Sync complete.",
-        "  received: memories 3 new, 0 already here, 2 refused; facts 1 new, 0 already here, 1 ended",
-        "  sent:     memories 5 (4 new, 1 already there); facts 1",
-    ]

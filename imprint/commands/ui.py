@@ -6,14 +6,23 @@ import argparse
 import socket
 import threading
 import webbrowser
-from typing import Any, Callable
 
-from imprint.cli_output import Output, note
+from imprint.commands import CommandLine
+from imprint.commands.render import Output, note
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
+from imprint.messages.events import UiReady
 
 DEFAULT_PORT = 8765
 HOST = "127.0.0.1"
+
+
+def register(cli: CommandLine) -> None:
+    p = cli.command("ui", cmd_ui, "open the local web dashboard (memories, search, stats, facts, trust, sync)",
+                    description="Serve a dashboard on http://127.0.0.1:PORT and open it in the default browser. "
+                                "Sync from the page: serve with live approval, or join with a PIN.")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
 
 def _bind(port: int) -> socket.socket:
@@ -57,7 +66,7 @@ def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
                 if not server.started:
                     return
                 note(f"imprint: dashboard on {url} (Ctrl-C to stop)")
-                out.result({"event": "ui", "url": url})
+                out.event(UiReady(url=url))
                 if not args.no_browser:
                     try:
                         webbrowser.open(url)
@@ -75,11 +84,3 @@ def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     finally:
         sock.close()
     return 0
-
-
-def add_ui_command(sub: Any, common: argparse.ArgumentParser, command: Callable[..., argparse.ArgumentParser]) -> None:
-    p = command("ui", cmd_ui, "open the local web dashboard (memories, search, stats, facts, trust, sync)",
-                description="Serve a dashboard on http://127.0.0.1:PORT and open it in the default browser. "
-                            "Sync from the page: serve with live approval, or join with a PIN.")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
-    p.add_argument("--no-browser", action="store_true", help="do not open a browser")

@@ -1,4 +1,4 @@
-"""Tests for imprint.sync.channel: handshake, refusal, and sealed frames, in memory."""
+"""Tests for imprint.protocol.channel: handshake, refusal, and sealed frames, in memory."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import json
 import nacl.bindings
 import pytest
 
-from imprint.errors import AuthError, InputError, ProtocolError, SyncError
-from imprint.sync.channel import (
-    PROTOCOL_VERSION,
+from imprint.errors import (
+    AuthError,
     ChannelExhaustedError,
-    ChannelSetup,
-    SecureChannel,
+    InputError,
+    ProtocolError,
+    SyncError,
     TamperedFrameError,
     UnsupportedVersionError,
+)
+from imprint.protocol.channel import (
+    PROTOCOL_VERSION,
+    ChannelSetup,
+    SecureChannel,
     first_frame_kind,
     parse_refusal,
     refusal_frame,

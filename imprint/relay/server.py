@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from contextlib import suppress
 import errno
 import gc
 import json
@@ -70,17 +69,30 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, PayloadTooBig
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from imprint.errors import ConfigError, RelayError
+from imprint.relay.limits import (
+    CONNECTION_BURST,
+    DEFAULT_BUDGET_BYTES,
+    DEFAULT_CONNECTIONS_PER_SECOND,
+    DEFAULT_ROOMS_PER_ADDRESS,
+    SMALL_FRAME_BYTES,
+    AddressLimits,
+    MemoryBudget,
+    Meter,
+    release_memory,
+    scrub,
+    set_frame_cap,
+)
 
 __all__ = [
     "CLOSE_PEER_DISCONNECTED",
@@ -105,19 +117,6 @@ DEFAULT_PORT = 8430
 #: vectors in a batch and cap nothing (10-80 MB frames occur); our plaintext
 #: mode accepts up to 256 MiB, and a frame's envelope needs a little more.
 MAX_FRAME_BYTES = 256 * 1024 * 1024 + 64 * 1024
-#: Until a room has both sides, a side may only send frames this big: the
-#: first frames of every mode (PAKE, HELLO) are well under 4 KiB, and a
-#: client alone in a room has no business sending more.
-SMALL_FRAME_BYTES = 16 * 1024
-#: Everything the relay holds or has in flight at once, across all rooms.
-DEFAULT_BUDGET_BYTES = 512 * 1024 * 1024
-#: A big frame costs about this many copies of itself while it is read (the
-#: reader's buffer, its slice, the unmasked copy) and forwarded.
-READ_COPIES = 2
-#: Per client address: rooms it may have open, new connections per second (burst).
-DEFAULT_ROOMS_PER_ADDRESS = 16
-DEFAULT_CONNECTIONS_PER_SECOND = 10.0
-CONNECTION_BURST = 30
 #: Keepalive: ping every PING_INTERVAL s, drop a peer silent for PING_TIMEOUT s.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 300.0
@@ -179,141 +178,6 @@ def _close_reason(text: str) -> str:
     if len(data) <= _MAX_CLOSE_REASON_BYTES:
         return text
     return data[:_MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
-
-
-class MemoryBudget:
-    """The bytes of frames the relay may hold at once, across every room: being
-    read, held for a side that has not joined, or being forwarded.
-
-    Single-threaded (the relay's event loop); a reservation that does not fit
-    is refused, never waited for.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-
-    @property
-    def free(self) -> int:
-        return self.limit - self.used
-
-    def reserve(self, n: int) -> bool:
-        if self.used + n > self.limit:
-            return False
-        self.used += n
-        self.peak = max(self.peak, self.used)
-        return True
-
-    def release(self, n: int) -> None:
-        self.used = max(0, self.used - n)
-
-
-class BudgetExceeded(PayloadTooBig):
-    """A frame that does not fit in what is left of the relay's memory budget.
-
-    websockets closes the sender with 1009 and this text as the reason; the
-    other rooms go on.
-    """
-
-    def __init__(self, size: int, free: int) -> None:
-        super().__init__(size, max(0, free))
-        self.wanted, self.free_bytes = size, free
-
-    def __str__(self) -> str:
-        return f"relay busy: no memory for a {self.wanted:,}-byte frame now; try again later"
-
-
-class _Meter:
-    """Charges one connection's big frames to the budget before websockets reads them.
-
-    websockets reads a frame's payload with ``reader.read_exact(length)`` once
-    its header is parsed; reserving there refuses an over-budget frame at its
-    header, before its bytes are buffered. What the handler later receives
-    claims from this connection's reservations and gives them back once the
-    frame is forwarded or dropped.
-    """
-
-    def __init__(self, budget: MemoryBudget, connection: ServerConnection) -> None:
-        self.budget = budget
-        self.unclaimed = 0
-        reader = connection.protocol.reader
-        original = reader.read_exact
-
-        def read_exact(n: int) -> Any:
-            if n >= SMALL_FRAME_BYTES:
-                cost = n * READ_COPIES
-                if not budget.reserve(cost):
-                    raise BudgetExceeded(n, budget.free // READ_COPIES)
-                self.unclaimed += cost
-            return (yield from original(n))
-
-        reader.read_exact = read_exact
-
-    def claim(self, size: int) -> int:
-        """The reservation a received frame (or fragment) of `size` bytes carries away."""
-        claimed = min(self.unclaimed, size * READ_COPIES) if size >= SMALL_FRAME_BYTES // 2 else 0
-        self.unclaimed -= claimed
-        return claimed
-
-    def close(self) -> None:
-        self.budget.release(self.unclaimed)
-        self.unclaimed = 0
-
-
-class _AddressLimits:
-    """New connections per second and open rooms, per client address."""
-
-    def __init__(self, *, rate: float, burst: int, rooms: int) -> None:
-        self.rate, self.burst, self.rooms = rate, burst, rooms
-        self._tokens: dict[str, tuple[float, float]] = {}
-        self.open_rooms: collections.Counter[str] = collections.Counter()
-
-    def connection_allowed(self, address: str) -> bool:
-        now = time.monotonic()
-        tokens, at = self._tokens.get(address, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-        if len(self._tokens) > 10_000:  # forget idle addresses
-            self._tokens = {a: v for a, v in self._tokens.items() if now - v[1] < 60}
-        if tokens < 1.0:
-            self._tokens[address] = (tokens, now)
-            return False
-        self._tokens[address] = (tokens - 1.0, now)
-        return True
-
-
-def _release_memory() -> None:
-    """Hand freed heap back to the OS (glibc keeps it otherwise: a relay that once
-    held 1 GB of frames kept 2 GB after its abusers left)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
-
-
-def _scrub(ws: ServerConnection) -> None:
-    """Let go of whatever a finished connection still buffers (a frame half read when
-    it aborted, frames queued for nobody) now, not when the garbage collector finds
-    the connection's reference cycles: until then a budget already given back
-    would still be in use."""
-    with suppress(Exception):
-        ws.protocol.reader.buffer.clear()
-    with suppress(Exception):
-        ws.recv_messages.frames.queue.clear()
-
-
-def _set_frame_cap(ws: ServerConnection, limit: int) -> None:
-    """The largest message `ws` may send from its next frame on (websockets reads it per frame)."""
-    ws.protocol.max_message_size = limit
 
 
 def _address(ws: ServerConnection) -> str:
@@ -428,9 +292,9 @@ class RelayServer:
         self.frame_hook = frame_hook
         self.budget = MemoryBudget(budget_bytes)
         self.allowed_rooms = frozenset(rooms) if rooms is not None else None
-        self._limits = _AddressLimits(rate=connections_per_second, burst=connection_burst, rooms=max_rooms_per_address)
+        self._limits = AddressLimits(rate=connections_per_second, burst=connection_burst, rooms=max_rooms_per_address)
         self.max_connections = max_connections or 2 * max_rooms
-        self._meters: weakref.WeakKeyDictionary[ServerConnection, _Meter] = weakref.WeakKeyDictionary()
+        self._meters: weakref.WeakKeyDictionary[ServerConnection, Meter] = weakref.WeakKeyDictionary()
         self._trimmed_at = 0.0
         self.url = ""
         # How long a leaver's frames may take to reach the peer before the
@@ -631,7 +495,7 @@ class RelayServer:
             logger.warning("relay: too many connections from {}", address)
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                       "too many new connections from your address; slow down\n")
-        self._meters[connection] = _Meter(self.budget, connection)
+        self._meters[connection] = Meter(self.budget, connection)
         return None
 
     # ------------------------------------------------------------- connection
@@ -639,16 +503,16 @@ class RelayServer:
     async def _handle(self, ws: ServerConnection) -> None:
         """Serve one upgraded connection from join to leave."""
         assert ws.request is not None  # set by the opening handshake
-        meter = self._meters.get(ws) or _Meter(self.budget, ws)
+        meter = self._meters.get(ws) or Meter(self.budget, ws)
         try:
             await self._serve_connection(ws, meter)
         finally:
-            _scrub(ws)
+            scrub(ws)
             meter.close()
             self._meters.pop(ws, None)
             self._maybe_trim()
 
-    async def _serve_connection(self, ws: ServerConnection, meter: _Meter) -> None:
+    async def _serve_connection(self, ws: ServerConnection, meter: Meter) -> None:
         room_id, role = parse_target(ws.request.path)
         address = _address(ws)
         room = self._rooms.get(room_id)
@@ -676,7 +540,7 @@ class RelayServer:
         if len(room.sides) == 2:
             # A sync can begin: its frames may now be big (Imprint's own clients send 10-80 MB).
             for side in room.sides.values():
-                _set_frame_cap(side, self.max_frame_bytes)
+                set_frame_cap(side, self.max_frame_bytes)
         try:
             await self._deliver_held(room, to_role=role, ws=ws)
             await self._relay_messages(room, role, ws, meter)
@@ -695,7 +559,7 @@ class RelayServer:
         finally:
             await self._leave(room, role)
 
-    async def _relay_messages(self, room: _Room, role: str, ws: ServerConnection, meter: _Meter) -> None:
+    async def _relay_messages(self, room: _Room, role: str, ws: ServerConnection, meter: Meter) -> None:
         """Forward every message of `role`; a fragmented one fragment by fragment.
 
         websockets reads an unfragmented frame whole before handing it over, so
@@ -718,7 +582,7 @@ class RelayServer:
             await self._forward_fragments(room, role, first, second, fragments, claims, meter)
 
     async def _forward_fragments(self, room: _Room, sender: str, first: str | bytes, second: str | bytes,
-                                 rest: Any, claims: list[int], meter: _Meter) -> None:
+                                 rest: Any, claims: list[int], meter: Meter) -> None:
         receiver = _other(sender)
         peer = room.sides.get(receiver)
         if peer is None or room.held[sender] or self.frame_hook is not None or room.closed:
@@ -867,7 +731,7 @@ class RelayServer:
         if self.budget.used < 4 * SMALL_FRAME_BYTES and now - self._trimmed_at > 1.0:
             self._trimmed_at = now
             gc.collect()  # finished connections sit in reference cycles
-            _release_memory()
+            release_memory()
 
     def _expire(self, room: _Room) -> None:
         if room.closed:

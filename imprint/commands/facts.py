@@ -1,0 +1,83 @@
+"""Fact commands: fact add, fact list, fact end."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import msgspec
+
+from imprint.commands import CommandLine
+from imprint.commands.render import Output
+from imprint.config import Settings
+from imprint.errors import InputError
+from imprint.local import LocalActors
+
+
+def register(cli: CommandLine) -> None:
+    actions = cli.group("fact", "add, list and end facts (subject–predicate–object)",
+                        usage_error="fact needs an action: add, list or end (see 'imprint fact --help')")
+    p = cli.action(actions, "add", cmd_fact_add, "add a fact valid from now")
+    p.add_argument("subject")
+    p.add_argument("predicate")
+    p.add_argument("object")
+    p.add_argument("--source", default="", help="where the fact came from")
+    p = cli.action(actions, "list", cmd_fact_list, "list facts (open ones unless --all)")
+    p.add_argument("--subject")
+    p.add_argument("--predicate")
+    p.add_argument("--all", action="store_true", help="include ended facts")
+    p = cli.action(actions, "end", cmd_fact_end, "end an open fact now")
+    p.add_argument("fact_id", type=int, metavar="ID", help="the id 'fact list' shows")
+
+
+def _fact_json(stored: Any) -> dict[str, Any]:
+    return {"id": stored.fact_id, **msgspec.to_builtins(stored.record)}
+
+
+def _fact_line(stored: Any) -> str:
+    r = stored.record
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.valid_from))
+    ended = f"  (ended {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.ended))})" if r.ended is not None else ""
+    return f"{stored.fact_id:>6}  {r.subject} —{r.predicate}→ {r.object}  since {when}{ended}"
+
+
+def cmd_fact_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.base import ask
+    from imprint.messages.records import FactRecord
+    from imprint.messages.store import AddFact
+
+    raw = {"subject": args.subject, "predicate": args.predicate, "object": args.object, "valid_from": time.time(), "source": args.source}
+    try:
+        record = msgspec.convert(raw, FactRecord)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"cannot add fact: {exc}") from None
+    with LocalActors(settings, memories=False) as local:
+        stored = ask(local["fact_store"], AddFact(record=record))
+    out.result(_fact_json(stored), str(stored.fact_id))
+    return 0
+
+
+def cmd_fact_list(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.base import ask
+    from imprint.messages.store import ListFacts
+
+    with LocalActors(settings, memories=False) as local:
+        facts = ask(local["fact_store"], ListFacts(subject=args.subject, predicate=args.predicate, include_ended=args.all, limit=100_000))
+    if not facts:
+        out.line("no facts")
+    for stored in facts:
+        out.result(_fact_json(stored), _fact_line(stored))
+    return 0
+
+
+def cmd_fact_end(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.base import ask
+    from imprint.messages.store import EndFact
+
+    with LocalActors(settings, memories=False) as local:
+        stored = ask(local["fact_store"], EndFact(fact_id=args.fact_id, ended=time.time()))
+    out.result(_fact_json(stored), f"ended fact {stored.fact_id}")
+    return 0
+
+

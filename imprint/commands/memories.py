@@ -1,0 +1,249 @@
+"""Memory commands: add, import, export, search, and status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgspec
+
+from imprint.commands import CommandLine
+from imprint.commands.render import Output, note
+from imprint.config import Settings
+from imprint.errors import InputError
+from imprint.local import LocalActors, all_facts, all_memories
+from imprint.messages.records import TAG_KEYS
+
+#: Records per store round trip when importing.
+IMPORT_BATCH = 256
+#: Bad lines named one by one before the rest are only counted.
+MAX_REPORTED_LINES = 20
+
+
+def register(cli: CommandLine) -> None:
+    p = cli.command("add", cmd_add, "store one memory and print its id")
+    p.add_argument("text", help="the memory's text, or - to read it from standard input (for long or multi-line text)")
+    p.add_argument("--project", default="default", help="project the memory belongs to (default: default)")
+    p.add_argument("--source", default="", help="where it came from, e.g. a file path")
+    p.add_argument("--type", default="note", help="kind of memory (default: note)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"a tag; KEY is one of {', '.join(TAG_KEYS)}; repeat for several")
+
+    p = cli.command("import", cmd_import, "bulk-import memory records from a JSONL file",
+                    description="Import memory records, one JSON object per line: content (required), project, type, "
+                                "tags (lang, layer, kind, domain, topics), source, chunk_index, source_mtime, timestamp "
+                                "- the shape 'imprint export' writes. Bad lines are named and skipped; the rest are "
+                                "stored; exit 1 if any line was rejected.")
+    p.add_argument("file", help="JSONL file, or - for standard input")
+
+    p = cli.command("export", cmd_export, "print every record as JSONL (what sync sends)")
+    p.add_argument("--dataset", choices=("memories", "facts"), default="memories", help="which records (default: memories)")
+
+    p = cli.command("search", cmd_search, "semantic search over memories, best first")
+    p.add_argument("query", help="what to look for")
+    p.add_argument("-k", type=int, default=5, metavar="N", help="how many results (default 5)")
+    p.add_argument("--project", default=None, help="only memories of this project")
+
+    p = cli.command("status", cmd_status, "show data dir, workspace, device id, model and counts (read-only, fast)")
+    p.set_defaults(read_only=True)
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, Any]:
+    tags: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in TAG_KEYS:
+            raise InputError(f"bad --tag {pair!r}: expected KEY=VALUE with KEY one of {', '.join(TAG_KEYS)}")
+        if key in ("domain", "topics"):
+            tags.setdefault(key, []).append(value)
+        else:
+            tags[key] = value
+    return tags
+
+
+def _progress(**kw: Any):
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, disable=None, dynamic_ncols=True, **kw)
+
+
+def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.messages.records import MemoryRecord, finalize_memory
+
+    content = _read_stdin_text() if args.text == "-" else args.text
+    raw = {"content": content, "project": args.project, "source": args.source, "type": args.type, "tags": _parse_tags(args.tag)}
+    try:
+        record = finalize_memory(msgspec.convert(raw, MemoryRecord))
+    except msgspec.ValidationError as exc:
+        raise InputError(f"cannot add memory: {exc}") from None
+    with LocalActors(settings, embedder=True) as local:
+        result = local.store_memories((record,))
+    inserted = bool(result.inserted)
+    out.result({"id": record.id, "inserted": inserted}, record.id if inserted else f"{record.id} (already there)")
+    return 0
+
+
+def _read_stdin_text() -> str:
+    from imprint.messages.records import MAX_RECORD_BYTES
+
+    data = sys.stdin.buffer.read(MAX_RECORD_BYTES + 4)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if len(data) > MAX_RECORD_BYTES:
+        raise InputError("cannot add memory: the text on standard input is larger than 1 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot add memory: standard input is not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
+    if path == "-":
+        return iter(sys.stdin.buffer), None
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return iter(fh), p.stat().st_size
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.messages.records import decode_memory_input, finalize_memory
+
+    lines, total_bytes = _jsonl_lines(args.file)
+    inserted = skipped = rejected = 0
+    batch: list = []
+    now = time.time()
+    with LocalActors(settings, embedder=True) as local, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
+
+        def flush() -> None:
+            nonlocal inserted, skipped
+            if batch:
+                result = local.store_memories(tuple(batch))
+                inserted += result.inserted
+                skipped += result.skipped
+                batch.clear()
+
+        for number, line in enumerate(lines, start=1):
+            bar.update(len(line))
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte order mark, as some editors write
+            if not line.strip():
+                continue
+            try:
+                record = finalize_memory(decode_memory_input(line.rstrip(b"\r\n")), now=now)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
+                rejected += 1
+                if rejected <= MAX_REPORTED_LINES:
+                    reason = "not UTF-8 text" if _not_utf8(line) else str(exc)
+                    note(f"imprint: line {number}: rejected: {reason}")
+                continue
+            batch.append(record)
+            if len(batch) >= IMPORT_BATCH:
+                flush()
+        flush()
+    if rejected > MAX_REPORTED_LINES:
+        note(f"imprint: … and {rejected - MAX_REPORTED_LINES} more rejected lines")
+    out.result(
+        {"inserted": inserted, "skipped": skipped, "rejected": rejected},
+        f"inserted {inserted}, skipped {skipped} (already there)" + (f", rejected {rejected} lines" if rejected else ""),
+    )
+    return 1 if rejected else 0
+
+
+def _not_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    encoder = msgspec.json.Encoder()
+    write = sys.stdout.buffer.write
+    if args.dataset == "memories":
+        with LocalActors(settings, memories=True, facts=False) as local:
+            for record in all_memories(local["memory_store"]):
+                write(encoder.encode(record) + b"\n")
+    else:
+        with LocalActors(settings, memories=False, facts=True) as local:
+            for fact in all_facts(local["fact_store"]):
+                write(encoder.encode(fact.record) + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.base import ask
+    from imprint.messages.store import EmbedTexts, SearchMemories
+
+    if not args.query.strip():
+        raise InputError("search query is empty")
+    if not 1 <= args.k <= 1000:
+        raise InputError("-k must be between 1 and 1000")
+    with LocalActors(settings, embedder=True, facts=False) as local:
+        vector = ask(local["embedder"], EmbedTexts(texts=(args.query,))).vectors[0]
+        hits = ask(local["memory_store"], SearchMemories(vector=vector, limit=args.k, project=args.project)).hits
+    if not hits:
+        out.line("no memories found")
+    for hit in hits:
+        r = hit.record
+        snippet = " ".join(r.content.split())
+        snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
+        out.result(
+            {"id": r.id, "score": round(hit.score, 6), "content": r.content, "project": r.project, "source": r.source},
+            f"{hit.score:.3f}  {r.id}  [{r.project}]  {snippet}",
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Read-only: loads no model, creates nothing, works on a data dir it may not write."""
+    from imprint.actors.base import ask
+    from imprint.identity import read_fingerprint
+    from imprint.messages.store import CountFacts, DescribeStore
+    from imprint.spool import read_pending, spool_path
+
+    store_exists = bool(settings.qdrant_url) or settings.qdrant_path.exists()
+    with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
+        store = ask(local["memory_store"], DescribeStore()) if store_exists else None
+        facts = ask(local["fact_store"], CountFacts())
+    info = {
+        "data_dir": str(settings.data_dir),
+        "workspace": settings.workspace,
+        "workspace_exists": settings.workspace_dir.exists(),
+        "device_id": read_fingerprint(settings.data_dir),
+        "model": settings.model,
+        "dimension": store.dimension if store else None,
+        "memory_store": store.location if store else (settings.qdrant_url or str(settings.qdrant_path)),
+        "memories": store.count if store else 0,
+        "facts_active": facts.active,
+        "facts_ended": facts.ended,
+        "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
+    }
+    if out.json_mode:
+        out.result(info)
+    else:
+        shown = dict(info)
+        shown["device_id"] = info["device_id"] or "none yet (created by the first sync)"
+        shown["dimension"] = info["dimension"] or "-"
+        if not info["workspace_exists"]:
+            shown["workspace"] = f"{settings.workspace} (empty: nothing stored yet)"
+        del shown["workspace_exists"]
+        if info["waiting_in_spool"]:
+            shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
+                                         "that opens the store")
+        else:
+            del shown["waiting_in_spool"]
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
+            out.line(f"{key.replace('_', ' '):<{width}}  {value}")
+    return 0
+
+

@@ -1,0 +1,215 @@
+"""What commands print: results on stdout (human lines, or one JSON object per
+line with `--json`), remarks on stderr, a sync's events as lines and progress
+bars, and the approval prompt.
+
+Everything that reaches the terminal goes through here, and is made safe on
+the way (:mod:`imprint.text`): a peer's hostname or a forged frame can be shown,
+never obeyed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, TextIO
+
+import msgspec
+
+from imprint.messages.events import (
+    ApprovalRequired,
+    AutoAccepted,
+    ConfirmRequired,
+    Event,
+    PeerConnected,
+    Progress,
+    Room,
+    SentFigures,
+    Stats,
+    Waiting,
+    encode_event,
+)
+from imprint.messages.session import PeerInfo
+from imprint.text import clip, visible
+
+_encoder = msgspec.json.Encoder()
+
+Reporter = Callable[[Event], None]
+
+
+class Output:
+    """Prints results on stdout; with `json_mode`, JSON lines and nothing else."""
+
+    def __init__(self, *, json_mode: bool, stream: TextIO | None = None) -> None:
+        self.json_mode = json_mode
+        self.stream = stream or sys.stdout
+
+    def result(self, obj: Any, human: str | None = None) -> None:
+        """One result: `obj` as a JSON line in json mode, else the `human` line (if any)."""
+        if self.json_mode:
+            self.stream.write(_encoder.encode(obj).decode() + "\n")  # JSON escapes control characters
+        elif human is not None:
+            self.stream.write(visible(human) + "\n")
+        self.stream.flush()
+
+    def event(self, event: Event) -> None:
+        """One event as its JSON line (json mode only)."""
+        if self.json_mode:
+            self.stream.write(encode_event(event).decode() + "\n")
+            self.stream.flush()
+
+    def line(self, text: str) -> None:
+        """Human-only text (suppressed in json mode)."""
+        if not self.json_mode:
+            self.stream.write(visible(text) + "\n")
+            self.stream.flush()
+
+
+def note(text: str) -> None:
+    """A remark for the human at the terminal, on stderr (never pollutes stdout). Control
+    characters (from a peer's hostname, a forged frame…) are shown as escapes, never obeyed."""
+    sys.stderr.write(visible(text) + "\n")
+    sys.stderr.flush()
+
+
+def say(text: str) -> None:
+    """A line for the human on stdout, made safe the same way."""
+    sys.stdout.write(visible(text) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- a sync's events
+
+
+class HumanReporter:
+    """Turns a sync's events into terminal lines and progress bars (stderr).
+
+    Two bars per direction at most: what comes from the other machine
+    (stored here, with received as a note) and what goes to it (what it
+    stored, with what it confirmed, or what left, as a note).
+    """
+
+    def __init__(self, *, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.bars: dict[tuple[str, str], Any] = {}
+        self.notes: dict[tuple[str, str], dict[str, str]] = {}
+
+    def __call__(self, event: Event) -> None:
+        p = self.prefix
+        match event:
+            case Progress():
+                self._progress(event)
+            case Room():
+                say(f"{p}On the other machine, run:\n\n    imprint sync {event.target} --pin {event.pin}\n")
+                say(f"{p}This device: {clip(event.hostname, 64)} (id: {event.fingerprint})")
+                if event.mode == "plaintext":
+                    note(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
+                note(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
+            case Waiting(message=message):
+                note(f"{p}{message}")
+            case AutoAccepted():
+                note(f"{p}Trusted device {clip(event.hostname, 64)} ({clip(event.fingerprint, 16)}) accepted")
+            case ApprovalRequired() | ConfirmRequired():
+                pass  # the prompt itself shows the peer
+            case PeerConnected():
+                who = f"{clip(event.hostname, 64)} ({clip(event.fingerprint, 16)})" if event.hostname else "the other machine"
+                verify = f"; verification code {event.verification}" if event.verification else ""
+                note(f"{p}Connected to {who}, {event.mode}{verify}")
+            case Stats():
+                self.close()
+                say(p + format_stats(event).replace("\n", "\n" + p))
+
+    def _progress(self, event: Progress) -> None:
+        from tqdm import tqdm
+
+        way = "in" if event.direction in ("receive", "store") else "out"
+        key = (way, event.dataset)
+        bar = self.bars.get(key)
+        if bar is None:
+            if not event.total:
+                return  # nothing of this dataset moves this way
+            desc = f"{self.prefix}{'receiving' if way == 'in' else 'sending'} {event.dataset}"
+            bar = tqdm(total=event.total, desc=desc, unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True,
+                       leave=True)
+            self.bars[key] = bar
+            self.notes[key] = {}
+        notes = self.notes[key]
+        bar.total = event.total
+        if event.direction in ("store", "peer_store"):
+            bar.n = event.done
+            notes["stored"] = "stored" if event.direction == "store" else "stored there"
+        elif event.direction == "receive":
+            notes["received"] = f"received {event.done:,}"
+        elif event.confirmed:
+            notes["received"] = f"received there {event.done:,}"
+        else:
+            notes["received"] = f"sent {event.done:,}"
+        bar.set_postfix_str(", ".join(notes.values()), refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _outcome(inserted: int, skipped: int, rejected: int, ended: int, *, here: bool) -> str:
+    parts = [f"{inserted:,} new", f"{skipped:,} already {'here' if here else 'there'}"]
+    if ended:
+        parts.append(f"{ended:,} ended")
+    if rejected:
+        parts.append(f"{rejected:,} refused")
+    return ", ".join(parts)
+
+
+def _sent_text(dataset: str, figures: SentFigures) -> str:
+    text = f"{dataset} {figures.sent:,}"
+    if figures.inserted is not None:
+        text += " (" + _outcome(figures.inserted, figures.skipped or 0, figures.rejected or 0, figures.ended or 0,
+                                here=False) + ")"
+    return text
+
+
+def format_stats(event: Stats) -> str:
+    """The summary: per dataset, what came in (new / already here / refused) and what went out."""
+    r = event.received
+    incoming = (f"memories {_outcome(r.memories.inserted, r.memories.skipped, r.memories.rejected, 0, here=True)}; "
+                f"facts {_outcome(r.facts.inserted, r.facts.skipped, r.facts.rejected, r.facts.ended, here=True)}")
+    outgoing = f"{_sent_text('memories', event.sent.memories)}; {_sent_text('facts', event.sent.facts)}"
+    return "\n".join(["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"])
+
+
+def reporter(out: Output) -> Reporter:
+    """`--json`: each event as its JSON line; otherwise lines and bars for a person."""
+    return out.event if out.json_mode else HumanReporter()
+
+
+# ---------------------------------------------------------------- the prompt
+
+
+def stdin_approver(peer: PeerInfo, warning: str) -> str:
+    """Ask on stderr, read one line from stdin (works when stdin is a pipe); the raw answer."""
+    lines = []
+    if warning:
+        lines.append(f"WARNING: {clip(warning, 300)}")
+    # What the peer says about itself is shown, never obeyed: no escape sequence can
+    # clear the screen or overwrite the warning above.
+    lines += [
+        "A device wants to sync with this machine:",
+        f"  hostname:    {clip(peer.hostname, 64)}",
+        f"  user:        {clip(peer.user, 64)}",
+        f"  os:          {clip(peer.os, 64)}",
+        f"  fingerprint: {clip(peer.fingerprint, 16)}",
+        "Allow? [y]es / [n]o / [t]rust (accept and remember): ",
+    ]
+    sys.stderr.write("\n".join(lines))
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        answer = ""
+    try:
+        if not sys.stdin.isatty():  # a terminal echoed the Enter; a pipe did not
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return answer

@@ -1,0 +1,229 @@
+"""Sync commands: serve, join (and `sync`, the names Imprint's own CLI uses),
+relay, and demo."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from imprint.actors.base import ask
+from imprint.commands import CommandLine
+from imprint.commands.render import (
+    HumanReporter,
+    Output,
+    note,
+    reporter,
+    stdin_approver,
+)
+from imprint.config import Settings
+from imprint.errors import ConfigError, ImprintError
+from imprint.local import LocalActors, all_facts, all_memories
+from imprint.messages import events
+from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
+from imprint.messages.store import StoreFacts
+from imprint.protocol.addresses import check_pin
+from imprint.relay.server import RelayServer, run_relay
+from imprint.sync.runner import mode_of, run_join, run_serve
+
+_encoder = msgspec.json.Encoder()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    run_serve(settings, relay=args.relay, listen=args.listen, mode=mode_of(args.plaintext), batch_size=args.batch_size,
+              idle_timeout=args.timeout, report=reporter(out), approver=stdin_approver,
+              spool_max_bytes=args.spool_limit)
+    return 0
+
+
+def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    if args.plaintext:
+        note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
+    run_join(settings, target=args.target, pin=check_pin(args.pin), mode=mode_of(args.plaintext),
+             batch_size=args.batch_size, idle_timeout=args.timeout, report=reporter(out),
+             spool_max_bytes=args.spool_limit)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """`imprint sync serve …` or `imprint sync TARGET --pin PIN`."""
+    if args.target == "serve":
+        if args.pin:
+            raise ConfigError("serve makes its own PIN; --pin is for the joining side")
+        return cmd_serve(args, settings, out)
+    if not args.pin:
+        raise ConfigError("joining needs the PIN that serve printed: imprint sync TARGET --pin PIN")
+    return cmd_join(args, settings, out)
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port must be between 0 and 65535")
+    return run_relay(host=args.host, port=args.port, budget_bytes=args.budget, max_rooms=args.max_rooms,
+                     max_rooms_per_address=args.rooms_per_address)
+
+
+# ---------------------------------------------------------------- demo
+
+
+DEMO_A = [
+    ("The deploy script is ops/deploy.sh; it needs AWS credentials in the environment", "ops"),
+    ("Our Postgres runs version 16 with logical replication to the analytics replica", "db"),
+    ("Alice prefers reviews on Tuesday mornings", "team"),
+    ("The staging cluster is reset every Sunday at 03:00 UTC", "ops"),
+    ("Use ruff for linting and black for formatting in every Python repo", "dev"),
+]
+DEMO_B = [
+    ("The deploy script is ops/deploy.sh; it needs AWS credentials in the environment", "ops"),
+    ("The mobile app release train leaves every second Thursday", "mobile"),
+    ("Bob owns the billing service and its on-call rotation", "team"),
+    ("Feature flags live in LaunchDarkly under the project 'core'", "dev"),
+]
+DEMO_FACTS_A = [("alice", "works_on", "billing"), ("postgres", "version", "16")]
+DEMO_FACTS_B = [("alice", "works_on", "billing"), ("bob", "owns", "billing")]
+
+
+def _demo_seed(settings: Settings, memories: list[tuple[str, str]], facts: list[tuple[str, str, str]]) -> None:
+    with LocalActors(settings, embedder=True) as local:
+        local.store_memories(tuple(finalize_memory(MemoryRecord(content=c, project=p, source="demo")) for c, p in memories))
+        ask(local["fact_store"], StoreFacts(records=tuple(
+            FactRecord(subject=s, predicate=pr, object=o, valid_from=1_700_000_000.0 + i, source="demo")
+            for i, (s, pr, o) in enumerate(facts))))
+
+
+def _export(settings: Settings) -> tuple[list[bytes], list[bytes]]:
+    with LocalActors(settings) as local:
+        mems = [_encoder.encode(r) for r in all_memories(local["memory_store"])]
+        facts = [_encoder.encode(f.record) for f in all_facts(local["fact_store"])]
+    return mems, facts
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    """Two temporary data dirs sync through a relay on 127.0.0.1; both end with the union."""
+    report_a = HumanReporter(prefix="[A] ") if not out.json_mode else out.event
+    report_b = HumanReporter(prefix="[B] ") if not out.json_mode else out.event
+    with tempfile.TemporaryDirectory(prefix="imprint-demo-") as tmp:
+        a = Settings(data_dir=Path(tmp) / "machine-a", model=settings.model).prepare()
+        b = Settings(data_dir=Path(tmp) / "machine-b", model=settings.model).prepare()
+        out.line(f"Demo: machine A has {len(DEMO_A)} memories and {len(DEMO_FACTS_A)} facts, "
+                 f"machine B has {len(DEMO_B)} and {len(DEMO_FACTS_B)}; one memory and one fact are on both.")
+        out.line("Loading the embedding model and seeding both machines…")
+        _demo_seed(a, DEMO_A, DEMO_FACTS_A)
+        _demo_seed(b, DEMO_B, DEMO_FACTS_B)
+        server = RelayServer(host="127.0.0.1", port=0)
+        port = server.start_in_thread()
+        out.line(f"Relay on ws://127.0.0.1:{port}; A serves, B joins (encrypted, approval answered 'trust').")
+        rooms: list[events.Room] = []
+        ready = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def report_provider(event: events.Event) -> None:
+            if isinstance(event, events.Room):
+                rooms.append(event)
+                ready.set()
+                return
+            report_a(event)
+
+        def provider() -> None:
+            try:
+                outcome["a"] = run_serve(a, relay=f"ws://127.0.0.1:{port}", listen="", mode="encrypted", batch_size=500,
+                                         idle_timeout=120, report=report_provider, approver=lambda peer, warning: "trust")
+            except ImprintError as exc:
+                outcome["a_error"] = exc
+                ready.set()
+
+        thread = threading.Thread(target=provider, name="demo-provider", daemon=True)
+        thread.start()
+        try:
+            if not ready.wait(timeout=300) or "a_error" in outcome:
+                raise outcome.get("a_error") or ImprintError("demo provider did not start")
+            run_join(b, target=f"ws://127.0.0.1:{port}/{rooms[0].room}", pin=rooms[0].pin, mode="encrypted",
+                     batch_size=500, idle_timeout=120, report=report_b)
+            thread.join(timeout=120)
+            if "a_error" in outcome:
+                raise outcome["a_error"]
+        finally:
+            server.stop()
+        mems_a, facts_a = _export(a)
+        mems_b, facts_b = _export(b)
+    same = mems_a == mems_b and facts_a == facts_b
+    out.event(events.DemoResult(identical=same, memories=len(mems_a), facts=len(facts_a)))
+    out.line(f"\nBoth machines now hold {len(mems_a)} memories and {len(facts_a)} facts; exports identical: "
+             f"{'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _size(text: str) -> int:
+    from imprint.spool import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sync_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plaintext", action="store_true",
+                   help="speak the plaintext protocol of Imprint's own sync clients (its Go CLI and dashboard), "
+                        "to sync with them; the relay can then read the PIN and every record")
+    p.add_argument("--batch-size", type=int, default=500, metavar="N", help="records per batch (default 500)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up when the peer is silent this long mid-transfer, or (join) when nobody serves "
+                        "the room this long (default 120)")
+    p.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
+                   help="how much received data may wait on disk to be stored, e.g. 4G "
+                        "(env IMPRINT_SPOOL_LIMIT; default 2G)")
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relay", default=None, metavar="RELAY",
+                   help="relay address: HOST, ws://HOST:PORT or wss://HOST (env IMPRINT_RELAY); "
+                        "default: run a relay in this process and print this machine's LAN address")
+    p.add_argument("--listen", default="0.0.0.0:8430", metavar="HOST:PORT",
+                   help="where the built-in relay listens when no --relay is given (default 0.0.0.0:8430)")
+
+
+def register(cli: CommandLine) -> None:
+    p = cli.command("serve", cmd_serve, "offer this machine's memories for one sync (provider)",
+                    description="Print a command with a one-time PIN for the other machine, wait for it, ask you to "
+                                "approve it (unless trusted), then merge both ways and exit. Encrypted end to end by "
+                                "default.")
+    _serve_options(p)
+    _sync_options(p)
+
+    p = cli.command("join", cmd_join, "sync with a machine running serve (consumer)",
+                    description="Join the room that serve printed: pull its records, push ours, print what changed on "
+                                "both sides.")
+    p.add_argument("target", help="ROOM (with IMPRINT_RELAY), HOST/ROOM, or ws[s]://HOST/ROOM as serve printed")
+    p.add_argument("--pin", required=True, help="the 8-character PIN serve printed")
+    _sync_options(p)
+
+    p = cli.command("sync", cmd_sync, "'sync serve' or 'sync TARGET --pin PIN' (the names Imprint's own CLI uses)",
+                    description="imprint sync serve [--relay R]  |  imprint sync TARGET --pin PIN")
+    p.add_argument("target", metavar="serve|TARGET", help="'serve' to provide, or the target serve printed")
+    p.add_argument("--pin", default=None, help="the PIN serve printed (joining side)")
+    _serve_options(p)
+    _sync_options(p)
+
+    p = cli.command("relay", cmd_relay, "run a relay server (stateless forwarder between peers)",
+                    description="Forward frames between the two sides of each room; never reads them. Everything it "
+                                "holds at once (frames held, read, in flight) stays within --budget; a client that "
+                                "would pass it is refused with close 1009, the others go on.")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8430, help="port (default 8430)")
+    p.add_argument("--budget", type=_size, default=512 * 1024 * 1024, metavar="SIZE",
+                   help="memory for frames across all rooms, e.g. 1G (default 512M)")
+    p.add_argument("--max-rooms", type=int, default=1000, metavar="N", help="rooms open at once (default 1000)")
+    p.add_argument("--rooms-per-address", type=int, default=16, metavar="N",
+                   help="rooms one client address may have open (default 16)")
+    p.set_defaults(no_data_dir=True)
+
+    p = cli.command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge")
+    p.set_defaults(no_data_dir=True)  # it works in temporary dirs only

@@ -1,0 +1,469 @@
+"""The two roles of a sync after the handshake, as machines without I/O.
+
+Provider (serve)::
+
+    HandshakeSucceeded ─▶ [GET /sync/pull ─▶ push our stream]
+                          [POST /sync/push ─▶ receive its stream ─▶ stored ─▶ 200 STATS] ─▶ finish
+
+Consumer (join)::
+
+    HandshakeSucceeded ─▶ (confirm with the user?) ─▶ pull: receive the provider's
+    stream ─▶ stored ─▶ push ours (minus what we just got) ─▶ 200 STATS ─▶ finish
+
+Receiving is two stages (see :mod:`imprint.spool`): batches are in the spool
+as they arrive (`BatchSpooled`) and stored later (`BatchStored`); the receiver
+answers a stream only once the Storer says it is all stored
+(`StreamStored`). In the encrypted mode the receiver acks as it goes, so the
+sender's progress counts what the peer confirmed, and the consumer's last ack
+tells the provider what became of the records it sent.
+
+A flow is fed every event the session's stages report (:meth:`Flow.handle`)
+and returns what to do, in order (the commands below), ending with
+:class:`Fail` when the sync cannot go on. The session
+(:mod:`imprint.sync.session`) carries the commands out; tests feed events and
+compare command lists.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Literal, TypeAlias
+
+import msgspec
+
+from imprint.errors import INTERRUPTED, ProtocolError, RejectedError, SyncError
+from imprint.messages import events
+from imprint.messages.session import (
+    ApprovalRequired,
+    AutoAccepted,
+    BatchSpooled,
+    BatchStored,
+    FrameReceived,
+    HandshakeSucceeded,
+    HelloSent,
+    JoinDecision,
+    PeerArrived,
+    PeerInfo,
+    StartPush,
+    StreamSpooled,
+    StreamStored,
+    TransferFinished,
+)
+from imprint.messages.store import FactIdentity
+from imprint.messages.wire import (
+    DATASETS,
+    Ack,
+    DatasetCounts,
+    DatasetStats,
+    Done,
+    FactBatch,
+    FactStats,
+    Frame,
+    MemoryBatch,
+    Meta,
+    Mode,
+    Request,
+    Response,
+    StreamError,
+    StreamFrame,
+    SyncStats,
+)
+from imprint.text import clip
+
+#: What a side waits for, which sets how long it may wait: a provider's peer
+#: (as long as the room lives), a consumer's provider ("room", --timeout), a
+#: human ("approval"), or the transfer ("": the idle timeout).
+Wait = Literal["peer", "room", "approval", ""]
+#: Seconds between two acks of a stream (the last one always goes).
+ACK_INTERVAL = 0.25
+#: What the provider is told when the joining side's user declines to go on.
+DECLINED = "the other machine's user chose not to sync"
+_STREAM_FRAMES = (Meta, MemoryBatch, FactBatch, Done, StreamError)
+
+
+# ---------------------------------------------------------------- commands
+
+
+class Report(msgspec.Struct, frozen=True):
+    """Tell the user (terminal, --json, dashboard)."""
+
+    event: events.Event
+
+
+class Send(msgspec.Struct, frozen=True):
+    """Send a frame to the peer; `quiet` ones (acks) may fail silently: a lost connection is reported on its own."""
+
+    frame: Frame
+    quiet: bool = False
+
+
+class Receive(msgspec.Struct, frozen=True):
+    """Receive the peer's stream as `stream`: watch it in the spool, start the Puller
+    (which first asks for it with `GET /sync/pull` when `request`)."""
+
+    stream: str
+    batch_size: int
+    request: bool = False
+
+
+class ToPuller(msgspec.Struct, frozen=True):
+    frame: StreamFrame
+
+
+class Push(msgspec.Struct, frozen=True):
+    start: StartPush
+
+
+class AskToJoin(msgspec.Struct, frozen=True):
+    """Show the provider to the joining side's user and wait for a JoinDecision."""
+
+    peer: PeerInfo | None
+    verification: str
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """The sync is complete. The provider lets the consumer hang up first (`linger`)."""
+
+    stats: events.Stats
+    linger: bool = False
+
+
+class Fail(msgspec.Struct, frozen=True):
+    """The sync cannot go on; always the last command (what came before it is still carried out)."""
+
+    error: SyncError
+
+
+Command: TypeAlias = Report | Send | Receive | ToPuller | Push | AskToJoin | Finish | Fail
+
+
+# ---------------------------------------------------------------- tallies
+
+
+def _counts(values: dict[str, int]) -> DatasetCounts:
+    return DatasetCounts(memories=values.get("memories", 0), facts=values.get("facts", 0))
+
+
+@dataclass
+class Incoming:
+    """The receiving side's tally of one stream: received, refused, stored."""
+
+    stream: str
+    announced: DatasetCounts | None = None
+    received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    processed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    inserted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    ended: int = 0
+    same_ids: set[str] = field(default_factory=set)
+    same_facts: set[FactIdentity] = field(default_factory=set)
+    spooled: bool = False
+
+    def total(self, dataset: str) -> int:
+        return self.announced[dataset] if self.announced is not None else 0
+
+    def stats(self) -> SyncStats:
+        return SyncStats(
+            memories=DatasetStats(inserted=self.inserted["memories"], skipped=self.skipped["memories"],
+                                  rejected=self.refused["memories"]),
+            facts=FactStats(inserted=self.inserted["facts"], skipped=self.skipped["facts"],
+                            rejected=self.refused["facts"], ended=self.ended),
+        )
+
+
+@dataclass
+class Outgoing:
+    """The sending side's tally: sent, and what the peer confirmed."""
+
+    total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    peer_stats: SyncStats | None = None
+
+
+def peer_failed(message: str) -> str:
+    """What to say when the other side sent an error frame."""
+    if message == INTERRUPTED:
+        return f"{INTERRUPTED}; what was received is kept, run the sync again to complete it"
+    return f"the other machine failed: {clip(message)}"
+
+
+# ---------------------------------------------------------------- the flows
+
+
+class Flow:
+    """What both roles share: the tallies, acks, progress and the stats."""
+
+    role: Literal["provider", "consumer"]
+
+    def __init__(self, *, mode: Mode, batch_size: int = 500, clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode = mode
+        self.batch_size = batch_size
+        self.clock = clock
+        self.wait: Wait = ""
+        #: Records we sent that the peer has not acknowledged (the plaintext mode
+        #: sends no acks): they may still sit in buffers while it stores them.
+        self.unacknowledged = 0
+        self.connected = False
+        self.incoming: Incoming | None = None
+        self.outgoing = Outgoing()
+        self._last_ack = float("-inf")
+        self._out: list[Command] = []
+
+    @property
+    def encrypted(self) -> bool:
+        return self.mode == "encrypted"
+
+    @property
+    def receiving(self) -> bool:
+        """A stream from the peer is coming in (its error frame is the Puller's to judge)."""
+        return self.incoming is not None and not self.incoming.spooled
+
+    def handle(self, event: object) -> list[Command]:
+        self._out = []
+        try:
+            if not self._common(event):
+                self._role(event)
+        except SyncError as exc:
+            self._out.append(Fail(error=exc))
+        return self._out
+
+    def _role(self, event: object) -> None:
+        raise NotImplementedError
+
+    def _do(self, command: Command) -> None:
+        self._out.append(command)
+
+    def _report(self, event: events.Event) -> None:
+        self._out.append(Report(event=event))
+
+    # ---------------------------------------------------------------- shared events
+
+    def _common(self, event: object) -> bool:
+        match event:
+            case PeerArrived():
+                if self.wait in ("peer", "room"):
+                    self.wait = ""  # someone is here: from now on silence counts
+            case events.Progress(direction="send", dataset=dataset, done=done, total=total):
+                self.outgoing.sent[dataset] = done
+                self.outgoing.total[dataset] = total
+                if not self.encrypted:  # no acks: what left the socket is all we know
+                    self._progress("send", dataset, done, total, confirmed=False)
+            case FrameReceived(frame=Ack() as ack):
+                self._on_ack(ack)
+            case FrameReceived(frame=StreamError(message=message)) if not self.receiving:
+                raise SyncError(peer_failed(message))
+            case BatchSpooled() | StreamSpooled() | BatchStored() if self._for_incoming(event):
+                self._on_incoming(event)
+            case _:
+                return False
+        return True
+
+    def _connected(self, event: HandshakeSucceeded) -> None:
+        self.wait = ""
+        self.connected = True
+        self._report(events.PeerConnected(mode=self.mode, verification=event.verification, **_peer_fields(event.peer)))
+
+    def _for_incoming(self, event: object) -> bool:
+        return self.incoming is not None and getattr(event, "stream", None) == self.incoming.stream
+
+    def _receive(self, *, request: bool, batch_size: int) -> None:
+        self.incoming = Incoming(stream=uuid.uuid4().hex)
+        self._do(Receive(stream=self.incoming.stream, batch_size=batch_size, request=request))
+
+    def _incoming_frame(self, frame: StreamFrame) -> None:
+        if isinstance(frame, Meta):
+            self.incoming.announced = frame.datasets
+            for dataset in DATASETS:
+                self._progress("receive", dataset, 0, self.incoming.total(dataset))
+        self._do(ToPuller(frame=frame))
+
+    def _on_incoming(self, event: BatchSpooled | StreamSpooled | BatchStored) -> None:
+        tally = self.incoming
+        match event:
+            case BatchSpooled(dataset=dataset, received=received, refused=refused):
+                tally.received[dataset] += received
+                tally.refused[dataset] += refused
+                tally.processed[dataset] += refused  # refused records need no storing
+                self._progress("receive", dataset, tally.received[dataset], tally.total(dataset))
+                if refused:
+                    self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))
+            case StreamSpooled():
+                tally.spooled = True
+            case BatchStored(dataset=dataset, count=count, result=result, same_ids=same_ids, same_facts=same_facts):
+                tally.processed[dataset] += count
+                tally.inserted[dataset] += result.inserted
+                tally.skipped[dataset] += result.skipped
+                tally.ended += result.ended
+                tally.same_ids.update(same_ids)
+                tally.same_facts.update(same_facts)
+                self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))
+        self._ack()
+
+    def _ack(self, *, final: bool = False) -> None:
+        """Tell the sender how far we got (encrypted mode; at most every ACK_INTERVAL, and always the last)."""
+        tally = self.incoming
+        if not self.encrypted or tally is None:
+            return
+        now = self.clock()
+        if not final and now - self._last_ack < ACK_INTERVAL:
+            return
+        self._last_ack = now
+        ack = Ack(received=_counts(tally.received), stored=_counts(tally.processed),
+                  stats=tally.stats() if final else None)
+        self._do(Send(frame=ack, quiet=True))
+
+    def _on_ack(self, ack: Ack) -> None:
+        if not self.encrypted:
+            raise ProtocolError("the peer sent an ack frame, which the plaintext protocol does not have")
+        out = self.outgoing
+        for dataset in DATASETS:
+            total = out.total[dataset]
+            self._progress("send", dataset, min(ack.received[dataset], total), total)
+            self._progress("peer_store", dataset, min(ack.stored[dataset], total), total)
+        if ack.stats is not None:
+            out.peer_stats = ack.stats
+
+    def _sent(self, event: TransferFinished) -> None:
+        self.outgoing.sent.update(event.sent)
+        if not self.encrypted:
+            self.unacknowledged = sum(event.sent.values())
+
+    def _progress(self, direction: events.Direction, dataset: str, done: int, total: int, *,
+                  confirmed: bool = True) -> None:
+        self._report(events.Progress(direction=direction, dataset=dataset, done=done, total=total, confirmed=confirmed))
+
+    def _stats(self, *, received: SyncStats | None, sent_stats: SyncStats | None) -> events.Stats:
+        return events.Stats(role=self.role, mode=self.mode, received=received or SyncStats(),
+                            sent=events.SentStats.of(self.outgoing.sent, sent_stats))
+
+
+class ProviderFlow(Flow):
+    """`serve`: wait for one peer, answer its pull, store its push, answer with STATS."""
+
+    role = "provider"
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.wait = "peer"  # before a peer arrives nobody is late: wait as long as the room lives
+        self._pull_started = False
+
+    def _role(self, event: object) -> None:
+        match event:
+            case ApprovalRequired(peer=peer, warning=warning):
+                self.wait = "approval"
+                self._report(events.ApprovalRequired(hostname=peer.hostname, user=peer.user, os=peer.os,
+                                                     fingerprint=peer.fingerprint, warning=warning))
+            case AutoAccepted(peer=peer):
+                self._report(events.AutoAccepted(hostname=peer.hostname, fingerprint=peer.fingerprint))
+            case HandshakeSucceeded():
+                self._connected(event)
+            case FrameReceived(frame=Request() as request) if self.connected:
+                self._on_request(request)
+            case FrameReceived(frame=frame) if self.connected and self.incoming is not None:
+                if not isinstance(frame, _STREAM_FRAMES):
+                    raise ProtocolError(f"the peer sent an unexpected {type(frame).__name__} frame")
+                self._incoming_frame(frame)
+            case FrameReceived(frame=frame):
+                raise ProtocolError(f"the peer sent an unexpected {type(frame).__name__} frame")
+            case TransferFinished():
+                self._sent(event)
+                if self.incoming is not None:
+                    self.unacknowledged = 0
+            case StreamStored(stream=stream) if self.incoming is not None and stream == self.incoming.stream:
+                received = self.incoming.stats()
+                self._do(Send(frame=Response.with_stats(received)))
+                stats = self._stats(received=received, sent_stats=self.outgoing.peer_stats)
+                self._report(stats)
+                self._do(Finish(stats=stats, linger=True))
+
+    def _on_request(self, request: Request) -> None:
+        batch_size = request.body.batch_size
+        if request.method == "GET" and request.path == "/sync/pull" and not self._pull_started:
+            self._pull_started = True
+            self._do(Push(start=StartPush(batch_size=batch_size)))
+        elif request.method == "POST" and request.path == "/sync/push" and self.incoming is None:
+            self.unacknowledged = 0
+            self._receive(request=False, batch_size=batch_size)
+        else:
+            self._do(Send(frame=Response.not_found()))
+
+
+class ConsumerFlow(Flow):
+    """`join`: pull the provider's records, push ours (but what we just got), read its STATS.
+
+    With `confirm` (the dashboard), nothing moves until its user has seen the
+    provider (hostname, fingerprint, verification code) and said "accept".
+    """
+
+    role = "consumer"
+
+    def __init__(self, *, confirm: bool = False, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.confirm = confirm
+        self.phase: Literal["handshake", "confirm", "pull", "push", "await-stats"] = "handshake"
+        self._received: SyncStats | None = None
+
+    def _role(self, event: object) -> None:
+        match event:
+            case HelloSent(verification=verification):
+                self.wait = "approval"
+                code = f" Verification code {verification}: the other machine shows the same." if verification else ""
+                how = ("waiting for the other machine to approve this device…" if self.encrypted else
+                       "waiting for the provider to answer (its user may have to approve this device)…")
+                self._report(events.Waiting(for_="approval", message=how + code))
+            case HandshakeSucceeded(peer=peer, verification=verification):
+                self._connected(event)
+                if self.confirm:
+                    self.phase = "confirm"
+                    self.wait = "approval"
+                    self._report(events.ConfirmRequired(mode=self.mode, verification=verification,
+                                                        **_peer_fields(peer)))
+                    self._do(AskToJoin(peer=peer, verification=verification))
+                else:
+                    self._pull()
+            case JoinDecision(decision=decision) if self.phase == "confirm":
+                if decision != "accept":
+                    self._do(Send(frame=StreamError(message=DECLINED), quiet=True))
+                    raise RejectedError("you did not join: nothing was sent or received")
+                self.wait = ""
+                self._pull()
+            case FrameReceived(frame=frame) if self.phase == "pull":
+                if isinstance(frame, Response):
+                    raise ProtocolError(f"the provider answered the pull with {frame.status}: {clip(frame.body)}")
+                if not isinstance(frame, _STREAM_FRAMES):
+                    raise ProtocolError(f"the provider sent an unexpected {type(frame).__name__} frame")
+                self._incoming_frame(frame)
+            case StreamStored(stream=stream) if self.phase == "pull" and stream == self.incoming.stream:
+                self._received = self.incoming.stats()
+                self._ack(final=True)
+                self.phase = "push"
+                self._do(Push(start=StartPush(batch_size=self.batch_size, request=True,
+                                              skip_ids=frozenset(self.incoming.same_ids),
+                                              skip_facts=frozenset(self.incoming.same_facts))))
+            case TransferFinished():
+                self.phase = "await-stats"
+                self._sent(event)
+                self._report(events.Waiting(for_="peer",
+                                            message="sent; waiting for the other machine to store our records…"))
+            case FrameReceived(frame=Response() as response) if self.phase in ("push", "await-stats"):
+                if response.status != 200:
+                    raise SyncError(f"the provider refused our records ({response.status}: {clip(response.body)})")
+                stats = self._stats(received=self._received, sent_stats=response.stats())
+                self._report(stats)
+                self._do(Finish(stats=stats))
+            case FrameReceived(frame=frame):
+                raise ProtocolError(f"unexpected {type(frame).__name__} frame during {self.phase}")
+
+    def _pull(self) -> None:
+        self.phase = "pull"
+        self._receive(request=True, batch_size=self.batch_size)
+
+
+def _peer_fields(peer: PeerInfo | None) -> dict[str, str]:
+    if peer is None:
+        return {}
+    return {"hostname": peer.hostname, "user": peer.user, "os": peer.os, "fingerprint": peer.fingerprint}
+

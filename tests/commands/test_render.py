@@ -1,0 +1,24 @@
+"""What a person reads: the sync summary, from the same event `--json` prints."""
+
+from __future__ import annotations
+
+import json
+
+from imprint.commands.render import format_stats
+from imprint.messages.events import Stats, decode_event, encode_event
+
+
+def test_the_human_summary_names_each_dataset_and_direction() -> None:
+    line = json.dumps({"event": "stats", "role": "provider", "mode": "encrypted",
+                       "received": {"memories": {"inserted": 3, "skipped": 0, "rejected": 2},
+                                    "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
+                       "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
+                                "facts": {"sent": 1}}})
+    event = decode_event(line)
+    assert isinstance(event, Stats)
+    assert json.loads(encode_event(event)) == json.loads(line)  # one encoding for --json and SSE
+    assert format_stats(event).splitlines() == [
+        "Sync complete.",
+        "  received: memories 3 new, 0 already here, 2 refused; facts 1 new, 0 already here, 1 ended",
+        "  sent:     memories 5 (4 new, 1 already there); facts 1",
+    ]
