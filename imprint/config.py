@@ -7,8 +7,13 @@ Layout of a data dir::
       device_key               Ed25519 private key, mode 0600
       trusted_devices.json     trust list shared by CLI and dashboard
       logs/imprint.log         rotating debug log
-      qdrant/                  embedded Qdrant (one collection per workspace)
-      workspaces/NAME/facts.db SQLite facts of workspace NAME
+      cache/                   model fingerprints (recomputed if lost)
+      workspaces/NAME/
+        memories/              Qdrant Edge shard of workspace NAME's memories
+        facts.db               SQLite facts
+        spool.db               what a sync received and has not stored yet
+      qdrant/                  older versions' store (qdrant-client local mode):
+                               migrated to workspaces/NAME/memories on first use
 """
 
 from __future__ import annotations
@@ -52,12 +57,22 @@ class Settings:
 
     @property
     def collection(self) -> str:
-        """Qdrant collection of the workspace."""
+        """Qdrant collection of the workspace (on a server, and in the old local-mode store)."""
         return f"imprint_{self.workspace}"
 
     @property
-    def qdrant_path(self) -> Path:
+    def legacy_qdrant_path(self) -> Path:
+        """Where older versions kept memories (qdrant-client local mode); migrated away on first use."""
         return self.data_dir / "qdrant"
+
+    @property
+    def memories_path(self) -> Path:
+        """The workspace's Qdrant Edge shard."""
+        return self.workspace_dir / "memories"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def workspace_dir(self) -> Path:

@@ -86,6 +86,35 @@ def embed_and_store(
     return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
 
 
+def migrate_legacy_store(settings: Settings, model: ModelInfo | None) -> None:
+    """Move the workspace's memories out of an older version's store, once (see
+    :mod:`imprint.storage.legacy`), with a progress bar; nothing to do otherwise."""
+    from imprint.storage.edge import read_meta
+    from imprint.storage.legacy import LegacyStore, finish_interrupted, migrate
+
+    legacy = LegacyStore(settings.legacy_qdrant_path, settings.collection)
+    if not legacy.exists():
+        return
+    meta = read_meta(settings.memories_path)
+    if meta is not None:
+        finish_interrupted(legacy, meta)
+        return
+    from tqdm import tqdm
+
+    from imprint.fingerprint import model_fingerprint
+
+    fingerprint = model.fingerprint if model else model_fingerprint(settings.model, cache_dir=settings.cache_dir)
+    total = legacy.rows()
+    note(f"imprint: moving {total:,} memories to the new store format (once; vectors are kept, nothing is "
+         "re-embedded; the old store stays until the copy checks out)…")
+    with tqdm(total=total, desc="migrating", unit="mem", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        migrate(legacy, settings.memories_path, model=fingerprint, model_name=model.name if model else settings.model,
+                progress=progress)
+
+
 class LocalActors:
     """The local actors of one command (or of the dashboard, for its lifetime):
     an :class:`~imprint.runtime.ActorGroup` started on enter and stopped on exit.
@@ -129,11 +158,15 @@ class LocalActors:
         if not self.memories:
             pending = Pending(facts=pending.facts) if self.facts else Pending()
         if self.embedder or pending.memories:
-            group.start("embedder", Embedder, model_name=s.model)
+            group.start("embedder", Embedder, model_name=s.model, cache_dir=s.cache_dir)
             self.model = ask(group["embedder"], DescribeModel())
         if self.memories:
-            group.start("memory_store", MemoryStore, collection=s.collection, path=s.qdrant_path, url=s.qdrant_url,
-                        dimension=self.model.dimension if self.model else None)
+            if not s.qdrant_url and not self.read_only:
+                migrate_legacy_store(s, self.model)
+            m = self.model
+            group.start("memory_store", MemoryStore, collection=s.collection, path=s.memories_path, url=s.qdrant_url,
+                        dimension=m.dimension if m else None, model=m.fingerprint if m else "",
+                        model_name=m.name if m else "")
         if self.facts or pending.total:
             group.start("fact_store", FactStore, path=s.facts_path, read_only=self.read_only)
         if "fact_store" in group and not self.read_only and (self.memories or pending.total):

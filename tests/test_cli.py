@@ -7,6 +7,7 @@ change it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import msgspec
 import pytest
 
+from imprint.fingerprint import model_fingerprint
 from imprint.messages.records import MemoryRecord, memory_id
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -367,9 +369,11 @@ def test_fact_add_list_end_and_export(tmp_path: Path, imprint_cli: Run) -> None:
 # ---------------------------------------------------------------- status
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under `root` with its size and mtime: what a command may not change."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+def _tree(root: Path) -> dict[str, str]:
+    """Every path under `root` with a hash of its content: what a command may not change.
+    (Not mtimes: opening a Qdrant Edge shard rewrites its config with the same bytes.)"""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
 
 
 def test_status_reports_dir_workspace_device_model_and_counts(
@@ -385,8 +389,11 @@ def test_status_reports_dir_workspace_device_model_and_counts(
         "workspace_exists": True,
         "device_id": None,  # status creates nothing; the first sync makes the device key
         "model": "all-MiniLM-L6-v2",
+        "model_fingerprint": model_fingerprint("all-MiniLM-L6-v2"),
+        "store_model_fingerprint": model_fingerprint("all-MiniLM-L6-v2"),
         "dimension": 384,
-        "memory_store": str(data_dir / "qdrant"),
+        "memory_store": str(data_dir / "workspaces" / "default" / "memories"),
+        "store_engine": "edge",
         "memories": CORPUS_SIZE,
         "facts_active": 1,
         "facts_ended": 0,

@@ -71,7 +71,8 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.
 def test_layout_of_a_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, workspace="work")
     assert settings.collection == "imprint_work"
-    assert settings.qdrant_path == tmp_path / "qdrant"
+    assert settings.legacy_qdrant_path == tmp_path / "qdrant"
+    assert settings.memories_path == tmp_path / "workspaces" / "work" / "memories"
     assert settings.facts_path == tmp_path / "workspaces" / "work" / "facts.db"
     assert settings.trust_path == tmp_path / "trusted_devices.json"
     assert settings.log_dir == tmp_path / "logs"

@@ -69,17 +69,22 @@ def load_model(name: str) -> Any:
 class Embedder(ImprintActor):
     """Owns the model; answers :class:`EmbedTexts` and :class:`DescribeModel`."""
 
-    def __init__(self, *, model_name: str) -> None:
+    def __init__(self, *, model_name: str, cache_dir: Path | None = None) -> None:
         super().__init__()
         self.model_name = model_name
+        self.cache_dir = cache_dir
         self._model: Any = None
         self.dimension = 0
+        self.fingerprint = ""
 
     def start_up(self) -> None:
         self._model = load_model(self.model_name)
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dimension = int(get_dim())
-        logger.debug("embedder ready: {} ({} dims)", self.model_name, self.dimension)
+        from imprint.fingerprint import model_fingerprint
+
+        self.fingerprint = model_fingerprint(self.model_name, cache_dir=self.cache_dir)
+        logger.debug("embedder ready: {} ({} dims, fingerprint {})", self.model_name, self.dimension, self.fingerprint)
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -91,5 +96,5 @@ class Embedder(ImprintActor):
                 )
                 return Embeddings(vectors=vectors.tolist())
             case DescribeModel():
-                return ModelInfo(name=self.model_name, dimension=self.dimension)
+                return ModelInfo(name=self.model_name, dimension=self.dimension, fingerprint=self.fingerprint)
         return super().handle(message)

@@ -1,9 +1,10 @@
-"""MemoryStore: owns the Qdrant client and the workspace's collection.
+"""MemoryStore: the workspace's memories, in whichever Qdrant engine holds them.
 
-Embedded local mode (`QdrantClient(path=…)`) by default; a Qdrant server when
-a URL is given — the same calls either way. Points carry one named dense
-vector (cosine) and the memory's SPEC payload; the point id is SPEC's
-uuid5 of the memory id, so the same memory is the same point everywhere.
+It holds one :class:`~imprint.storage.Backend` — Qdrant Edge in the data dir
+by default, a Qdrant server when a URL is given — and answers the same
+messages either way. It guards what goes in: every vector comes from the
+store's own model (checked by fingerprint), the earliest copy of a memory
+wins, and an engine error becomes one clear line.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
-from imprint.messages.records import MemoryRecord, memory_to_payload, point_id
+from imprint.messages.records import MemoryRecord
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
+    FacetCount,
+    FacetMemories,
     FindMissing,
+    MemoryFilter,
     MemoryPage,
     MissingIds,
+    NewestMemories,
     PageMemories,
     SearchHit,
     SearchHits,
@@ -31,118 +36,133 @@ from imprint.messages.store import (
     StoreMemories,
     StoreResult,
 )
+from imprint.storage import Backend, StoredMemory, StoreMeta
 
-VECTOR_NAME = "dense"
+
+def open_backend(*, path: Path | None, url: str | None, collection: str) -> Backend:
+    """The Qdrant server at `url` if given, else the Edge shard at `path`."""
+    if url:
+        from imprint.storage.server import ServerBackend
+
+        return ServerBackend(url, collection)
+    from imprint.storage.edge import EdgeBackend
+
+    assert path is not None
+    return EdgeBackend(path)
 
 
 class MemoryStore(ImprintActor):
-    """Answers FindMissing, StoreMemories, PageMemories, SearchMemories, CountMemories, DescribeStore.
+    """Answers FindMissing, StoreMemories, PageMemories, SearchMemories, CountMemories,
+    FacetMemories, NewestMemories, DescribeStore.
 
     Args:
-        collection: the workspace's collection name.
-        path: folder of the embedded store (ignored when `url` is set).
+        collection: the workspace's collection name (on a server).
+        path: the workspace's Edge shard (ignored when `url` is set).
         url: a Qdrant server, e.g. http://localhost:6333.
-        dimension: vector size of the embedder; None for read-only commands
-            (the collection is then not created if missing).
+        dimension: vector size of the running model; None for commands that
+            write no vectors (the store is then not created if missing).
+        model: fingerprint of the running model ("" when none runs).
+        model_name: its name, recorded with a new store.
     """
 
-    def __init__(self, *, collection: str, path: Path | None = None, url: str | None = None, dimension: int | None) -> None:
+    def __init__(self, *, collection: str, path: Path | None = None, url: str | None = None, dimension: int | None,
+                 model: str = "", model_name: str = "") -> None:
         super().__init__()
         self.collection = collection
         self.path = path
         self.url = url
         self.dimension = dimension
-        self._client: Any = None
-        self._exists = False
+        self.model = model
+        self.model_name = model_name
+        self._backend: Backend | None = None
+        self._meta: StoreMeta | None = None
 
     @property
     def location(self) -> str:
-        return self.url or str(self.path)
+        return self._backend.location if self._backend is not None else (self.url or str(self.path))
 
     def start_up(self) -> None:
-        from qdrant_client import QdrantClient
-
         try:
-            self._client = QdrantClient(url=self.url, timeout=60) if self.url else QdrantClient(path=str(self.path))
-            self._exists = self._client.collection_exists(self.collection)
-        except RuntimeError as exc:
-            if "already accessed" in str(exc):
-                raise StoreError(
-                    f"the memory store in {self.path} is open in another imprint process (is `imprint serve` or `imprint ui` running?)"
-                ) from None
-            raise StoreError(f"cannot open the memory store at {self.location}: {exc}") from None
+            self._backend = open_backend(path=self.path, url=self.url, collection=self.collection)
+            self._meta = self._backend.meta()
+            if self._meta is None:
+                if self.dimension is not None:
+                    self._meta = StoreMeta(dimension=self.dimension, model=self.model, model_name=self.model_name)
+                    self._backend.create(self._meta)
+                    logger.debug("created the memory store at {} ({} dims, model {})", self.location, self.dimension,
+                                 self.model or "?")
+                return
+        except ImprintError:
+            raise
         except Exception as exc:
-            raise StoreError(f"cannot open the memory store at {self.location}: {exc}") from None
-        if self._exists:
-            existing = self._stored_dimension()
-            if self.dimension is not None and existing != self.dimension:
-                raise ModelError(
-                    f"workspace collection {self.collection!r} holds {existing}-dimensional vectors but the model "
-                    f"gives {self.dimension}; use the model it was built with or another --workspace"
-                )
-            self.dimension = existing
-        elif self.dimension is not None:
-            self._create()
+            raise StoreError(f"cannot open the memory store at {self.location}: {str(exc).strip()[:300]}") from None
+        self._check_model(self._meta)
 
-    def _stored_dimension(self) -> int:
-        vectors = self._client.get_collection(self.collection).config.params.vectors
-        if not isinstance(vectors, dict) or VECTOR_NAME not in vectors:
-            raise StoreError(f"collection {self.collection!r} was not created by imprint (no {VECTOR_NAME!r} vector)")
-        return int(vectors[VECTOR_NAME].size)
-
-    def _create(self) -> None:
-        from qdrant_client import models
-
-        self._client.create_collection(
-            self.collection,
-            vectors_config={VECTOR_NAME: models.VectorParams(size=self.dimension, distance=models.Distance.COSINE)},
-        )
-        if self.url:  # payload indexes only mean something on a server
-            self._client.create_payload_index(self.collection, "project", models.PayloadSchemaType.KEYWORD)
-        self._exists = True
-        logger.debug("created collection {} ({} dims) at {}", self.collection, self.dimension, self.location)
+    def _check_model(self, meta: StoreMeta) -> None:
+        if self.dimension is not None and meta.dimension != self.dimension:
+            raise ModelError(
+                f"the memory store at {self.location} holds {meta.dimension}-dimensional vectors but the model gives "
+                f"{self.dimension}; use the model it was built with ({meta.model_name or 'see imprint status'}) "
+                "or another --workspace"
+            )
+        self.dimension = meta.dimension
+        if not self.model:
+            return
+        if not meta.model:
+            # A store from before fingerprints: its vectors are taken to be this model's.
+            self._meta = msgspec.structs.replace(meta, model=self.model, model_name=meta.model_name or self.model_name)
+            self._backend.set_meta(self._meta)
+            logger.info("memory store at {}: recorded model fingerprint {}", self.location, self.model)
+        elif meta.model != self.model:
+            raise ModelError(
+                f"the memory store at {self.location} holds vectors of model {meta.model_name or '?'} (fingerprint "
+                f"{meta.model}) but {self.model_name or 'this model'} has fingerprint {self.model}; their vectors "
+                "cannot be mixed: use the model the store was built with, or another --workspace"
+            )
 
     def shut_down(self) -> None:
-        if self._client is not None:
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
             try:
-                self._client.close()
-            except Exception:  # closing is best effort; the lock file goes with the process
-                logger.debug("qdrant close failed", exc_info=True)
-            self._client = None
+                backend.close()
+            except Exception:  # closing is best effort; the lock goes with the process
+                logger.debug("closing the memory store failed", exc_info=True)
 
     def handle(self, message: Any) -> Any:
         try:
             return self._dispatch(message)
         except (ImprintError, TypeError):
             raise
-        except Exception as exc:  # Qdrant (disk full, server down, …): one clear line for the user
+        except Exception as exc:  # the engine (disk full, server down, …): one clear line for the user
             raise StoreError(f"memory store error at {self.location}: {str(exc).strip()[:300] or type(exc).__name__}") from None
 
     def _dispatch(self, message: Any) -> Any:
+        b = self._backend
         match message:
             case FindMissing(ids=ids, timestamps=timestamps):
                 return self._to_write(ids, timestamps)
-            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at):
-                return self._store(records, vectors, stored_at)
-            case PageMemories(limit=limit, after=after):
-                return self._page(limit, after)
+            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at, model=model):
+                return self._store(records, vectors, stored_at, model)
+            case PageMemories(limit=limit, after=after, vectors=vectors):
+                return self._page(limit, after, vectors)
             case SearchMemories(vector=vector, limit=limit, project=project):
-                return self._search(vector, limit, project)
-            case CountMemories():
-                return self._count()
+                hits = b.search(vector, limit, MemoryFilter(project=project))
+                return SearchHits(hits=tuple(SearchHit(score=score, record=record) for score, record in hits))
+            case CountMemories(where=where):
+                return b.count(where)
+            case FacetMemories(key=key, limit=limit, where=where):
+                return tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where))
+            case NewestMemories(where=where, offset=offset, limit=limit):
+                return tuple(b.newest(where, offset, limit))
             case DescribeStore():
-                return StoreInfo(location=self.location, collection=self.collection, dimension=self.dimension, count=self._count())
+                meta = self._meta
+                return StoreInfo(location=self.location, kind=b.kind, dimension=meta.dimension if meta else None,
+                                 count=b.count(MemoryFilter()), model=meta.model if meta else "",
+                                 model_name=meta.model_name if meta else "")
         return super().handle(message)
 
-    def _stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
-        if not self._exists or not ids:
-            return {}
-        by_point = {point_id(i): i for i in ids}
-        found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=["timestamp"], with_vectors=False)
-        return {by_point[str(p.id)]: float((p.payload or {}).get("timestamp") or 0.0) for p in found}
-
     def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> MissingIds:
-        stored = self._stored_timestamps(ids)
+        stored = self._backend.stored_timestamps(ids)
         result: dict[str, None] = {}
         kept: dict[str, None] = {}
         for n, memory_id_ in enumerate(ids):
@@ -156,15 +176,17 @@ class MemoryStore(ImprintActor):
         return MissingIds(ids=tuple(result), kept=tuple(k for k in kept if k not in result), stored_at=stored)
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
-               stored_at: dict[str, float] | None) -> StoreResult:
-        from qdrant_client import models
-
+               stored_at: dict[str, float] | None, model: str | None) -> StoreResult:
         if len(records) != len(vectors):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
-        if not self._exists:
+        if self._meta is None:
             raise StoreError("the memory store was opened read-only")
-        stored = stored_at if stored_at is not None else self._stored_timestamps(tuple(r.id for r in records))
-        points, seen = [], set()
+        model = self.model if model is None else model
+        if model != self._meta.model:
+            raise StoreError(f"vectors of model {model or '?'} cannot go into a store of model {self._meta.model or '?'}")
+        stored = stored_at if stored_at is not None else self._backend.stored_timestamps(tuple(r.id for r in records))
+        points: list[StoredMemory] = []
+        seen: set[str] = set()
         updated = 0
         for record, vector in zip(records, vectors):
             if record.id in seen:
@@ -173,40 +195,16 @@ class MemoryStore(ImprintActor):
                 continue
             updated += record.id in stored
             seen.add(record.id)
-            points.append(
-                models.PointStruct(id=point_id(record.id), vector={VECTOR_NAME: vector}, payload=memory_to_payload(record))
-            )
-        if points:
-            # wait=True: the batch is durable before we report it stored.
-            self._client.upsert(self.collection, points=points, wait=True)
+            points.append(StoredMemory(record=record, vector=vector, model=model))
+        # Durable when upsert returns: the batch is whole on disk before we report it stored.
+        self._backend.upsert(points)
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated)
 
-    def _page(self, limit: int, after: str | None) -> MemoryPage:
-        if not self._exists:
-            return MemoryPage(records=(), next_after=None)
-        points, next_offset = self._client.scroll(
-            self.collection, limit=limit, offset=after, with_payload=True, with_vectors=False
-        )
-        records = tuple(msgspec.convert(p.payload, MemoryRecord) for p in points)
-        return MemoryPage(records=records, next_after=str(next_offset) if next_offset is not None else None)
-
-    def _search(self, vector: list[float], limit: int, project: str | None) -> SearchHits:
-        from qdrant_client import models
-
-        if not self._exists:
-            return SearchHits(hits=())
-        query_filter = None
-        if project is not None:
-            query_filter = models.Filter(must=[models.FieldCondition(key="project", match=models.MatchValue(value=project))])
-        result = self._client.query_points(
-            self.collection, query=vector, using=VECTOR_NAME, limit=limit, query_filter=query_filter, with_payload=True
-        )
-        return SearchHits(
-            hits=tuple(SearchHit(score=float(p.score), record=msgspec.convert(p.payload, MemoryRecord)) for p in result.points)
-        )
-
-    def _count(self) -> int:
-        if not self._exists:
-            return 0
-        return int(self._client.count(self.collection, exact=True).count)
+    def _page(self, limit: int, after: str | None, vectors: bool) -> MemoryPage:
+        memories, next_after = self._backend.page(limit, after, vectors=vectors)
+        records = tuple(m.record for m in memories)
+        if not vectors:
+            return MemoryPage(records=records, next_after=next_after)
+        return MemoryPage(records=records, next_after=next_after, vectors=tuple(m.vector or [] for m in memories),
+                          models=tuple(m.model for m in memories))

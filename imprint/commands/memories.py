@@ -206,44 +206,71 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
 def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     """Read-only: loads no model, creates nothing, works on a data dir it may not write."""
     from imprint.actors.base import ask
+    from imprint.errors import StoreError
+    from imprint.fingerprint import model_fingerprint
     from imprint.identity import read_fingerprint
     from imprint.messages.store import CountFacts, DescribeStore
     from imprint.spool import read_pending, spool_path
+    from imprint.storage.legacy import LegacyStore
 
-    store_exists = bool(settings.qdrant_url) or settings.qdrant_path.exists()
-    with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
-        store = ask(local["memory_store"], DescribeStore()) if store_exists else None
-        facts = ask(local["fact_store"], CountFacts())
+    store_exists = bool(settings.qdrant_url) or settings.memories_path.exists()
+    legacy = LegacyStore(settings.legacy_qdrant_path, settings.collection)
+    old_format = not store_exists and legacy.exists()
+    busy = ""
+    try:
+        with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
+            store = ask(local["memory_store"], DescribeStore()) if store_exists else None
+            facts = ask(local["fact_store"], CountFacts())
+    except StoreError as exc:
+        if "another imprint process" not in str(exc):
+            raise
+        busy = "the store is open in another imprint process (serve or ui); counts shown by them"
+        store = None
+        with LocalActors(settings, memories=False, facts=True, read_only=True) as local:
+            facts = ask(local["fact_store"], CountFacts())
+    model_fp = model_fingerprint(settings.model, cache_dir=settings.cache_dir, write_cache=False)
     info = {
         "data_dir": str(settings.data_dir),
         "workspace": settings.workspace,
         "workspace_exists": settings.workspace_dir.exists(),
         "device_id": read_fingerprint(settings.data_dir),
         "model": settings.model,
-        "dimension": store.dimension if store else None,
-        "memory_store": store.location if store else (settings.qdrant_url or str(settings.qdrant_path)),
-        "memories": store.count if store else 0,
+        "model_fingerprint": model_fp,
+        "store_model_fingerprint": store.model if store else None,
+        "dimension": store.dimension if store else (legacy.dimension() if old_format else None),
+        "memory_store": store.location if store else (settings.qdrant_url or str(settings.memories_path)),
+        "store_engine": store.kind if store else ("qdrant-client local mode (old)" if old_format else
+                                                   ("server" if settings.qdrant_url else "edge")),
+        "memories": store.count if store else (legacy.rows() if old_format else (None if busy else 0)),
         "facts_active": facts.active,
         "facts_ended": facts.ended,
         "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
     }
     if out.json_mode:
         out.result(info)
+        return 0
+    shown = dict(info)
+    shown["device_id"] = info["device_id"] or "none yet (created by the first sync)"
+    shown["dimension"] = info["dimension"] or "-"
+    if not info["workspace_exists"]:
+        shown["workspace"] = f"{settings.workspace} (empty: nothing stored yet)"
+    del shown["workspace_exists"]
+    if old_format:
+        shown["memory_store"] = (f"{settings.legacy_qdrant_path} (old format: moved to {settings.memories_path} by the "
+                                 "next command that opens it)")
+    if busy:
+        shown["memories"] = busy
+    store_fp = info["store_model_fingerprint"]
+    if store_fp and store_fp != model_fp:
+        shown["store_model_fingerprint"] = f"{store_fp} (DIFFERS from the model's: its vectors came from another model)"
+    elif not store_fp:
+        del shown["store_model_fingerprint"]
+    if info["waiting_in_spool"]:
+        shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
+                                     "that opens the store")
     else:
-        shown = dict(info)
-        shown["device_id"] = info["device_id"] or "none yet (created by the first sync)"
-        shown["dimension"] = info["dimension"] or "-"
-        if not info["workspace_exists"]:
-            shown["workspace"] = f"{settings.workspace} (empty: nothing stored yet)"
-        del shown["workspace_exists"]
-        if info["waiting_in_spool"]:
-            shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
-                                         "that opens the store")
-        else:
-            del shown["waiting_in_spool"]
-        width = max(len(k) for k in shown)
-        for key, value in shown.items():
-            out.line(f"{key.replace('_', ' '):<{width}}  {value}")
+        del shown["waiting_in_spool"]
+    width = max(len(k) for k in shown)
+    for key, value in shown.items():
+        out.line(f"{key.replace('_', ' '):<{width}}  {value}")
     return 0
-
-

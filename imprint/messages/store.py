@@ -6,6 +6,8 @@ type with `match` and returns the reply Struct named in the docstring.
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias
+
 import msgspec
 
 from imprint.messages.records import FactRecord, MemoryRecord
@@ -35,6 +37,8 @@ class DescribeModel(msgspec.Struct, frozen=True):
 class ModelInfo(msgspec.Struct, frozen=True):
     name: str
     dimension: int
+    #: :mod:`imprint.fingerprint` of the model and backend: which vectors it makes.
+    fingerprint: str = ""
 
 
 # MemoryStore -----------------------------------------------------------------
@@ -66,11 +70,14 @@ class StoreMemories(msgspec.Struct, frozen=True):
 
     ``stored_at`` is :attr:`MissingIds.stored_at` from the FindMissing just asked
     for these records (the store then trusts it: this process is the store's only
-    writer); None looks the stored timestamps up."""
+    writer); None looks the stored timestamps up. ``model`` is the fingerprint of
+    the model that made the vectors (None: the running model); the store refuses
+    vectors of any model but its own."""
 
     records: tuple[MemoryRecord, ...]
     vectors: list[list[float]]
     stored_at: dict[str, float] | None = None
+    model: str | None = None
 
 
 FactIdentity = tuple[str, str, str, float]
@@ -94,15 +101,58 @@ class StoreResult(msgspec.Struct, frozen=True):
 
 
 class PageMemories(msgspec.Struct, frozen=True):
-    """One page of memories in stable (point id) order. Reply: :class:`MemoryPage`."""
+    """One page of memories in stable (point id) order. Reply: :class:`MemoryPage`.
+    With ``vectors``, each record's vector and model fingerprint come too."""
 
     limit: int
     after: str | None = None
+    vectors: bool = False
 
 
 class MemoryPage(msgspec.Struct, frozen=True):
+    """``vectors`` and ``models`` (fingerprints) line up with ``records`` when asked for."""
+
     records: tuple[MemoryRecord, ...]
     next_after: str | None
+    vectors: tuple[list[float], ...] = ()
+    models: tuple[str, ...] = ()
+
+
+FacetKey: TypeAlias = Literal["project", "type", "source"]
+
+
+class MemoryFilter(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Memories whose fields equal these (None: any)."""
+
+    project: str | None = None
+    type: str | None = None
+    source: str | None = None
+
+    def conditions(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in (("project", self.project), ("type", self.type), ("source", self.source))
+                if v is not None]
+
+
+class FacetMemories(msgspec.Struct, frozen=True):
+    """The most frequent values of a field among matching memories.
+    Reply: tuple of :class:`FacetCount`, most frequent first."""
+
+    key: FacetKey
+    limit: int = 1000
+    where: MemoryFilter = MemoryFilter()
+
+
+class FacetCount(msgspec.Struct, frozen=True):
+    value: str
+    count: int
+
+
+class NewestMemories(msgspec.Struct, frozen=True):
+    """Matching memories, newest first, from ``offset``. Reply: tuple of MemoryRecord."""
+
+    where: MemoryFilter = MemoryFilter()
+    offset: int = 0
+    limit: int = 50
 
 
 class SearchMemories(msgspec.Struct, frozen=True):
@@ -123,7 +173,9 @@ class SearchHits(msgspec.Struct, frozen=True):
 
 
 class CountMemories(msgspec.Struct, frozen=True):
-    """Reply: int, the number of memories (0 if the collection does not exist)."""
+    """Reply: int, the number of matching memories (0 if there is no store yet)."""
+
+    where: MemoryFilter = MemoryFilter()
 
 
 class DescribeStore(msgspec.Struct, frozen=True):
@@ -131,10 +183,15 @@ class DescribeStore(msgspec.Struct, frozen=True):
 
 
 class StoreInfo(msgspec.Struct, frozen=True):
+    """Where the store is (``kind`` "edge" or "server"), its vector size and the
+    fingerprint of the model its vectors come from ("" if not known)."""
+
     location: str
-    collection: str
+    kind: str
     dimension: int | None
     count: int
+    model: str = ""
+    model_name: str = ""
 
 
 # FactStore -------------------------------------------------------------------

@@ -15,10 +15,9 @@ session asks its page before any record moves, and ends when its page goes.
 
 from __future__ import annotations
 
-from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import anyio
@@ -31,12 +30,16 @@ from pydantic import BaseModel, Field
 from imprint.actors.base import ask
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
-from imprint.local import all_memories
 from imprint.messages.events import encode_event
 from imprint.messages.store import (
     CountFacts,
+    CountMemories,
     EmbedTexts,
+    FacetKey,
+    FacetMemories,
     ListFacts,
+    MemoryFilter,
+    NewestMemories,
     SearchMemories,
 )
 from imprint.sync.runner import mode_of, run_join, run_serve
@@ -51,8 +54,8 @@ from imprint.ui.sessions import (
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-#: Memories fetched per store round trip when the dashboard scans them.
-SCAN_PAGE = 1000
+#: Distinct projects, types or sources listed at most (most frequent first).
+FACET_LIMIT = 1000
 #: Seconds between SSE keep-alive comments.
 KEEPALIVE = 15.0
 
@@ -113,6 +116,7 @@ class Status(BaseModel):
     hostname: str
     model: str | None
     dimension: int | None
+    model_fingerprint: str | None = Field(None, description="hash of the model's files and backend (see `imprint status`)")
 
 
 class Fact(BaseModel):
@@ -198,12 +202,14 @@ def _memory(record: Any) -> Memory:
     return Memory(**msgspec.to_builtins(record))
 
 
-def _scan_memories(local: Any) -> Iterator[Any]:
-    return all_memories(local["memory_store"], page=SCAN_PAGE)
+def _facet(store: Any, key: FacetKey) -> list[Count]:
+    """The values of `key` with their counts, most frequent first (up to FACET_LIMIT)."""
+    counts = ask(store, FacetMemories(key=key, limit=FACET_LIMIT))
+    return [Count(name=c.value, count=c.count) for c in sorted(counts, key=lambda c: (-c.count, c.value))]
 
 
-def _counts(counter: Counter[str]) -> list[Count]:
-    return [Count(name=name, count=n) for name, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+def _values(store: Any, key: FacetKey) -> list[str]:
+    return sorted(c.name for c in _facet(store, key))
 
 
 def _host_of(value: str) -> tuple[str, int | None]:
@@ -341,6 +347,7 @@ def create_app(
             data_dir=str(settings.data_dir), workspace=settings.workspace,
             device_id=load_identity(settings.data_dir).fingerprint, hostname=host_info().hostname,
             model=model.name if model else None, dimension=model.dimension if model else None,
+            model_fingerprint=model.fingerprint if model else None,
         )
 
     @app.get("/api/memories", response_model=MemoryList, tags=["memories"])
@@ -352,21 +359,15 @@ def create_app(
         limit: int = Query(50, ge=1, le=500),
         local: Any = Depends(actors),
     ) -> MemoryList:
-        """Browse memories, newest first, with filters and paging."""
-        projects, types, sources = set(), set(), set()
-        matching = []
-        for record in _scan_memories(local):
-            projects.add(record.project)
-            types.add(record.type)
-            sources.add(record.source)
-            if (project is None or record.project == project) and (type is None or record.type == type) \
-                    and (source is None or record.source == source):
-                matching.append(record)
-        matching.sort(key=lambda r: (-r.timestamp, r.id))
+        """Browse memories, newest first, with filters and paging (answered by the store's
+        count, facets and order index: no request reads every memory)."""
+        store = local["memory_store"]
+        where = MemoryFilter(project=project, type=type, source=source)
+        total = ask(store, CountMemories(where=where))
+        items = ask(store, NewestMemories(where=where, offset=offset, limit=limit)) if offset < total else ()
         return MemoryList(
-            total=len(matching), offset=offset, limit=limit,
-            items=[_memory(r) for r in matching[offset: offset + limit]],
-            projects=sorted(projects), types=sorted(types), sources=sorted(sources),
+            total=total, offset=offset, limit=limit, items=[_memory(r) for r in items],
+            projects=_values(store, "project"), types=_values(store, "type"), sources=_values(store, "source"),
         )
 
     @app.get("/api/search", response_model=SearchResult, tags=["memories"])
@@ -386,18 +387,15 @@ def create_app(
     @app.get("/api/stats", response_model=Stats, tags=["stats"])
     def stats(local: Any = Depends(actors)) -> Stats:
         """Counts per project, type and source; facts active and ended."""
-        by_project: Counter[str] = Counter()
-        by_type: Counter[str] = Counter()
-        by_source: Counter[str] = Counter()
-        total = 0
-        for record in _scan_memories(local):
-            total += 1
-            by_project[record.project] += 1
-            by_type[record.type] += 1
-            by_source[record.source or "(none)"] += 1
+        store = local["memory_store"]
+        total = ask(store, CountMemories())
+        by_source = [c for c in _facet(store, "source") if c.name]
+        unsourced = ask(store, CountMemories(where=MemoryFilter(source=""))) if total else 0
+        if unsourced:
+            by_source = sorted([*by_source, Count(name="(none)", count=unsourced)], key=lambda c: (-c.count, c.name))
         facts = ask(local["fact_store"], CountFacts())
-        return Stats(memories=total, by_project=_counts(by_project), by_type=_counts(by_type),
-                     by_source=_counts(by_source), facts_active=facts.active, facts_ended=facts.ended)
+        return Stats(memories=total, by_project=_facet(store, "project"), by_type=_facet(store, "type"),
+                     by_source=by_source, facts_active=facts.active, facts_ended=facts.ended)
 
     # ------------------------------------------------------------ facts, trust
 

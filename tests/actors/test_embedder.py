@@ -10,6 +10,7 @@ import pytest
 
 from imprint.actors.embedder import Embedder
 from imprint.errors import ModelError
+from imprint.fingerprint import model_fingerprint
 from imprint.messages.store import (
     DescribeModel,
     Embeddings,
@@ -43,7 +44,8 @@ def test_similar_sentences_score_higher_than_unrelated(embedder: pykka.ActorRef[
 
 def test_vectors_have_the_model_dimension_are_normalized_and_in_order(embedder: pykka.ActorRef[Any]) -> None:
     info = embedder.ask(DescribeModel(), timeout=10)
-    assert info == ModelInfo(name="all-MiniLM-L6-v2", dimension=384)
+    assert info == ModelInfo(name="all-MiniLM-L6-v2", dimension=384, fingerprint=model_fingerprint("all-MiniLM-L6-v2"))
+    assert len(info.fingerprint) == 16 and not info.fingerprint.startswith("name-")  # hashed from the bundled files
     texts = [f"sentence number {i} about topic {i % 3}" for i in range(70)]  # more than one encode batch
     vectors = embed(embedder, *texts)
     assert len(vectors) == len(texts)

@@ -1,4 +1,4 @@
-"""MemoryStore alone, through `ask`, on an embedded Qdrant under tmp_path."""
+"""MemoryStore alone, through `ask`, on a Qdrant Edge shard under tmp_path."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from imprint.messages.store import (
     CountMemories,
     DescribeStore,
     EmbedTexts,
+    FacetMemories,
     FindMissing,
+    MemoryFilter,
     MemoryPage,
+    NewestMemories,
     PageMemories,
     Ping,
     SearchMemories,
@@ -49,8 +52,9 @@ def unit_vectors(n: int, *, seed: int = 7, dim: int = DIM) -> list[list[float]]:
     return out
 
 
-def open_store(start_actor: StartActor, path: Path, dimension: int | None, collection: str = COLLECTION) -> pykka.ActorRef[Any]:
-    ref = start_actor(MemoryStore, collection=collection, path=path, dimension=dimension)
+def open_store(start_actor: StartActor, path: Path, dimension: int | None, model: str = "fp-test") -> pykka.ActorRef[Any]:
+    ref = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=dimension,
+                      model=model if dimension is not None else "", model_name="test-model")
     assert ref.ask(Ping(), timeout=60) is True
     return ref
 
@@ -123,16 +127,17 @@ def test_stored_payload_round_trips_and_point_id_follows_spec(start_actor: Start
     [page] = all_pages(ref, 10)
     assert page.records == (record,)
 
-    # The point id is SPEC's uuid5, read straight from Qdrant's files with a second client after closing ours.
+    # The point id is SPEC's uuid5, read straight from the shard's files with Edge itself after closing ours.
     ref.stop(timeout=30)
-    from qdrant_client import QdrantClient
+    import qdrant_edge
 
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    shard = qdrant_edge.EdgeShard.load(str(tmp_path / "qdrant"))
     try:
-        [point] = client.retrieve(COLLECTION, ids=[point_id(record.id)], with_payload=True)
+        [point] = shard.retrieve([point_id(record.id)], with_payload=True, with_vector=False)
         assert point.payload["id"] == record.id
+        assert point.payload["vector_model"] == "fp-test"
     finally:
-        client.close()
+        shard.close()
 
 
 def test_paging_covers_every_record_once_in_stable_order(start_actor: StartActor, tmp_path: Path) -> None:
@@ -203,7 +208,8 @@ def test_read_only_open_of_a_missing_collection_counts_zero(start_actor: StartAc
     record = memory("not allowed")
     assert ref.ask(FindMissing(ids=(record.id,)), timeout=30).ids == (record.id,)
     info = ref.ask(DescribeStore(), timeout=30)
-    assert info == StoreInfo(location=str(tmp_path / "qdrant"), collection=COLLECTION, dimension=None, count=0)
+    assert info == StoreInfo(location=str(tmp_path / "qdrant"), kind="edge", dimension=None, count=0)
+    assert not (tmp_path / "qdrant").exists()  # reading creates nothing
     with pytest.raises(StoreError, match="read-only"):
         store(ref, [record], unit_vectors(1))
 
@@ -216,7 +222,7 @@ def test_read_only_open_of_an_existing_collection_learns_its_dimension(start_act
 
     reader = open_store(start_actor, path, None)
     info = reader.ask(DescribeStore(), timeout=30)
-    assert (info.dimension, info.count) == (DIM, 2)
+    assert (info.dimension, info.count, info.model, info.model_name) == (DIM, 2, "fp-test", "test-model")
 
 
 def test_records_and_vectors_must_pair_up(start_actor: StartActor, tmp_path: Path) -> None:
@@ -238,15 +244,53 @@ def test_second_client_on_the_same_path_is_a_clear_store_error(start_actor: Star
     assert first.ask(CountMemories(), timeout=30) == 1
 
 
-def test_workspaces_are_separate_collections_in_one_store(start_actor: StartActor, tmp_path: Path) -> None:
+def test_a_store_records_its_model_and_refuses_another(start_actor: StartActor, tmp_path: Path) -> None:
     path = tmp_path / "qdrant"
-    ref_a = open_store(start_actor, path, DIM, collection="imprint_a")
-    store(ref_a, [memory("only in a")], unit_vectors(1))
-    ref_a.stop(timeout=30)
+    first = open_store(start_actor, path, DIM, model="fp-a")
+    store(first, [memory("made by model a")], unit_vectors(1))
+    # vectors said to come from another model are refused, whatever their size
+    with pytest.raises(StoreError, match="model fp-b cannot go into a store of model fp-a"):
+        first.ask(StoreMemories(records=(memory("from b"),), vectors=unit_vectors(1), model="fp-b"), timeout=60)
+    first.stop(timeout=30)
 
-    ref_b = open_store(start_actor, path, DIM, collection="imprint_b")
-    assert ref_b.ask(CountMemories(), timeout=30) == 0
-    store(ref_b, [memory("only in b"), memory("also in b")], unit_vectors(2))
-    ref_b.stop(timeout=30)
+    other = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM, model="fp-b", model_name="b")
+    with pytest.raises(ModelError, match="fingerprint fp-a.*fingerprint fp-b"):
+        other.ask(Ping(), timeout=60)
+    other.stop(timeout=30)
+    again = open_store(start_actor, path, DIM, model="fp-a")
+    assert again.ask(CountMemories(), timeout=30) == 1
 
-    assert open_store(start_actor, path, None, collection="imprint_a").ask(CountMemories(), timeout=30) == 1
+
+def test_a_store_without_a_fingerprint_adopts_the_running_model(start_actor: StartActor, tmp_path: Path) -> None:
+    path = tmp_path / "qdrant"
+    first = open_store(start_actor, path, DIM, model="")
+    store(first, [memory("from before fingerprints")], unit_vectors(1))
+    first.stop(timeout=30)
+
+    second = open_store(start_actor, path, DIM, model="fp-now")
+    assert second.ask(DescribeStore(), timeout=30).model == "fp-now"
+    second.stop(timeout=30)
+    assert open_store(start_actor, path, None).ask(DescribeStore(), timeout=30).model == "fp-now"
+
+
+def test_count_facet_and_newest_answer_from_the_store(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_store(start_actor, tmp_path / "qdrant", DIM)
+    records = [
+        finalize_memory(MemoryRecord(content=f"fact {i}", project=f"p{i % 3}", type="note" if i % 2 else "decision",
+                                     source="" if i < 4 else "a.md", timestamp=1000.0 + i))
+        for i in range(10)
+    ]
+    store(ref, records, unit_vectors(10))
+
+    assert ref.ask(CountMemories(where=MemoryFilter(project="p0")), timeout=30) == 4
+    assert ref.ask(CountMemories(where=MemoryFilter(project="p0", type="note")), timeout=30) == 2
+    facets = ref.ask(FacetMemories(key="project", limit=10), timeout=30)
+    assert sorted((f.value, f.count) for f in facets) == [("p0", 4), ("p1", 3), ("p2", 3)]
+    by_type = ref.ask(FacetMemories(key="type", limit=1, where=MemoryFilter(project="p1")), timeout=30)
+    assert [(f.value, f.count) for f in by_type] == [("note", 2)]  # p1 holds i = 1, 4, 7
+
+    newest = ref.ask(NewestMemories(limit=3), timeout=30)
+    assert [r.content for r in newest] == ["fact 9", "fact 8", "fact 7"]
+    second_page = ref.ask(NewestMemories(offset=3, limit=3, where=MemoryFilter(project="p0")), timeout=30)
+    assert [r.content for r in second_page] == ["fact 0"]  # p0 is 9, 6, 3, 0
+    assert ref.ask(NewestMemories(where=MemoryFilter(source="a.md"), limit=100), timeout=30)[-1].content == "fact 4"

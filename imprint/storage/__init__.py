@@ -1,0 +1,109 @@
+"""Where memories live: one small interface, two Qdrant engines behind it.
+
+- :class:`~imprint.storage.edge.EdgeBackend`: Qdrant Edge, Qdrant's own engine
+  embedded in the process, a shard per workspace in the data dir (the default).
+- :class:`~imprint.storage.server.ServerBackend`: a Qdrant server by URL, through
+  qdrant-client (``--qdrant-url``), for a store that outgrows one machine.
+
+The MemoryStore actor holds one of them and does not know which. Both keep
+every memory as one point: SPEC's point id (uuid5 of the memory id), one
+cosine vector named ``dense``, SPEC's payload plus ``vector_model``, the
+:mod:`fingerprint <imprint.fingerprint>` of the model that made the vector.
+The store itself records the fingerprint of its model (:class:`StoreMeta`);
+a vector of another model is never written into it.
+
+:mod:`imprint.storage.legacy` reads the store older versions kept
+(qdrant-client's local mode) and migrates it to Edge.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from imprint.messages.records import MemoryRecord
+from imprint.messages.store import FacetKey, MemoryFilter
+
+VECTOR_NAME = "dense"
+#: Payload key of the fingerprint of the model that made the point's vector.
+MODEL_KEY = "vector_model"
+#: Payload fields with an index: filters and facets on the first three,
+#: newest-first order on the last.
+KEYWORD_FIELDS = ("project", "type", "source")
+ORDER_FIELD = "timestamp"
+
+
+class StoreMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What a store records about itself.
+
+    Attributes:
+        dimension: vector size.
+        model: fingerprint of the model its vectors come from ("" if unknown).
+        model_name: the model's name when the store was made (shown, never trusted).
+        migrated_from: where the data came from, if it was migrated.
+    """
+
+    format: int = 1
+    dimension: int
+    model: str = ""
+    model_name: str = ""
+    migrated_from: str = ""
+
+
+class StoredMemory(msgspec.Struct, frozen=True):
+    """A memory as stored: the record, and (when asked for) its vector and the
+    fingerprint of the model that made it."""
+
+    record: MemoryRecord
+    vector: list[float] | None = None
+    model: str = ""
+
+
+class Backend(Protocol):
+    """One workspace's memories in one Qdrant engine.
+
+    Every method may raise an engine error; the MemoryStore turns those into one
+    clear StoreError line. Writes are durable when they return.
+    """
+
+    #: Where it is, for messages: a directory or a URL.
+    location: str
+    #: Which engine: "edge" or "server".
+    kind: str
+
+    def meta(self) -> StoreMeta | None:
+        """The store's record of itself; None if no store exists yet."""
+
+    def create(self, meta: StoreMeta) -> None:
+        """Make the (empty) store with these vector size and model."""
+
+    def set_meta(self, meta: StoreMeta) -> None:
+        """Replace the store's record of itself."""
+
+    def stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
+        """Memory id → stored timestamp, for those of `ids` that are stored."""
+
+    def upsert(self, memories: list[StoredMemory]) -> None:
+        """Write these memories (each with its vector and model), replacing same ids."""
+
+    def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
+        """The stored memories of those memory ids that are stored."""
+
+    def page(self, limit: int, after: str | None, *, vectors: bool = False) -> tuple[list[StoredMemory], str | None]:
+        """A page in stable (point id) order, and where the next one starts (None: the end)."""
+
+    def search(self, vector: list[float], limit: int, where: MemoryFilter) -> list[tuple[float, MemoryRecord]]:
+        """The nearest memories to `vector`, best first, with cosine scores."""
+
+    def count(self, where: MemoryFilter) -> int:
+        """How many memories match (exactly)."""
+
+    def facet(self, key: FacetKey, limit: int, where: MemoryFilter) -> list[tuple[str, int]]:
+        """The most frequent values of `key` among matching memories, with counts."""
+
+    def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
+        """Matching memories, newest first, from `offset`."""
+
+    def close(self) -> None:
+        """Release the store (and its lock)."""

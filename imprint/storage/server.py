@@ -1,0 +1,172 @@
+"""A Qdrant server by URL (``--qdrant-url``), through qdrant-client.
+
+One collection per workspace (``imprint_NAME``); the store's
+:class:`~imprint.storage.StoreMeta` is the collection's metadata. Writes wait
+for the server to apply them. Payload indexes serve the filters, facets and
+newest-first order, as on Edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from imprint.errors import StoreError
+from imprint.messages.records import MemoryRecord, memory_to_payload, point_id
+from imprint.storage import (
+    KEYWORD_FIELDS,
+    MODEL_KEY,
+    ORDER_FIELD,
+    VECTOR_NAME,
+    FacetKey,
+    MemoryFilter,
+    StoredMemory,
+    StoreMeta,
+)
+
+#: Key of the store's meta in the collection's metadata.
+META_KEY = "imprint"
+
+
+def _where(where: MemoryFilter | None) -> Any:
+    from qdrant_client import models
+
+    if where is None or not where.conditions():
+        return None
+    return models.Filter(must=[models.FieldCondition(key=k, match=models.MatchValue(value=v))
+                               for k, v in where.conditions()])
+
+
+def _record(payload: dict[str, Any] | None) -> MemoryRecord:
+    return msgspec.convert(payload or {}, MemoryRecord)
+
+
+def _stored(point: Any, vectors: bool) -> StoredMemory:
+    payload = point.payload or {}
+    vector = None
+    if vectors:
+        vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
+    return StoredMemory(record=_record(payload), vector=vector, model=str(payload.get(MODEL_KEY) or ""))
+
+
+class ServerBackend:
+    """The workspace's collection on the Qdrant server at `url`."""
+
+    kind = "server"
+
+    def __init__(self, url: str, collection: str) -> None:
+        from qdrant_client import QdrantClient
+
+        self.url = url
+        self.collection = collection
+        self.location = f"{url} (collection {collection})"
+        try:
+            # `location` takes a URL, or ":memory:" for qdrant-client's in-process stand-in (tests).
+            self._client: Any = QdrantClient(location=url, timeout=60)
+            self._exists = self._client.collection_exists(collection)
+            self._meta = self._read_meta() if self._exists else None
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot reach the Qdrant server at {url}: {str(exc).strip()[:300]}") from None
+
+    def _read_meta(self) -> StoreMeta:
+        info = self._client.get_collection(self.collection)
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, dict) or VECTOR_NAME not in vectors:
+            raise StoreError(f"collection {self.collection!r} on {self.url} was not created by imprint "
+                             f"(no {VECTOR_NAME!r} vector)")
+        raw = (info.config.metadata or {}).get(META_KEY) if getattr(info.config, "metadata", None) else None
+        if isinstance(raw, dict):
+            try:
+                return msgspec.convert(raw, StoreMeta)
+            except msgspec.ValidationError:
+                pass
+        # A collection made by an older imprint: its size is known, its model is not.
+        return StoreMeta(dimension=int(vectors[VECTOR_NAME].size))
+
+    def meta(self) -> StoreMeta | None:
+        return self._meta
+
+    def create(self, meta: StoreMeta) -> None:
+        from qdrant_client import models
+
+        self._client.create_collection(
+            self.collection,
+            vectors_config={VECTOR_NAME: models.VectorParams(size=meta.dimension, distance=models.Distance.COSINE)},
+            metadata={META_KEY: msgspec.to_builtins(meta)},
+        )
+        for field in KEYWORD_FIELDS:
+            self._client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
+        self._client.create_payload_index(self.collection, ORDER_FIELD, models.PayloadSchemaType.FLOAT)
+        self._exists, self._meta = True, meta
+
+    def set_meta(self, meta: StoreMeta) -> None:
+        self._client.update_collection(self.collection, metadata={META_KEY: msgspec.to_builtins(meta)})
+        self._meta = meta
+
+    def stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
+        if not self._exists or not ids:
+            return {}
+        by_point = {point_id(i): i for i in ids}
+        found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=[ORDER_FIELD], with_vectors=False)
+        return {by_point[str(p.id)]: float((p.payload or {}).get(ORDER_FIELD) or 0.0) for p in found}
+
+    def upsert(self, memories: list[StoredMemory]) -> None:
+        from qdrant_client import models
+
+        points = [models.PointStruct(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector},
+                                     payload={**memory_to_payload(m.record), MODEL_KEY: m.model}) for m in memories]
+        if points:
+            self._client.upsert(self.collection, points=points, wait=True)
+
+    def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
+        if not self._exists or not ids:
+            return []
+        found = self._client.retrieve(self.collection, ids=[point_id(i) for i in ids], with_payload=True,
+                                      with_vectors=[VECTOR_NAME] if vectors else False)
+        return [_stored(p, vectors) for p in found]
+
+    def page(self, limit: int, after: str | None, *, vectors: bool = False) -> tuple[list[StoredMemory], str | None]:
+        if not self._exists:
+            return [], None
+        points, next_offset = self._client.scroll(self.collection, limit=limit, offset=after, with_payload=True,
+                                                  with_vectors=[VECTOR_NAME] if vectors else False)
+        return [_stored(p, vectors) for p in points], (str(next_offset) if next_offset is not None else None)
+
+    def search(self, vector: list[float], limit: int, where: MemoryFilter) -> list[tuple[float, MemoryRecord]]:
+        if not self._exists:
+            return []
+        result = self._client.query_points(self.collection, query=vector, using=VECTOR_NAME, limit=limit,
+                                           query_filter=_where(where), with_payload=True)
+        return [(float(p.score), _record(p.payload)) for p in result.points]
+
+    def count(self, where: MemoryFilter) -> int:
+        if not self._exists:
+            return 0
+        return int(self._client.count(self.collection, count_filter=_where(where), exact=True).count)
+
+    def facet(self, key: FacetKey, limit: int, where: MemoryFilter) -> list[tuple[str, int]]:
+        if not self._exists:
+            return []
+        response = self._client.facet(self.collection, key=key, facet_filter=_where(where), limit=limit, exact=True)
+        return [(str(h.value), int(h.count)) for h in response.hits]
+
+    def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
+        from qdrant_client import models
+
+        if not self._exists:
+            return []
+        result = self._client.query_points(
+            self.collection, query=models.OrderByQuery(order_by=models.OrderBy(key=ORDER_FIELD, direction="desc")),
+            query_filter=_where(where), limit=limit, offset=offset, with_payload=True)
+        return [_record(p.payload) for p in result.points]
+
+    def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception:  # closing a client is best effort
+                pass
