@@ -71,9 +71,14 @@ def all_facts(fact_store: pykka.ActorRef[Any], *, page: int = 500) -> Iterator[S
 
 
 def embed_and_store(
-    embedder: pykka.ActorRef[Any], memory_store: pykka.ActorRef[Any], records: tuple[MemoryRecord, ...], *, timeout: float = ASK_TIMEOUT
+    embedder: pykka.ActorRef[Any] | None, memory_store: pykka.ActorRef[Any], records: tuple[MemoryRecord, ...], *,
+    given: dict[str, list[float]] | None = None, timeout: float = ASK_TIMEOUT,
 ) -> StoreResult:
-    """Store finalized memory records: only texts not stored yet are embedded."""
+    """Store finalized memory records: only texts not stored yet are embedded.
+
+    `given` holds vectors already made by the store's own model (checked by the
+    caller through their fingerprint), by memory id; those records are not embedded.
+    """
     if not records:
         return StoreResult()
     request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records))
@@ -81,9 +86,29 @@ def embed_and_store(
     fresh = earliest_copies(records, missing.ids)
     if not fresh:
         return StoreResult(skipped=len(records))
-    vectors = ask(embedder, EmbedTexts(texts=tuple(r.content for r in fresh)), timeout=timeout).vectors
+    given = given or {}
+    to_embed = tuple(r for r in fresh if r.id not in given)
+    embedded: list[list[float]] = []
+    if to_embed:
+        if embedder is None:
+            raise StoreError("no embedding model is loaded to embed these memories")
+        embedded = ask(embedder, EmbedTexts(texts=tuple(r.content for r in to_embed)), timeout=timeout).vectors
+    made = iter(embedded)
+    vectors = [given[r.id] if r.id in given else next(made) for r in fresh]
     result = ask(memory_store, StoreMemories(records=fresh, vectors=vectors, stored_at=missing.stored_at), timeout=timeout)
     return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
+
+
+def all_memories_with_vectors(memory_store: pykka.ActorRef[Any], *, page: int = 500
+                              ) -> Iterator[tuple[MemoryRecord, list[float], str]]:
+    """Every memory with its vector and the fingerprint of the model that made it."""
+    after = None
+    while True:
+        batch = ask(memory_store, PageMemories(limit=page, after=after, vectors=True))
+        yield from zip(batch.records, batch.vectors or (), batch.models or ())
+        if batch.next_after is None:
+            return
+        after = batch.next_after
 
 
 def migrate_legacy_store(settings: Settings, model: ModelInfo | None) -> None:
@@ -204,8 +229,10 @@ class LocalActors:
     def __getitem__(self, name: str) -> pykka.ActorRef[Any]:
         return self.group[name]
 
-    def store_memories(self, records: tuple[MemoryRecord, ...]) -> StoreResult:
-        return embed_and_store(self.group["embedder"], self.group["memory_store"], records)
+    def store_memories(self, records: tuple[MemoryRecord, ...], given: dict[str, list[float]] | None = None
+                       ) -> StoreResult:
+        return embed_and_store(self.group["embedder"] if "embedder" in self.group else None,
+                               self.group["memory_store"], records, given=given)
 
     def stop(self, *, interrupted: bool = False) -> None:
         """Stop in reverse order (see ActorGroup.stop): a store finishes the write in hand,

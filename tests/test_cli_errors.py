@@ -54,7 +54,13 @@ def test_a_second_dashboard_on_a_data_dir_in_use_is_one_line(tmp_path: Path, imp
     from imprint.config import Settings
     from imprint.local import LocalActors
 
+    from imprint.storage import StoreMeta
+    from imprint.storage.edge import EdgeBackend
+
     settings = Settings(data_dir=tmp_path / "data").prepare()
+    made = EdgeBackend(settings.memories_path)
+    made.create(StoreMeta(dimension=384))  # a store exists ...
+    made.close()
     with LocalActors(settings, facts=False):  # the first holder of the store
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -36,11 +36,20 @@ def register(cli: CommandLine) -> None:
                     description="Import memory records, one JSON object per line: content (required), project, type, "
                                 "tags (lang, layer, kind, domain, topics), source, chunk_index, source_mtime, timestamp "
                                 "- the shape 'imprint export' writes. Bad lines are named and skipped; the rest are "
-                                "stored; exit 1 if any line was rejected.")
+                                "stored; exit 1 if any line was rejected. Lines written by 'imprint export --vectors' "
+                                "carry their vector and the fingerprint of the model that made it: when that is this "
+                                "store's model the vector is stored as it is (nothing re-embedded); vectors of another "
+                                "model are refused unless --reembed.")
     p.add_argument("file", help="JSONL file, or - for standard input")
+    p.add_argument("--reembed", action="store_true",
+                   help="ignore vectors the file carries and embed every text with this model (needed when the "
+                        "file's vectors come from another model)")
 
     p = cli.command("export", cmd_export, "print every record as JSONL (what sync sends)")
     p.add_argument("--dataset", choices=("memories", "facts"), default="memories", help="which records (default: memories)")
+    p.add_argument("--vectors", action="store_true",
+                   help="add each memory's vector (base64 float32) and its model's fingerprint, so 'imprint import' "
+                        "restores or moves the store without re-embedding")
 
     p = cli.command("search", cmd_search, "semantic search over memories, best first")
     p.add_argument("query", help="what to look for")
@@ -112,21 +121,38 @@ def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.messages.records import decode_memory_input, finalize_memory
+    from imprint.errors import ModelError
+    from imprint.messages.records import (
+        carried_vector_decoder,
+        decode_memory_input,
+        finalize_memory,
+        vector_from_field,
+    )
 
     lines, total_bytes = _jsonl_lines(args.file)
-    inserted = skipped = rejected = 0
+    inserted = skipped = rejected = reused = 0
     batch: list = []
+    given: dict[str, list[float]] = {}
     now = time.time()
     with LocalActors(settings, embedder=True) as local, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
+        model = local.model
+        flushed = False
 
         def flush() -> None:
-            nonlocal inserted, skipped
+            nonlocal inserted, skipped, flushed
             if batch:
-                result = local.store_memories(tuple(batch))
+                result = local.store_memories(tuple(batch), given=given)
                 inserted += result.inserted
                 skipped += result.skipped
                 batch.clear()
+                given.clear()
+                flushed = True
+
+        def reject(number: int, reason: str) -> None:
+            nonlocal rejected
+            rejected += 1
+            if rejected <= MAX_REPORTED_LINES:
+                note(f"imprint: line {number}: rejected: {reason}")
 
         for number, line in enumerate(lines, start=1):
             bar.update(len(line))
@@ -135,14 +161,28 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
             if not line.strip():
                 continue
             try:
-                record = finalize_memory(decode_memory_input(line.rstrip(b"\r\n")), now=now)
+                line = line.rstrip(b"\r\n")
+                record = finalize_memory(decode_memory_input(line), now=now)
+                carried = None if args.reembed else carried_vector_decoder.decode(line)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
-                rejected += 1
-                if rejected <= MAX_REPORTED_LINES:
-                    reason = "not UTF-8 text" if _not_utf8(line) else str(exc)
-                    note(f"imprint: line {number}: rejected: {reason}")
+                reject(number, "not UTF-8 text" if _not_utf8(line) else str(exc))
                 continue
+            if carried is not None and carried.vector is not None and carried.vector_model:
+                if carried.vector_model != model.fingerprint:
+                    why = (f"its vector comes from another model (fingerprint {carried.vector_model}; "
+                           f"{model.name} here is {model.fingerprint})")
+                    if not flushed and not rejected:
+                        raise ModelError(f"{args.file}: line {number}: {why}; nothing was imported. Run again with "
+                                         "--reembed to embed the texts with this model instead")
+                    reject(number, why + "; use --reembed")
+                    continue
+                try:
+                    given.setdefault(record.id, vector_from_field(carried.vector, model.dimension))
+                except ValueError as exc:
+                    reject(number, str(exc))
+                    continue
+                reused += 1
             batch.append(record)
             if len(batch) >= IMPORT_BATCH:
                 flush()
@@ -150,8 +190,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
     if rejected > MAX_REPORTED_LINES:
         note(f"imprint: … and {rejected - MAX_REPORTED_LINES} more rejected lines")
     out.result(
-        {"inserted": inserted, "skipped": skipped, "rejected": rejected},
-        f"inserted {inserted}, skipped {skipped} (already there)" + (f", rejected {rejected} lines" if rejected else ""),
+        {"inserted": inserted, "skipped": skipped, "rejected": rejected, "vectors_reused": reused},
+        f"inserted {inserted}, skipped {skipped} (already there)" + (f", rejected {rejected} lines" if rejected else "")
+        + (f"; {reused} vectors from the file used as they are (same model)" if reused else ""),
     )
     return 1 if rejected else 0
 
@@ -167,11 +208,22 @@ def _not_utf8(line: bytes) -> bool:
 def cmd_export(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     encoder = msgspec.json.Encoder()
     write = sys.stdout.buffer.write
-    if args.dataset == "memories":
+    if args.dataset == "memories" and args.vectors:
+        from imprint.local import all_memories_with_vectors
+        from imprint.messages.records import vector_to_text
+
+        with LocalActors(settings, memories=True, facts=False) as local:
+            for record, vector, model in all_memories_with_vectors(local["memory_store"]):
+                # the record's object, with two more fields before its closing brace
+                write(encoder.encode(record)[:-1] + b',"vector":"' + vector_to_text(vector).encode()
+                      + b'","vector_model":' + encoder.encode(model) + b"}\n")
+    elif args.dataset == "memories":
         with LocalActors(settings, memories=True, facts=False) as local:
             for record in all_memories(local["memory_store"]):
                 write(encoder.encode(record) + b"\n")
     else:
+        if args.vectors:
+            raise InputError("--vectors applies to memories only (facts have no vectors)")
         with LocalActors(settings, memories=False, facts=True) as local:
             for fact in all_facts(local["fact_store"]):
                 write(encoder.encode(fact.record) + b"\n")

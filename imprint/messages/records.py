@@ -163,3 +163,71 @@ def decode_memory_input(line: bytes) -> MemoryRecord:
             f"unknown tag key {', '.join(map(repr, unknown[:5]))} (known: {', '.join(TAG_KEYS)}) - at `$.tags`"
         )
     return record
+
+
+# A memory's vector in an export/import line ----------------------------------
+#
+# `imprint export --vectors` adds two fields to each memory line:
+#   "vector":       base64 of the vector as little-endian float32 (exact, ~2 KB
+#                   for 384 dimensions; a JSON array of numbers is read too);
+#   "vector_model": the fingerprint of the model that made it.
+# `imprint import` stores such a vector as it is when the fingerprint is the
+# store's own, so a backup or a move between machines re-embeds nothing.
+
+#: Largest vector accepted from a file.
+MAX_VECTOR_DIMENSION = 8192
+
+
+class CarriedVector(msgspec.Struct):
+    """The optional vector fields of a memory line."""
+
+    vector: Annotated[list[float], msgspec.Meta(max_length=MAX_VECTOR_DIMENSION)] | str | None = None
+    vector_model: ShortStr = ""
+
+
+carried_vector_decoder = msgspec.json.Decoder(CarriedVector)
+
+
+def vector_to_text(vector: list[float]) -> str:
+    """A vector as base64 of little-endian float32."""
+    import array
+    import base64
+    import sys
+
+    packed = array.array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def vector_from_field(value: list[float] | str, dimension: int) -> list[float]:
+    """The vector of a line's "vector" field, checked: `dimension` finite numbers, not all zero.
+
+    Raises:
+        ValueError: with the reason, for the user.
+    """
+    import array
+    import base64
+    import binascii
+    import math
+    import sys
+
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("`vector` is neither a list of numbers nor base64 float32") from None
+        if len(raw) % 4:
+            raise ValueError("`vector` is not whole float32 values")
+        packed = array.array("f")
+        packed.frombytes(raw)
+        if sys.byteorder != "little":
+            packed.byteswap()
+        vector = packed.tolist()
+    else:
+        vector = [float(x) for x in value]
+    if len(vector) != dimension:
+        raise ValueError(f"`vector` has {len(vector)} dimensions, the store's model gives {dimension}")
+    if not all(math.isfinite(x) for x in vector) or not any(vector):
+        raise ValueError("`vector` holds a non-finite number or only zeros")
+    return vector
