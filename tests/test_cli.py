@@ -125,7 +125,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, imprint_cli: Run) -> tuple[
 
 def test_done_when_import_search_reimport_export(corpus: tuple[Path, Path, Any], imprint_cli: Run) -> None:
     data_dir, path, first = corpus
-    assert json_objects(ok(first).stdout) == [{"inserted": CORPUS_SIZE, "skipped": 0, "rejected": 0}]
+    assert json_objects(ok(first).stdout) == [{"inserted": CORPUS_SIZE, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
 
     hits = json_objects(ok(imprint_cli(data_dir, "search", PARAPHRASE, "-k", "3", "--json")).stdout)
     assert len(hits) == 3
@@ -235,7 +235,7 @@ def test_import_one_good_two_bad_lines_stores_the_good_one_and_exits_1(tmp_path:
 def test_import_from_stdin_prints_only_json(tmp_path: Path, imprint_cli: Run) -> None:
     lines = '{"content": "read from standard input"}\n\n{"content": "second piped line", "source": "pipe"}\n'
     proc = ok(imprint_cli(tmp_path, "import", "-", "--json", input=lines))
-    assert json_objects(proc.stdout) == [{"inserted": 2, "skipped": 0, "rejected": 0}]
+    assert json_objects(proc.stdout) == [{"inserted": 2, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
     assert {json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path)} == {
         "read from standard input",
         "second piped line",
