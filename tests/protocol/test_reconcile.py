@@ -1,0 +1,155 @@
+"""The reconciliation machine alone: two Reconcilers talk through a loop, no sockets.
+
+Properties: for any two sets, each side ends knowing exactly what only it has
+and what only the peer has; the cost follows the difference, not the sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imprint.errors import ProtocolError
+from imprint.protocol.reconcile import (
+    LIST_AT,
+    MAX_ROUNDS,
+    Range,
+    ReconcileMessage,
+    Reconciler,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+encoder = msgspec.msgpack.Encoder()
+decoder = msgspec.msgpack.Decoder(ReconcileMessage)
+
+
+def item(n: int, version: int = 0) -> bytes:
+    return b"m" + hashlib.sha256(str(n).encode()).digest()[:8] + version.to_bytes(8, "big")
+
+
+def converse(a_items: set[bytes], b_items: set[bytes]) -> tuple[Reconciler, Reconciler, int, int]:
+    """Run a whole conversation through the wire encoding; (a, b, round trips, bytes)."""
+    a, b = Reconciler(a_items, initiator=True), Reconciler(b_items, initiator=False)
+    wire = encoder.encode(a.initiate())
+    sent, trips = len(wire), 0
+    while True:
+        trips += 1
+        answer = b.receive(decoder.decode(wire))
+        assert answer is not None  # the responder always answers
+        wire = encoder.encode(answer)
+        sent += len(wire)
+        reply = a.receive(decoder.decode(wire))
+        if reply is None:
+            b.finish()
+            return a, b, trips, sent
+        wire = encoder.encode(reply)
+        sent += len(wire)
+
+
+def check(a_items: set[bytes], b_items: set[bytes]) -> tuple[int, int]:
+    a, b, trips, sent = converse(a_items, b_items)
+    assert sorted(a.have) == sorted(a_items - b_items) == sorted(b.need)
+    assert sorted(a.need) == sorted(b_items - a_items) == sorted(b.have)
+    assert len(a.have) == len(set(a.have)) and len(b.have) == len(set(b.have))  # each learnt once
+    return trips, sent
+
+
+item_sets = st.sets(st.binary(min_size=1, max_size=24), max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(item_sets, item_sets)
+def test_random_sets_learn_their_exact_difference(a: set[bytes], b: set[bytes]) -> None:
+    check(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, 5000), max_size=2000), st.data())
+def test_random_differences_of_one_set(base: set[int], data: st.DataObject) -> None:
+    items = {item(n) for n in base}
+    drop_a = data.draw(st.sets(st.sampled_from(sorted(items)), max_size=50)) if items else set()
+    drop_b = data.draw(st.sets(st.sampled_from(sorted(items)), max_size=50)) if items else set()
+    check(items - drop_a, items - drop_b)
+
+
+@pytest.mark.parametrize("case", ["empty", "identical", "disjoint", "one item", "ten percent", "one side empty",
+                                  "versions differ"])
+def test_named_cases(case: str) -> None:
+    rng = random.Random(case)
+    base = {item(n) for n in range(3000)}
+    a, b = {
+        "empty": (set(), set()),
+        "identical": (base, set(base)),
+        "disjoint": ({item(n) for n in range(1000)}, {item(n) for n in range(1000, 2500)}),
+        "one item": (base, base - {item(1234)}),
+        "ten percent": (set(rng.sample(sorted(base), 2850)), set(rng.sample(sorted(base), 2850))),
+        "one side empty": (set(), base),
+        "versions differ": (base, (base - {item(7)}) | {item(7, version=2)}),
+    }[case]
+    check(a, b)
+
+
+def test_a_hundred_thousand_items_one_difference_costs_a_few_round_trips_and_bytes() -> None:
+    base = {item(n) for n in range(100_000)}
+    trips, sent = check(base, base - {item(31_337)})
+    assert trips <= 4 and sent < 4_000, (trips, sent)
+    trips, sent = check(base, set(base))
+    assert trips == 1 and sent < 1_500, (trips, sent)  # identical: one fingerprint each way
+
+
+def test_the_cost_follows_the_difference_not_the_set() -> None:
+    base = {item(n) for n in range(100_000)}
+    changed = set(random.Random(1).sample(sorted(base), 500))
+    _, sent = check(base, base - changed)
+    per_item = sent / 500
+    assert per_item < 1500, per_item  # the ranges that found it (a few fingerprints a level) and the item
+
+
+# ---------------------------------------------------------------- hostile messages
+
+
+def responder_with(n: int = 100) -> Reconciler:
+    return Reconciler({item(i) for i in range(n)}, initiator=False)
+
+
+@pytest.mark.parametrize("ranges", [
+    (),
+    (Range("skip", b"b"),),  # the last range must be open
+    (Range("skip", b"b"), Range("skip", b"a"), Range("skip")),  # decreasing bounds
+    (Range("skip", b"b"), Range("skip", b"b"), Range("skip")),  # repeated bound
+    (Range("fp", None, count=3, fingerprint=b"short"),),
+    (Range("list", b"m", items=(b"z",)), Range("skip")),  # an item outside its range
+    (Range("list", None, items=(b"a", b"a")),),  # an item twice
+    (Range("final", None, missing=(b"not mine",)),),  # an answer to a list never sent
+    (Range("list", None, missing=(b"x",)),),
+])
+def test_malformed_messages_are_protocol_errors(ranges: tuple[Range, ...]) -> None:
+    r = responder_with()
+    with pytest.raises(ProtocolError):
+        r.receive(ReconcileMessage(ranges))
+    assert r.have == [] and r.need == []  # nothing learnt from a bad message
+
+
+def test_a_runaway_conversation_is_cut_off() -> None:
+    r = responder_with()
+    with pytest.raises(ProtocolError, match="did not end"):
+        for _ in range(MAX_ROUNDS + 1):
+            r.receive(ReconcileMessage((Range("fp", None, count=1, fingerprint=b"\0" * 16),)))
+
+
+def test_oversized_items_do_not_decode() -> None:
+    wire = encoder.encode(ReconcileMessage((Range("list", None, items=(b"x" * 500,)),)))
+    with pytest.raises(msgspec.ValidationError):
+        decoder.decode(wire)
+
+
+def test_small_sets_are_listed_at_once() -> None:
+    a = Reconciler({item(n) for n in range(LIST_AT)}, initiator=True)
+    [only] = a.initiate().ranges
+    assert only.mode == "list" and len(only.items) == LIST_AT
