@@ -18,7 +18,8 @@ sampled every 20 ms):
   with a given vector: `imprint search` without the model load;
 - `imprint export | wc -l`;
 - the dashboard (`imprint ui`): `/api/stats` and the first page of
-  `/api/memories` (median of 3 requests once it is up);
+  `/api/memories`: the first request, then the median of 3 more (counts and
+  facets are remembered until the next write);
 - the store's size on disk.
 
 Targets at 100k: status and search < 1 s (model load aside), status RSS
@@ -151,10 +152,13 @@ def dashboard(data: Path) -> dict[str, float]:
             urllib.request.urlopen(base + path, timeout=60).read()
             return time.perf_counter() - t
 
-        stats = statistics.median(get("/api/stats") for _ in range(3))
+        stats_first = get("/api/stats")  # counted by the engine
+        stats = statistics.median(get("/api/stats") for _ in range(3))  # remembered until the next write
+        page_first = get("/api/memories?limit=50")
         page = statistics.median(get("/api/memories?limit=50") for _ in range(3))
         filtered = statistics.median(get("/api/memories?limit=50&project=project-3&offset=500") for _ in range(3))
-        return {"ui_up_s": up, "ui_stats_ms": stats * 1000, "ui_page_ms": page * 1000,
+        return {"ui_up_s": up, "ui_stats_first_ms": stats_first * 1000, "ui_stats_ms": stats * 1000,
+                "ui_page_first_ms": page_first * 1000, "ui_page_ms": page * 1000,
                 "ui_filtered_page_ms": filtered * 1000, "ui_rss_mb": rss.peak / 2**20}
     finally:
         rss.done.set()

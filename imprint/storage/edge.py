@@ -9,15 +9,17 @@ and renamed into place once complete, so a crash never leaves half a store.
 
 Edge locks its write-ahead log: a second process opening the same shard is
 refused (we say which). Every write is flushed before it returns (a few ms),
-so what the Storer reports stored survives a power cut. Searches are exact
-(no HNSW is built): at 100k memories one takes ~15 ms, and exact beats
-approximate for a memory.
+so what the Storer reports stored survives a power cut. Vectors are kept
+on disk ("cold": memory-mapped, not copied into RAM), so what a process holds
+grows slowly with the store. Searches are exact (no HNSW is built): at 100k
+memories one takes ~0.1 s, and exact beats approximate for a memory.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ from imprint.storage import (
 )
 
 META_FILE = "imprint-store.json"
+#: Points per scroll when reading only ids and timestamps.
+VERSION_PAGE = 5000
 _meta_decoder = msgspec.json.Decoder(StoreMeta)
 
 
@@ -115,7 +119,10 @@ class EdgeBackend:
         staging = self.path.with_name(self.path.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
         staging.parent.mkdir(parents=True, exist_ok=True)
-        config = q.EdgeConfig(vectors={VECTOR_NAME: q.EdgeVectorParams(size=meta.dimension, distance=q.Distance.Cosine)})
+        # Vectors stay on disk (mmap, the page cache keeps them warm): opening 100k memories then
+        # costs ~130 MB instead of ~290 MB, and an exact search ~0.1 s instead of ~0.02 s.
+        vectors = q.EdgeVectorParams(size=meta.dimension, distance=q.Distance.Cosine, memory=q.Memory.Cold)
+        config = q.EdgeConfig(vectors={VECTOR_NAME: vectors})
         shard = q.EdgeShard.create(str(staging), config)
         try:
             for field in KEYWORD_FIELDS:
@@ -147,6 +154,26 @@ class EdgeBackend:
         if points:
             self._shard.update(q.UpdateOperation.upsert_points(points))
             self._shard.flush()
+
+    def delete(self, ids: tuple[str, ...]) -> None:
+        if self._shard is not None and ids:
+            self._shard.update(_edge().UpdateOperation.delete_points([point_id(i) for i in ids]))
+            self._shard.flush()
+
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
+        if self._shard is None:
+            return
+        q = _edge()
+        offset = None
+        while True:
+            points, offset = self._shard.scroll(q.ScrollRequest(
+                offset=offset if offset is None else str(offset), limit=VERSION_PAGE, filter=_where(where),
+                with_payload=["id", ORDER_FIELD], with_vector=False))
+            for p in points:
+                payload = p.payload or {}
+                yield str(payload.get("id") or ""), float(payload.get(ORDER_FIELD) or 0.0)
+            if offset is None:
+                return
 
     def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
         if self._shard is None or not ids:

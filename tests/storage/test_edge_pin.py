@@ -119,3 +119,14 @@ def test_order_by_and_filtered_exact_search(tmp_path: Path) -> None:
     assert hits[0].score >= hits[-1].score
     assert shard.count(q.CountRequest(exact=True, filter=where)) == 3
     shard.close()
+
+
+def test_vectors_can_stay_cold_on_disk(tmp_path: Path) -> None:
+    import qdrant_edge as q
+
+    cold = q.EdgeVectorParams(size=4, distance=q.Distance.Cosine, memory=q.Memory.Cold)
+    shard = q.EdgeShard.create(str(tmp_path / "s"), q.EdgeConfig(vectors={"dense": cold}))
+    shard.update(q.UpdateOperation.upsert_points(points(4)))
+    hits = shard.query(q.QueryRequest(limit=1, query=q.Query.Nearest([4.0, 2.0, 0.0, 0.5], using="dense")))
+    assert str(hits[0].id) == str(uuid.UUID(int=4))
+    shard.close()
