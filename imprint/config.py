@@ -10,7 +10,8 @@ Layout of a data dir::
       cache/                   model fingerprints (recomputed if lost)
       workspaces/NAME/
         memories/              Qdrant Edge shard of workspace NAME's memories
-        facts.db               SQLite facts
+        forgotten.db           tombstones of forgotten memories
+        facts.db               SQLite facts (and tombstones of forgotten facts)
         spool.db               what a sync received and has not stored yet
       qdrant/                  older versions' store (qdrant-client local mode):
                                migrated to workspaces/NAME/memories on first use
@@ -69,6 +70,11 @@ class Settings:
     def memories_path(self) -> Path:
         """The workspace's Qdrant Edge shard."""
         return self.workspace_dir / "memories"
+
+    @property
+    def forgotten_path(self) -> Path:
+        """Tombstones of the workspace's forgotten memories (see imprint.tombstones)."""
+        return self.workspace_dir / "forgotten.db"
 
     @property
     def cache_dir(self) -> Path:

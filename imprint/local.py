@@ -191,7 +191,8 @@ class LocalActors:
             m = self.model
             group.start("memory_store", MemoryStore, collection=s.collection, path=s.memories_path, url=s.qdrant_url,
                         dimension=m.dimension if m else None, model=m.fingerprint if m else "",
-                        model_name=m.name if m else "")
+                        model_name=m.name if m else "", forgotten_path=s.forgotten_path,
+                        read_only=self.read_only)
         if self.facts or pending.total:
             group.start("fact_store", FactStore, path=s.facts_path, read_only=self.read_only)
         if "fact_store" in group and not self.read_only and (self.memories or pending.total):

@@ -53,7 +53,6 @@ def test_a_relay_that_does_not_answer_is_a_one_line_runtime_error(tmp_path: Path
 def test_a_second_dashboard_on_a_data_dir_in_use_is_one_line(tmp_path: Path, imprint_cli) -> None:
     from imprint.config import Settings
     from imprint.local import LocalActors
-
     from imprint.storage import StoreMeta
     from imprint.storage.edge import EdgeBackend
 

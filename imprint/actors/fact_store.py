@@ -15,19 +15,26 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import InputError, StoreError
-from imprint.messages.records import FactRecord
+from imprint.messages.records import FactRecord, Tombstone, fact_key, fact_version
 from imprint.messages.store import (
     AddFact,
     CountFacts,
     EndFact,
     FactCounts,
     FactPage,
+    ForgetFact,
     ListFacts,
+    ListVersions,
     PageFacts,
+    RetrieveFacts,
+    RetrieveTombstones,
     StoredFact,
     StoreFacts,
     StoreResult,
+    StoreTombstones,
+    Versions,
 )
+from imprint.tombstones import TombstoneTable, forgets
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (
@@ -42,6 +49,10 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 CREATE INDEX IF NOT EXISTS facts_open ON facts (ended, subject);
 """
+#: Added later: each fact's :func:`~imprint.messages.records.fact_key`, for
+#: tombstones and reconciliation; filled in for older databases on open.
+KEY_COLUMN = "ALTER TABLE facts ADD COLUMN key TEXT"
+KEY_INDEX = "CREATE INDEX IF NOT EXISTS facts_key ON facts (key)"
 _COLUMNS = "id, subject, predicate, object, valid_from, ended, source"
 
 
@@ -73,6 +84,23 @@ class FactStore(ImprintActor):
         self.path = path
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
+        self._tombstones: TombstoneTable | None = None
+
+    def _add_keys(self) -> None:
+        db = self._db
+        columns = {row[1] for row in db.execute("PRAGMA table_info(facts)")}
+        if "key" in columns:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(KEY_COLUMN)
+            rows = db.execute("SELECT id, subject, predicate, object, valid_from FROM facts").fetchall()
+            db.executemany("UPDATE facts SET key = ? WHERE id = ?", [(fact_key(r[1:]), r[0]) for r in rows])
+            db.execute(KEY_INDEX)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def start_up(self) -> None:
         try:
@@ -84,6 +112,8 @@ class FactStore(ImprintActor):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_keys()
+            self._tombstones = TombstoneTable(self._db, "forgotten_facts")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
 
@@ -110,6 +140,19 @@ class FactStore(ImprintActor):
                 return self._add(record)
             case EndFact(fact_id=fact_id, ended=ended):
                 return self._end(fact_id, ended)
+            case ForgetFact(fact_id=fact_id, deleted_at=deleted_at):
+                return self._forget(fact_id, deleted_at)
+            case StoreTombstones(tombstones=tombstones):
+                return self._store_tombstones(tombstones)
+            case ListVersions():
+                rows = self._db.execute("SELECT key, ended FROM facts").fetchall()
+                marks = tuple(self._tombstones.all()) if self._tombstones is not None else ()
+                return Versions(records=tuple((k, e or 0.0) for k, e in rows), tombstones=marks)
+            case RetrieveTombstones(keys=keys):
+                found = self._tombstones.get(keys) if self._tombstones is not None else {}
+                return tuple(Tombstone("facts", k, at) for k, at in found.items())
+            case RetrieveFacts(keys=keys):
+                return self._retrieve(keys)
             case CountFacts():
                 active, ended = self._db.execute(
                     "SELECT COUNT(*) FILTER (WHERE ended IS NULL), COUNT(*) FILTER (WHERE ended IS NOT NULL) FROM facts"
@@ -118,15 +161,21 @@ class FactStore(ImprintActor):
         return super().handle(message)
 
     def _store(self, records: tuple[FactRecord, ...]) -> StoreResult:
-        inserted = ended = 0
+        inserted = ended = forgotten = 0
         kept: dict[tuple[str, str, str, float], None] = {}
         db = self._db
+        keys = [fact_key(r.identity) for r in records]
+        marks = self._tombstones.get(keys) if self._tombstones is not None else {}
         db.execute("BEGIN IMMEDIATE")
         try:
-            for r in records:
+            for r, key in zip(records, keys):
+                if forgets(marks.get(key), fact_version(r)):
+                    forgotten += 1  # forgotten here, and this copy is not newer
+                    continue
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO facts (subject, predicate, object, valid_from, ended, source) VALUES (?,?,?,?,?,?)",
-                    (r.subject, r.predicate, r.object, r.valid_from, r.ended, r.source),
+                    "INSERT OR IGNORE INTO facts (subject, predicate, object, valid_from, ended, source, key) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (r.subject, r.predicate, r.object, r.valid_from, r.ended, r.source, key),
                 )
                 if cur.rowcount:
                     inserted += 1
@@ -149,7 +198,62 @@ class FactStore(ImprintActor):
             db.execute("ROLLBACK")
             raise
         logger.debug("stored facts: {} inserted, {} ended, {} skipped", inserted, ended, len(records) - inserted)
-        return StoreResult(inserted=inserted, skipped=len(records) - inserted, ended=ended, kept_facts=tuple(kept))
+        return StoreResult(inserted=inserted, skipped=len(records) - inserted, ended=ended, kept_facts=tuple(kept),
+                           forgotten=forgotten)
+
+    def _writable_tombstones(self) -> TombstoneTable:
+        if self._tombstones is None:
+            raise StoreError("the fact store was opened read-only")
+        return self._tombstones
+
+    def _forget(self, fact_id: int, deleted_at: float) -> StoredFact:
+        """Delete a fact and leave its tombstone, in one transaction."""
+        table = self._writable_tombstones()
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,)).fetchone()
+        if row is None:
+            raise InputError(f"no fact with id {fact_id}")
+        fact = _row_to_fact(row)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            table.add([(fact_key(fact.record.identity), max(deleted_at, fact_version(fact.record)))])
+            self._db.execute("DELETE FROM facts WHERE id = ?", (fact_id,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return fact
+
+    def _store_tombstones(self, tombstones: tuple[Tombstone, ...]) -> StoreResult:
+        table = self._writable_tombstones()
+        marks = {t.key: t.deleted_at for t in tombstones if t.dataset == "facts"}
+        removed = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            changed = table.add(marks.items())
+            keys = list(marks)
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT id, key, valid_from, ended FROM facts WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                doomed = [(i,) for i, k, start_, end in rows if forgets(marks[k], end if end is not None else start_)]
+                self._db.executemany("DELETE FROM facts WHERE id = ?", doomed)
+                removed += len(doomed)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return StoreResult(inserted=changed, skipped=len(tombstones) - changed, forgotten=removed)
+
+    def _retrieve(self, keys: tuple[str, ...]) -> tuple[FactRecord, ...]:
+        out: list[FactRecord] = []
+        keys = tuple(dict.fromkeys(keys))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE key IN ({','.join('?' * len(chunk))})",
+                                    chunk).fetchall()
+            out.extend(_row_to_fact(r).record for r in rows)
+        return tuple(out)
 
     def _page(self, limit: int, after: tuple[str, str, str, float] | None) -> FactPage:
         if after is None:
@@ -188,6 +292,9 @@ class FactStore(ImprintActor):
             f"SELECT {_COLUMNS} FROM facts WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
             record.identity,
         ).fetchone()
+        if row is None:
+            raise InputError("that fact was forgotten (the same subject, predicate, object and start); "
+                             "add it with a later start time")
         return _row_to_fact(row)
 
     def _end(self, fact_id: int, ended: float) -> StoredFact:

@@ -9,6 +9,7 @@ wins, and an engine error becomes one clear line.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +18,34 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
-from imprint.messages.records import MemoryRecord
+from imprint.messages.records import MemoryRecord, Tombstone
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
     FacetCount,
     FacetMemories,
     FindMissing,
+    ForgetMemories,
+    Forgotten,
+    ListVersions,
     MemoryFilter,
     MemoryPage,
     MissingIds,
     NewestMemories,
     PageMemories,
+    RetrieveMemories,
+    RetrieveTombstones,
     SearchHit,
     SearchHits,
     SearchMemories,
     StoreInfo,
     StoreMemories,
     StoreResult,
+    StoreTombstones,
+    Versions,
 )
 from imprint.storage import Backend, StoredMemory, StoreMeta
+from imprint.tombstones import TombstoneTable, forgets
 
 
 def open_backend(*, path: Path | None, url: str | None, collection: str) -> Backend:
@@ -63,10 +72,13 @@ class MemoryStore(ImprintActor):
             write no vectors (the store is then not created if missing).
         model: fingerprint of the running model ("" when none runs).
         model_name: its name, recorded with a new store.
+        forgotten_path: the SQLite file of its tombstones (:mod:`imprint.tombstones`);
+            None keeps none (tests of the store alone).
+        read_only: change nothing and create nothing (`imprint status`).
     """
 
     def __init__(self, *, collection: str, path: Path | None = None, url: str | None = None, dimension: int | None,
-                 model: str = "", model_name: str = "") -> None:
+                 model: str = "", model_name: str = "", forgotten_path: Path | None = None, read_only: bool = False) -> None:
         super().__init__()
         self.collection = collection
         self.path = path
@@ -74,8 +86,12 @@ class MemoryStore(ImprintActor):
         self.dimension = dimension
         self.model = model
         self.model_name = model_name
+        self.forgotten_path = forgotten_path
+        self.read_only = read_only
         self._backend: Backend | None = None
         self._meta: StoreMeta | None = None
+        self._tombstones: TombstoneTable | None = None
+        self._counts: dict[Any, Any] = {}
 
     @property
     def location(self) -> str:
@@ -85,18 +101,53 @@ class MemoryStore(ImprintActor):
         try:
             self._backend = open_backend(path=self.path, url=self.url, collection=self.collection)
             self._meta = self._backend.meta()
-            if self._meta is None:
-                if self.dimension is not None:
-                    self._meta = StoreMeta(dimension=self.dimension, model=self.model, model_name=self.model_name)
-                    self._backend.create(self._meta)
-                    logger.debug("created the memory store at {} ({} dims, model {})", self.location, self.dimension,
-                                 self.model or "?")
-                return
+            created = False
+            if self._meta is None and self.dimension is not None and not self.read_only:
+                self._meta = StoreMeta(dimension=self.dimension, model=self.model, model_name=self.model_name)
+                self._backend.create(self._meta)
+                created = True
+                logger.debug("created the memory store at {} ({} dims, model {})", self.location, self.dimension,
+                             self.model or "?")
         except ImprintError:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open the memory store at {self.location}: {str(exc).strip()[:300]}") from None
-        self._check_model(self._meta)
+        if self._meta is not None and not created:
+            self._check_model(self._meta)
+        self._open_tombstones()
+        self._finish_forgetting()
+
+    def _open_tombstones(self) -> None:
+        path = self.forgotten_path
+        if path is None:
+            return
+        try:
+            if self.read_only or self._meta is None:  # reading only: create nothing
+                if not path.exists():
+                    return
+                db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+                self._tombstones = TombstoneTable(db, "forgotten", create=False)
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._tombstones = TombstoneTable(db, "forgotten")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from None
+
+    def _finish_forgetting(self) -> None:
+        """A crash between writing tombstones and deleting the copies leaves copies
+        behind: remove every stored copy a tombstone covers."""
+        if self._tombstones is None or self._backend is None or self.read_only:
+            return
+        marks = list(self._tombstones.all())
+        for start in range(0, len(marks), 1000):
+            chunk = dict(marks[start:start + 1000])
+            stored = self._backend.stored_timestamps(tuple(chunk))
+            doomed = tuple(i for i, ts in stored.items() if forgets(chunk[i], ts))
+            if doomed:
+                self._backend.delete(doomed)
+                logger.info("removed {} forgotten memories left by an interrupted forget", len(doomed))
 
     def _check_model(self, meta: StoreMeta) -> None:
         if self.dimension is not None and meta.dimension != self.dimension:
@@ -121,6 +172,9 @@ class MemoryStore(ImprintActor):
             )
 
     def shut_down(self) -> None:
+        if self._tombstones is not None:
+            self._tombstones.db.close()
+            self._tombstones = None
         if self._backend is not None:
             backend, self._backend = self._backend, None
             try:
@@ -136,24 +190,42 @@ class MemoryStore(ImprintActor):
         except Exception as exc:  # the engine (disk full, server down, …): one clear line for the user
             raise StoreError(f"memory store error at {self.location}: {str(exc).strip()[:300] or type(exc).__name__}") from None
 
+    def _cached(self, message: Any, compute: Any) -> Any:
+        """Counts and facets, remembered until the next write (the dashboard asks
+        for the same ones on every page; this actor is the store's only writer)."""
+        if message not in self._counts:
+            if len(self._counts) > 256:
+                self._counts.clear()
+            self._counts[message] = compute()
+        return self._counts[message]
+
     def _dispatch(self, message: Any) -> Any:
         b = self._backend
         match message:
             case FindMissing(ids=ids, timestamps=timestamps):
                 return self._to_write(ids, timestamps)
-            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at, model=model):
-                return self._store(records, vectors, stored_at, model)
             case PageMemories(limit=limit, after=after, vectors=vectors):
                 return self._page(limit, after, vectors)
             case SearchMemories(vector=vector, limit=limit, project=project):
                 hits = b.search(vector, limit, MemoryFilter(project=project))
                 return SearchHits(hits=tuple(SearchHit(score=score, record=record) for score, record in hits))
             case CountMemories(where=where):
-                return b.count(where)
+                return self._cached(message, lambda: b.count(where))
             case FacetMemories(key=key, limit=limit, where=where):
-                return tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where))
+                return self._cached(message, lambda: tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where)))
             case NewestMemories(where=where, offset=offset, limit=limit):
                 return tuple(b.newest(where, offset, limit))
+            case StoreMemories() | ForgetMemories() | StoreTombstones():
+                self._counts.clear()
+                return self._write(message)
+            case ListVersions():
+                marks = tuple(self._tombstones.all()) if self._tombstones is not None else ()
+                return Versions(records=tuple(b.versions(MemoryFilter())) if b is not None else (), tombstones=marks)
+            case RetrieveTombstones(keys=keys):
+                found = self._tombstones.get(keys) if self._tombstones is not None else {}
+                return tuple(Tombstone("memories", k, at) for k, at in found.items())
+            case RetrieveMemories(ids=ids):
+                return tuple(m.record for m in b.retrieve(ids)) if b is not None else ()
             case DescribeStore():
                 meta = self._meta
                 return StoreInfo(location=self.location, kind=b.kind, dimension=meta.dimension if meta else None,
@@ -161,19 +233,33 @@ class MemoryStore(ImprintActor):
                                  model_name=meta.model_name if meta else "")
         return super().handle(message)
 
+    def _write(self, message: Any) -> Any:
+        match message:
+            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at, model=model):
+                return self._store(records, vectors, stored_at, model)
+            case ForgetMemories(deleted_at=deleted_at, ids=ids, where=where):
+                return self._forget(deleted_at, ids, where)
+            case StoreTombstones(tombstones=tombstones):
+                return self._store_tombstones(tombstones)
+
     def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> MissingIds:
         stored = self._backend.stored_timestamps(ids)
+        marks = self._tombstones.get(ids) if self._tombstones is not None else {}
         result: dict[str, None] = {}
         kept: dict[str, None] = {}
+        forgotten: dict[str, None] = {}
         for n, memory_id_ in enumerate(ids):
             given = timestamps[n] if n < len(timestamps) else 0.0
-            if memory_id_ not in stored:
+            if forgets(marks.get(memory_id_), given or float("inf")):
+                forgotten[memory_id_] = None  # forgotten here, and this copy is not newer
+            elif memory_id_ not in stored:
                 result[memory_id_] = None
             elif given and given < stored[memory_id_]:
                 result[memory_id_] = None  # an earlier copy of the same memory wins everywhere
             elif given and given > stored[memory_id_]:
                 kept[memory_id_] = None
-        return MissingIds(ids=tuple(result), kept=tuple(k for k in kept if k not in result), stored_at=stored)
+        return MissingIds(ids=tuple(r for r in result if r not in forgotten),
+                          kept=tuple(k for k in kept if k not in result), stored_at=stored, forgotten=tuple(forgotten))
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
                stored_at: dict[str, float] | None, model: str | None) -> StoreResult:
@@ -185,11 +271,15 @@ class MemoryStore(ImprintActor):
         if model != self._meta.model:
             raise StoreError(f"vectors of model {model or '?'} cannot go into a store of model {self._meta.model or '?'}")
         stored = stored_at if stored_at is not None else self._backend.stored_timestamps(tuple(r.id for r in records))
+        marks = self._tombstones.get(r.id for r in records) if self._tombstones is not None else {}
         points: list[StoredMemory] = []
         seen: set[str] = set()
-        updated = 0
+        updated = forgotten = 0
         for record, vector in zip(records, vectors):
             if record.id in seen:
+                continue
+            if forgets(marks.get(record.id), record.timestamp or float("inf")):
+                forgotten += 1
                 continue
             if record.id in stored and not (record.timestamp and record.timestamp < stored[record.id]):
                 continue
@@ -199,7 +289,55 @@ class MemoryStore(ImprintActor):
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points)
         inserted = len(points) - updated
-        return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated)
+        return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
+
+    def _writable_tombstones(self) -> TombstoneTable:
+        if self._tombstones is None or self._meta is None or self.read_only:
+            raise StoreError("the memory store was opened read-only (or keeps no tombstones)")
+        return self._tombstones
+
+    def _forget(self, deleted_at: float, ids: tuple[str, ...], where: MemoryFilter | None) -> Forgotten:
+        if self._meta is None:  # no store: nothing to forget
+            return Forgotten(forgotten=(), unknown=tuple(dict.fromkeys(ids)))
+        table = self._writable_tombstones()
+        if where is not None:
+            stored = dict(self._backend.versions(where))
+            unknown: tuple[str, ...] = ()
+        else:
+            stored = self._backend.stored_timestamps(ids)
+            unknown = tuple(i for i in dict.fromkeys(ids) if i not in stored)
+        if not stored:
+            return Forgotten(forgotten=(), unknown=unknown)
+        # The tombstones first, durably; then the copies. A crash in between is
+        # finished by the next open (_finish_forgetting).
+        table.db.execute("BEGIN IMMEDIATE")
+        try:
+            table.add((i, max(deleted_at, ts)) for i, ts in stored.items())
+            table.db.execute("COMMIT")
+        except BaseException:
+            table.db.execute("ROLLBACK")
+            raise
+        doomed = tuple(stored)
+        for start in range(0, len(doomed), 1000):
+            self._backend.delete(doomed[start:start + 1000])
+        logger.info("forgot {} memories", len(doomed))
+        return Forgotten(forgotten=doomed, unknown=unknown)
+
+    def _store_tombstones(self, tombstones: tuple[Tombstone, ...]) -> StoreResult:
+        table = self._writable_tombstones()
+        marks = {t.key: t.deleted_at for t in tombstones if t.dataset == "memories"}
+        table.db.execute("BEGIN IMMEDIATE")
+        try:
+            changed = table.add(marks.items())
+            table.db.execute("COMMIT")
+        except BaseException:
+            table.db.execute("ROLLBACK")
+            raise
+        stored = self._backend.stored_timestamps(tuple(marks))
+        doomed = tuple(i for i, ts in stored.items() if forgets(marks[i], ts))
+        if doomed:
+            self._backend.delete(doomed)
+        return StoreResult(inserted=changed, skipped=len(tombstones) - changed, forgotten=len(doomed))
 
     def _page(self, limit: int, after: str | None, vectors: bool) -> MemoryPage:
         memories, next_after = self._backend.page(limit, after, vectors=vectors)

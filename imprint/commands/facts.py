@@ -17,7 +17,7 @@ from imprint.local import LocalActors
 
 def register(cli: CommandLine) -> None:
     actions = cli.group("fact", "add, list and end facts (subject–predicate–object)",
-                        usage_error="fact needs an action: add, list or end (see 'imprint fact --help')")
+                        usage_error="fact needs an action: add, list, end or forget (see 'imprint fact --help')")
     p = cli.action(actions, "add", cmd_fact_add, "add a fact valid from now")
     p.add_argument("subject")
     p.add_argument("predicate")
@@ -29,6 +29,11 @@ def register(cli: CommandLine) -> None:
     p.add_argument("--all", action="store_true", help="include ended facts")
     p = cli.action(actions, "end", cmd_fact_end, "end an open fact now")
     p.add_argument("fact_id", type=int, metavar="ID", help="the id 'fact list' shows")
+    p = cli.action(actions, "forget", cmd_fact_forget,
+                   "forget a fact here and, through sync, on your other machines (end keeps it as history; "
+                   "forget removes it)")
+    p.add_argument("fact_id", type=int, metavar="ID", help="the id 'fact list --all' shows")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
 
 
 def _fact_json(stored: Any) -> dict[str, Any]:
@@ -68,6 +73,24 @@ def cmd_fact_list(args: argparse.Namespace, settings: Settings, out: Output) -> 
         out.line("no facts")
     for stored in facts:
         out.result(_fact_json(stored), _fact_line(stored))
+    return 0
+
+
+def cmd_fact_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.base import ask
+    from imprint.commands.render import confirm
+    from imprint.errors import InputError
+    from imprint.messages.store import ForgetFact, ListFacts
+
+    with LocalActors(settings, memories=False) as local:
+        facts = ask(local["fact_store"], ListFacts(include_ended=True, limit=1_000_000))
+        shown = next((f for f in facts if f.fact_id == args.fact_id), None)
+        if shown is None:
+            raise InputError(f"no fact with id {args.fact_id}")
+        out.line(_fact_line(shown))
+        confirm("Forget this fact here and, at the next sync, on your other machines?", yes=args.yes)
+        stored = ask(local["fact_store"], ForgetFact(fact_id=args.fact_id, deleted_at=time.time()))
+    out.result({"forgotten": _fact_json(stored)}, f"forgot fact {stored.fact_id}")
     return 0
 
 

@@ -51,6 +51,19 @@ def register(cli: CommandLine) -> None:
                    help="add each memory's vector (base64 float32) and its model's fingerprint, so 'imprint import' "
                         "restores or moves the store without re-embedding")
 
+    p = cli.command("forget", cmd_forget, "forget memories here and, through sync, on your other machines",
+                    description="Forget memories by id (as search and export show them), or every memory of a "
+                                "project (narrowed by --source and --type). They disappear from search, export and "
+                                "stats, and each leaves a tombstone: a sync with your other machines forgets them "
+                                "there too, and a copy offered again (an old export, a peer that has not synced "
+                                "since) is skipped. Adding the same text later makes it a memory again. Shows how many "
+                                "and asks first; --yes skips the question.")
+    p.add_argument("ids", nargs="*", metavar="ID", help="ids of memories to forget")
+    p.add_argument("--project", help="forget every memory of this project")
+    p.add_argument("--source", help="with --project: only those from this source")
+    p.add_argument("--type", help="with --project: only those of this type")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+
     p = cli.command("search", cmd_search, "semantic search over memories, best first")
     p.add_argument("query", help="what to look for")
     p.add_argument("-k", type=int, default=5, metavar="N", help="how many results (default 5)")
@@ -228,6 +241,57 @@ def cmd_export(args: argparse.Namespace, settings: Settings, out: Output) -> int
             for fact in all_facts(local["fact_store"]):
                 write(encoder.encode(fact.record) + b"\n")
     sys.stdout.flush()
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    import re
+
+    from imprint.actors.base import ask
+    from imprint.commands.render import confirm
+    from imprint.messages.store import (
+        CountMemories,
+        ForgetMemories,
+        MemoryFilter,
+        RetrieveMemories,
+    )
+
+    if args.ids and args.project is not None:
+        raise InputError("give ids or --project, not both")
+    if not args.ids and args.project is None:
+        raise InputError("forget what? give memory ids, or --project P (with --source or --type to narrow it)")
+    if args.project is None and (args.source is not None or args.type is not None):
+        raise InputError("--source and --type narrow --project; give --project too")
+    bad = [i for i in args.ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
+    if bad:
+        raise InputError(f"not a memory id: {bad[0]!r} (16 hex digits, as search and export show)")
+    with LocalActors(settings, memories=True, facts=False) as local:
+        store = local["memory_store"]
+        if args.ids:
+            ids = tuple(dict.fromkeys(args.ids))
+            found = {r.id: r for r in ask(store, RetrieveMemories(ids=ids))}
+            unknown = [i for i in ids if i not in found]
+            if unknown:
+                raise InputError(f"no memory with id {unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                                 + "; nothing was forgotten")
+            for r in found.values():
+                snippet = " ".join(r.content.split())
+                out.line(f"  {r.id}  [{r.project}]  {snippet[:80] + ('…' if len(snippet) > 80 else '')}")
+            request = ForgetMemories(deleted_at=time.time(), ids=ids)
+            what = f"{len(ids)} memor{'y' if len(ids) == 1 else 'ies'}"
+        else:
+            where = MemoryFilter(project=args.project, source=args.source, type=args.type)
+            count = ask(store, CountMemories(where=where))
+            if not count:
+                out.result({"forgotten": 0, "ids": []}, "no memories match; nothing to forget")
+                return 0
+            narrowed = "".join(f", {k} {v!r}" for k, v in (("source", args.source), ("type", args.type)) if v is not None)
+            what = f"{count:,} memor{'y' if count == 1 else 'ies'} of project {args.project!r}{narrowed}"
+            request = ForgetMemories(deleted_at=time.time(), where=where)
+        confirm(f"Forget {what} here and, at the next sync, on your other machines?", yes=args.yes)
+        done = ask(store, request)
+    n = len(done.forgotten)
+    out.result({"forgotten": n, "ids": list(done.forgotten)}, f"forgot {n} memor{'y' if n == 1 else 'ies'}")
     return 0
 
 

@@ -63,6 +63,22 @@ class Output:
             self.stream.flush()
 
 
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask `question` on the terminal (y/N) unless `yes`; InputError if declined or
+    if there is no terminal to ask on (a script must say --yes)."""
+    from imprint.errors import InputError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"{question.rstrip('?')}: not confirmed (no terminal to ask on); add --yes")
+    sys.stderr.write(visible(question) + " [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise InputError("cancelled; nothing was changed")
+
+
 def note(text: str) -> None:
     """A remark for the human at the terminal, on stderr (never pollutes stdout). Control
     characters (from a peer's hostname, a forged frame…) are shown as escapes, never obeyed."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -82,6 +82,32 @@ class FactRecord(msgspec.Struct, frozen=True):
     def identity(self) -> tuple[str, str, str, float]:
         """The dedup key of SPEC: (subject, predicate, object, valid_from)."""
         return (self.subject, self.predicate, self.object, self.valid_from)
+
+
+def fact_key(identity: tuple[str, str, str, float]) -> str:
+    """A fact's key for tombstones and reconciliation: 16 hex of SHA-256 over its identity."""
+    subject, predicate, object_, valid_from = identity
+    raw = "\0".join((subject, predicate, object_, repr(float(valid_from))))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
+
+
+Key = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}$")]
+
+
+class Tombstone(msgspec.Struct, frozen=True):
+    """A forgotten record: its dataset, its key (a memory's id, a fact's
+    :func:`fact_key`) and when it was forgotten. It removes every copy whose
+    version (a memory's timestamp, a fact's end or start) is not newer than
+    ``deleted_at``, on every machine it reaches; a copy made later lives."""
+
+    dataset: Literal["memories", "facts"]
+    key: Key
+    deleted_at: Time
+
+
+def fact_version(record: FactRecord) -> float:
+    """What a fact tombstone is compared with: its end, else its start."""
+    return record.ended if record.ended is not None else record.valid_from
 
 
 def memory_id(project: str, source: str, content: str) -> str:

@@ -10,7 +10,7 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-from imprint.messages.records import FactRecord, MemoryRecord
+from imprint.messages.records import FactRecord, MemoryRecord, Tombstone
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -62,6 +62,8 @@ class MissingIds(msgspec.Struct, frozen=True):
     #: The stored timestamp of every asked id that is stored: hand it to
     #: :class:`StoreMemories` so the store does not look it up again.
     stored_at: dict[str, float] = {}
+    #: Asked ids that were forgotten here (and the copy offered is not newer).
+    forgotten: tuple[str, ...] = ()
 
 
 class StoreMemories(msgspec.Struct, frozen=True):
@@ -98,6 +100,56 @@ class StoreResult(msgspec.Struct, frozen=True):
     updated: int = 0
     kept_ids: tuple[str, ...] = ()
     kept_facts: tuple[FactIdentity, ...] = ()
+    #: Of `skipped`, the records forgotten here (a tombstone not older than them);
+    #: for tombstones stored, the copies they removed.
+    forgotten: int = 0
+
+
+class ForgetMemories(msgspec.Struct, frozen=True):
+    """Forget memories: these ids, or every memory matching ``where``. Each is
+    deleted and leaves a tombstone of ``deleted_at`` (or its own timestamp, if
+    later: a tombstone must cover the copy it removes). Reply: :class:`Forgotten`."""
+
+    deleted_at: float
+    ids: tuple[str, ...] = ()
+    where: MemoryFilter | None = None
+
+
+class Forgotten(msgspec.Struct, frozen=True):
+    """What was forgotten; ``unknown``: asked ids that are not stored (no tombstone made)."""
+
+    forgotten: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
+
+
+class StoreTombstones(msgspec.Struct, frozen=True):
+    """Record tombstones (of this store's dataset) from elsewhere and remove the
+    copies they cover. Reply: :class:`StoreResult` (``inserted``: tombstones new
+    or later here; ``forgotten``: copies removed)."""
+
+    tombstones: tuple[Tombstone, ...]
+
+
+class ListVersions(msgspec.Struct, frozen=True):
+    """Every record's key and version, and every tombstone, of this store's dataset,
+    read without content: what reconciliation compares. Reply: :class:`Versions`."""
+
+
+class Versions(msgspec.Struct, frozen=True):
+    records: tuple[tuple[str, float], ...]
+    tombstones: tuple[tuple[str, float], ...]
+
+
+class RetrieveTombstones(msgspec.Struct, frozen=True):
+    """Reply: tuple of :class:`Tombstone` for those keys that are tombstoned."""
+
+    keys: tuple[str, ...]
+
+
+class RetrieveMemories(msgspec.Struct, frozen=True):
+    """Reply: tuple of MemoryRecord, those of ``ids`` that are stored."""
+
+    ids: tuple[str, ...]
 
 
 class PageMemories(msgspec.Struct, frozen=True):
@@ -243,6 +295,20 @@ class EndFact(msgspec.Struct, frozen=True):
 
     fact_id: int
     ended: float
+
+
+class ForgetFact(msgspec.Struct, frozen=True):
+    """Delete a fact and leave its tombstone. Reply: the :class:`StoredFact` forgotten;
+    raises if unknown."""
+
+    fact_id: int
+    deleted_at: float
+
+
+class RetrieveFacts(msgspec.Struct, frozen=True):
+    """Reply: tuple of FactRecord, those of these :func:`fact_key` keys that are stored."""
+
+    keys: tuple[str, ...]
 
 
 class CountFacts(msgspec.Struct, frozen=True):

@@ -18,6 +18,7 @@ a vector of another model is never written into it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import msgspec
@@ -86,6 +87,12 @@ class Backend(Protocol):
 
     def upsert(self, memories: list[StoredMemory]) -> None:
         """Write these memories (each with its vector and model), replacing same ids."""
+
+    def delete(self, ids: tuple[str, ...]) -> None:
+        """Remove these memories (ids not stored are ignored)."""
+
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
+        """(memory id, timestamp) of every matching memory, in stable order, reading no content."""
 
     def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
         """The stored memories of those memory ids that are stored."""

@@ -8,6 +8,7 @@ newest-first order, as on Edge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -120,6 +121,26 @@ class ServerBackend:
                                      payload={**memory_to_payload(m.record), MODEL_KEY: m.model}) for m in memories]
         if points:
             self._client.upsert(self.collection, points=points, wait=True)
+
+    def delete(self, ids: tuple[str, ...]) -> None:
+        from qdrant_client import models
+
+        if self._exists and ids:
+            self._client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(i) for i in ids]),
+                                wait=True)
+
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
+        if not self._exists:
+            return
+        offset = None
+        while True:
+            points, offset = self._client.scroll(self.collection, limit=5000, offset=offset, scroll_filter=_where(where),
+                                                 with_payload=["id", ORDER_FIELD], with_vectors=False)
+            for p in points:
+                payload = p.payload or {}
+                yield str(payload.get("id") or ""), float(payload.get(ORDER_FIELD) or 0.0)
+            if offset is None:
+                return
 
     def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
         if not self._exists or not ids:

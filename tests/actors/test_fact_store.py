@@ -190,3 +190,52 @@ def test_unopenable_database_surfaces_through_ping(start_actor: StartActor, tmp_
     ref = start_actor(FactStore, path=not_a_db)
     with pytest.raises(StoreError, match="cannot open the fact store"):
         ref.ask(Ping(), timeout=30)
+
+
+def test_forgetting_a_fact_deletes_it_and_refuses_older_copies(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
+    from imprint.messages.records import Tombstone, fact_key
+    from imprint.messages.store import ForgetFact, ListVersions, RetrieveFacts, RetrieveTombstones, StoreTombstones
+
+    keep = FactRecord(subject="alice", predicate="likes", object="tea", valid_from=100.0)
+    gone = FactRecord(subject="alice", predicate="works_at", object="acme", valid_from=100.0)
+    fact_store.ask(StoreFacts(records=(keep, gone)), timeout=10)
+    stored = fact_store.ask(ListFacts(subject="alice", predicate="works_at"), timeout=10)[0]
+
+    forgotten = fact_store.ask(ForgetFact(fact_id=stored.fact_id, deleted_at=500.0), timeout=10)
+    assert forgotten.record == gone
+    assert [f.record for f in fact_store.ask(ListFacts(include_ended=True), timeout=10)] == [keep]
+    assert fact_store.ask(RetrieveTombstones(keys=(fact_key(gone.identity),)), timeout=10) == (
+        Tombstone("facts", fact_key(gone.identity), 500.0),)
+    with pytest.raises(InputError, match="no fact with id"):
+        fact_store.ask(ForgetFact(fact_id=stored.fact_id, deleted_at=600.0), timeout=10)
+
+    # offered again (not newer): skipped as forgotten; ended after the forget: lives again
+    result = fact_store.ask(StoreFacts(records=(gone,)), timeout=10)
+    assert (result.inserted, result.forgotten) == (0, 1)
+    later = FactRecord(subject="alice", predicate="works_at", object="acme", valid_from=100.0, ended=700.0)
+    assert fact_store.ask(StoreFacts(records=(later,)), timeout=10).inserted == 1
+
+    versions = fact_store.ask(ListVersions(), timeout=10)
+    assert sorted(versions.records) == sorted([(fact_key(keep.identity), 0.0), (fact_key(later.identity), 700.0)])
+    assert versions.tombstones == ((fact_key(gone.identity), 500.0),)
+    assert fact_store.ask(RetrieveFacts(keys=(fact_key(keep.identity),)), timeout=10) == (keep,)
+
+    # a tombstone from elsewhere removes the copy it covers, and only that
+    result = fact_store.ask(StoreTombstones(tombstones=(Tombstone("facts", fact_key(keep.identity), 150.0),)), timeout=10)
+    assert (result.inserted, result.forgotten) == (1, 1)
+    assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=0, ended=1)
+
+
+def test_an_older_facts_database_gets_its_keys(start_actor: StartActor, facts_path: Path) -> None:
+    from imprint.actors.fact_store import SCHEMA
+    from imprint.messages.records import fact_key
+    from imprint.messages.store import ListVersions
+
+    facts_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(facts_path)
+    db.executescript(SCHEMA)  # as earlier versions made it: no key column
+    db.execute("INSERT INTO facts (subject, predicate, object, valid_from) VALUES ('a', 'b', 'c', 1.0)")
+    db.commit()
+    db.close()
+    ref = start_actor(FactStore, path=facts_path)
+    assert ref.ask(ListVersions(), timeout=10).records == ((fact_key(("a", "b", "c", 1.0)), 0.0),)

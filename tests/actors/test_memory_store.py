@@ -12,22 +12,29 @@ import pytest
 
 from imprint.actors.memory_store import MemoryStore
 from imprint.errors import ModelError, StoreError
-from imprint.messages.records import MemoryRecord, finalize_memory, point_id
+from imprint.messages.records import MemoryRecord, Tombstone, finalize_memory, point_id
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
     EmbedTexts,
     FacetMemories,
     FindMissing,
+    ForgetMemories,
+    Forgotten,
+    ListVersions,
     MemoryFilter,
     MemoryPage,
     NewestMemories,
     PageMemories,
     Ping,
+    RetrieveMemories,
+    RetrieveTombstones,
     SearchMemories,
     StoreInfo,
     StoreMemories,
     StoreResult,
+    StoreTombstones,
+    Versions,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -294,3 +301,72 @@ def test_count_facet_and_newest_answer_from_the_store(start_actor: StartActor, t
     second_page = ref.ask(NewestMemories(offset=3, limit=3, where=MemoryFilter(project="p0")), timeout=30)
     assert [r.content for r in second_page] == ["fact 0"]  # p0 is 9, 6, 3, 0
     assert ref.ask(NewestMemories(where=MemoryFilter(source="a.md"), limit=100), timeout=30)[-1].content == "fact 4"
+
+
+def open_forgetting(start_actor: StartActor, tmp_path: Path, dimension: int | None = DIM, **kw: Any) -> pykka.ActorRef[Any]:
+    ref = start_actor(MemoryStore, collection=COLLECTION, path=tmp_path / "qdrant", dimension=dimension,
+                      model="fp-test" if dimension else "", forgotten_path=tmp_path / "forgotten.db", **kw)
+    assert ref.ask(Ping(), timeout=60) is True
+    return ref
+
+
+def test_forgetting_removes_leaves_a_tombstone_and_refuses_older_copies(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_forgetting(start_actor, tmp_path)
+    records = [finalize_memory(MemoryRecord(content=f"forgettable {i}", project="p", timestamp=100.0 + i)) for i in range(4)]
+    store(ref, records, unit_vectors(4))
+
+    done = ref.ask(ForgetMemories(deleted_at=500.0, ids=(records[0].id, "0000000000000000")), timeout=30)
+    assert done == Forgotten(forgotten=(records[0].id,), unknown=("0000000000000000",))
+    assert ref.ask(CountMemories(), timeout=30) == 3
+    assert ref.ask(RetrieveTombstones(keys=(records[0].id, records[1].id)), timeout=30) == (
+        Tombstone("memories", records[0].id, 500.0),)
+
+    # The same memory offered again (an old export, a peer that has not heard): skipped as forgotten.
+    missing = ref.ask(FindMissing(ids=(records[0].id,), timestamps=(100.0,)), timeout=30)
+    assert (missing.ids, missing.forgotten) == ((), (records[0].id,))
+    result = store(ref, [records[0]], unit_vectors(1))
+    assert (result.inserted, result.forgotten) == (0, 1)
+    # Added again later, on purpose: it lives.
+    again = msgspec.structs.replace(records[0], timestamp=900.0)
+    assert store(ref, [again], unit_vectors(1)).inserted == 1
+
+    # Forgetting by filter; a tombstone covers a copy from the future too.
+    future = finalize_memory(MemoryRecord(content="from a fast clock", project="q", timestamp=10_000.0))
+    store(ref, [future], unit_vectors(1))
+    assert len(ref.ask(ForgetMemories(deleted_at=600.0, where=MemoryFilter(project="q")), timeout=30).forgotten) == 1
+    assert ref.ask(RetrieveTombstones(keys=(future.id,)), timeout=30)[0].deleted_at == 10_000.0
+    versions = ref.ask(ListVersions(), timeout=30)
+    assert sorted(k for k, _ in versions.records) == sorted(r.id for r in (again, *records[1:]))
+    assert dict(versions.tombstones) == {records[0].id: 500.0, future.id: 10_000.0}
+
+
+def test_tombstones_from_elsewhere_remove_only_copies_not_newer(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_forgetting(start_actor, tmp_path)
+    old, new = (finalize_memory(MemoryRecord(content=c, timestamp=t)) for c, t in (("old one", 100.0), ("new one", 900.0)))
+    store(ref, [old, new], unit_vectors(2))
+    result = ref.ask(StoreTombstones(tombstones=(Tombstone("memories", old.id, 500.0), Tombstone("memories", new.id, 500.0))),
+                     timeout=30)
+    assert (result.inserted, result.forgotten) == (2, 1)
+    assert [r.id for r in ref.ask(RetrieveMemories(ids=(old.id, new.id)), timeout=30)] == [new.id]
+    # the same tombstones again change nothing
+    assert ref.ask(StoreTombstones(tombstones=(Tombstone("memories", old.id, 500.0),)), timeout=30).inserted == 0
+
+
+def test_a_crash_between_tombstone_and_delete_is_finished_on_open(start_actor: StartActor, tmp_path: Path) -> None:
+    import sqlite3
+
+    ref = open_forgetting(start_actor, tmp_path)
+    record = memory("half forgotten")
+    store(ref, [record], unit_vectors(1))
+    ref.stop(timeout=30)
+    db = sqlite3.connect(tmp_path / "forgotten.db")  # the tombstone was written, then the process died
+    db.execute("INSERT INTO forgotten (key, deleted_at) VALUES (?, ?)", (record.id, 2e9))
+    db.commit()
+    db.close()
+    assert open_forgetting(start_actor, tmp_path).ask(CountMemories(), timeout=30) == 0
+
+
+def test_read_only_creates_no_tombstone_file(start_actor: StartActor, tmp_path: Path) -> None:
+    ref = open_forgetting(start_actor, tmp_path, dimension=None, read_only=True)
+    assert ref.ask(ListVersions(), timeout=30) == Versions(records=(), tombstones=())
+    assert not (tmp_path / "forgotten.db").exists()

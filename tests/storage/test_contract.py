@@ -167,3 +167,13 @@ def test_count_facet_and_newest(open_backend: Opener) -> None:
     newest = b.newest(MemoryFilter(), 0, 4)
     assert [r.content for r in newest] == ["memory 29", "memory 28", "memory 27", "memory 26"]
     assert [r.content for r in b.newest(MemoryFilter(project="p2"), 8, 10)] == ["memory 5", "memory 2"]
+
+
+def test_versions_and_delete(open_backend: Opener) -> None:
+    b, records, _ = filled(open_backend, 12)
+    assert sorted(b.versions(MemoryFilter())) == sorted((r.id, r.timestamp) for r in records)
+    assert sorted(i for i, _ in b.versions(MemoryFilter(project="p1"))) == sorted(r.id for r in records if r.project == "p1")
+    b.delete((records[0].id, records[5].id, "0000000000000000"))
+    assert b.count(MemoryFilter()) == 10
+    assert b.retrieve((records[0].id, records[5].id)) == []
+    assert b.search(vectors(6)[5], 12, MemoryFilter())[0][1].id != records[5].id
