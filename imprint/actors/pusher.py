@@ -9,6 +9,10 @@ pattern), so a stop is handled between batches.
 Records the peer has just sent us, and that we hold exactly as it does, are
 not sent back (`StartPush.skip_ids` / `skip_facts`): the counts in the meta
 leave them out too, so both sides' numbers say what really was new.
+
+In protocol 2 the session knows exactly which records the peer lacks
+(`StartPush.only_memories` / `only_facts`, from reconciling): those are
+read by id, a batch at a time, and nothing else is.
 """
 
 from __future__ import annotations
@@ -21,13 +25,21 @@ from loguru import logger
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
 from imprint.messages.events import Progress
+from imprint.messages.records import fact_key, point_id
 from imprint.messages.session import (
     SendFrame,
     StartPush,
     TransferFailed,
     TransferFinished,
 )
-from imprint.messages.store import CountFacts, CountMemories, PageFacts, PageMemories
+from imprint.messages.store import (
+    CountFacts,
+    CountMemories,
+    PageFacts,
+    PageMemories,
+    RetrieveFacts,
+    RetrieveMemories,
+)
 from imprint.messages.wire import (
     Dataset,
     DatasetCounts,
@@ -91,11 +103,21 @@ class Pusher(ImprintActor):
         self._running = False
         self._skip_ids: frozenset[str] = frozenset()
         self._skip_facts: frozenset[tuple[str, str, str, float]] = frozenset()
+        self._only: dict[str, tuple[str, ...]] | None = None
+        self._offset = 0
 
     def handle(self, message: Any) -> Any:
         match message:
-            case StartPush(batch_size=batch_size, request=request, skip_ids=skip_ids, skip_facts=skip_facts):
+            case StartPush(batch_size=batch_size, request=request, skip_ids=skip_ids, skip_facts=skip_facts,
+                           only_memories=only_memories, only_facts=only_facts):
                 self._skip_ids, self._skip_facts = skip_ids, skip_facts
+                if only_memories is not None or only_facts is not None:
+                    # What the peer sent us meanwhile and we now hold as it does needs no answer.
+                    echo = {fact_key(identity) for identity in skip_facts}
+                    # In the store's own order (as a full transfer and export go), a batch at a time.
+                    memories = sorted((i for i in only_memories or () if i not in skip_ids), key=point_id)
+                    self._only = {"memories": tuple(memories),
+                                  "facts": tuple(k for k in only_facts or () if k not in echo)}
                 self._guard(self._start, batch_size, request)
             case _Next():
                 self._guard(self._next)
@@ -118,16 +140,22 @@ class Pusher(ImprintActor):
         self._batch_size = batch_size
         if request:
             self._send(Request.push(batch_size=batch_size))
-        # Every skipped record is in the store (it was just stored, or was there already).
-        self._total["memories"] = max(0, ask(self.memory_store, CountMemories()) - len(self._skip_ids))
-        counts = ask(self.fact_store, CountFacts())
-        self._total["facts"] = max(0, counts.active + counts.ended - len(self._skip_facts))
+        if self._only is not None:
+            self._total = {dataset: len(keys) for dataset, keys in self._only.items()}
+        else:
+            # Every skipped record is in the store (it was just stored, or was there already).
+            self._total["memories"] = max(0, ask(self.memory_store, CountMemories()) - len(self._skip_ids))
+            counts = ask(self.fact_store, CountFacts())
+            self._total["facts"] = max(0, counts.active + counts.ended - len(self._skip_facts))
         self._send(Meta(datasets=DatasetCounts(memories=self._total["memories"], facts=self._total["facts"])))
         self._running = True
         self.actor_ref.tell(_Next())
 
     def _next(self) -> None:
         if not self._running:
+            return
+        if self._only is not None:
+            self._next_selected()
             return
         if self._dataset == "memories":
             page = ask(self.memory_store, PageMemories(limit=self._batch_size, after=self._after))
@@ -142,11 +170,30 @@ class Pusher(ImprintActor):
             self._send_records("facts", tuple(f.record for f in fpage.facts if f.record.identity not in skip_facts))
             self._after = fpage.next_after
             if fpage.next_after is None or not fpage.facts:
-                self._send(Done())
-                self._running = False
-                self.listener.tell(TransferFinished(sent=dict(self._sent)))
+                self._finish()
                 return
         self.actor_ref.tell(_Next())
+
+    def _next_selected(self) -> None:
+        keys = self._only[self._dataset][self._offset:self._offset + self._batch_size]
+        if keys:
+            if self._dataset == "memories":
+                found = {r.id: r for r in ask(self.memory_store, RetrieveMemories(ids=keys))}
+                self._send_records("memories", tuple(found[i] for i in keys if i in found))
+            else:
+                self._send_records("facts", ask(self.fact_store, RetrieveFacts(keys=keys)))
+            self._offset += len(keys)
+        elif self._dataset == "memories":
+            self._dataset, self._offset = "facts", 0
+        else:
+            self._finish()
+            return
+        self.actor_ref.tell(_Next())
+
+    def _finish(self) -> None:
+        self._send(Done())
+        self._running = False
+        self.listener.tell(TransferFinished(sent=dict(self._sent)))
 
     def _send_records(self, dataset: Dataset, records: tuple[Any, ...]) -> None:
         # Never send more than announced: records added since the count wait for the next sync.

@@ -21,6 +21,7 @@ from imprint.messages.events import (
     Event,
     PeerConnected,
     Progress,
+    Reconciled,
     Room,
     SentFigures,
     Stats,
@@ -129,6 +130,12 @@ class HumanReporter:
                 who = f"{clip(event.hostname, 64)} ({clip(event.fingerprint, 16)})" if event.hostname else "the other machine"
                 verify = f"; verification code {event.verification}" if event.verification else ""
                 note(f"{p}Connected to {who}, {event.mode}{verify}")
+            case Reconciled(send=send, receive=receive, round_trips=trips):
+                def what(c: dict[str, int]) -> str:
+                    parts = [f"{c.get(k, 0):,} {k}" for k in ("memories", "facts", "forgotten") if c.get(k)]
+                    return ", ".join(parts) or "nothing"
+                note(f"{p}Compared in {trips} round trip{'s' if trips != 1 else ''}: to send {what(send)}; "
+                     f"to receive {what(receive)}")
             case Stats():
                 self.close()
                 say(p + format_stats(event).replace("\n", "\n" + p))
@@ -190,7 +197,10 @@ def format_stats(event: Stats) -> str:
     incoming = (f"memories {_outcome(r.memories.inserted, r.memories.skipped, r.memories.rejected, 0, here=True)}; "
                 f"facts {_outcome(r.facts.inserted, r.facts.skipped, r.facts.rejected, r.facts.ended, here=True)}")
     outgoing = f"{_sent_text('memories', event.sent.memories)}; {_sent_text('facts', event.sent.facts)}"
-    return "\n".join(["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"])
+    lines = ["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"]
+    if event.forgotten:
+        lines.append(f"  forgotten here, as on the other machine: {event.forgotten:,}")
+    return "\n".join(lines)
 
 
 def reporter(out: Output) -> Reporter:

@@ -75,6 +75,15 @@ class PeerConnected(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="
     verification: str = ""
 
 
+class Reconciled(msgspec.Struct, frozen=True, tag_field="event", tag="reconciled"):
+    """Protocol 2: both sides compared what they hold; only the difference moves.
+    ``send`` and ``receive`` count memories, facts and forgotten records (tombstones)."""
+
+    send: dict[str, int]
+    receive: dict[str, int]
+    round_trips: int
+
+
 class Progress(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="event", tag="progress"):
     """How far one dataset got in one direction (see :class:`imprint.messages.session.Progress`)."""
 
@@ -117,6 +126,8 @@ class Stats(msgspec.Struct, frozen=True, tag_field="event", tag="stats"):
     mode: Mode
     received: SyncStats
     sent: SentStats
+    #: Records removed here by the other machine's tombstones (protocol 2).
+    forgotten: int = 0
 
 
 class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
@@ -134,7 +145,8 @@ class DemoResult(msgspec.Struct, frozen=True, tag_field="event", tag="demo"):
 
 
 Event: TypeAlias = (
-    Room | Waiting | ApprovalRequired | ConfirmRequired | AutoAccepted | PeerConnected | Progress | Stats | Error
+    Room | Waiting | ApprovalRequired | ConfirmRequired | AutoAccepted | PeerConnected | Reconciled | Progress | Stats
+    | Error
     | UiReady | DemoResult
 )
 

@@ -44,6 +44,8 @@ class PeerInfo(msgspec.Struct, frozen=True):
     os: str
     fingerprint: str
     public_key: str = ""  # hex Ed25519 key; empty in plaintext mode
+    #: The sync protocol it speaks (wire.PROTOCOL_VERSION; 0: it did not say, the full transfer of version 1).
+    protocol: int = 0
 
 
 class StageFailed(msgspec.Struct, frozen=True):
@@ -198,6 +200,22 @@ class StartPush(msgspec.Struct, frozen=True):
     request: bool = False
     skip_ids: frozenset[str] = frozenset()
     skip_facts: frozenset[FactIdentity] = frozenset()
+    #: Protocol 2: send exactly these memory ids and fact keys (what reconciling
+    #: found the peer lacks) instead of every record.
+    only_memories: tuple[str, ...] | None = None
+    only_facts: tuple[str, ...] | None = None
+
+
+class TombstonesStored(msgspec.Struct, frozen=True):
+    """Session → flow: the peer's tombstones are recorded; `forgotten` copies removed here."""
+
+    forgotten: int
+
+
+class ItemsLoaded(msgspec.Struct, frozen=True):
+    """Session → flow: this side's reconciliation items (see imprint.protocol.items)."""
+
+    items: tuple[bytes, ...]
 
 
 class BatchSpooled(msgspec.Struct, frozen=True):

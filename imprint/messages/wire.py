@@ -33,7 +33,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 import msgspec
 
 from imprint.errors import ProtocolError
-from imprint.messages.records import FactRecord, MemoryRecord
+from imprint.messages.records import FactRecord, MemoryRecord, Tombstone
 
 #: Largest frame (UTF-8 bytes) we decode in the encrypted mode. A full batch
 #: of 500 memories fits easily; a record alone may be 1 MiB (``MAX_RECORD_BYTES``).
@@ -81,12 +81,19 @@ Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
 # Handshake -------------------------------------------------------------------
 
 
+#: The sync protocol this version speaks in the encrypted mode: 2 reconciles
+#: (only the difference moves, tombstones travel); a peer that says nothing
+#: (an older imprint) gets the full transfer of version 1. The plaintext mode
+#: is always SPEC's protocol, unchanged.
+PROTOCOL_VERSION: Final = 2
+
+
 class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method", tag="HELLO"):
     """Consumer → provider, first frame: who is asking, and the session PIN.
 
-    ``public_key`` and ``signature`` belong to the encrypted mode; empty
-    fields are left out of the encoding, so the plaintext HELLO is exactly
-    SPEC's.
+    ``public_key``, ``signature`` and ``protocol`` belong to the encrypted
+    mode (the HELLO is sealed there); empty fields are left out of the
+    encoding, so the plaintext HELLO is exactly SPEC's.
     """
 
     hostname: HostField
@@ -96,6 +103,7 @@ class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method",
     pin: PinField = ""
     public_key: KeyField = ""
     signature: KeyField = ""
+    protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
 class ProviderIdentity(msgspec.Struct, frozen=True):
@@ -110,6 +118,7 @@ class ProviderIdentity(msgspec.Struct, frozen=True):
     fingerprint: Fingerprint
     public_key: KeyField
     signature: KeyField
+    protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
 
 
 class RequestBody(msgspec.Struct, frozen=True):
@@ -333,6 +342,47 @@ class Ack(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag
     stats: SyncStats | None = None
 
 
+# Reconciliation (encrypted mode, protocol 2) ------------------------------------
+
+#: Largest item (dataset byte, key, version) and bound of a reconciliation range.
+MAX_ITEM_BYTES: Final = 96
+#: Ranges in one reconciliation message, and items listed in one.
+MAX_RANGES: Final = 1 << 18
+MAX_LISTED: Final = 1 << 20
+Item = Annotated[bytes, msgspec.Meta(max_length=MAX_ITEM_BYTES)]
+RangeMode: TypeAlias = Literal["skip", "fp", "list", "final"]
+
+
+class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """One range of a reconciliation message (see :mod:`imprint.protocol.reconcile`);
+    it ends at ``upper`` (exclusive; None: the end)."""
+
+    mode: RangeMode
+    upper: Item | None = None
+    count: Count = 0
+    fingerprint: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
+    items: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
+    missing: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
+
+
+class ReconcileMessage(msgspec.Struct, frozen=True, array_like=True):
+    """A reconciliation message: consecutive ranges from the empty string to the end."""
+
+    ranges: Annotated[tuple[Range, ...], msgspec.Meta(max_length=MAX_RANGES)]
+
+
+class Reconcile(msgspec.Struct, frozen=True, tag_field="kind", tag="reconcile"):
+    """Either way, protocol 2: one message of the set reconciliation."""
+
+    message: ReconcileMessage
+
+
+class Forgets(msgspec.Struct, frozen=True, tag_field="kind", tag="forgets"):
+    """Either way, protocol 2, after reconciling: tombstones the peer lacks."""
+
+    tombstones: Annotated[tuple[Tombstone, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+
+
 class Done(msgspec.Struct, frozen=True, tag_field="kind", tag="done"):
     """Last frame of a complete stream."""
 
@@ -345,9 +395,11 @@ class StreamError(msgspec.Struct, frozen=True, tag_field="kind", tag="error"):
 
 Batch: TypeAlias = MemoryBatch | FactBatch
 StreamFrame: TypeAlias = Meta | MemoryBatch | FactBatch | Done | StreamError
-Frame: TypeAlias = Hello | Request | Response | Meta | MemoryBatch | FactBatch | EncodedBatch | Done | StreamError | Ack
+Frame: TypeAlias = (Hello | Request | Response | Meta | MemoryBatch | FactBatch | EncodedBatch | Done | StreamError | Ack
+                    | Reconcile | Forgets)
 
-_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, EncodedBatch, Done, StreamError, Ack)
+_FRAME_TYPES: Final = (Hello, Request, Response, Meta, MemoryBatch, FactBatch, EncodedBatch, Done, StreamError, Ack,
+                       Reconcile, Forgets)
 
 
 # Codec -----------------------------------------------------------------------
@@ -418,6 +470,8 @@ _BY_KIND: Final = {
     "done": ("done", _done_decoder),
     "error": ("error", _error_decoder),
     "ack": ("ack", _ack_decoder),
+    "reconcile": ("reconcile", msgspec.json.Decoder(Reconcile)),
+    "forgets": ("forgets", msgspec.json.Decoder(Forgets)),
 }
 _BY_DATASET: Final = {
     "memories": ("batch", _BatchDecoder()),

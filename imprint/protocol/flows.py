@@ -35,6 +35,7 @@ import msgspec
 
 from imprint.errors import INTERRUPTED, ProtocolError, RejectedError, SyncError
 from imprint.messages import events
+from imprint.messages.records import Tombstone
 from imprint.messages.session import (
     ApprovalRequired,
     AutoAccepted,
@@ -43,33 +44,42 @@ from imprint.messages.session import (
     FrameReceived,
     HandshakeSucceeded,
     HelloSent,
+    ItemsLoaded,
     JoinDecision,
     PeerArrived,
     PeerInfo,
     StartPush,
     StreamSpooled,
     StreamStored,
+    TombstonesStored,
     TransferFinished,
 )
 from imprint.messages.store import FactIdentity
 from imprint.messages.wire import (
     DATASETS,
+    MAX_BATCH_SIZE,
+    PROTOCOL_VERSION,
     Ack,
     DatasetCounts,
     DatasetStats,
     Done,
     FactBatch,
     FactStats,
+    Forgets,
     Frame,
     MemoryBatch,
     Meta,
     Mode,
+    Reconcile,
+    ReconcileMessage,
     Request,
     Response,
     StreamError,
     StreamFrame,
     SyncStats,
 )
+from imprint.protocol.items import Selection, counts, select
+from imprint.protocol.reconcile import Reconciler
 from imprint.text import clip
 
 #: What a side waits for, which sets how long it may wait: a provider's peer
@@ -123,6 +133,16 @@ class AskToJoin(msgspec.Struct, frozen=True):
     verification: str
 
 
+class LoadItems(msgspec.Struct, frozen=True):
+    """Protocol 2: read this side's reconciliation items from the stores; answer with ItemsLoaded."""
+
+
+class ApplyTombstones(msgspec.Struct, frozen=True):
+    """Protocol 2: record the peer's tombstones; answer with TombstonesStored."""
+
+    tombstones: tuple[Tombstone, ...]
+
+
 class Finish(msgspec.Struct, frozen=True):
     """The sync is complete. The provider lets the consumer hang up first (`linger`)."""
 
@@ -136,7 +156,8 @@ class Fail(msgspec.Struct, frozen=True):
     error: SyncError
 
 
-Command: TypeAlias = Report | Send | Receive | ToPuller | Push | AskToJoin | Finish | Fail
+Command: TypeAlias = (Report | Send | Receive | ToPuller | Push | AskToJoin | LoadItems | ApplyTombstones | Finish
+                      | Fail)
 
 
 # ---------------------------------------------------------------- tallies
@@ -211,6 +232,12 @@ class Flow:
         self.outgoing = Outgoing()
         self._last_ack = float("-inf")
         self._out: list[Command] = []
+        #: Protocol 2 (both sides speak it, encrypted mode): reconcile, send only the difference.
+        self.v2 = False
+        self.reconciler: Reconciler | None = None
+        self.selection: Selection | None = None
+        self.round_trips = 0
+        self.forgotten_here = 0
 
     @property
     def encrypted(self) -> bool:
@@ -255,6 +282,10 @@ class Flow:
                 self._on_ack(ack)
             case FrameReceived(frame=StreamError(message=message)) if not self.receiving:
                 raise SyncError(peer_failed(message))
+            case FrameReceived(frame=Forgets(tombstones=tombstones)) if self.v2 and self.connected:
+                self._do(ApplyTombstones(tombstones=tombstones))
+            case TombstonesStored(forgotten=forgotten):
+                self.forgotten_here += forgotten
             case BatchSpooled() | StreamSpooled() | BatchStored() if self._for_incoming(event):
                 self._on_incoming(event)
             case _:
@@ -264,6 +295,7 @@ class Flow:
     def _connected(self, event: HandshakeSucceeded) -> None:
         self.wait = ""
         self.connected = True
+        self.v2 = self.encrypted and event.peer is not None and event.peer.protocol >= PROTOCOL_VERSION
         self._report(events.PeerConnected(mode=self.mode, verification=event.verification, **_peer_fields(event.peer)))
 
     def _for_incoming(self, event: object) -> bool:
@@ -326,6 +358,22 @@ class Flow:
         if ack.stats is not None:
             out.peer_stats = ack.stats
 
+    def _reconciled(self) -> None:
+        """The conversation is over: report it, send the peer the tombstones it lacks."""
+        r = self.reconciler
+        self.selection = select(r.have)
+        self._report(events.Reconciled(send=counts(r.have), receive=counts(r.need), round_trips=self.round_trips))
+        tombstones = self.selection.tombstones
+        for start in range(0, len(tombstones), MAX_BATCH_SIZE):
+            self._do(Send(frame=Forgets(tombstones=tuple(tombstones[start:start + MAX_BATCH_SIZE]))))
+
+    def _only(self, start: StartPush) -> StartPush:
+        """Protocol 2: push exactly what reconciling selected."""
+        if self.selection is None:
+            return start
+        return msgspec.structs.replace(start, only_memories=tuple(self.selection.memories),
+                                       only_facts=tuple(self.selection.facts))
+
     def _sent(self, event: TransferFinished) -> None:
         self.outgoing.sent.update(event.sent)
         if not self.encrypted:
@@ -337,7 +385,7 @@ class Flow:
 
     def _stats(self, *, received: SyncStats | None, sent_stats: SyncStats | None) -> events.Stats:
         return events.Stats(role=self.role, mode=self.mode, received=received or SyncStats(),
-                            sent=events.SentStats.of(self.outgoing.sent, sent_stats))
+                            sent=events.SentStats.of(self.outgoing.sent, sent_stats), forgotten=self.forgotten_here)
 
 
 class ProviderFlow(Flow):
@@ -349,6 +397,7 @@ class ProviderFlow(Flow):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.wait = "peer"  # before a peer arrives nobody is late: wait as long as the room lives
         self._pull_started = False
+        self._queued: list[ReconcileMessage] = []
 
     def _role(self, event: object) -> None:
         match event:
@@ -362,6 +411,19 @@ class ProviderFlow(Flow):
                 self._connected(event)
             case FrameReceived(frame=Request() as request) if self.connected:
                 self._on_request(request)
+            case FrameReceived(frame=Reconcile(message=message)) if self.v2 and not self._pull_started:
+                self.round_trips += 1
+                if self.reconciler is None:
+                    if not self._queued:
+                        self._do(LoadItems())
+                    self._queued.append(message)
+                else:
+                    self._answer(message)
+            case ItemsLoaded(items=items) if self.v2 and self.reconciler is None:
+                self.reconciler = Reconciler(items, initiator=False)
+                queued, self._queued = self._queued, []
+                for message in queued:
+                    self._answer(message)
             case FrameReceived(frame=frame) if self.connected and self.incoming is not None:
                 if not isinstance(frame, _STREAM_FRAMES):
                     raise ProtocolError(f"the peer sent an unexpected {type(frame).__name__} frame")
@@ -379,11 +441,20 @@ class ProviderFlow(Flow):
                 self._report(stats)
                 self._do(Finish(stats=stats, linger=True))
 
+    def _answer(self, message: ReconcileMessage) -> None:
+        answer = self.reconciler.receive(message)
+        self._do(Send(frame=Reconcile(message=answer)))
+
     def _on_request(self, request: Request) -> None:
         batch_size = request.body.batch_size
         if request.method == "GET" and request.path == "/sync/pull" and not self._pull_started:
             self._pull_started = True
-            self._do(Push(start=StartPush(batch_size=batch_size)))
+            if self.reconciler is not None:
+                self.reconciler.finish()
+                self._reconciled()
+            elif self.v2:
+                raise ProtocolError("the peer asked for our records before comparing what we hold")
+            self._do(Push(start=self._only(StartPush(batch_size=batch_size))))
         elif request.method == "POST" and request.path == "/sync/push" and self.incoming is None:
             self.unacknowledged = 0
             self._receive(request=False, batch_size=batch_size)
@@ -403,7 +474,7 @@ class ConsumerFlow(Flow):
     def __init__(self, *, confirm: bool = False, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.confirm = confirm
-        self.phase: Literal["handshake", "confirm", "pull", "push", "await-stats"] = "handshake"
+        self.phase: Literal["handshake", "confirm", "reconcile", "pull", "push", "await-stats"] = "handshake"
         self._received: SyncStats | None = None
 
     def _role(self, event: object) -> None:
@@ -423,13 +494,24 @@ class ConsumerFlow(Flow):
                                                         **_peer_fields(peer)))
                     self._do(AskToJoin(peer=peer, verification=verification))
                 else:
-                    self._pull()
+                    self._begin()
             case JoinDecision(decision=decision) if self.phase == "confirm":
                 if decision != "accept":
                     self._do(Send(frame=StreamError(message=DECLINED), quiet=True))
                     raise RejectedError("you did not join: nothing was sent or received")
                 self.wait = ""
-                self._pull()
+                self._begin()
+            case ItemsLoaded(items=items) if self.phase == "reconcile" and self.reconciler is None:
+                self.reconciler = Reconciler(items, initiator=True)
+                self._do(Send(frame=Reconcile(message=self.reconciler.initiate())))
+            case FrameReceived(frame=Reconcile(message=message)) if self.phase == "reconcile" and self.reconciler:
+                self.round_trips += 1
+                answer = self.reconciler.receive(message)
+                if answer is not None:
+                    self._do(Send(frame=Reconcile(message=answer)))
+                else:
+                    self._reconciled()
+                    self._pull()
             case FrameReceived(frame=frame) if self.phase == "pull":
                 if isinstance(frame, Response):
                     raise ProtocolError(f"the provider answered the pull with {frame.status}: {clip(frame.body)}")
@@ -440,9 +522,9 @@ class ConsumerFlow(Flow):
                 self._received = self.incoming.stats()
                 self._ack(final=True)
                 self.phase = "push"
-                self._do(Push(start=StartPush(batch_size=self.batch_size, request=True,
-                                              skip_ids=frozenset(self.incoming.same_ids),
-                                              skip_facts=frozenset(self.incoming.same_facts))))
+                self._do(Push(start=self._only(StartPush(batch_size=self.batch_size, request=True,
+                                                         skip_ids=frozenset(self.incoming.same_ids),
+                                                         skip_facts=frozenset(self.incoming.same_facts)))))
             case TransferFinished():
                 self.phase = "await-stats"
                 self._sent(event)
@@ -456,6 +538,14 @@ class ConsumerFlow(Flow):
                 self._do(Finish(stats=stats))
             case FrameReceived(frame=frame):
                 raise ProtocolError(f"unexpected {type(frame).__name__} frame during {self.phase}")
+
+    def _begin(self) -> None:
+        """After the handshake (and the user's yes): compare first (protocol 2), else pull everything."""
+        if self.v2:
+            self.phase = "reconcile"
+            self._do(LoadItems())
+        else:
+            self._pull()
 
     def _pull(self) -> None:
         self.phase = "pull"

@@ -34,6 +34,7 @@ from imprint.identity import DeviceIdentity, HostInfo, fingerprint_of, verify_si
 from imprint.messages.session import DecisionKind, PeerInfo
 from imprint.messages.wire import (
     OK,
+    PROTOCOL_VERSION,
     Frame,
     Hello,
     Mode,
@@ -283,7 +284,7 @@ class Handshake:
                 raise self._refuse_hello("the HELLO's signature is invalid")
             public_key = hello.public_key
         self._peer = PeerInfo(hostname=hello.hostname, user=hello.user, os=hello.os, fingerprint=hello.fingerprint,
-                              public_key=public_key)
+                              public_key=public_key, protocol=hello.protocol if self._channel is not None else 0)
         self.step = "await-decision"
         self._out.append(AskApproval(peer=self._peer))
 
@@ -340,11 +341,14 @@ class Handshake:
 
     def _hello(self, *, pin: str = "", transcript: bytes | None = None) -> Hello:
         public_key = signature = ""
+        protocol = 0  # the plaintext HELLO stays exactly SPEC's
         if transcript is not None:
             public_key = self.identity.public_key.hex()
             signature = self.identity.sign(hello_signature_message(transcript, self.identity.public_key)).hex()
+            protocol = PROTOCOL_VERSION
         return Hello(hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
-                     fingerprint=self.identity.fingerprint, pin=pin, public_key=public_key, signature=signature)
+                     fingerprint=self.identity.fingerprint, pin=pin, public_key=public_key, signature=signature,
+                     protocol=protocol)
 
     def _identity(self) -> ProviderIdentity:
         """Who we are, signed over this session's transcript (encrypted mode, provider)."""
@@ -353,6 +357,7 @@ class Handshake:
             hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
             fingerprint=self.identity.fingerprint, public_key=key.hex(),
             signature=self.identity.sign(provider_signature_message(self._channel.transcript, key)).hex(),
+            protocol=PROTOCOL_VERSION,
         )
 
     def _provider_peer(self, body: object) -> PeerInfo:
@@ -367,7 +372,7 @@ class Handshake:
         if not verify_signature(key, provider_signature_message(self._channel.transcript, key), signature):
             raise ProtocolError("the provider's identity signature is invalid")
         return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
-                        fingerprint=claimed.fingerprint, public_key=claimed.public_key)
+                        fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol)
 
 
 def _plaintext_answer(data: bytes | str) -> str:

@@ -40,44 +40,18 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from typing import Annotated, Iterable, Literal
-
-import msgspec
+from typing import Iterable
 
 from imprint.errors import ProtocolError
+from imprint.messages.wire import MAX_LISTED, Range, ReconcileMessage
 
 #: Parts a mismatched range is split into.
 BRANCH = 16
 #: A range with at most this many items is listed instead of split.
 LIST_AT = 16
-#: Largest item (dataset byte, key, version).
-MAX_ITEM_BYTES = 96
-#: Ranges in one message, and items listed in one message.
-MAX_RANGES = 1 << 18
-MAX_LISTED = 1 << 20
 #: Rounds (messages each way) before a conversation is called runaway.
 MAX_ROUNDS = 64
 _MOD = 1 << 128
-
-RangeMode = Literal["skip", "fp", "list", "final"]
-Item = Annotated[bytes, msgspec.Meta(max_length=MAX_ITEM_BYTES)]
-
-
-class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
-    """One range of a message; it ends at ``upper`` (exclusive; None: the end)."""
-
-    mode: RangeMode
-    upper: Item | None = None
-    count: Annotated[int, msgspec.Meta(ge=0)] = 0
-    fingerprint: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
-    items: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
-    missing: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
-
-
-class ReconcileMessage(msgspec.Struct, frozen=True, array_like=True):
-    """A reconciliation message: consecutive ranges from the empty string to the end."""
-
-    ranges: Annotated[tuple[Range, ...], msgspec.Meta(max_length=MAX_RANGES)]
 
 
 def item_hash(item: bytes) -> int:

@@ -42,12 +42,14 @@ from imprint.errors import StageFailed as StageFailedError
 from imprint.identity import DeviceIdentity, HostInfo
 from imprint.local import LocalActors
 from imprint.messages import events
+from imprint.messages.records import Tombstone
 from imprint.messages.session import (
     BadFrame,
     CloseConnection,
     ConnectionLost,
     DeliverRawTo,
     HandshakeFailed,
+    ItemsLoaded,
     JoinDecision,
     PeerInfo,
     SendFrame,
@@ -56,13 +58,16 @@ from imprint.messages.session import (
     StartPull,
     StoreFailed,
     StreamFrame,
+    TombstonesStored,
     TransferFailed,
     Unwatch,
     Watch,
 )
+from imprint.messages.store import ListVersions, StoreTombstones
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
 from imprint.protocol.handshake import Handshake as HandshakeMachine
+from imprint.protocol.items import items_of
 from imprint.runtime import ActorGroup
 from imprint.spool import DEFAULT_MAX_BYTES
 from imprint.trust import TrustList
@@ -278,6 +283,10 @@ class SyncSession:
                 self.stages["pusher"].tell(start)
             case flows.AskToJoin(peer=peer, verification=verification):
                 self._ask_to_join(peer, verification)
+            case flows.LoadItems():
+                self.listener.tell(ItemsLoaded(items=tuple(self._items())))
+            case flows.ApplyTombstones(tombstones=tombstones):
+                self.listener.tell(TombstonesStored(forgotten=self._apply_tombstones(tombstones)))
             case flows.Fail(error=error):
                 raise error
             case flows.Finish(stats=stats, linger=linger):
@@ -287,6 +296,20 @@ class SyncSession:
                 self._close()
                 return stats
         return None
+
+    def _items(self) -> list[bytes]:
+        """This side's reconciliation items: ids and versions from both stores, no content."""
+        memories = ask(self.local["memory_store"], ListVersions(), timeout=600)
+        facts = ask(self.local["fact_store"], ListVersions(), timeout=600)
+        return items_of(memories.records, facts.records, memories.tombstones, facts.tombstones)
+
+    def _apply_tombstones(self, tombstones: tuple[Tombstone, ...]) -> int:
+        forgotten = 0
+        for dataset, store in (("memories", "memory_store"), ("facts", "fact_store")):
+            mine = tuple(t for t in tombstones if t.dataset == dataset)
+            if mine:
+                forgotten += ask(self.local[store], StoreTombstones(tombstones=mine), timeout=600).forgotten
+        return forgotten
 
     def _ask_to_join(self, peer: PeerInfo | None, verification: str) -> None:
         """The user's answer comes on a thread: the loop keeps running (and can be cancelled)."""

@@ -194,7 +194,13 @@ def test_unopenable_database_surfaces_through_ping(start_actor: StartActor, tmp_
 
 def test_forgetting_a_fact_deletes_it_and_refuses_older_copies(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
     from imprint.messages.records import Tombstone, fact_key
-    from imprint.messages.store import ForgetFact, ListVersions, RetrieveFacts, RetrieveTombstones, StoreTombstones
+    from imprint.messages.store import (
+        ForgetFact,
+        ListVersions,
+        RetrieveFacts,
+        RetrieveTombstones,
+        StoreTombstones,
+    )
 
     keep = FactRecord(subject="alice", predicate="likes", object="tea", valid_from=100.0)
     gone = FactRecord(subject="alice", predicate="works_at", object="acme", valid_from=100.0)

@@ -159,10 +159,12 @@ def test_sync_merges_distinct_and_overlapping_data(spawn: Spawn, relay: Recordin
     assert {r["timestamp"] for r in b1.memory_records if r["content"] == SHARED_MEMORIES[0]["content"]} == {1_700_000_000.25}
 
     # Stats agree with the data: A had 4 + 2 shared memories and 2 + 1 facts, B 3 + 2 and 2 + 1.
-    # What B just received from A is not sent back: A hears only of B's own records,
-    # so "already there" means there before the sync, not "A's own records echoed".
+    # The two sides compared what they hold first (protocol 2), so the shared memories did
+    # not travel; the shared fact differs (ended on A) and did, and B's copy of it, now ended
+    # as A's, was not sent back.
     consumer, provider = stats(join), stats(serve)
-    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 2, "rejected": 0}
+    assert [e["event"] for e in join.events].count("reconciled") == 1
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 0, "rejected": 0}
     assert consumer["received"]["facts"] == {"inserted": 2, "skipped": 1, "rejected": 0, "ended": 1}
     assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
     assert provider["received"]["facts"] == {"inserted": 2, "skipped": 0, "rejected": 0, "ended": 0}
@@ -172,11 +174,11 @@ def test_sync_merges_distinct_and_overlapping_data(spawn: Spawn, relay: Recordin
     # Progress reached the announced totals on the consumer's side, received and stored.
     for direction in ("receive", "store"):
         final = {e["dataset"]: e for e in join.events if e["event"] == "progress" and e["direction"] == direction}
-        assert (final["memories"]["done"], final["memories"]["total"]) == (6, 6)
+        assert (final["memories"]["done"], final["memories"]["total"]) == (4, 4)
         assert (final["facts"]["done"], final["facts"]["total"]) == (3, 3)
     # …and the provider's "sending" bars count what the consumer confirmed.
     sent = {e["dataset"]: e for e in serve.events if e["event"] == "progress" and e["direction"] == "peer_store"}
-    assert (sent["memories"]["done"], sent["memories"]["total"]) == (6, 6)
+    assert (sent["memories"]["done"], sent["memories"]["total"]) == (4, 4)
     # "y" accepts once: the device is not remembered.
     assert "auto_accepted" not in {e["event"] for e in serve.events}
     assert not (dirs.a / "trusted_devices.json").exists() or json.loads((dirs.a / "trusted_devices.json").read_text()) == []
@@ -229,8 +231,11 @@ def test_trusted_device_resyncs_without_prompt_and_inserts_nothing(spawn: Spawn,
     for side in (consumer["received"], provider["received"], consumer["sent"]):
         assert side["memories"]["inserted"] == 0 and side["facts"]["inserted"] == 0, (consumer, provider)
     union = union_size(dirs.before["a"], dirs.before["b"])
-    assert consumer["received"]["memories"]["skipped"] == union
-    # The consumer now holds exactly what the provider sent: nothing to send back.
+    # Both hold the same: comparing says so, and no record crosses either way.
+    [reconciled] = [e for e in join.events if e["event"] == "reconciled"]
+    assert reconciled["send"] == reconciled["receive"] == {"memories": 0, "facts": 0, "forgotten": 0}
+    assert reconciled["round_trips"] == 1
+    assert consumer["received"]["memories"]["skipped"] == 0
     assert consumer["sent"]["memories"]["sent"] == provider["received"]["memories"]["skipped"] == 0
     a2, b2 = export(dirs.a, dirs.b)
     assert a2 == b2 and len(a2.memory_ids) == union and len(a2.fact_records) == 5
@@ -355,7 +360,9 @@ def test_relay_killed_mid_stream_then_rerun_completes(spawn: Spawn, relay: Recor
     assert bulk1 == bulk0  # the consumer never got to push
     new = set(b1.memory_ids) - set(b0.memory_ids)
     assert len(new) < len(set(bulk0.memory_ids) - set(b0.memory_ids)), "the stream was not cut"
-    assert whole_batches(new, bulk0.memory_ids, set(b0.memory_ids), 2, len(bulk0.memory_ids))
+    # Having compared first, the provider streamed only what B lacked, in its store's order.
+    stream = [i for i in bulk0.memory_ids if i not in set(b0.memory_ids)]
+    assert whole_batches(new, stream, set(), 2, len(stream))
 
     sync(spawn, dirs.bulk, dirs.b, relay.url, "y", "--batch-size", "50")
     bulk2, b2 = export(dirs.bulk, dirs.b)
@@ -535,7 +542,9 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     provider, consumer = (next(e for e in demo.events if e["event"] == "stats" and e["role"] == role)
                           for role in ("provider", "consumer"))
     assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 1, "rejected": 0}
-    assert consumer["received"]["facts"] == {"inserted": 1, "skipped": 1, "rejected": 0, "ended": 0}
+    # The shared fact is the same record on both (compared first, it did not travel); the shared
+    # memory was added at different times on each, so its copies differ and both travelled.
+    assert consumer["received"]["facts"] == {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 0}
     # What B had just received from A is not counted as "already there" on A.
     assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
     assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0}

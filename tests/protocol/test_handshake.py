@@ -11,7 +11,13 @@ from nacl.signing import SigningKey
 from imprint.errors import AuthError, ProtocolError, RejectedError
 from imprint.identity import DeviceIdentity, HostInfo
 from imprint.messages.session import PeerInfo
-from imprint.messages.wire import ProviderIdentity, Response, decode_frame, encode_frame
+from imprint.messages.wire import (
+    PROTOCOL_VERSION,
+    ProviderIdentity,
+    Response,
+    decode_frame,
+    encode_frame,
+)
 from imprint.protocol.codec import PlainCodec, SecureCodec
 from imprint.protocol.handshake import (
     AskApproval,
@@ -43,8 +49,9 @@ def sent(commands: list) -> list[bytes | str]:
 
 
 def peer(identity: DeviceIdentity, host: HostInfo, *, with_key: bool = True) -> PeerInfo:
+    # The encrypted mode says which sync protocol each side speaks; the plaintext HELLO is SPEC's and says nothing.
     return PeerInfo(hostname=host.hostname, user=host.user, os=host.os, fingerprint=identity.fingerprint,
-                    public_key=identity.public_key.hex() if with_key else "")
+                    public_key=identity.public_key.hex() if with_key else "", protocol=PROTOCOL_VERSION if with_key else 0)
 
 
 def test_the_encrypted_handshake_step_by_step() -> None:

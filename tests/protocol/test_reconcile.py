@@ -15,13 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imprint.errors import ProtocolError
-from imprint.protocol.reconcile import (
-    LIST_AT,
-    MAX_ROUNDS,
-    Range,
-    ReconcileMessage,
-    Reconciler,
-)
+from imprint.messages.wire import Range, ReconcileMessage
+from imprint.protocol.reconcile import LIST_AT, MAX_ROUNDS, Reconciler
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,0 +1,89 @@
+"""Items: what reconciliation compares, one per record and per tombstone.
+
+An item is ``kind byte + key (8 bytes) + version (8 bytes)``:
+
+=====  ===================  =========================================
+kind   key                  version
+=====  ===================  =========================================
+``m``  memory id            its timestamp
+``f``  fact key             its end time (0 while open)
+``t``  forgotten memory id  when it was forgotten
+``u``  forgotten fact key   when it was forgotten
+=====  ===================  =========================================
+
+(keys are the 16 hex digits of :func:`~imprint.messages.records.fact_key`
+and memory ids; versions are big-endian IEEE doubles, which sort as the
+numbers do for the non-negative times records carry). Two copies of a record
+that differ in version are two items, so both travel and the merge rules
+(earliest memory, an end over an open fact, a tombstone over what it covers)
+decide on each side.
+
+After reconciling, :func:`select` turns the items only we hold into what to
+send: memory ids and fact keys for the stream, and the tombstones themselves
+(an item carries all a tombstone is).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from imprint.messages.records import Tombstone
+
+MEMORY, FACT, FORGOTTEN_MEMORY, FORGOTTEN_FACT = b"m", b"f", b"t", b"u"
+_VERSION = struct.Struct(">d")
+
+
+def item(kind: bytes, key: str, version: float) -> bytes:
+    return kind + bytes.fromhex(key) + _VERSION.pack(version)
+
+
+def items_of(memories: tuple[tuple[str, float], ...], facts: tuple[tuple[str, float], ...],
+             forgotten_memories: tuple[tuple[str, float], ...] = (),
+             forgotten_facts: tuple[tuple[str, float], ...] = ()) -> list[bytes]:
+    """Every item of a side, from its stores' :class:`~imprint.messages.store.Versions`."""
+    out = [item(MEMORY, k, v) for k, v in memories]
+    out += [item(FACT, k, v) for k, v in facts]
+    out += [item(FORGOTTEN_MEMORY, k, v) for k, v in forgotten_memories]
+    out += [item(FORGOTTEN_FACT, k, v) for k, v in forgotten_facts]
+    return out
+
+
+@dataclass
+class Selection:
+    """What to send the peer: its missing memories and facts by key, and tombstones."""
+
+    memories: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+    tombstones: list[Tombstone] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.memories or self.facts or self.tombstones)
+
+
+def select(have: list[bytes]) -> Selection:
+    """Our items the peer lacks, as what to send (items are ours: no checks needed)."""
+    out = Selection()
+    for raw in have:
+        kind, key, (version,) = raw[:1], raw[1:9].hex(), _VERSION.unpack(raw[9:17])
+        if kind == MEMORY:
+            out.memories.append(key)
+        elif kind == FACT:
+            out.facts.append(key)
+        elif kind == FORGOTTEN_MEMORY:
+            out.tombstones.append(Tombstone("memories", key, version))
+        elif kind == FORGOTTEN_FACT:
+            out.tombstones.append(Tombstone("facts", key, version))
+    return out
+
+
+def counts(items: list[bytes]) -> dict[str, int]:
+    """How many of each kind, for telling the user."""
+    names = {MEMORY: "memories", FACT: "facts", FORGOTTEN_MEMORY: "forgotten", FORGOTTEN_FACT: "forgotten"}
+    out = {"memories": 0, "facts": 0, "forgotten": 0}
+    for raw in items:
+        name = names.get(raw[:1])
+        if name:
+            out[name] += 1
+    return out

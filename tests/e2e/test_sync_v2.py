@@ -1,0 +1,112 @@
+"""Sync protocol 2 end to end, real processes on a real relay on 127.0.0.1:
+forgetting reaches every machine and sticks; an interrupted sync is
+completed by running it again, which moves only what is still missing."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from imprint.fingerprint import model_fingerprint
+from imprint.messages.records import vector_to_text
+from tests.e2e.support import (
+    RecordingRelay,
+    Spawn,
+    export,
+    run,
+    run_parallel,
+    start_join,
+    start_serve,
+    stats,
+    sync,
+    write_jsonl,
+)
+
+
+def relay_bytes(relay: RecordingRelay, room: str) -> int:
+    return sum(len(frame) for _, frame in relay.room_frames(room))
+
+
+def reconciled(cli) -> dict:  # type: ignore[no-untyped-def]
+    [event] = [e for e in cli.events if e["event"] == "reconciled"]
+    return event
+
+
+@pytest.mark.timeout(420)
+def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spawn, relay: RecordingRelay,
+                                                                      tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    rows = [{"content": f"v2 memory {i}: the {w} crosses the {v} at dawn", "project": "v2", "timestamp": 1_700_000_000.0 + i}
+            for i, (w, v) in enumerate([("fox", "river"), ("heron", "marsh"), ("train", "bridge"), ("ferry", "bay")])]
+    run_parallel([(a, ("import", str(write_jsonl(tmp_path / "a.jsonl", rows[:3])))),
+                  (b, ("import", str(write_jsonl(tmp_path / "b.jsonl", rows[3:])))),
+                  (c, ("status",))])
+    run(a, "fact", "add", "alice", "works_at", "acme")
+
+    sync(spawn, a, b, relay.url, "y")
+    sync(spawn, b, c, relay.url, "y")
+    a1, b1, c1 = export(a, b, c)
+    assert a1 == b1 == c1 and len(a1.memory_ids) == 4 and len(a1.fact_records) == 1
+
+    # Forget one memory and one fact on A.
+    victim = next(r for r in a1.memory_records if "fox" in r["content"])
+    run(a, "forget", victim["id"], "--yes")
+    fact_id = next(line.split()[0] for line in run(a, "fact", "list").splitlines() if "alice" in line)
+    run(a, "fact", "forget", fact_id, "--yes")
+
+    serve, join, _ = sync(spawn, a, b, relay.url, "y")
+    assert reconciled(join)["receive"]["forgotten"] == 2  # B learnt both tombstones from A
+    assert stats(join)["forgotten"] == 2  # and removed its copies
+    serve, join, _ = sync(spawn, b, c, relay.url, "y")
+    assert stats(join)["forgotten"] == 2
+    a2, b2, c2 = export(a, b, c)
+    assert a2 == b2 == c2
+    assert victim["id"] not in a2.memory_ids and len(a2.memory_ids) == 3
+    assert "alice" not in a2.facts.decode()
+
+    # C and A never synced with each other: nothing comes back, nothing moves.
+    serve, join, room = sync(spawn, c, a, relay.url, "y")
+    assert reconciled(join)["send"] == reconciled(join)["receive"] == {"memories": 0, "facts": 0, "forgotten": 0}
+    assert export(a)[0] == a2
+    # An old export of A imported again does not resurrect it either.
+    old = write_jsonl(tmp_path / "old.jsonl", [{k: v for k, v in r.items()} for r in a1.memory_records])
+    result = json.loads(run(a, "--json", "import", str(old)))
+    assert result["inserted"] == 0
+    assert victim["id"] not in export(a)[0].memory_ids
+
+
+@pytest.mark.timeout(420)
+def test_an_interrupted_sync_is_completed_by_a_rerun_that_moves_only_what_is_missing(
+        spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    provider, consumer = tmp_path / "p", tmp_path / "c"
+    # The provider's store is filled with vectors supplied (as `export --vectors` writes them), so
+    # only the consumer embeds: the test spends its time on the sync.
+    fp = model_fingerprint("all-MiniLM-L6-v2")
+    rng = random.Random(5)
+    rows = []
+    for i in range(5000):
+        v = [rng.uniform(-1, 1) for _ in range(384)]
+        rows.append({"content": f"bulk {i:05d}: " + " ".join(f"w{(i * 7 + j) % 997}" for j in range(12)),
+                     "project": "bulk", "timestamp": 1_600_000_000.0 + i, "vector": vector_to_text(v), "vector_model": fp})
+    run(provider, "import", str(write_jsonl(tmp_path / "p.jsonl", rows)), timeout=600)
+
+    serve, room = start_serve(spawn, provider, relay.url)
+    join = start_join(spawn, consumer, room)
+    serve.next_event("approval_required")
+    serve.answer("y")
+    # Kill the consumer once about half of what it received is stored.
+    join.next_event("progress", where=lambda e: e["direction"] == "store" and e["dataset"] == "memories"
+                    and e["done"] >= 2500, timeout=300)
+    join.proc.kill()
+    join.proc.wait(30)
+    assert serve.wait() != 0
+    first = relay_bytes(relay, room["room"])
+
+    serve, join, room = sync(spawn, provider, consumer, relay.url, "y")
+    rerun = relay_bytes(relay, room["room"])
+    assert rerun <= 0.55 * first, (rerun, first)
+    p_export, c_export = export(provider, consumer)
+    assert p_export == c_export and len(c_export.memory_ids) == 5000

@@ -1,0 +1,172 @@
+"""Protocol 2 in the flows: both sides compare what they hold, then only the
+difference moves. The two flows talk to each other through the real frame
+codec; the stores are lists of items. No actors, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from imprint.errors import ProtocolError
+from imprint.messages import events
+from imprint.messages.records import Tombstone
+from imprint.messages.session import (
+    FrameReceived,
+    HandshakeSucceeded,
+    ItemsLoaded,
+    PeerInfo,
+    TombstonesStored,
+)
+from imprint.messages.wire import (
+    PROTOCOL_VERSION,
+    Forgets,
+    Reconcile,
+    Request,
+    decode_frame,
+    encode_frame,
+)
+from imprint.protocol.flows import (
+    ApplyTombstones,
+    ConsumerFlow,
+    Fail,
+    LoadItems,
+    ProviderFlow,
+    Push,
+    Receive,
+    Report,
+    Send,
+)
+from imprint.protocol.items import FACT, FORGOTTEN_MEMORY, MEMORY, item
+
+V2 = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d", public_key="ab" * 32,
+              protocol=PROTOCOL_VERSION)
+V1 = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d", public_key="ab" * 32)
+
+
+def mem(n: int, ts: float = 1000.0) -> bytes:
+    return item(MEMORY, f"{n:016x}", ts)
+
+
+def wire(frame: object) -> object:
+    return decode_frame(encode_frame(frame))  # what really crosses: JSON, checked
+
+
+class Pair:
+    """A provider and a consumer flow wired to each other until the provider pushes."""
+
+    def __init__(self, provider_items: list[bytes], consumer_items: list[bytes]) -> None:
+        self.items = {"provider": provider_items, "consumer": consumer_items}
+        self.flows = {"provider": ProviderFlow(mode="encrypted"), "consumer": ConsumerFlow(mode="encrypted")}
+        self.applied: dict[str, list[Tombstone]] = {"provider": [], "consumer": []}
+        self.pushed: dict[str, Push] = {}
+        self.reports: dict[str, list[object]] = {"provider": [], "consumer": []}
+        self.frames = 0
+
+    def feed(self, side: str, event: object) -> None:
+        other = "consumer" if side == "provider" else "provider"
+        for command in self.flows[side].handle(event):
+            match command:
+                case LoadItems():
+                    self.feed(side, ItemsLoaded(items=tuple(self.items[side])))
+                case Send(frame=frame):
+                    self.frames += 1
+                    self.feed(other, FrameReceived(frame=wire(frame)))
+                case ApplyTombstones(tombstones=tombstones):
+                    self.applied[side] += tombstones
+                    self.feed(side, TombstonesStored(forgotten=len(tombstones)))
+                case Receive(request=True):
+                    self.feed(other, FrameReceived(frame=wire(Request.pull())))
+                case Push():
+                    self.pushed[side] = command
+                case Report(event=event):
+                    self.reports[side].append(event)
+                case Fail(error=error):
+                    raise error
+
+    def run(self, peer: PeerInfo = V2) -> Pair:
+        self.feed("provider", HandshakeSucceeded(peer=peer))
+        self.feed("consumer", HandshakeSucceeded(peer=peer))
+        return self
+
+
+def test_only_the_difference_is_selected_both_ways_and_tombstones_travel() -> None:
+    shared = [mem(n) for n in range(500)]
+    forgotten = item(FORGOTTEN_MEMORY, f"{7:016x}", 2000.0)
+    provider = [*shared, mem(900), item(FACT, "ab" * 8, 0.0)]
+    consumer = [*shared, mem(901), mem(902), forgotten]
+    pair = Pair(provider, consumer).run()
+
+    push = pair.pushed["provider"].start
+    assert push.only_memories == (f"{900:016x}",) and push.only_facts == ("ab" * 8,)
+    sel = pair.flows["consumer"].selection
+    assert sorted(sel.memories) == [f"{901:016x}", f"{902:016x}"] and sel.facts == []
+    # the consumer's tombstone reached the provider before its pull
+    assert pair.applied["provider"] == [Tombstone("memories", f"{7:016x}", 2000.0)]
+    assert pair.flows["provider"].forgotten_here == 1
+    [reconciled] = [e for e in pair.reports["consumer"] if isinstance(e, events.Reconciled)]
+    assert reconciled.send == {"memories": 2, "facts": 0, "forgotten": 1}
+    assert reconciled.receive == {"memories": 1, "facts": 1, "forgotten": 0}
+
+
+def test_identical_sides_select_nothing_in_one_round_trip() -> None:
+    same = [mem(n) for n in range(3000)]
+    pair = Pair(same, list(same)).run()
+    push = pair.pushed["provider"].start
+    assert (push.only_memories, push.only_facts) == ((), ())
+    assert pair.flows["consumer"].selection.empty
+    assert pair.flows["consumer"].round_trips == 1
+    assert pair.frames == 2  # one reconcile message and its answer (then the pull request)
+
+
+def test_a_changed_version_travels_both_ways() -> None:
+    pair = Pair([mem(1, 1000.0), mem(2)], [mem(1, 500.0), mem(2)]).run()
+    assert pair.pushed["provider"].start.only_memories == (f"{1:016x}",)
+    assert pair.flows["consumer"].selection.memories == [f"{1:016x}"]
+
+
+def test_an_older_peer_gets_the_full_transfer() -> None:
+    pair = Pair([mem(1)], []).run(peer=V1)
+    push = pair.pushed["provider"].start
+    assert push.only_memories is None and pair.flows["consumer"].reconciler is None
+
+
+def test_the_plaintext_mode_never_reconciles() -> None:
+    flow = ConsumerFlow(mode="plaintext")
+    commands = flow.handle(HandshakeSucceeded(peer=V2))
+    assert not any(isinstance(c, LoadItems) for c in commands)
+    assert any(isinstance(c, Receive) for c in commands)
+
+
+def test_reconcile_frames_from_an_older_peer_or_after_the_pull_are_refused() -> None:
+    flow = ProviderFlow(mode="encrypted")
+    flow.handle(HandshakeSucceeded(peer=V1))
+    [fail] = flow.handle(FrameReceived(frame=Reconcile(message=None)))  # type: ignore[arg-type]
+    assert isinstance(fail, Fail) and isinstance(fail.error, ProtocolError)
+
+    v2 = ProviderFlow(mode="encrypted")
+    v2.handle(HandshakeSucceeded(peer=V2))
+    [fail] = v2.handle(FrameReceived(frame=Request.pull()))
+    assert isinstance(fail, Fail) and "before comparing" in str(fail.error)
+
+
+def test_forgets_from_an_older_peer_are_refused() -> None:
+    flow = ProviderFlow(mode="encrypted")
+    flow.handle(HandshakeSucceeded(peer=V1))
+    [fail] = flow.handle(FrameReceived(frame=Forgets(tombstones=())))
+    assert isinstance(fail, Fail)
+
+
+@pytest.mark.parametrize("side", ["provider", "consumer"])
+def test_a_forged_reconcile_message_is_a_protocol_error(side: str) -> None:
+    from imprint.messages.wire import Range, ReconcileMessage
+
+    pair = Pair([mem(1)], [mem(2)])
+    pair.feed("provider", HandshakeSucceeded(peer=V2))
+    bad = Reconcile(message=ReconcileMessage(ranges=(Range("skip", b"z"), Range("skip", b"a"), Range("skip"))))
+    if side == "provider":
+        commands = pair.flows["provider"].handle(FrameReceived(frame=bad))
+        commands += pair.flows["provider"].handle(ItemsLoaded(items=(mem(1),)))
+    else:
+        pair.flows["consumer"].handle(HandshakeSucceeded(peer=V2))
+        pair.flows["consumer"].handle(ItemsLoaded(items=(mem(2),)))
+        commands = pair.flows["consumer"].handle(FrameReceived(frame=bad))
+    assert any(isinstance(c, Fail) and isinstance(c.error, ProtocolError) for c in commands)
