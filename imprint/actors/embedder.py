@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from loguru import logger
 
 from imprint.actors.base import ImprintActor
@@ -66,8 +67,41 @@ def load_model(name: str) -> Any:
         ) from None
 
 
+def known_dimension(name: str) -> int | None:
+    """The vector size of a sentence-transformers model read from its files (transformer,
+    mean pooling, normalize: the pooling config says it), or None if the files do not say
+    plainly (a Dense layer, an unusual layout): then the model must be loaded to know."""
+    import json
+
+    from imprint.fingerprint import model_dir
+
+    directory = model_dir(name)
+    if directory is None:
+        return None
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return None
+        pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+        config = json.loads((directory / pooling["path"] / "config.json").read_text())
+        return int(config["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+class WarmUp(msgspec.Struct, frozen=True):
+    """Load the model now (the dashboard, so its first search does not wait). No reply needed."""
+
+
 class Embedder(ImprintActor):
-    """Owns the model; answers :class:`EmbedTexts` and :class:`DescribeModel`."""
+    """Owns the model; answers :class:`EmbedTexts`, :class:`DescribeModel` and :class:`WarmUp`.
+
+    The model (torch, ~4 s and ~400 MB) is loaded on the first text to embed,
+    not before: a sync that receives no new memory text, a `forget`, an
+    `export` never load it. Its name, vector size and fingerprint are known
+    from its files without loading it.
+    """
 
     def __init__(self, *, model_name: str, cache_dir: Path | None = None) -> None:
         super().__init__()
@@ -78,23 +112,38 @@ class Embedder(ImprintActor):
         self.fingerprint = ""
 
     def start_up(self) -> None:
-        self._model = load_model(self.model_name)
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self.dimension = int(get_dim())
         from imprint.fingerprint import model_fingerprint
 
         self.fingerprint = model_fingerprint(self.model_name, cache_dir=self.cache_dir)
+        self.dimension = known_dimension(self.model_name) or 0
+        if not self.dimension:
+            self._load()
         logger.debug("embedder ready: {} ({} dims, fingerprint {})", self.model_name, self.dimension, self.fingerprint)
+
+    def _load(self) -> Any:
+        if self._model is None:
+            model = load_model(self.model_name)
+            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            dimension = int(get_dim())
+            if self.dimension and dimension != self.dimension:
+                raise ModelError(f"model {self.model_name!r} gives {dimension}-dimensional vectors, its files said "
+                                 f"{self.dimension}")
+            self._model, self.dimension = model, dimension
+            logger.debug("model {} loaded", self.model_name)
+        return self._model
 
     def handle(self, message: Any) -> Any:
         match message:
             case EmbedTexts(texts=texts):
                 if not texts:
                     return Embeddings(vectors=[])
-                vectors = self._model.encode(
+                vectors = self._load().encode(
                     [t[:MAX_EMBED_CHARS] for t in texts], batch_size=ENCODE_BATCH, normalize_embeddings=True, show_progress_bar=False
                 )
                 return Embeddings(vectors=vectors.tolist())
+            case WarmUp():
+                self._load()
+                return None
             case DescribeModel():
                 return ModelInfo(name=self.model_name, dimension=self.dimension, fingerprint=self.fingerprint)
         return super().handle(message)

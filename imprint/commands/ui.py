@@ -44,6 +44,7 @@ def _bind(port: int) -> socket.socket:
 def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     import uvicorn
 
+    from imprint.actors.embedder import WarmUp
     from imprint.local import LocalActors
     from imprint.ui.app import create_app
 
@@ -52,10 +53,11 @@ def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     url = f"http://{HOST}:{args.port}/"
     sock = _bind(args.port)
     try:
-        note("imprint: starting the dashboard (loading the model)…")
+        note("imprint: starting the dashboard…")
         # Opened here, not in the app's startup: a data dir held by another
         # process is then one line from the CLI, not a server traceback.
         with LocalActors(settings, embedder=True) as local:
+            local["embedder"].tell(WarmUp())  # in the background: the first search then need not wait
             app = create_app(settings, local=local)
             config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
             server = uvicorn.Server(config)

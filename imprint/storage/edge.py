@@ -207,7 +207,8 @@ class EdgeBackend:
         if self._shard is None:
             return []
         response = self._shard.facet(_edge().FacetRequest(key=key, limit=limit, exact=True, filter=_where(where)))
-        return [(str(h.value), int(h.count)) for h in response.hits]
+        # An exact facet still lists a value whose points were all deleted, with count 0.
+        return [(str(h.value), int(h.count)) for h in response.hits if h.count]
 
     def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
         if self._shard is None:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from imprint.actors.base import ask
 from imprint.config import Settings
-from imprint.errors import ConfigError, ImprintError
+from imprint.errors import ConfigError, ImprintError, InputError
 from imprint.messages.events import encode_event
 from imprint.messages.store import (
     CountFacts,
@@ -37,6 +37,8 @@ from imprint.messages.store import (
     EmbedTexts,
     FacetKey,
     FacetMemories,
+    ForgetFact,
+    ForgetMemories,
     ListFacts,
     MemoryFilter,
     NewestMemories,
@@ -164,6 +166,18 @@ class Started(BaseModel):
 
 class SessionRef(BaseModel):
     session_id: str = Field(min_length=1, max_length=200)
+
+
+class ForgetMemoriesRequest(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=1000, description="memory ids (16 hex digits)")
+
+
+class ForgetFactRequest(BaseModel):
+    id: int = Field(ge=1, description="the fact's id as /api/facts shows it")
+
+
+class ForgottenResult(BaseModel):
+    forgotten: list[str]
 
 
 class TrustRemove(BaseModel):
@@ -410,6 +424,33 @@ def create_app(
         """Facts (open ones unless include_ended), as the graph's edges."""
         stored = ask(local["fact_store"], ListFacts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit))
         return [Fact(id=f.fact_id, **msgspec.to_builtins(f.record)) for f in stored]
+
+    @app.post("/api/memories/forget", response_model=ForgottenResult, tags=["memories"],
+              dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no memory with that id"}})
+    def forget_memories(body: ForgetMemoriesRequest, local: Any = Depends(actors)) -> ForgottenResult:
+        """Forget memories here and, at the next sync, on the user's other machines (`imprint forget`)."""
+        import re
+        import time
+
+        bad = [i for i in body.ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
+        if bad:
+            raise HTTPException(422, f"not a memory id: {bad[0][:40]!r}")
+        done = ask(local["memory_store"], ForgetMemories(deleted_at=time.time(), ids=tuple(body.ids)))
+        if not done.forgotten:
+            raise HTTPException(404, "no such memory (already forgotten?)")
+        return ForgottenResult(forgotten=list(done.forgotten))
+
+    @app.post("/api/facts/forget", response_model=ForgottenResult, tags=["facts"],
+              dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no fact with that id"}})
+    def forget_fact(body: ForgetFactRequest, local: Any = Depends(actors)) -> ForgottenResult:
+        """Forget a fact here and, at the next sync, on the user's other machines (`imprint fact forget`)."""
+        import time
+
+        try:
+            ask(local["fact_store"], ForgetFact(fact_id=body.id, deleted_at=time.time()))
+        except InputError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return ForgottenResult(forgotten=[str(body.id)])
 
     @app.get("/api/trust", response_model=list[TrustedDevice], tags=["trust"])
     def trust_list() -> list[TrustedDevice]:

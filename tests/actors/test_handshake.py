@@ -39,7 +39,7 @@ from imprint.messages.session import (
     UseCodec,
 )
 from imprint.messages.store import Ping
-from imprint.messages.wire import DatasetCounts, Meta
+from imprint.messages.wire import PROTOCOL_VERSION, DatasetCounts, Meta
 from imprint.protocol.channel import ChannelSetup
 from imprint.protocol.handshake import PLAINTEXT_REFUSAL
 from imprint.protocol.handshake import Handshake as HandshakeMachine
@@ -185,6 +185,7 @@ class Pair:
             os=CONSUMER_HOST.os,
             fingerprint=self.consumer_identity.fingerprint,
             public_key=self.consumer_identity.public_key.hex(),
+            protocol=PROTOCOL_VERSION,
         )
 
     def provider_peer(self) -> PeerInfo:
@@ -194,6 +195,7 @@ class Pair:
             os=PROVIDER_HOST.os,
             fingerprint=self.provider_identity.fingerprint,
             public_key=self.provider_identity.public_key.hex(),
+            protocol=PROTOCOL_VERSION,
         )
 
     def settle(self) -> None:

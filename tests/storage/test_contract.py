@@ -177,3 +177,6 @@ def test_versions_and_delete(open_backend: Opener) -> None:
     assert b.count(MemoryFilter()) == 10
     assert b.retrieve((records[0].id, records[5].id)) == []
     assert b.search(vectors(6)[5], 12, MemoryFilter())[0][1].id != records[5].id
+    # a value none of whose memories is left is no longer a facet
+    b.delete(tuple(r.id for r in records if r.project == "p2"))
+    assert sorted(v for v, _ in b.facet("project", 10, MemoryFilter())) == ["p0", "p1"]

@@ -63,13 +63,14 @@ def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) ->
         "/api/status", "/api/memories", "/api/search", "/api/stats", "/api/facts", "/api/trust",
         "/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/cancel",
         "/api/sync/sessions/{session_id}", "/api/sync/sessions/{session_id}/events",
+        "/api/memories/forget", "/api/facts/forget",
     }
     events = schema["paths"]["/api/sync/sessions/{session_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     # Whatever changes something is a POST; a GET only reads or watches.
     for path, operations in schema["paths"].items():
         changing = path in ("/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve",
-                            "/api/sync/cancel")
+                            "/api/sync/cancel", "/api/memories/forget", "/api/facts/forget")
         assert set(operations) == ({"post"} if changing else {"get"}), path
     assert client.get("/openapi.json").json() == schema
 
@@ -169,6 +170,26 @@ def test_trust_list_and_remove(client: TestClient, alpha: Machine) -> None:
     assert client.post("/api/trust/remove", json={"fingerprint": "../x"}, headers=SAME).status_code == 422
     assert [d.fingerprint for d in trust.load()] == ["0a1b2c3d"]
     trust.remove("0a1b2c3d")
+
+
+def test_forget_buttons_forget_memories_and_facts_same_origin_only(tmp_path: Path) -> None:
+    with machine(tmp_path, MEMORIES, FACTS) as m, TestClient(create_app(m.settings, local=m.local), base_url=BASE) as c:
+        items = c.get("/api/memories").json()["items"]
+        victim = next(i for i in items if i["project"] == "db")
+        assert c.post("/api/memories/forget", json={"ids": [victim["id"]]}, headers=FOREIGN).status_code == 403
+        assert c.post("/api/memories/forget", json={"ids": ["../etc"]}, headers=SAME).status_code == 422
+        r = c.post("/api/memories/forget", json={"ids": [victim["id"]]}, headers=SAME)
+        assert r.json() == {"forgotten": [victim["id"]]}
+        assert c.post("/api/memories/forget", json={"ids": [victim["id"]]}, headers=SAME).status_code == 404
+        assert victim["id"] not in {i["id"] for i in c.get("/api/memories").json()["items"]}
+        stats = c.get("/api/stats").json()
+        assert stats["memories"] == len(MEMORIES) - 1 and "db" not in {p["name"] for p in stats["by_project"]}
+
+        fact = c.get("/api/facts").json()[0]
+        assert c.post("/api/facts/forget", json={"id": fact["id"]}, headers=FOREIGN).status_code == 403
+        assert c.post("/api/facts/forget", json={"id": fact["id"]}, headers=SAME).json() == {"forgotten": [str(fact["id"])]}
+        assert c.post("/api/facts/forget", json={"id": fact["id"]}, headers=SAME).status_code == 404
+        assert fact["id"] not in {f["id"] for f in c.get("/api/facts?include_ended=true").json()}
 
 
 # ---------------------------------------------------------------- approval: bad input, origin, host

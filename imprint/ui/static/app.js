@@ -52,10 +52,19 @@ window.addEventListener("hashchange", show);
 
 const memState = { offset: 0, limit: 25 };
 
+function forgetButton(what, path, body, after) {
+  return h("button", { type: "button", class: "danger small", onclick: async () => {
+    if (!confirm(`Forget ${what}? It disappears here and, at the next sync, on your other machines.`)) return;
+    await post(path, body);
+    after();
+  } }, "Forget");
+}
+
 function memoryCard(m, score) {
   const meta = h("div", { class: "meta" },
     h("span", {}, `project: ${m.project}`), h("span", {}, `type: ${m.type}`),
-    h("span", {}, `source: ${m.source || "—"}`), h("span", {}, when(m.timestamp)), h("span", {}, m.id));
+    h("span", {}, `source: ${m.source || "—"}`), h("span", {}, when(m.timestamp)), h("span", {}, m.id),
+    forgetButton("this memory", "/api/memories/forget", { ids: [m.id] }, () => loaders.memories()));
   const card = h("div", { class: "card memory" });
   if (score !== undefined) card.append(h("span", { class: "score" }, score.toFixed(3) + " "));
   card.append(h("div", { class: "content" }, m.content), meta);
@@ -189,7 +198,8 @@ loaders.facts = async () => {
   $("#facts-graph").replaceChildren(factGraph(facts));
   $("#facts-table tbody").replaceChildren(...facts.map((f) => h("tr", { class: f.ended ? "ended" : "" },
     h("td", {}, f.id), h("td", {}, f.subject), h("td", {}, f.predicate), h("td", {}, f.object),
-    h("td", {}, when(f.valid_from)), h("td", {}, when(f.ended)), h("td", {}, f.source))));
+    h("td", {}, when(f.valid_from)), h("td", {}, when(f.ended)), h("td", {}, f.source),
+    h("td", {}, forgetButton(`fact ${f.id}`, "/api/facts/forget", { id: f.id }, () => loaders.facts())))));
 };
 $("#facts-ended").addEventListener("change", () => loaders.facts());
 

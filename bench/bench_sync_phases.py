@@ -1,0 +1,228 @@
+"""Benchmark: sync protocol 2 phase by phase, bytes counted at the relay.
+
+Run by hand (not a test):
+
+    python bench/bench_sync_phases.py --n 20000            # the four phases
+    python bench/bench_sync_phases.py --unchanged 10000 --unchanged 100000
+
+Phases at N (memories and facts each; A holds them, B starts empty):
+
+1. full sync A→B (B embeds what it receives);
+2. the same sync again, nothing changed;
+3. 0.5 % changed on each side (adds, forgets, fact ends), then a sync;
+4. a fresh empty C syncs from A, is killed once half of what it received is
+   stored, and runs again.
+
+`--unchanged N`: A and B get the same N memories and facts directly (no sync
+first), then one sync: how an unchanged re-sync grows with the store.
+
+Per phase: bytes each way through the relay (an in-process relay on
+127.0.0.1 with a frame hook), the reconciliation round trips (the joining
+side's `reconciled` event), wall time from starting `join` to both exits,
+and the sync's own time from the handshake (`peer_connected`) to the end.
+Stores are filled with vectors supplied (`import` of `export --vectors`
+lines), so seeding costs no embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imprint.fingerprint import model_fingerprint  # noqa: E402
+from imprint.messages.records import vector_to_text  # noqa: E402
+from imprint.relay.server import RelayServer  # noqa: E402
+
+WORDS = (
+    "deploy cluster database replica schema migration token cache queue worker agent memory embedding vector "
+    "relay session review release branch merge config secret rotate backup restore latency budget owner "
+    "incident runbook alert metric dashboard service api client server network storage index search"
+).split()
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
+    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    return e
+
+
+def imprint(data: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imprint", "--data-dir", str(data), *args]
+
+
+def run(data: Path, *args: str) -> str:
+    done = subprocess.run(imprint(data, *args), env=env(), capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"imprint {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def memory_lines(start: int, n: int, tag: str, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    fp = model_fingerprint("all-MiniLM-L6-v2")
+    vectors = np.random.default_rng(seed).standard_normal((n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [json.dumps({"content": f"{tag} note {start + i}: " + " ".join(rng.choice(WORDS) for _ in range(28)) + ".",
+                        "project": "bench", "timestamp": 1_700_000_000.0 + start + i,
+                        "vector": vector_to_text(vectors[i].tolist()), "vector_model": fp}) for i in range(n)]
+
+
+def add_memories(data: Path, lines: list[str], work: Path) -> None:
+    path = work / f"seed-{data.name}-{time.monotonic_ns()}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    run(data, "import", str(path))
+
+
+def add_facts(data: Path, start: int, n: int) -> None:
+    from imprint.actors.fact_store import FactStore
+    from imprint.config import Settings
+    from imprint.messages.records import FactRecord
+    from imprint.messages.store import StoreFacts
+
+    store = FactStore.start(path=Settings(data_dir=data).prepare().facts_path)
+    try:
+        facts = tuple(FactRecord(subject=f"service-{i % 500}", predicate="depends_on", object=f"lib-{i}",
+                                 valid_from=1.7e9 + i) for i in range(start, start + n))
+        store.ask(StoreFacts(records=facts), timeout=600)
+    finally:
+        store.stop()
+
+
+def end_facts(data: Path, count: int, seed: int) -> None:
+    from imprint.actors.fact_store import FactStore
+    from imprint.config import Settings
+    from imprint.messages.store import EndFact, ListFacts
+
+    store = FactStore.start(path=Settings(data_dir=data).facts_path)
+    try:
+        open_facts = store.ask(ListFacts(limit=10_000_000), timeout=600)
+        for f in random.Random(seed).sample(list(open_facts), count):
+            store.ask(EndFact(fact_id=f.fact_id, ended=time.time()), timeout=60)
+    finally:
+        store.stop()
+
+
+class Relay:
+    """An in-process relay on 127.0.0.1 that counts bytes per room and sender."""
+
+    def __init__(self) -> None:
+        self.bytes: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+        self.server = RelayServer(host="127.0.0.1", port=0, frame_hook=self._hook)
+        self.url = f"ws://127.0.0.1:{self.server.start_in_thread()}"
+
+    def _hook(self, room: str, role: str, frame: str | bytes) -> list[str | bytes]:
+        with self.lock:
+            self.bytes[(room, role)] += len(frame)
+        return [frame]
+
+
+def sync(relay: Relay, provider: Path, consumer: Path, *, kill_at_half: bool = False) -> dict:
+    serve = subprocess.Popen(imprint(provider, "serve", "--relay", relay.url, "--json"), env=env(),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    room = next(e for e in map(json.loads, serve.stdout) if e["event"] == "room")
+    serve.stdin.write("y\n")
+    serve.stdin.flush()
+    start = time.perf_counter()
+    join = subprocess.Popen(imprint(consumer, "join", f"{relay.url}/{room['room']}", "--pin", room["pin"], "--json"),
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    connected = None
+    events = []
+    for line in join.stdout:
+        event = json.loads(line)
+        events.append(event)
+        if event["event"] == "peer_connected":
+            connected = time.perf_counter()
+        if (kill_at_half and event["event"] == "progress" and event["direction"] == "store"
+                and event["dataset"] == "memories" and event["done"] >= event["total"] / 2):
+            join.kill()
+            break
+    join.wait(600)
+    serve.wait(600)
+    end = time.perf_counter()
+    reconciled = next((e for e in events if e["event"] == "reconciled"), {})
+    return {
+        "bytes_to_consumer": relay.bytes[(room["room"], "provider")],
+        "bytes_to_provider": relay.bytes[(room["room"], "consumer")],
+        "round_trips": reconciled.get("round_trips"),
+        "to_send": reconciled.get("send"), "to_receive": reconciled.get("receive"),
+        "wall_s": round(end - start, 2),
+        "sync_s": round(end - connected, 2) if connected else None,
+        "exit": (serve.returncode, join.returncode),
+    }
+
+
+def total(phase: dict) -> int:
+    return phase["bytes_to_consumer"] + phase["bytes_to_provider"]
+
+
+def phases(n: int, work: Path) -> dict:
+    relay = Relay()
+    a, b, c = work / "a", work / "b", work / "c"
+    add_memories(a, memory_lines(0, n, "a", 1), work)
+    add_facts(a, 0, n)
+    out = {"full": sync(relay, a, b)}
+    out["unchanged"] = sync(relay, a, b)
+    k = max(1, n // 200)  # 0.5 %
+    for side, seed in ((a, 2), (b, 3)):
+        add_memories(side, memory_lines(10 * n + seed * k, k, side.name, seed), work)
+        ids = [json.loads(line)["id"] for line in run(side, "export").splitlines()]
+        run(side, "forget", "--yes", *random.Random(seed).sample(ids, k // 2))
+        end_facts(side, k // 2, seed)
+    out["changed_0.5%"] = sync(relay, a, b)
+    out["interrupted"] = sync(relay, a, c, kill_at_half=True)
+    out["rerun"] = sync(relay, a, c)
+    full = total(out["full"])
+    out["ratios"] = {
+        "unchanged/full": round(total(out["unchanged"]) / full, 5),
+        "changed/full": round(total(out["changed_0.5%"]) / full, 5),
+        "rerun/interrupted": round(total(out["rerun"]) / max(1, total(out["interrupted"])), 3),
+        "rerun/full": round(total(out["rerun"]) / full, 3),
+    }
+    a_export, b_export, c_export = (run(d, "export") for d in (a, b, c))
+    out["identical_after"] = a_export == b_export
+    return out
+
+
+def unchanged(n: int, work: Path) -> dict:
+    relay = Relay()
+    a, b = work / f"ua{n}", work / f"ub{n}"
+    lines = memory_lines(0, n, "u", 7)
+    for side in (a, b):
+        add_memories(side, lines, work)
+        add_facts(side, 0, n)
+    return sync(relay, a, b)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", default=[], help="records per dataset for the phases")
+    parser.add_argument("--unchanged", type=int, action="append", default=[], help="N for the unchanged re-sync only")
+    args = parser.parse_args()
+    if not args.n and not args.unchanged:
+        args.n, args.unchanged = [20_000], [10_000, 100_000]
+    for n in args.n:
+        with tempfile.TemporaryDirectory(prefix="imprint-bench-phases-") as tmp:
+            print(json.dumps({"n": n, **phases(n, Path(tmp))}), flush=True)
+    for n in args.unchanged:
+        with tempfile.TemporaryDirectory(prefix="imprint-bench-unchanged-") as tmp:
+            print(json.dumps({"n": n, "unchanged": unchanged(n, Path(tmp))}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
