@@ -13,7 +13,8 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
                        "received": {"memories": {"inserted": 3, "skipped": 0, "rejected": 2},
                                     "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
                        "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
-                                "facts": {"sent": 1}}})
+                                "facts": {"sent": 1}},
+                       "forgotten": 0})
     event = decode_event(line)
     assert isinstance(event, Stats)
     assert json.loads(encode_event(event)) == json.loads(line)  # one encoding for --json and SSE
@@ -22,3 +23,5 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
         "  received: memories 3 new, 0 already here, 2 refused; facts 1 new, 0 already here, 1 ended",
         "  sent:     memories 5 (4 new, 1 already there); facts 1",
     ]
+    forgot = decode_event(line.replace('"forgotten": 0', '"forgotten": 7'))
+    assert format_stats(forgot).splitlines()[-1] == "  forgotten here, as on the other machine: 7"
