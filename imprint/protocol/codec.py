@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from imprint.errors import TamperedFrameError
+import msgspec
+
+from imprint.errors import ProtocolError, TamperedFrameError
 from imprint.messages.wire import (
     MAX_FRAME_BYTES,
     MAX_PLAINTEXT_FRAME_BYTES,
+    Reconcile,
     decode_frame,
     encode_frame,
+    too_large,
 )
 from imprint.protocol.channel import SecureChannel
 
@@ -44,8 +48,17 @@ class PlainCodec:
         return decode_frame(data, max_bytes=self.max_frame_bytes)
 
 
+#: First byte of a sealed payload that is a MessagePack frame (a JSON frame starts with "{").
+#: Protocol 2's reconciliation frames are mostly raw bytes (bounds, fingerprints, items):
+#: in JSON they would travel as base64, a third larger.
+BINARY_FRAME = b"\x01"
+_reconcile_encoder = msgspec.msgpack.Encoder()
+_reconcile_decoder = msgspec.msgpack.Decoder(Reconcile)
+
+
 class SecureCodec:
-    """The same frames sealed in the session's channel (binary frames only)."""
+    """The same frames sealed in the session's channel (binary frames only); a
+    :class:`Reconcile` frame is MessagePack inside the seal, every other frame JSON."""
 
     name = "encrypted"
     max_frame_bytes = MAX_FRAME_BYTES
@@ -54,9 +67,19 @@ class SecureCodec:
         self.channel = channel
 
     def encode(self, frame: Any) -> bytes:
+        if isinstance(frame, Reconcile):
+            return self.channel.seal(BINARY_FRAME + _reconcile_encoder.encode(frame))
         return self.channel.seal(encode_frame(frame))
 
     def decode(self, data: bytes | bytearray | str, *, text: bool = False) -> Any:
         if text or isinstance(data, str):
             raise TamperedFrameError("a text frame arrived where a sealed frame was expected")
-        return decode_frame(self.channel.open(data), max_bytes=self.max_frame_bytes)
+        payload = self.channel.open(data)
+        if payload[:1] == BINARY_FRAME:
+            if len(payload) > self.max_frame_bytes:
+                raise too_large(len(payload), self.max_frame_bytes)
+            try:
+                return _reconcile_decoder.decode(memoryview(payload)[1:])
+            except (msgspec.DecodeError, ValueError) as exc:
+                raise ProtocolError(f"bad reconcile frame: {str(exc)[:200]}") from None
+        return decode_frame(payload, max_bytes=self.max_frame_bytes)

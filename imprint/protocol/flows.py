@@ -361,7 +361,7 @@ class Flow:
     def _reconciled(self) -> None:
         """The conversation is over: report it, send the peer the tombstones it lacks."""
         r = self.reconciler
-        self.selection = select(r.have)
+        self.selection = select(r.have, r.need)
         self._report(events.Reconciled(send=counts(r.have), receive=counts(r.need), round_trips=self.round_trips))
         tombstones = self.selection.tombstones
         for start in range(0, len(tombstones), MAX_BATCH_SIZE):

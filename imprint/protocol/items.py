@@ -62,14 +62,26 @@ class Selection:
         return not (self.memories or self.facts or self.tombstones)
 
 
-def select(have: list[bytes]) -> Selection:
-    """Our items the peer lacks, as what to send (items are ours: no checks needed)."""
+def select(have: list[bytes], need: list[bytes] = ()) -> Selection:
+    """Our items the peer lacks, as what to send (items are ours: no checks needed).
+
+    A record the peer has forgotten — its tombstone is among what we `need`, and
+    covers our copy — is not sent: the tombstone on its way here removes ours too.
+    """
+    coming: dict[tuple[bytes, bytes], float] = {}
+    for raw in need:
+        if raw[:1] in (FORGOTTEN_MEMORY, FORGOTTEN_FACT) and len(raw) == 17:
+            coming[(raw[:1], raw[1:9])] = _VERSION.unpack(raw[9:17])[0]
     out = Selection()
     for raw in have:
         kind, key, (version,) = raw[:1], raw[1:9].hex(), _VERSION.unpack(raw[9:17])
         if kind == MEMORY:
+            if version <= coming.get((FORGOTTEN_MEMORY, raw[1:9]), -1.0):
+                continue
             out.memories.append(key)
         elif kind == FACT:
+            if 0 < version <= coming.get((FORGOTTEN_FACT, raw[1:9]), -1.0):
+                continue  # (an open fact's item does not say when it started: it is sent)
             out.facts.append(key)
         elif kind == FORGOTTEN_MEMORY:
             out.tombstones.append(Tombstone("memories", key, version))

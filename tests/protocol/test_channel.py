@@ -528,3 +528,27 @@ def test_pin_and_keys_stay_out_of_reprs_and_errors():
         assert PIN not in text and "Ab3dEf6h" not in text
     channel, _ = handshake()
     assert "key" not in repr(channel).lower()
+
+
+def test_reconcile_frames_travel_as_messagepack_inside_the_seal(pair):
+    from imprint.errors import ProtocolError
+    from imprint.messages.wire import (
+        Done,
+        Range,
+        Reconcile,
+        ReconcileMessage,
+        encode_frame,
+    )
+    from imprint.protocol.codec import BINARY_FRAME, SecureCodec
+
+    consumer, provider = pair
+    send, receive = SecureCodec(consumer), SecureCodec(provider)
+    frame = Reconcile(message=ReconcileMessage(ranges=(Range("fp", b"\x01\x02", count=3, fingerprint=b"\xff" * 16),
+                                                      Range("list", None, items=(b"m" + b"\x00" * 16,)))))
+    sealed = send.encode(frame)
+    assert receive.decode(sealed) == frame
+    assert len(sealed) < len(encode_frame(frame))  # raw bytes, not base64 in JSON
+    assert receive.decode(send.encode(Done())) == Done()  # every other frame is JSON as before
+    # A forged binary payload is a protocol error, never a crash.
+    with pytest.raises(ProtocolError, match="bad reconcile frame"):
+        receive.decode(send.channel.seal(BINARY_FRAME + b"\xc1garbage"))

@@ -170,3 +170,14 @@ def test_a_forged_reconcile_message_is_a_protocol_error(side: str) -> None:
         pair.flows["consumer"].handle(ItemsLoaded(items=(mem(2),)))
         commands = pair.flows["consumer"].handle(FrameReceived(frame=bad))
     assert any(isinstance(c, Fail) and isinstance(c.error, ProtocolError) for c in commands)
+
+
+def test_a_record_the_peer_forgot_is_not_sent_to_it() -> None:
+    key = f"{42:016x}"
+    # The consumer forgot memory 42 at t=2000; the provider still holds its copy of t=1000.
+    pair = Pair([mem(1), item(MEMORY, key, 1000.0)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
+    assert pair.pushed["provider"].start.only_memories == ()  # the tombstone removes it there instead
+    assert pair.applied["provider"] == [Tombstone("memories", key, 2000.0)]
+    # A copy newer than the tombstone (added again on purpose) does travel.
+    pair = Pair([mem(1), item(MEMORY, key, 3000.0)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
+    assert pair.pushed["provider"].start.only_memories == (key,)

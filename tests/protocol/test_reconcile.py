@@ -135,7 +135,7 @@ def test_a_runaway_conversation_is_cut_off() -> None:
     r = responder_with()
     with pytest.raises(ProtocolError, match="did not end"):
         for _ in range(MAX_ROUNDS + 1):
-            r.receive(ReconcileMessage((Range("fp", None, count=1, fingerprint=b"\0" * 16),)))
+            r.receive(ReconcileMessage((Range("fp", None, count=1, fingerprint=b"\0" * 8),)))
 
 
 def test_oversized_items_do_not_decode() -> None:
