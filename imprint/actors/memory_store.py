@@ -116,6 +116,7 @@ class MemoryStore(ImprintActor):
             self._check_model(self._meta)
         self._open_tombstones()
         self._finish_forgetting()
+        self._check_versions()
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path
@@ -132,8 +133,68 @@ class MemoryStore(ImprintActor):
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             self._tombstones = TombstoneTable(db, "forgotten")
+            db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL)")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
+
+    # ------------------------------------------------------------ the version index
+    #
+    # Reconciliation reads every memory's (id, timestamp). Reading them from Edge's
+    # payloads costs ~0.6-1.5 s at 100k; this index beside the tombstones (same SQLite
+    # file) answers in ~0.07 s. It is written after every Edge write and cleared before
+    # every Edge delete, so it never lists a memory the store lacks (that would make a
+    # peer hold back a record we need); the reverse, after a crash between the two, only
+    # costs a record sent again, and the count check on open rebuilds it. Only for the
+    # embedded store: a Qdrant server may have other writers.
+
+    def _indexed(self) -> bool:
+        return self._tombstones is not None and not self.read_only and self.url is None and self._meta is not None
+
+    def _check_versions(self) -> None:
+        if not self._indexed():
+            return
+        db = self._tombstones.db
+        db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL)")
+        (indexed,) = db.execute("SELECT COUNT(*) FROM memory_versions").fetchone()
+        if indexed == self._backend.count(MemoryFilter()):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM memory_versions")
+            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts) VALUES (?, ?)",
+                           self._backend.versions(MemoryFilter()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        logger.debug("rebuilt the version index of {} ({} memories)", self.location, indexed)
+
+    def _index(self, rows: list[tuple[str, float]]) -> None:
+        if self._indexed() and rows:
+            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts) VALUES (?, ?)", rows)
+
+    def _unindex(self, ids: tuple[str, ...]) -> None:
+        if self._indexed() and ids:
+            self._in_transaction("DELETE FROM memory_versions WHERE id = ?", [(i,) for i in ids])
+
+    def _in_transaction(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        db = self._tombstones.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _versions(self) -> tuple[tuple[str, float], ...]:
+        if self._indexed():
+            return tuple(self._tombstones.db.execute("SELECT id, ts FROM memory_versions"))
+        return tuple(self._backend.versions(MemoryFilter()))
+
+    def _delete(self, ids: tuple[str, ...]) -> None:
+        self._unindex(ids)
+        self._backend.delete(ids)
 
     def _finish_forgetting(self) -> None:
         """A crash between writing tombstones and deleting the copies leaves copies
@@ -146,7 +207,7 @@ class MemoryStore(ImprintActor):
             stored = self._backend.stored_timestamps(tuple(chunk))
             doomed = tuple(i for i, ts in stored.items() if forgets(chunk[i], ts))
             if doomed:
-                self._backend.delete(doomed)
+                self._delete(doomed)
                 logger.info("removed {} forgotten memories left by an interrupted forget", len(doomed))
 
     def _check_model(self, meta: StoreMeta) -> None:
@@ -220,7 +281,7 @@ class MemoryStore(ImprintActor):
                 return self._write(message)
             case ListVersions():
                 marks = tuple(self._tombstones.all()) if self._tombstones is not None else ()
-                return Versions(records=tuple(b.versions(MemoryFilter())) if b is not None else (), tombstones=marks)
+                return Versions(records=self._versions() if b is not None else (), tombstones=marks)
             case RetrieveTombstones(keys=keys):
                 found = self._tombstones.get(keys) if self._tombstones is not None else {}
                 return tuple(Tombstone("memories", k, at) for k, at in found.items())
@@ -288,6 +349,7 @@ class MemoryStore(ImprintActor):
             points.append(StoredMemory(record=record, vector=vector, model=model))
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points)
+        self._index([(m.record.id, m.record.timestamp) for m in points])
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
 
@@ -319,7 +381,7 @@ class MemoryStore(ImprintActor):
             raise
         doomed = tuple(stored)
         for start in range(0, len(doomed), 1000):
-            self._backend.delete(doomed[start:start + 1000])
+            self._delete(doomed[start:start + 1000])
         logger.info("forgot {} memories", len(doomed))
         return Forgotten(forgotten=doomed, unknown=unknown)
 
@@ -336,7 +398,7 @@ class MemoryStore(ImprintActor):
         stored = self._backend.stored_timestamps(tuple(marks))
         doomed = tuple(i for i, ts in stored.items() if forgets(marks[i], ts))
         if doomed:
-            self._backend.delete(doomed)
+            self._delete(doomed)
         return StoreResult(inserted=changed, skipped=len(tombstones) - changed, forgotten=len(doomed))
 
     def _page(self, limit: int, after: str | None, vectors: bool) -> MemoryPage:

@@ -370,3 +370,24 @@ def test_read_only_creates_no_tombstone_file(start_actor: StartActor, tmp_path: 
     ref = open_forgetting(start_actor, tmp_path, dimension=None, read_only=True)
     assert ref.ask(ListVersions(), timeout=30) == Versions(records=(), tombstones=())
     assert not (tmp_path / "forgotten.db").exists()
+
+
+def test_the_version_index_follows_every_write_and_rebuilds_when_off(start_actor: StartActor, tmp_path: Path) -> None:
+    import sqlite3
+
+    ref = open_forgetting(start_actor, tmp_path)
+    records = [finalize_memory(MemoryRecord(content=f"indexed {i}", timestamp=100.0 + i)) for i in range(6)]
+    store(ref, records, unit_vectors(6))
+    ref.ask(ForgetMemories(deleted_at=500.0, ids=(records[0].id,)), timeout=30)
+    earlier = msgspec.structs.replace(records[1], timestamp=50.0)
+    store(ref, [earlier], unit_vectors(1))
+    expected = sorted([(earlier.id, 50.0)] + [(r.id, r.timestamp) for r in records[2:]])
+    assert sorted(ref.ask(ListVersions(), timeout=30).records) == expected
+    ref.stop(timeout=30)
+
+    # The index lost a row (a crash between the store's write and its own): rebuilt on open.
+    db = sqlite3.connect(tmp_path / "forgotten.db")
+    db.execute("DELETE FROM memory_versions WHERE id = ?", (records[3].id,))
+    db.commit()
+    db.close()
+    assert sorted(open_forgetting(start_actor, tmp_path).ask(ListVersions(), timeout=30).records) == expected
