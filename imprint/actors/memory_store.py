@@ -18,7 +18,7 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
-from imprint.messages.records import MemoryRecord, Tombstone
+from imprint.messages.records import MemoryRecord, Tombstone, stored_time
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
@@ -310,7 +310,7 @@ class MemoryStore(ImprintActor):
         kept: dict[str, None] = {}
         forgotten: dict[str, None] = {}
         for n, memory_id_ in enumerate(ids):
-            given = timestamps[n] if n < len(timestamps) else 0.0
+            given = stored_time(timestamps[n]) if n < len(timestamps) else 0.0
             if forgets(marks.get(memory_id_), given or float("inf")):
                 forgotten[memory_id_] = None  # forgotten here, and this copy is not newer
             elif memory_id_ not in stored:
@@ -339,6 +339,8 @@ class MemoryStore(ImprintActor):
         for record, vector in zip(records, vectors):
             if record.id in seen:
                 continue
+            if record.timestamp != stored_time(record.timestamp):
+                record = msgspec.structs.replace(record, timestamp=stored_time(record.timestamp))
             if forgets(marks.get(record.id), record.timestamp or float("inf")):
                 forgotten += 1
                 continue

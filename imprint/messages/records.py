@@ -121,6 +121,18 @@ def point_id(memory_id_: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "imprint::" + memory_id_))
 
 
+def stored_time(ts: float) -> float:
+    """A memory's timestamp as the store keeps it: to the microsecond.
+
+    Qdrant Edge reads back about one float in eight one unit in the last place
+    off (its JSON number parsing is not exactly rounded), while values with six
+    decimals come back exactly (measured on 20,000). Both machines must hold the
+    same number for the same memory, or reconciling would find a difference that
+    is not there, so the MemoryStore writes every timestamp through this.
+    """
+    return round(ts, 6)
+
+
 def finalize_memory(record: MemoryRecord, *, now: float | None = None) -> MemoryRecord:
     """Return the record with its canonical id, and a timestamp if it had none.
 
@@ -131,7 +143,7 @@ def finalize_memory(record: MemoryRecord, *, now: float | None = None) -> Memory
     if record.id != canonical:
         changes["id"] = canonical
     if not record.timestamp:
-        changes["timestamp"] = time.time() if now is None else now
+        changes["timestamp"] = stored_time(time.time() if now is None else now)
     return msgspec.structs.replace(record, **changes) if changes else record
 
 

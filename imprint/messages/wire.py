@@ -28,6 +28,7 @@ shape must hold), so older peers still decode them.
 from __future__ import annotations
 
 import codecs
+import enum
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -350,7 +351,13 @@ MAX_ITEM_BYTES: Final = 96
 MAX_RANGES: Final = 1 << 18
 MAX_LISTED: Final = 1 << 20
 Item = Annotated[bytes, msgspec.Meta(max_length=MAX_ITEM_BYTES)]
-RangeMode: TypeAlias = Literal["skip", "fp", "list", "final"]
+class RangeMode(enum.IntEnum):
+    """What a reconciliation range says (one byte on the wire)."""
+
+    SKIP = 0  # nothing to do here
+    FP = 1  # my fingerprint of this range: compare with yours
+    LIST = 2  # every item I have here: answer with the difference
+    FINAL = 3  # the answer to your list: items of mine you lack, and yours I lack
 
 
 class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
@@ -359,7 +366,6 @@ class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
 
     mode: RangeMode
     upper: Item | None = None
-    count: Count = 0
     fingerprint: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     items: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
     missing: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()

@@ -65,23 +65,33 @@ class Selection:
 def select(have: list[bytes], need: list[bytes] = ()) -> Selection:
     """Our items the peer lacks, as what to send (items are ours: no checks needed).
 
-    A record the peer has forgotten — its tombstone is among what we `need`, and
-    covers our copy — is not sent: the tombstone on its way here removes ours too.
+    A copy that loses to what the peer holds is not sent either (the merge rules
+    decide the same on both sides): a record the peer has forgotten (its tombstone,
+    among what we `need`, covers our copy: it removes ours when it arrives), a later
+    copy of a memory the peer holds earlier, an open fact the peer holds ended.
     """
     coming: dict[tuple[bytes, bytes], float] = {}
     for raw in need:
-        if raw[:1] in (FORGOTTEN_MEMORY, FORGOTTEN_FACT) and len(raw) == 17:
-            coming[(raw[:1], raw[1:9])] = _VERSION.unpack(raw[9:17])[0]
+        if len(raw) == 17 and raw[:1] in (FORGOTTEN_MEMORY, FORGOTTEN_FACT, MEMORY, FACT):
+            version = _VERSION.unpack(raw[9:17])[0]
+            prior = coming.get((raw[:1], raw[1:9]))
+            # several copies of one key: keep the one that matters (earliest memory, latest end)
+            if prior is None or (version < prior if raw[:1] == MEMORY else version > prior):
+                coming[(raw[:1], raw[1:9])] = version
     out = Selection()
     for raw in have:
         kind, key, (version,) = raw[:1], raw[1:9].hex(), _VERSION.unpack(raw[9:17])
         if kind == MEMORY:
             if version <= coming.get((FORGOTTEN_MEMORY, raw[1:9]), -1.0):
                 continue
+            if coming.get((MEMORY, raw[1:9]), float("inf")) < version:
+                continue  # the peer's earlier copy wins there and here
             out.memories.append(key)
         elif kind == FACT:
             if 0 < version <= coming.get((FORGOTTEN_FACT, raw[1:9]), -1.0):
                 continue  # (an open fact's item does not say when it started: it is sent)
+            if version == 0 and coming.get((FACT, raw[1:9]), 0.0) > 0:
+                continue  # the peer's ended copy ends ours; ours would change nothing there
             out.facts.append(key)
         elif kind == FORGOTTEN_MEMORY:
             out.tombstones.append(Tombstone("memories", key, version))

@@ -302,6 +302,8 @@ class RelayServer:
         self.close_timeout = 10.0
 
         self._rooms: dict[str, _Room] = {}
+        #: Notified whenever a room opens or closes (for callers on other threads).
+        self._rooms_changed = threading.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
@@ -315,6 +317,15 @@ class RelayServer:
     def room_count(self) -> int:
         """Rooms currently open (safe to read from any thread)."""
         return len(self._rooms)
+
+    def wait_for_rooms(self, count: int, timeout: float) -> bool:
+        """Wait (from another thread) until exactly `count` rooms are open; False on timeout."""
+        with self._rooms_changed:
+            return self._rooms_changed.wait_for(lambda: len(self._rooms) == count, timeout)
+
+    def _rooms_did_change(self) -> None:
+        with self._rooms_changed:
+            self._rooms_changed.notify_all()
 
     # ----------------------------------------------------------------- running
 
@@ -630,6 +641,7 @@ class RelayServer:
     def _open_room(self, room_id: str, *, owner: str = "") -> _Room:
         room = _Room(room_id, owner=owner)
         self._rooms[room_id] = room
+        self._rooms_did_change()
         self._limits.open_rooms[owner] += 1
         assert self._loop is not None
         room.expiry = self._loop.call_later(self.room_ttl, self._expire, room)
@@ -747,6 +759,7 @@ class RelayServer:
         room.closed = True
         if self._rooms.get(room.room_id) is room:
             del self._rooms[room.room_id]
+            self._rooms_did_change()
         if room.expiry is not None:
             room.expiry.cancel()
         # Frames held for a side that is present are still being delivered

@@ -391,3 +391,23 @@ def test_the_version_index_follows_every_write_and_rebuilds_when_off(start_actor
     db.commit()
     db.close()
     assert sorted(open_forgetting(start_actor, tmp_path).ask(ListVersions(), timeout=30).records) == expected
+
+
+def test_timestamps_are_kept_to_the_microsecond_exactly_as_the_index_says(start_actor: StartActor, tmp_path: Path) -> None:
+    """Edge reads back ~1 float in 8 one ulp off; six decimals come back exact. Both sides of a
+    sync must hold the same number, so the store writes (and compares) stored_time(ts)."""
+    from imprint.messages.records import stored_time
+
+    ref = open_forgetting(start_actor, tmp_path)
+    rng = random.Random(3)
+    records = [finalize_memory(MemoryRecord(content=f"timed {i}", timestamp=1.7e9 + rng.random() * 1e8))
+               for i in range(300)]
+    store(ref, records, unit_vectors(300))
+    expected = {r.id: stored_time(r.timestamp) for r in records}
+    assert dict(ref.ask(ListVersions(), timeout=30).records) == expected  # the index
+    stored = {r.id: r.timestamp for r in ref.ask(RetrieveMemories(ids=tuple(expected)), timeout=30)}
+    assert stored == expected  # what Edge holds, to the bit
+    # The same records offered again (e.g. by a peer, unrounded) are the same memory, not earlier copies.
+    missing = ref.ask(FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records)),
+                      timeout=30)
+    assert missing.ids == () and missing.kept == ()

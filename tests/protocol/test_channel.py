@@ -535,6 +535,7 @@ def test_reconcile_frames_travel_as_messagepack_inside_the_seal(pair):
     from imprint.messages.wire import (
         Done,
         Range,
+        RangeMode,
         Reconcile,
         ReconcileMessage,
         encode_frame,
@@ -543,8 +544,8 @@ def test_reconcile_frames_travel_as_messagepack_inside_the_seal(pair):
 
     consumer, provider = pair
     send, receive = SecureCodec(consumer), SecureCodec(provider)
-    frame = Reconcile(message=ReconcileMessage(ranges=(Range("fp", b"\x01\x02", count=3, fingerprint=b"\xff" * 16),
-                                                      Range("list", None, items=(b"m" + b"\x00" * 16,)))))
+    frame = Reconcile(message=ReconcileMessage(ranges=(Range(RangeMode.FP, b"\x01\x02", fingerprint=b"\xff" * 16),
+                                                      Range(RangeMode.LIST, None, items=(b"m" + b"\x00" * 16,)))))
     sealed = send.encode(frame)
     assert receive.decode(sealed) == frame
     assert len(sealed) < len(encode_frame(frame))  # raw bytes, not base64 in JSON

@@ -117,10 +117,15 @@ def test_identical_sides_select_nothing_in_one_round_trip() -> None:
     assert pair.frames == 2  # one reconcile message and its answer (then the pull request)
 
 
-def test_a_changed_version_travels_both_ways() -> None:
+def test_of_two_copies_only_the_winning_one_travels() -> None:
+    # The consumer's earlier copy of memory 1 wins on both sides: the provider's later one stays home.
     pair = Pair([mem(1, 1000.0), mem(2)], [mem(1, 500.0), mem(2)]).run()
-    assert pair.pushed["provider"].start.only_memories == (f"{1:016x}",)
+    assert pair.pushed["provider"].start.only_memories == ()
     assert pair.flows["consumer"].selection.memories == [f"{1:016x}"]
+    # An ended fact wins over an open copy: only the ended one travels.
+    pair = Pair([item(FACT, "ab" * 8, 0.0)], [item(FACT, "ab" * 8, 1234.0)]).run()
+    assert pair.pushed["provider"].start.only_facts == ()
+    assert pair.flows["consumer"].selection.facts == ["ab" * 8]
 
 
 def test_an_older_peer_gets_the_full_transfer() -> None:
@@ -157,11 +162,11 @@ def test_forgets_from_an_older_peer_are_refused() -> None:
 
 @pytest.mark.parametrize("side", ["provider", "consumer"])
 def test_a_forged_reconcile_message_is_a_protocol_error(side: str) -> None:
-    from imprint.messages.wire import Range, ReconcileMessage
+    from imprint.messages.wire import Range, RangeMode, ReconcileMessage
 
     pair = Pair([mem(1)], [mem(2)])
     pair.feed("provider", HandshakeSucceeded(peer=V2))
-    bad = Reconcile(message=ReconcileMessage(ranges=(Range("skip", b"z"), Range("skip", b"a"), Range("skip"))))
+    bad = Reconcile(message=ReconcileMessage(ranges=(Range(RangeMode.SKIP, b"z"), Range(RangeMode.SKIP, b"a"), Range(RangeMode.SKIP))))
     if side == "provider":
         commands = pair.flows["provider"].handle(FrameReceived(frame=bad))
         commands += pair.flows["provider"].handle(ItemsLoaded(items=(mem(1),)))

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imprint.errors import ProtocolError
-from imprint.messages.wire import Range, ReconcileMessage
+from imprint.messages.wire import Range, RangeMode, ReconcileMessage
 from imprint.protocol.reconcile import LIST_AT, MAX_ROUNDS, Reconciler
 
 pytestmark = pytest.mark.timeout(120)
@@ -115,14 +115,14 @@ def responder_with(n: int = 100) -> Reconciler:
 
 @pytest.mark.parametrize("ranges", [
     (),
-    (Range("skip", b"b"),),  # the last range must be open
-    (Range("skip", b"b"), Range("skip", b"a"), Range("skip")),  # decreasing bounds
-    (Range("skip", b"b"), Range("skip", b"b"), Range("skip")),  # repeated bound
-    (Range("fp", None, count=3, fingerprint=b"short"),),
-    (Range("list", b"m", items=(b"z",)), Range("skip")),  # an item outside its range
-    (Range("list", None, items=(b"a", b"a")),),  # an item twice
-    (Range("final", None, missing=(b"not mine",)),),  # an answer to a list never sent
-    (Range("list", None, missing=(b"x",)),),
+    (Range(RangeMode.SKIP, b"b"),),  # the last range must be open
+    (Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP, b"a"), Range(RangeMode.SKIP)),  # decreasing bounds
+    (Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP)),  # repeated bound
+    (Range(RangeMode.FP, None, fingerprint=b"short"),),
+    (Range(RangeMode.LIST, b"m", items=(b"z",)), Range(RangeMode.SKIP)),  # an item outside its range
+    (Range(RangeMode.LIST, None, items=(b"a", b"a")),),  # an item twice
+    (Range(RangeMode.FINAL, None, missing=(b"not mine",)),),  # an answer to a list never sent
+    (Range(RangeMode.LIST, None, missing=(b"x",)),),
 ])
 def test_malformed_messages_are_protocol_errors(ranges: tuple[Range, ...]) -> None:
     r = responder_with()
@@ -135,11 +135,11 @@ def test_a_runaway_conversation_is_cut_off() -> None:
     r = responder_with()
     with pytest.raises(ProtocolError, match="did not end"):
         for _ in range(MAX_ROUNDS + 1):
-            r.receive(ReconcileMessage((Range("fp", None, count=1, fingerprint=b"\0" * 8),)))
+            r.receive(ReconcileMessage((Range(RangeMode.FP, None, fingerprint=b"\0" * 8),)))
 
 
 def test_oversized_items_do_not_decode() -> None:
-    wire = encoder.encode(ReconcileMessage((Range("list", None, items=(b"x" * 500,)),)))
+    wire = encoder.encode(ReconcileMessage((Range(RangeMode.LIST, None, items=(b"x" * 500,)),)))
     with pytest.raises(msgspec.ValidationError):
         decoder.decode(wire)
 
@@ -147,4 +147,4 @@ def test_oversized_items_do_not_decode() -> None:
 def test_small_sets_are_listed_at_once() -> None:
     a = Reconciler({item(n) for n in range(LIST_AT)}, initiator=True)
     [only] = a.initiate().ranges
-    assert only.mode == "list" and len(only.items) == LIST_AT
+    assert only.mode == RangeMode.LIST and len(only.items) == LIST_AT

@@ -451,7 +451,7 @@ def test_40_watched_joins_end_when_their_pages_go(tmp_path: Path) -> None:
                     watchers.append(EventStream(f"{url}/api/sync/sessions/{r.json()['session_id']}/events"))
                 for w in watchers:
                     w.next("waiting", where=lambda e: "to be served" in e["message"])
-                assert relay.room_count == 40
+                assert relay.wait_for_rooms(40, timeout=30), relay.room_count
                 for w in watchers:
                     w.stop()
                 sessions = app.state.sessions.all()
@@ -460,7 +460,8 @@ def test_40_watched_joins_end_when_their_pages_go(tmp_path: Path) -> None:
                     session.thread.join(timeout=60)
                     assert session.finished and not session.thread.is_alive()
                     assert "page that watched this sync was closed" in session.events[-1].message
-                assert relay.room_count == 0
+                # The relay hears each connection close a moment after its session ends.
+                assert relay.wait_for_rooms(0, timeout=30), relay.room_count
     finally:
         relay.stop()
 
