@@ -19,7 +19,7 @@ a vector of another model is never written into it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -114,3 +114,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the store (and its lock)."""
+
+
+def record_of(payload: dict[str, Any] | None) -> MemoryRecord:
+    """A point's payload as the memory record (both engines store the same payload)."""
+    return msgspec.convert(payload or {}, MemoryRecord)
+
+
+def stored_of(point: Any, vectors: bool) -> StoredMemory:
+    """A point (as either engine returns it) as a StoredMemory; its vector only if asked for."""
+    payload = point.payload or {}
+    vector = None
+    if vectors:
+        vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
+    return StoredMemory(record=record_of(payload), vector=vector, model=str(payload.get(MODEL_KEY) or ""))

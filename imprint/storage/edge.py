@@ -37,6 +37,12 @@ from imprint.storage import (
     StoredMemory,
     StoreMeta,
 )
+from imprint.storage import (
+    record_of as _record,
+)
+from imprint.storage import (
+    stored_of as _stored,
+)
 
 META_FILE = "imprint-store.json"
 #: Points per scroll when reading only ids and timestamps.
@@ -55,18 +61,6 @@ def _where(where: MemoryFilter | None) -> Any:
         return None
     q = _edge()
     return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchValue(v)) for k, v in where.conditions()])
-
-
-def _record(payload: dict[str, Any] | None) -> MemoryRecord:
-    return msgspec.convert(payload or {}, MemoryRecord)
-
-
-def _stored(point: Any, vectors: bool) -> StoredMemory:
-    payload = point.payload or {}
-    vector = None
-    if vectors:
-        vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
-    return StoredMemory(record=_record(payload), vector=vector, model=str(payload.get(MODEL_KEY) or ""))
 
 
 def read_meta(path: Path) -> StoreMeta | None:

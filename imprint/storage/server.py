@@ -25,6 +25,12 @@ from imprint.storage import (
     StoredMemory,
     StoreMeta,
 )
+from imprint.storage import (
+    record_of as _record,
+)
+from imprint.storage import (
+    stored_of as _stored,
+)
 
 #: Key of the store's meta in the collection's metadata.
 META_KEY = "imprint"
@@ -37,18 +43,6 @@ def _where(where: MemoryFilter | None) -> Any:
         return None
     return models.Filter(must=[models.FieldCondition(key=k, match=models.MatchValue(value=v))
                                for k, v in where.conditions()])
-
-
-def _record(payload: dict[str, Any] | None) -> MemoryRecord:
-    return msgspec.convert(payload or {}, MemoryRecord)
-
-
-def _stored(point: Any, vectors: bool) -> StoredMemory:
-    payload = point.payload or {}
-    vector = None
-    if vectors:
-        vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
-    return StoredMemory(record=_record(payload), vector=vector, model=str(payload.get(MODEL_KEY) or ""))
 
 
 class ServerBackend:
