@@ -20,7 +20,7 @@ from imprint.actors.storer import ALL_STREAMS, Storer
 from imprint.commands.render import note
 from imprint.config import Settings
 from imprint.errors import StoreError
-from imprint.messages.records import MemoryRecord, earliest_copies
+from imprint.messages.records import MemoryRecord, content_hash, winning_copies
 from imprint.messages.session import (
     BatchStored,
     SpoolIdle,
@@ -70,32 +70,39 @@ def all_facts(fact_store: pykka.ActorRef[Any], *, page: int = 500) -> Iterator[S
         after = batch.next_after
 
 
+def given_key(record: MemoryRecord) -> tuple[str, str]:
+    """What a vector handed to :func:`embed_and_store` belongs to: a memory's id and
+    text (two texts of one id, an edit and its original, have two vectors)."""
+    return record.id, content_hash(record.content)
+
+
 def embed_and_store(
     embedder: pykka.ActorRef[Any] | None, memory_store: pykka.ActorRef[Any], records: tuple[MemoryRecord, ...], *,
-    given: dict[str, list[float]] | None = None, timeout: float = ASK_TIMEOUT,
+    given: dict[tuple[str, str], list[float]] | None = None, timeout: float = ASK_TIMEOUT,
 ) -> StoreResult:
     """Store finalized memory records: only texts not stored yet are embedded.
 
     `given` holds vectors already made by the store's own model (checked by the
-    caller through their fingerprint), by memory id; those records are not embedded.
+    caller through their fingerprint), by :func:`given_key`; those records are not embedded.
     """
     if not records:
         return StoreResult()
-    request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records))
+    request = FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records),
+                          hashes=tuple(content_hash(r.content) for r in records))
     missing = ask(memory_store, request, timeout=timeout)
-    fresh = earliest_copies(records, missing.ids)
+    fresh = winning_copies(records, missing.ids)
     if not fresh:
         return StoreResult(skipped=len(records))
     given = given or {}
-    to_embed = tuple(r for r in fresh if r.id not in given)
+    to_embed = tuple(r for r in fresh if given_key(r) not in given)
     embedded: list[list[float]] = []
     if to_embed:
         if embedder is None:
             raise StoreError("no embedding model is loaded to embed these memories")
         embedded = ask(embedder, EmbedTexts(texts=tuple(r.content for r in to_embed)), timeout=timeout).vectors
     made = iter(embedded)
-    vectors = [given[r.id] if r.id in given else next(made) for r in fresh]
-    result = ask(memory_store, StoreMemories(records=fresh, vectors=vectors, stored_at=missing.stored_at), timeout=timeout)
+    vectors = [given[given_key(r)] if given_key(r) in given else next(made) for r in fresh]
+    result = ask(memory_store, StoreMemories(records=fresh, vectors=vectors, stored=missing.stored), timeout=timeout)
     return StoreResult(inserted=result.inserted, skipped=len(records) - result.inserted, updated=result.updated)
 
 
@@ -230,7 +237,7 @@ class LocalActors:
     def __getitem__(self, name: str) -> pykka.ActorRef[Any]:
         return self.group[name]
 
-    def store_memories(self, records: tuple[MemoryRecord, ...], given: dict[str, list[float]] | None = None
+    def store_memories(self, records: tuple[MemoryRecord, ...], given: dict[tuple[str, str], list[float]] | None = None
                        ) -> StoreResult:
         return embed_and_store(self.group["embedder"] if "embedder" in self.group else None,
                                self.group["memory_store"], records, given=given)

@@ -125,7 +125,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, imprint_cli: Run) -> tuple[
 
 def test_done_when_import_search_reimport_export(corpus: tuple[Path, Path, Any], imprint_cli: Run) -> None:
     data_dir, path, first = corpus
-    assert json_objects(ok(first).stdout) == [{"inserted": CORPUS_SIZE, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
+    assert json_objects(ok(first).stdout) == [{"inserted": CORPUS_SIZE, "updated": 0, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
 
     hits = json_objects(ok(imprint_cli(data_dir, "search", PARAPHRASE, "-k", "3", "--json")).stdout)
     assert len(hits) == 3
@@ -189,6 +189,30 @@ def test_add_prints_the_id_then_says_already_there(tmp_path: Path, imprint_cli: 
     assert record["timestamp"] > 0
 
 
+def test_a_text_edited_past_character_200_is_updated_on_add_and_import(tmp_path: Path, imprint_cli: Run) -> None:
+    head = "The deploy checklist, which is long enough that its first two hundred characters never change. " * 3
+    first, second = head + "Step 9: page the on-call.", head + "Step 9: page the on-call and the release owner."
+    memory = memory_id("ops", "", first)
+    assert memory == memory_id("ops", "", second)  # the id sees only the first 200 characters
+    ok(imprint_cli(tmp_path, "add", first, "--project", "ops"))
+    assert ok(imprint_cli(tmp_path, "add", second, "--project", "ops")).stdout == \
+        f"{memory} (updated: a newer text of this memory)\n"
+    assert [json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path)] == [second]
+
+    # An import holding an old text (with its old time) and a newer one of another memory tells what it did.
+    later = head.replace("deploy", "rollback") + "v1"
+    ok(imprint_cli(tmp_path, "add", later, "--project", "ops"))
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"content": first, "project": "ops", "timestamp": 1.0},
+        {"content": later[:-1] + "2", "project": "ops"},
+        {"content": "brand new", "project": "ops"},
+    ])
+    proc = ok(imprint_cli(tmp_path, "import", str(src)))
+    assert proc.stdout.strip() == "inserted 1, updated 1 (newer texts of memories held), skipped 1 (already there)"
+    contents = sorted(json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path))
+    assert contents == sorted([second, later[:-1] + "2", "brand new"])
+
+
 def test_add_refuses_a_bad_tag(tmp_path: Path, imprint_cli: Run) -> None:
     assert "bad --tag 'colour=red'" in one_line_error(imprint_cli(tmp_path, "add", "text", "--tag", "colour=red"))
 
@@ -235,7 +259,7 @@ def test_import_one_good_two_bad_lines_stores_the_good_one_and_exits_1(tmp_path:
 def test_import_from_stdin_prints_only_json(tmp_path: Path, imprint_cli: Run) -> None:
     lines = '{"content": "read from standard input"}\n\n{"content": "second piped line", "source": "pipe"}\n'
     proc = ok(imprint_cli(tmp_path, "import", "-", "--json", input=lines))
-    assert json_objects(proc.stdout) == [{"inserted": 2, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
+    assert json_objects(proc.stdout) == [{"inserted": 2, "updated": 0, "skipped": 0, "rejected": 0, "vectors_reused": 0}]
     assert {json.loads(line)["content"] for line in export_lines(imprint_cli, tmp_path)} == {
         "read from standard input",
         "second piped line",

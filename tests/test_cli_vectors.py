@@ -42,7 +42,7 @@ def test_vectors_round_trip_exactly_and_are_stored_as_they_come(imprint_cli: Run
     planted = [1.0] + [0.0] * 383
     rows[0]["vector"] = vector_to_text(planted)
     restored = ok(imprint_cli(dst, "--json", "import", "-", input="\n".join(json.dumps(r) for r in rows)))
-    assert json.loads(restored.stdout) == {"inserted": 2, "skipped": 0, "rejected": 0, "vectors_reused": 2}
+    assert json.loads(restored.stdout) == {"inserted": 2, "updated": 0, "skipped": 0, "rejected": 0, "vectors_reused": 2}
     again = {r["id"]: r for r in lines_of(ok(imprint_cli(dst, "export", "--vectors")).stdout)}
     assert vector_from_field(again[rows[0]["id"]]["vector"], 384) == planted
     assert again[rows[1]["id"]]["vector"] == rows[1]["vector"]  # bit for bit
@@ -76,7 +76,7 @@ def test_bad_vectors_are_named_and_skipped_and_bare_vectors_are_embedded(imprint
     ]
     result = imprint_cli(tmp_path, "--json", "import", "-", input="\n".join(json.dumps(r) for r in rows))
     assert result.returncode == 1
-    assert json.loads(result.stdout) == {"inserted": 2, "skipped": 0, "rejected": 3, "vectors_reused": 1}
+    assert json.loads(result.stdout) == {"inserted": 2, "updated": 0, "skipped": 0, "rejected": 3, "vectors_reused": 1}
     assert "line 1: rejected: `vector` has 10 dimensions" in result.stderr
     assert "line 2: rejected: `vector` is neither" in result.stderr
     assert "line 3: rejected: `vector` holds a non-finite number or only zeros" in result.stderr

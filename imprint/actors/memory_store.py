@@ -18,7 +18,14 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
-from imprint.messages.records import MemoryRecord, Tombstone, stored_time
+from imprint.messages.records import (
+    MemoryRecord,
+    MemoryVersion,
+    Tombstone,
+    content_hash,
+    replaces,
+    stored_time,
+)
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
@@ -133,14 +140,13 @@ class MemoryStore(ImprintActor):
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             self._tombstones = TombstoneTable(db, "forgotten")
-            db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL)")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
 
     # ------------------------------------------------------------ the version index
     #
-    # Reconciliation reads every memory's (id, timestamp). Reading them from Edge's
-    # payloads costs ~0.6-1.5 s at 100k; this index beside the tombstones (same SQLite
+    # Reconciliation reads every memory's (id, timestamp, content hash). Reading them
+    # from Edge's payloads costs ~0.6-1.5 s at 100k; this index beside the tombstones (same SQLite
     # file) answers in ~0.07 s. It is written after every Edge write and cleared before
     # every Edge delete, so it never lists a memory the store lacks (that would make a
     # peer hold back a record we need); the reverse, after a crash between the two, only
@@ -154,14 +160,17 @@ class MemoryStore(ImprintActor):
         if not self._indexed():
             return
         db = self._tombstones.db
-        db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL)")
+        columns = [row[1] for row in db.execute("PRAGMA table_info(memory_versions)")]
+        if columns and "hash" not in columns:  # an index from before content hashes: made again
+            db.execute("DROP TABLE memory_versions")
+        db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL, hash TEXT NOT NULL)")
         (indexed,) = db.execute("SELECT COUNT(*) FROM memory_versions").fetchone()
         if indexed == self._backend.count(MemoryFilter()):
             return
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM memory_versions")
-            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts) VALUES (?, ?)",
+            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts, hash) VALUES (?, ?, ?)",
                            self._backend.versions(MemoryFilter()))
             db.execute("COMMIT")
         except BaseException:
@@ -169,9 +178,9 @@ class MemoryStore(ImprintActor):
             raise
         logger.debug("rebuilt the version index of {} ({} memories)", self.location, indexed)
 
-    def _index(self, rows: list[tuple[str, float]]) -> None:
+    def _index(self, rows: list[tuple[str, float, str]]) -> None:
         if self._indexed() and rows:
-            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts) VALUES (?, ?)", rows)
+            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts, hash) VALUES (?, ?, ?)", rows)
 
     def _unindex(self, ids: tuple[str, ...]) -> None:
         if self._indexed() and ids:
@@ -187,9 +196,9 @@ class MemoryStore(ImprintActor):
             db.execute("ROLLBACK")
             raise
 
-    def _versions(self) -> tuple[tuple[str, float], ...]:
+    def _versions(self) -> tuple[tuple[str, float, str], ...]:
         if self._indexed():
-            return tuple(self._tombstones.db.execute("SELECT id, ts FROM memory_versions"))
+            return tuple(self._tombstones.db.execute("SELECT id, ts, hash FROM memory_versions"))
         return tuple(self._backend.versions(MemoryFilter()))
 
     def _delete(self, ids: tuple[str, ...]) -> None:
@@ -204,8 +213,8 @@ class MemoryStore(ImprintActor):
         marks = list(self._tombstones.all())
         for start in range(0, len(marks), 1000):
             chunk = dict(marks[start:start + 1000])
-            stored = self._backend.stored_timestamps(tuple(chunk))
-            doomed = tuple(i for i, ts in stored.items() if forgets(chunk[i], ts))
+            stored = self._backend.stored_versions(tuple(chunk))
+            doomed = tuple(i for i, (ts, _) in stored.items() if forgets(chunk[i], ts))
             if doomed:
                 self._delete(doomed)
                 logger.info("removed {} forgotten memories left by an interrupted forget", len(doomed))
@@ -263,8 +272,8 @@ class MemoryStore(ImprintActor):
     def _dispatch(self, message: Any) -> Any:
         b = self._backend
         match message:
-            case FindMissing(ids=ids, timestamps=timestamps):
-                return self._to_write(ids, timestamps)
+            case FindMissing(ids=ids, timestamps=timestamps, hashes=hashes):
+                return self._to_write(ids, timestamps, hashes)
             case PageMemories(limit=limit, after=after, vectors=vectors):
                 return self._page(limit, after, vectors)
             case SearchMemories(vector=vector, limit=limit, project=project):
@@ -296,15 +305,15 @@ class MemoryStore(ImprintActor):
 
     def _write(self, message: Any) -> Any:
         match message:
-            case StoreMemories(records=records, vectors=vectors, stored_at=stored_at, model=model):
-                return self._store(records, vectors, stored_at, model)
+            case StoreMemories(records=records, vectors=vectors, stored=stored, model=model):
+                return self._store(records, vectors, stored, model)
             case ForgetMemories(deleted_at=deleted_at, ids=ids, where=where):
                 return self._forget(deleted_at, ids, where)
             case StoreTombstones(tombstones=tombstones):
                 return self._store_tombstones(tombstones)
 
-    def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...]) -> MissingIds:
-        stored = self._backend.stored_timestamps(ids)
+    def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...], hashes: tuple[str, ...]) -> MissingIds:
+        stored = self._backend.stored_versions(ids)
         marks = self._tombstones.get(ids) if self._tombstones is not None else {}
         result: dict[str, None] = {}
         kept: dict[str, None] = {}
@@ -315,15 +324,18 @@ class MemoryStore(ImprintActor):
                 forgotten[memory_id_] = None  # forgotten here, and this copy is not newer
             elif memory_id_ not in stored:
                 result[memory_id_] = None
-            elif given and given < stored[memory_id_]:
-                result[memory_id_] = None  # an earlier copy of the same memory wins everywhere
-            elif given and given > stored[memory_id_]:
-                kept[memory_id_] = None
+            elif given:
+                mine = stored[memory_id_]
+                offered = (given, hashes[n] if n < len(hashes) else mine[1])
+                if replaces(offered, mine):
+                    result[memory_id_] = None  # an earlier copy of the text, or a newer edit: wins everywhere
+                elif offered != mine:
+                    kept[memory_id_] = None
         return MissingIds(ids=tuple(r for r in result if r not in forgotten),
-                          kept=tuple(k for k in kept if k not in result), stored_at=stored, forgotten=tuple(forgotten))
+                          kept=tuple(k for k in kept if k not in result), stored=stored, forgotten=tuple(forgotten))
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
-               stored_at: dict[str, float] | None, model: str | None) -> StoreResult:
+               stored: dict[str, MemoryVersion] | None, model: str | None) -> StoreResult:
         if len(records) != len(vectors):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
         if self._meta is None:
@@ -331,7 +343,8 @@ class MemoryStore(ImprintActor):
         model = self.model if model is None else model
         if model != self._meta.model:
             raise StoreError(f"vectors of model {model or '?'} cannot go into a store of model {self._meta.model or '?'}")
-        stored = stored_at if stored_at is not None else self._backend.stored_timestamps(tuple(r.id for r in records))
+        if stored is None:
+            stored = self._backend.stored_versions(tuple(r.id for r in records))
         marks = self._tombstones.get(r.id for r in records) if self._tombstones is not None else {}
         points: list[StoredMemory] = []
         seen: set[str] = set()
@@ -344,14 +357,14 @@ class MemoryStore(ImprintActor):
             if forgets(marks.get(record.id), record.timestamp or float("inf")):
                 forgotten += 1
                 continue
-            if record.id in stored and not (record.timestamp and record.timestamp < stored[record.id]):
+            if record.id in stored and not replaces((record.timestamp, content_hash(record.content)), stored[record.id]):
                 continue
             updated += record.id in stored
             seen.add(record.id)
             points.append(StoredMemory(record=record, vector=vector, model=model))
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points)
-        self._index([(m.record.id, m.record.timestamp) for m in points])
+        self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
 
@@ -365,10 +378,10 @@ class MemoryStore(ImprintActor):
             return Forgotten(forgotten=(), unknown=tuple(dict.fromkeys(ids)))
         table = self._writable_tombstones()
         if where is not None:
-            stored = dict(self._backend.versions(where))
+            stored = {key: ts for key, ts, _ in self._backend.versions(where)}
             unknown: tuple[str, ...] = ()
         else:
-            stored = self._backend.stored_timestamps(ids)
+            stored = {key: ts for key, (ts, _) in self._backend.stored_versions(ids).items()}
             unknown = tuple(i for i in dict.fromkeys(ids) if i not in stored)
         if not stored:
             return Forgotten(forgotten=(), unknown=unknown)
@@ -397,8 +410,8 @@ class MemoryStore(ImprintActor):
         except BaseException:
             table.db.execute("ROLLBACK")
             raise
-        stored = self._backend.stored_timestamps(tuple(marks))
-        doomed = tuple(i for i, ts in stored.items() if forgets(marks[i], ts))
+        stored = self._backend.stored_versions(tuple(marks))
+        doomed = tuple(i for i, (ts, _) in stored.items() if forgets(marks[i], ts))
         if doomed:
             self._delete(doomed)
         return StoreResult(inserted=changed, skipped=len(tombstones) - changed, forgotten=len(doomed))

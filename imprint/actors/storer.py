@@ -22,7 +22,12 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
-from imprint.messages.records import MemoryRecord, earliest_copies
+from imprint.messages.records import (
+    MemoryRecord,
+    MemoryVersion,
+    content_hash,
+    winning_copies,
+)
 from imprint.messages.session import (
     BatchStored,
     SpoolIdle,
@@ -77,7 +82,7 @@ class Storer(ImprintActor):
         self._todo: list[MemoryRecord] = []
         self._vectors: list[list[float]] = []
         self._kept: tuple[str, ...] = ()
-        self._stored_at: dict[str, float] = {}
+        self._stored: dict[str, MemoryVersion] = {}
 
     def start_up(self) -> None:
         self._spool = Spool(self.spool_path)
@@ -152,28 +157,29 @@ class Storer(ImprintActor):
             stored = BatchStored(stream=batch.stream, dataset="facts", count=len(batch.records), result=result,
                                  same_facts=same_facts)
         self._spool.remove(batch.id)
-        self._current, self._todo, self._vectors, self._kept, self._stored_at = None, [], [], (), {}
+        self._current, self._todo, self._vectors, self._kept, self._stored = None, [], [], (), {}
         self._tell(batch.stream, stored)
         self._tell_if_done(batch.stream)
         self._again()
 
     def _begin(self, batch: SpooledBatch) -> None:
         self._current = batch
-        self._todo, self._vectors, self._kept, self._stored_at = [], [], (), {}
+        self._todo, self._vectors, self._kept, self._stored = [], [], (), {}
         if batch.dataset != "memories":
             return
         records = batch.records
         missing = ask(self.memory_store, FindMissing(ids=tuple(r.id for r in records),
-                                                     timestamps=tuple(r.timestamp for r in records)))
-        self._todo = list(earliest_copies(records, missing.ids))
-        self._kept, self._stored_at = missing.kept, missing.stored_at
+                                                     timestamps=tuple(r.timestamp for r in records),
+                                                     hashes=tuple(content_hash(r.content) for r in records)))
+        self._todo = list(winning_copies(records, missing.ids))
+        self._kept, self._stored = missing.kept, missing.stored
 
     def _store_memories(self, batch: SpooledBatch) -> StoreResult:
         n = len(batch.records)
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
         result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
-                                                              stored_at=self._stored_at))
+                                                              stored=self._stored))
         return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
                            kept_ids=self._kept)
 

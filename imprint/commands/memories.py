@@ -14,7 +14,7 @@ from imprint.commands import CommandLine
 from imprint.commands.render import Output, note
 from imprint.config import Settings
 from imprint.errors import InputError
-from imprint.local import LocalActors, all_facts, all_memories
+from imprint.local import LocalActors, all_facts, all_memories, given_key
 from imprint.messages.records import TAG_KEYS
 
 #: Records per store round trip when importing.
@@ -103,8 +103,10 @@ def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         raise InputError(f"cannot add memory: {exc}") from None
     with LocalActors(settings, embedder=True) as local:
         result = local.store_memories((record,))
-    inserted = bool(result.inserted)
-    out.result({"id": record.id, "inserted": inserted}, record.id if inserted else f"{record.id} (already there)")
+    inserted, updated = bool(result.inserted), bool(result.updated)
+    shown = record.id if inserted else f"{record.id} (updated: a newer text of this memory)" if updated else \
+        f"{record.id} (already there)"
+    out.result({"id": record.id, "inserted": inserted, "updated": updated}, shown)
     return 0
 
 
@@ -143,20 +145,21 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
     )
 
     lines, total_bytes = _jsonl_lines(args.file)
-    inserted = skipped = rejected = reused = 0
+    inserted = updated = skipped = rejected = reused = 0
     batch: list = []
-    given: dict[str, list[float]] = {}
+    given: dict[tuple[str, str], list[float]] = {}
     now = time.time()
     with LocalActors(settings, embedder=True) as local, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
         model = local.model
         flushed = False
 
         def flush() -> None:
-            nonlocal inserted, skipped, flushed
+            nonlocal inserted, updated, skipped, flushed
             if batch:
                 result = local.store_memories(tuple(batch), given=given)
                 inserted += result.inserted
-                skipped += result.skipped
+                updated += result.updated
+                skipped += result.skipped - result.updated
                 batch.clear()
                 given.clear()
                 flushed = True
@@ -191,7 +194,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
                     reject(number, why + "; use --reembed")
                     continue
                 try:
-                    given.setdefault(record.id, vector_from_field(carried.vector, model.dimension))
+                    given.setdefault(given_key(record), vector_from_field(carried.vector, model.dimension))
                 except ValueError as exc:
                     reject(number, str(exc))
                     continue
@@ -203,8 +206,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
     if rejected > MAX_REPORTED_LINES:
         note(f"imprint: … and {rejected - MAX_REPORTED_LINES} more rejected lines")
     out.result(
-        {"inserted": inserted, "skipped": skipped, "rejected": rejected, "vectors_reused": reused},
-        f"inserted {inserted}, skipped {skipped} (already there)" + (f", rejected {rejected} lines" if rejected else "")
+        {"inserted": inserted, "updated": updated, "skipped": skipped, "rejected": rejected, "vectors_reused": reused},
+        f"inserted {inserted}" + (f", updated {updated} (newer texts of memories held)" if updated else "")
+        + f", skipped {skipped} (already there)" + (f", rejected {rejected} lines" if rejected else "")
         + (f"; {reused} vectors from the file used as they are (same model)" if reused else ""),
     )
     return 1 if rejected else 0

@@ -174,8 +174,10 @@ class HumanReporter:
         self.bars.clear()
 
 
-def _outcome(inserted: int, skipped: int, rejected: int, ended: int, *, here: bool) -> str:
-    parts = [f"{inserted:,} new", f"{skipped:,} already {'here' if here else 'there'}"]
+def _outcome(inserted: int, skipped: int, rejected: int, ended: int, *, here: bool, updated: int = 0) -> str:
+    parts = [f"{inserted:,} new", f"{skipped - updated:,} already {'here' if here else 'there'}"]
+    if updated:
+        parts.append(f"{updated:,} updated")
     if ended:
         parts.append(f"{ended:,} ended")
     if rejected:
@@ -187,14 +189,16 @@ def _sent_text(dataset: str, figures: SentFigures) -> str:
     text = f"{dataset} {figures.sent:,}"
     if figures.inserted is not None:
         text += " (" + _outcome(figures.inserted, figures.skipped or 0, figures.rejected or 0, figures.ended or 0,
-                                here=False) + ")"
+                                here=False, updated=figures.updated or 0) + ")"
     return text
 
 
 def format_stats(event: Stats) -> str:
     """The summary: per dataset, what came in (new / already here / refused) and what went out."""
     r = event.received
-    incoming = (f"memories {_outcome(r.memories.inserted, r.memories.skipped, r.memories.rejected, 0, here=True)}; "
+    memories = _outcome(r.memories.inserted, r.memories.skipped, r.memories.rejected, 0, here=True,
+                        updated=r.memories.updated)
+    incoming = (f"memories {memories}; "
                 f"facts {_outcome(r.facts.inserted, r.facts.skipped, r.facts.rejected, r.facts.ended, here=True)}")
     outgoing = f"{_sent_text('memories', event.sent.memories)}; {_sent_text('facts', event.sent.facts)}"
     lines = ["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"]

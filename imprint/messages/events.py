@@ -103,6 +103,7 @@ class SentFigures(msgspec.Struct, frozen=True, omit_defaults=True):
     inserted: int | None = None
     skipped: int | None = None
     rejected: int | None = None
+    updated: int | None = None
     ended: int | None = None
 
 

@@ -147,18 +147,48 @@ def finalize_memory(record: MemoryRecord, *, now: float | None = None) -> Memory
     return msgspec.structs.replace(record, **changes) if changes else record
 
 
-def earliest_copies(records: tuple[MemoryRecord, ...], wanted: tuple[str, ...]) -> tuple[MemoryRecord, ...]:
+def content_hash(content: str) -> str:
+    """16 hex of SHA-256 over a memory's whole content: what tells two texts of one
+    id apart (the id hashes only the first 200 characters, for Imprint's own peers)."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+#: A memory copy's version: (timestamp, :func:`content_hash`).
+MemoryVersion = tuple[float, str]
+
+
+def replaces(offered: MemoryVersion, stored: MemoryVersion) -> bool:
+    """The merge rule between two live copies of one memory (one id), the same on
+    every machine: whether the `offered` copy replaces the `stored` one.
+
+    - same text: the earliest timestamp wins (the memory was first written then);
+    - different text (an edit past character 200, which keeps the id): the newer
+      timestamp wins, so the edit reaches every machine; equal times, the larger hash.
+
+    A copy without a timestamp (0) never replaces one. Forgetting is decided first,
+    by the tombstones (:func:`imprint.tombstones.forgets`).
+    """
+    ts, text = offered
+    if not ts:
+        return False
+    if text == stored[1]:
+        return ts < stored[0]
+    return (ts, text) > stored
+
+
+def winning_copies(records: tuple[MemoryRecord, ...], wanted: tuple[str, ...]) -> tuple[MemoryRecord, ...]:
     """The records whose id is in `wanted`, one per id: the same memory twice in
-    one batch keeps its earliest copy, as it does across batches and machines."""
+    one batch keeps the copy :func:`replaces` keeps, as it does across batches and machines."""
     wanted_ids = set(wanted)
-    fresh: dict[str, MemoryRecord] = {}
+    fresh: dict[str, tuple[MemoryRecord, MemoryVersion]] = {}
     for record in records:
         if record.id not in wanted_ids:
             continue
+        version = (record.timestamp, content_hash(record.content))
         kept = fresh.get(record.id)
-        if kept is None or (record.timestamp and record.timestamp < kept.timestamp):
-            fresh[record.id] = record
-    return tuple(fresh.values())
+        if kept is None or replaces(version, kept[1]):
+            fresh[record.id] = (record, version)
+    return tuple(r for r, _ in fresh.values())
 
 
 def memory_to_payload(record: MemoryRecord) -> dict:

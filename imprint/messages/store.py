@@ -46,39 +46,43 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 class FindMissing(msgspec.Struct, frozen=True):
     """Reply: :class:`MissingIds`, the ids to write, in input order: not stored yet,
-    or stored with a later timestamp than given (the earliest copy of a memory
-    wins on every machine, so both sides converge to identical records)."""
+    or stored as a copy the given one replaces (:func:`~imprint.messages.records.replaces`:
+    the earliest copy of one text, the newest edit of a text), so every machine
+    converges to identical records. `hashes` are the copies'
+    :func:`~imprint.messages.records.content_hash`; without them, same texts are assumed."""
 
     ids: tuple[str, ...]
     timestamps: tuple[float, ...] = ()
+    hashes: tuple[str, ...] = ()
 
 
 class MissingIds(msgspec.Struct, frozen=True):
-    """`ids` to write; `kept` are stored with an earlier timestamp than given,
-    so our copy stays and differs from the one offered."""
+    """`ids` to write; `kept` are stored as a copy that wins over the one offered
+    (an earlier copy, a newer edit), so our copy stays and differs from it."""
 
     ids: tuple[str, ...]
     kept: tuple[str, ...] = ()
-    #: The stored timestamp of every asked id that is stored: hand it to
-    #: :class:`StoreMemories` so the store does not look it up again.
-    stored_at: dict[str, float] = {}
+    #: The stored version (timestamp, content hash) of every asked id that is stored:
+    #: hand it to :class:`StoreMemories` so the store does not look it up again.
+    stored: dict[str, tuple[float, str]] = {}
     #: Asked ids that were forgotten here (and the copy offered is not newer).
     forgotten: tuple[str, ...] = ()
 
 
 class StoreMemories(msgspec.Struct, frozen=True):
     """Store records with their vectors; existing ids are skipped unless the record
-    is an earlier copy. Reply: :class:`StoreResult`.
+    replaces the stored copy (an earlier copy of the same text, a newer edit).
+    Reply: :class:`StoreResult` (`updated`: copies replaced).
 
-    ``stored_at`` is :attr:`MissingIds.stored_at` from the FindMissing just asked
+    ``stored`` is :attr:`MissingIds.stored` from the FindMissing just asked
     for these records (the store then trusts it: this process is the store's only
-    writer); None looks the stored timestamps up. ``model`` is the fingerprint of
+    writer); None looks the stored versions up. ``model`` is the fingerprint of
     the model that made the vectors (None: the running model); the store refuses
     vectors of any model but its own."""
 
     records: tuple[MemoryRecord, ...]
     vectors: list[list[float]]
-    stored_at: dict[str, float] | None = None
+    stored: dict[str, tuple[float, str]] | None = None
     model: str | None = None
 
 
@@ -136,7 +140,9 @@ class ListVersions(msgspec.Struct, frozen=True):
 
 
 class Versions(msgspec.Struct, frozen=True):
-    records: tuple[tuple[str, float], ...]
+    """Memories: (id, timestamp, content hash); facts: (key, end) — see :mod:`imprint.protocol.items`."""
+
+    records: tuple[tuple[str, float, str] | tuple[str, float], ...]
     tombstones: tuple[tuple[str, float], ...]
 
 

@@ -151,13 +151,16 @@ class DatasetStats(msgspec.Struct, frozen=True):
 
     ``inserted`` are new here, ``skipped`` were already here, ``rejected``
     were refused by our schema (Imprint's own clients store some records we
-    refuse, e.g. whitespace-only content). ``rejected`` is ours: the body
-    leaves it out when it is 0, so the STATS stay exactly Imprint's shape.
+    refuse, e.g. whitespace-only content). ``updated`` of the skipped replaced
+    our copy of the memory (a newer text of it, or an earlier copy of the same).
+    ``rejected`` and ``updated`` are ours: the body leaves them out when 0, so
+    the STATS stay exactly Imprint's shape.
     """
 
     inserted: Count = 0
     skipped: Count = 0
     rejected: Count = 0
+    updated: Count = 0
 
     def __add__(self, other: DatasetStats) -> DatasetStats:
         return type(self)(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
@@ -180,7 +183,7 @@ class SyncStats(msgspec.Struct, frozen=True):
         """The JSON body, shaped exactly as Imprint's unless something was rejected or ended."""
         body = msgspec.to_builtins(self)
         for dataset in body.values():
-            for extra in ("rejected", "ended"):
+            for extra in ("rejected", "updated", "ended"):
                 if dataset.get(extra) == 0:
                     del dataset[extra]
         return body

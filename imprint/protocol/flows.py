@@ -178,6 +178,7 @@ class Incoming:
     processed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
     inserted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    updated: int = 0
     ended: int = 0
     same_ids: set[str] = field(default_factory=set)
     same_facts: set[FactIdentity] = field(default_factory=set)
@@ -189,7 +190,7 @@ class Incoming:
     def stats(self) -> SyncStats:
         return SyncStats(
             memories=DatasetStats(inserted=self.inserted["memories"], skipped=self.skipped["memories"],
-                                  rejected=self.refused["memories"]),
+                                  rejected=self.refused["memories"], updated=self.updated),
             facts=FactStats(inserted=self.inserted["facts"], skipped=self.skipped["facts"],
                             rejected=self.refused["facts"], ended=self.ended),
         )
@@ -329,6 +330,7 @@ class Flow:
                 tally.inserted[dataset] += result.inserted
                 tally.skipped[dataset] += result.skipped
                 tally.ended += result.ended
+                tally.updated += result.updated if dataset == "memories" else 0
                 tally.same_ids.update(same_ids)
                 tally.same_facts.update(same_facts)
                 self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))

@@ -1,11 +1,12 @@
 """Items: what reconciliation compares, one per record and per tombstone.
 
-An item is ``kind byte + key (8 bytes) + version (8 bytes)``:
+An item is ``kind byte + key (8 bytes) + version (8 bytes)``, and for a
+memory the 8 bytes of its content hash after:
 
 =====  ===================  =========================================
 kind   key                  version
 =====  ===================  =========================================
-``m``  memory id            its timestamp
+``m``  memory id            its timestamp, then its content hash
 ``f``  fact key             its end time (0 while open)
 ``t``  forgotten memory id  when it was forgotten
 ``u``  forgotten fact key   when it was forgotten
@@ -15,8 +16,9 @@ kind   key                  version
 and memory ids; versions are big-endian IEEE doubles, which sort as the
 numbers do for the non-negative times records carry). Two copies of a record
 that differ in version are two items, so both travel and the merge rules
-(earliest memory, an end over an open fact, a tombstone over what it covers)
-decide on each side.
+(:func:`~imprint.messages.records.replaces` between two memory copies: the
+earliest of one text, the newest edit; an end over an open fact; a tombstone
+over what it covers) decide on each side.
 
 After reconciling, :func:`select` turns the items only we hold into what to
 send: memory ids and fact keys for the stream, and the tombstones themselves
@@ -28,21 +30,21 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from imprint.messages.records import Tombstone
+from imprint.messages.records import Tombstone, replaces
 
 MEMORY, FACT, FORGOTTEN_MEMORY, FORGOTTEN_FACT = b"m", b"f", b"t", b"u"
 _VERSION = struct.Struct(">d")
 
 
-def item(kind: bytes, key: str, version: float) -> bytes:
-    return kind + bytes.fromhex(key) + _VERSION.pack(version)
+def item(kind: bytes, key: str, version: float, text: str = "") -> bytes:
+    return kind + bytes.fromhex(key) + _VERSION.pack(version) + bytes.fromhex(text)
 
 
-def items_of(memories: tuple[tuple[str, float], ...], facts: tuple[tuple[str, float], ...],
+def items_of(memories: tuple[tuple[str, float, str], ...], facts: tuple[tuple[str, float], ...],
              forgotten_memories: tuple[tuple[str, float], ...] = (),
              forgotten_facts: tuple[tuple[str, float], ...] = ()) -> list[bytes]:
     """Every item of a side, from its stores' :class:`~imprint.messages.store.Versions`."""
-    out = [item(MEMORY, k, v) for k, v in memories]
+    out = [item(MEMORY, k, v, h) for k, v, h in memories]
     out += [item(FACT, k, v) for k, v in facts]
     out += [item(FORGOTTEN_MEMORY, k, v) for k, v in forgotten_memories]
     out += [item(FORGOTTEN_FACT, k, v) for k, v in forgotten_facts]
@@ -67,25 +69,33 @@ def select(have: list[bytes], need: list[bytes] = ()) -> Selection:
 
     A copy that loses to what the peer holds is not sent either (the merge rules
     decide the same on both sides): a record the peer has forgotten (its tombstone,
-    among what we `need`, covers our copy: it removes ours when it arrives), a later
-    copy of a memory the peer holds earlier, an open fact the peer holds ended.
+    among what we `need`, covers our copy: it removes ours when it arrives), a copy
+    of a memory that loses to the peer's (:func:`~imprint.messages.records.replaces`),
+    an open fact the peer holds ended.
     """
     coming: dict[tuple[bytes, bytes], float] = {}
+    memories: dict[bytes, tuple[float, str]] = {}
     for raw in need:
-        if len(raw) == 17 and raw[:1] in (FORGOTTEN_MEMORY, FORGOTTEN_FACT, MEMORY, FACT):
+        kind = raw[:1]
+        if kind == MEMORY and len(raw) == 25:
+            copy = (_VERSION.unpack(raw[9:17])[0], raw[17:25].hex())
+            prior = memories.get(raw[1:9])
+            if prior is None or replaces(copy, prior):  # several copies: the one that wins
+                memories[raw[1:9]] = copy
+        elif len(raw) == 17 and kind in (FORGOTTEN_MEMORY, FORGOTTEN_FACT, FACT):
             version = _VERSION.unpack(raw[9:17])[0]
-            prior = coming.get((raw[:1], raw[1:9]))
-            # several copies of one key: keep the one that matters (earliest memory, latest end)
-            if prior is None or (version < prior if raw[:1] == MEMORY else version > prior):
-                coming[(raw[:1], raw[1:9])] = version
+            prior = coming.get((kind, raw[1:9]))
+            if prior is None or version > prior:  # several: the latest tombstone, the latest end
+                coming[(kind, raw[1:9])] = version
     out = Selection()
     for raw in have:
         kind, key, (version,) = raw[:1], raw[1:9].hex(), _VERSION.unpack(raw[9:17])
         if kind == MEMORY:
             if version <= coming.get((FORGOTTEN_MEMORY, raw[1:9]), -1.0):
                 continue
-            if coming.get((MEMORY, raw[1:9]), float("inf")) < version:
-                continue  # the peer's earlier copy wins there and here
+            theirs = memories.get(raw[1:9])
+            if theirs is not None and replaces(theirs, (version, raw[17:25].hex())):
+                continue  # the peer's copy wins there and here
             out.memories.append(key)
         elif kind == FACT:
             if 0 < version <= coming.get((FORGOTTEN_FACT, raw[1:9]), -1.0):

@@ -18,17 +18,25 @@ a vector of another model is never written into it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import msgspec
 
-from imprint.messages.records import MemoryRecord
+from imprint.messages.records import (
+    MemoryRecord,
+    MemoryVersion,
+    content_hash,
+    memory_to_payload,
+)
 from imprint.messages.store import FacetKey, MemoryFilter
 
 VECTOR_NAME = "dense"
 #: Payload key of the fingerprint of the model that made the point's vector.
 MODEL_KEY = "vector_model"
+#: Payload key of the :func:`~imprint.messages.records.content_hash` of the whole
+#: text (points written before it was kept have their content hashed when read).
+HASH_KEY = "content_hash"
 #: Payload fields with an index: filters and facets on the first three,
 #: newest-first order on the last.
 KEYWORD_FIELDS = ("project", "type", "source")
@@ -82,8 +90,8 @@ class Backend(Protocol):
     def set_meta(self, meta: StoreMeta) -> None:
         """Replace the store's record of itself."""
 
-    def stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
-        """Memory id → stored timestamp, for those of `ids` that are stored."""
+    def stored_versions(self, ids: tuple[str, ...]) -> dict[str, MemoryVersion]:
+        """Memory id → stored (timestamp, content hash), for those of `ids` that are stored."""
 
     def upsert(self, memories: list[StoredMemory]) -> None:
         """Write these memories (each with its vector and model), replacing same ids."""
@@ -91,8 +99,9 @@ class Backend(Protocol):
     def delete(self, ids: tuple[str, ...]) -> None:
         """Remove these memories (ids not stored are ignored)."""
 
-    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
-        """(memory id, timestamp) of every matching memory, in stable order, reading no content."""
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float, str]]:
+        """(memory id, timestamp, content hash) of every matching memory, in stable order
+        (reading no content but that of points stored before content hashes were kept)."""
 
     def retrieve(self, ids: tuple[str, ...], *, vectors: bool = False) -> list[StoredMemory]:
         """The stored memories of those memory ids that are stored."""
@@ -128,3 +137,33 @@ def stored_of(point: Any, vectors: bool) -> StoredMemory:
     if vectors:
         vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
     return StoredMemory(record=record_of(payload), vector=vector, model=str(payload.get(MODEL_KEY) or ""))
+
+
+def payload_of(memory: StoredMemory) -> dict[str, Any]:
+    """The payload a memory is stored with (both engines): SPEC's, the model's fingerprint, the content hash."""
+    return {**memory_to_payload(memory.record), MODEL_KEY: memory.model, HASH_KEY: content_hash(memory.record.content)}
+
+
+#: The payload fields :func:`read_versions` needs.
+VERSION_PAYLOAD = ["id", ORDER_FIELD, HASH_KEY]
+
+
+def read_versions(points: list[Any], contents: Callable[[list[str]], list[Any]]) -> list[tuple[str, float, str]]:
+    """(memory id, timestamp, content hash) of points read with :data:`VERSION_PAYLOAD`.
+
+    A point stored before content hashes were kept has none: `contents` reads
+    such points again (by point id) with their ``content``, which is hashed.
+    """
+    out: list[tuple[str, float, str]] = []
+    lacking: dict[str, int] = {}
+    for point in points:
+        payload = point.payload or {}
+        text = str(payload.get(HASH_KEY) or "")
+        if not text:
+            lacking[str(point.id)] = len(out)
+        out.append((str(payload.get("id") or ""), float(payload.get(ORDER_FIELD) or 0.0), text))
+    if lacking:
+        for point in contents(list(lacking)):
+            n = lacking[str(point.id)]
+            out[n] = (out[n][0], out[n][1], content_hash(str((point.payload or {}).get("content") or "")))
+    return out

@@ -26,16 +26,18 @@ from typing import Any
 import msgspec
 
 from imprint.errors import StoreError
-from imprint.messages.records import MemoryRecord, memory_to_payload, point_id
+from imprint.messages.records import MemoryRecord, MemoryVersion, point_id
 from imprint.storage import (
     KEYWORD_FIELDS,
-    MODEL_KEY,
     ORDER_FIELD,
     VECTOR_NAME,
+    VERSION_PAYLOAD,
     FacetKey,
     MemoryFilter,
     StoredMemory,
     StoreMeta,
+    payload_of,
+    read_versions,
 )
 from imprint.storage import (
     record_of as _record,
@@ -134,17 +136,19 @@ class EdgeBackend:
         write_meta(self.path, meta)
         self._meta = meta
 
-    def stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
+    def stored_versions(self, ids: tuple[str, ...]) -> dict[str, MemoryVersion]:
         if self._shard is None or not ids:
             return {}
-        by_point = {point_id(i): i for i in ids}
-        found = self._shard.retrieve(list(by_point), with_payload=[ORDER_FIELD], with_vector=False)
-        return {by_point[str(p.id)]: float((p.payload or {}).get(ORDER_FIELD) or 0.0) for p in found}
+        found = self._shard.retrieve([point_id(i) for i in ids], with_payload=VERSION_PAYLOAD, with_vector=False)
+        return {key: (ts, text) for key, ts, text in read_versions(found, self._contents)}
+
+    def _contents(self, point_ids: list[str]) -> list[Any]:
+        return self._shard.retrieve(point_ids, with_payload=["content"], with_vector=False)
 
     def upsert(self, memories: list[StoredMemory]) -> None:
         q = _edge()
         points = [q.Point(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector},
-                          payload={**memory_to_payload(m.record), MODEL_KEY: m.model}) for m in memories]
+                          payload=payload_of(m)) for m in memories]
         if points:
             self._shard.update(q.UpdateOperation.upsert_points(points))
             self._shard.flush()
@@ -154,7 +158,7 @@ class EdgeBackend:
             self._shard.update(_edge().UpdateOperation.delete_points([point_id(i) for i in ids]))
             self._shard.flush()
 
-    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float, str]]:
         if self._shard is None:
             return
         q = _edge()
@@ -162,10 +166,8 @@ class EdgeBackend:
         while True:
             points, offset = self._shard.scroll(q.ScrollRequest(
                 offset=offset if offset is None else str(offset), limit=VERSION_PAGE, filter=_where(where),
-                with_payload=["id", ORDER_FIELD], with_vector=False))
-            for p in points:
-                payload = p.payload or {}
-                yield str(payload.get("id") or ""), float(payload.get(ORDER_FIELD) or 0.0)
+                with_payload=VERSION_PAYLOAD, with_vector=False))
+            yield from read_versions(points, self._contents)
             if offset is None:
                 return
 

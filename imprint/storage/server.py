@@ -14,16 +14,18 @@ from typing import Any
 import msgspec
 
 from imprint.errors import StoreError
-from imprint.messages.records import MemoryRecord, memory_to_payload, point_id
+from imprint.messages.records import MemoryRecord, MemoryVersion, point_id
 from imprint.storage import (
     KEYWORD_FIELDS,
-    MODEL_KEY,
     ORDER_FIELD,
     VECTOR_NAME,
+    VERSION_PAYLOAD,
     FacetKey,
     MemoryFilter,
     StoredMemory,
     StoreMeta,
+    payload_of,
+    read_versions,
 )
 from imprint.storage import (
     record_of as _record,
@@ -101,18 +103,21 @@ class ServerBackend:
         self._client.update_collection(self.collection, metadata={META_KEY: msgspec.to_builtins(meta)})
         self._meta = meta
 
-    def stored_timestamps(self, ids: tuple[str, ...]) -> dict[str, float]:
+    def stored_versions(self, ids: tuple[str, ...]) -> dict[str, MemoryVersion]:
         if not self._exists or not ids:
             return {}
-        by_point = {point_id(i): i for i in ids}
-        found = self._client.retrieve(self.collection, ids=list(by_point), with_payload=[ORDER_FIELD], with_vectors=False)
-        return {by_point[str(p.id)]: float((p.payload or {}).get(ORDER_FIELD) or 0.0) for p in found}
+        found = self._client.retrieve(self.collection, ids=[point_id(i) for i in ids], with_payload=VERSION_PAYLOAD,
+                                      with_vectors=False)
+        return {key: (ts, text) for key, ts, text in read_versions(found, self._contents)}
+
+    def _contents(self, point_ids: list[str]) -> list[Any]:
+        return self._client.retrieve(self.collection, ids=point_ids, with_payload=["content"], with_vectors=False)
 
     def upsert(self, memories: list[StoredMemory]) -> None:
         from qdrant_client import models
 
         points = [models.PointStruct(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector},
-                                     payload={**memory_to_payload(m.record), MODEL_KEY: m.model}) for m in memories]
+                                     payload=payload_of(m)) for m in memories]
         if points:
             self._client.upsert(self.collection, points=points, wait=True)
 
@@ -123,16 +128,14 @@ class ServerBackend:
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(i) for i in ids]),
                                 wait=True)
 
-    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float]]:
+    def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float, str]]:
         if not self._exists:
             return
         offset = None
         while True:
             points, offset = self._client.scroll(self.collection, limit=5000, offset=offset, scroll_filter=_where(where),
-                                                 with_payload=["id", ORDER_FIELD], with_vectors=False)
-            for p in points:
-                payload = p.payload or {}
-                yield str(payload.get("id") or ""), float(payload.get(ORDER_FIELD) or 0.0)
+                                                 with_payload=VERSION_PAYLOAD, with_vectors=False)
+            yield from read_versions(points, self._contents)
             if offset is None:
                 return
 

@@ -12,7 +12,13 @@ import pytest
 
 from imprint.actors.memory_store import MemoryStore
 from imprint.errors import ModelError, StoreError
-from imprint.messages.records import MemoryRecord, Tombstone, finalize_memory, point_id
+from imprint.messages.records import (
+    MemoryRecord,
+    Tombstone,
+    content_hash,
+    finalize_memory,
+    point_id,
+)
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
@@ -98,6 +104,34 @@ def test_find_missing_store_and_restore_inserts_nothing(start_actor: StartActor,
     assert ref.ask(FindMissing(ids=ids), timeout=30).ids == ()
 
 
+def test_an_edit_past_character_200_replaces_the_text_and_an_older_one_does_not(start_actor: StartActor,
+                                                                                tmp_path: Path) -> None:
+    ref = open_forgetting(start_actor, tmp_path)
+    head = "a long note whose first two hundred characters stay the same " * 4
+    first = finalize_memory(MemoryRecord(content=head + "- version one", timestamp=100.0))
+    edit = finalize_memory(MemoryRecord(content=head + "- version two", timestamp=200.0))
+    assert first.id == edit.id
+    store(ref, [first], unit_vectors(1))
+
+    def offer(record: MemoryRecord) -> Any:
+        return ref.ask(FindMissing(ids=(record.id,), timestamps=(record.timestamp,),
+                                   hashes=(content_hash(record.content),)), timeout=30)
+
+    assert offer(edit).ids == (edit.id,)
+    result = store(ref, [edit], unit_vectors(1))
+    assert (result.inserted, result.updated) == (0, 1)
+    assert ref.ask(RetrieveMemories(ids=(edit.id,)), timeout=30)[0].content == edit.content
+    assert ref.ask(ListVersions(), timeout=30).records == ((edit.id, 200.0, content_hash(edit.content)),)
+    # The old text offered again (an old export, a peer that has not heard): ours stays, and says so.
+    missing = offer(first)
+    assert (missing.ids, missing.kept) == ((), (first.id,))
+    assert store(ref, [first], unit_vectors(1)).updated == 0
+    # The same edit, copied earlier elsewhere: the earliest copy of a text still wins.
+    earlier_edit = msgspec.structs.replace(edit, timestamp=150.0)
+    assert store(ref, [earlier_edit], unit_vectors(1)).updated == 1
+    assert ref.ask(RetrieveMemories(ids=(edit.id,)), timeout=30)[0] == earlier_edit
+
+
 def test_find_missing_tells_stored_timestamps_and_store_trusts_them(start_actor: StartActor, tmp_path: Path) -> None:
     ref = open_store(start_actor, tmp_path / "qdrant", DIM)
     old, new = (finalize_memory(MemoryRecord(content=f"timed {i}", timestamp=100.0)) for i in range(2))
@@ -105,15 +139,16 @@ def test_find_missing_tells_stored_timestamps_and_store_trusts_them(start_actor:
 
     missing = ref.ask(FindMissing(ids=(old.id, new.id), timestamps=(50.0, 50.0)), timeout=30)
     assert missing.ids == (old.id, new.id)  # an earlier copy of `old` replaces it
-    assert missing.stored_at == {old.id: 100.0}  # what the store would otherwise look up again
+    assert missing.stored == {old.id: (100.0, content_hash(old.content))}  # what the store would otherwise look up
 
     # Handed what FindMissing said, the store decides from it: one update, one insert.
     earlier = msgspec.structs.replace(old, timestamp=50.0)
-    result = ref.ask(StoreMemories(records=(earlier, new), vectors=unit_vectors(2), stored_at=missing.stored_at), timeout=60)
+    result = ref.ask(StoreMemories(records=(earlier, new), vectors=unit_vectors(2), stored=missing.stored), timeout=60)
     assert (result.inserted, result.updated, result.skipped) == (1, 1, 1)  # updated counts as skipped too
     # And it believes it: a record said to be stored with an earlier timestamp is skipped.
     later = finalize_memory(MemoryRecord(content="timed 2", timestamp=100.0))
-    said = ref.ask(StoreMemories(records=(later,), vectors=unit_vectors(1), stored_at={later.id: 1.0}), timeout=60)
+    said = ref.ask(StoreMemories(records=(later,), vectors=unit_vectors(1),
+                                 stored={later.id: (1.0, content_hash(later.content))}), timeout=60)
     assert (said.inserted, said.skipped) == (0, 1)
     assert ref.ask(CountMemories(), timeout=30) == 2
 
@@ -336,7 +371,7 @@ def test_forgetting_removes_leaves_a_tombstone_and_refuses_older_copies(start_ac
     assert len(ref.ask(ForgetMemories(deleted_at=600.0, where=MemoryFilter(project="q")), timeout=30).forgotten) == 1
     assert ref.ask(RetrieveTombstones(keys=(future.id,)), timeout=30)[0].deleted_at == 10_000.0
     versions = ref.ask(ListVersions(), timeout=30)
-    assert sorted(k for k, _ in versions.records) == sorted(r.id for r in (again, *records[1:]))
+    assert sorted(k for k, _, _ in versions.records) == sorted(r.id for r in (again, *records[1:]))
     assert dict(versions.tombstones) == {records[0].id: 500.0, future.id: 10_000.0}
 
 
@@ -381,7 +416,8 @@ def test_the_version_index_follows_every_write_and_rebuilds_when_off(start_actor
     ref.ask(ForgetMemories(deleted_at=500.0, ids=(records[0].id,)), timeout=30)
     earlier = msgspec.structs.replace(records[1], timestamp=50.0)
     store(ref, [earlier], unit_vectors(1))
-    expected = sorted([(earlier.id, 50.0)] + [(r.id, r.timestamp) for r in records[2:]])
+    expected = sorted([(earlier.id, 50.0, content_hash(earlier.content))]
+                      + [(r.id, r.timestamp, content_hash(r.content)) for r in records[2:]])
     assert sorted(ref.ask(ListVersions(), timeout=30).records) == expected
     ref.stop(timeout=30)
 
@@ -404,7 +440,7 @@ def test_timestamps_are_kept_to_the_microsecond_exactly_as_the_index_says(start_
                for i in range(300)]
     store(ref, records, unit_vectors(300))
     expected = {r.id: stored_time(r.timestamp) for r in records}
-    assert dict(ref.ask(ListVersions(), timeout=30).records) == expected  # the index
+    assert {k: ts for k, ts, _ in ref.ask(ListVersions(), timeout=30).records} == expected  # the index
     stored = {r.id: r.timestamp for r in ref.ask(RetrieveMemories(ids=tuple(expected)), timeout=30)}
     assert stored == expected  # what Edge holds, to the bit
     # The same records offered again (e.g. by a peer, unrounded) are the same memory, not earlier copies.

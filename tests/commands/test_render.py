@@ -10,8 +10,8 @@ from imprint.messages.events import Stats, decode_event, encode_event
 
 def test_the_human_summary_names_each_dataset_and_direction() -> None:
     line = json.dumps({"event": "stats", "role": "provider", "mode": "encrypted",
-                       "received": {"memories": {"inserted": 3, "skipped": 0, "rejected": 2},
-                                    "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
+                       "received": {"memories": {"inserted": 3, "skipped": 2, "rejected": 2, "updated": 1},
+                                    "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "updated": 0, "ended": 1}},
                        "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
                                 "facts": {"sent": 1}},
                        "forgotten": 0})
@@ -20,7 +20,7 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
     assert json.loads(encode_event(event)) == json.loads(line)  # one encoding for --json and SSE
     assert format_stats(event).splitlines() == [
         "Sync complete.",
-        "  received: memories 3 new, 0 already here, 2 refused; facts 1 new, 0 already here, 1 ended",
+        "  received: memories 3 new, 1 already here, 1 updated, 2 refused; facts 1 new, 0 already here, 1 ended",
         "  sent:     memories 5 (4 new, 1 already there); facts 1",
     ]
     forgot = decode_event(line.replace('"forgotten": 0', '"forgotten": 7'))

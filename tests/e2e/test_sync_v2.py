@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imprint.fingerprint import model_fingerprint
-from imprint.messages.records import vector_to_text
+from imprint.messages.records import memory_id, vector_to_text
 from tests.e2e.support import (
     RecordingRelay,
     Spawn,
@@ -41,6 +41,8 @@ def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spaw
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     rows = [{"content": f"v2 memory {i}: the {w} crosses the {v} at dawn", "project": "v2", "timestamp": 1_700_000_000.0 + i}
             for i, (w, v) in enumerate([("fox", "river"), ("heron", "marsh"), ("train", "bridge"), ("ferry", "bay")])]
+    long_head = rows[1]["content"] + ", a note long enough that its first two hundred characters stay put" * 3
+    rows[1]["content"] = long_head + " (first draft)"
     run_parallel([(a, ("import", str(write_jsonl(tmp_path / "a.jsonl", rows[:3])))),
                   (b, ("import", str(write_jsonl(tmp_path / "b.jsonl", rows[3:])))),
                   (c, ("status",))])
@@ -74,8 +76,19 @@ def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spaw
     # An old export of A imported again does not resurrect it either.
     old = write_jsonl(tmp_path / "old.jsonl", [{k: v for k, v in r.items()} for r in a1.memory_records])
     result = json.loads(run(a, "--json", "import", str(old)))
-    assert result["inserted"] == 0
+    assert result["inserted"] == result["updated"] == 0
     assert victim["id"] not in export(a)[0].memory_ids
+
+    # An edit past character 200 on C keeps the id and reaches A, then B; an old copy does not undo it.
+    edited = long_head + " (second draft, after the review)"
+    added = json.loads(run(c, "--json", "add", edited, "--project", "v2"))
+    assert added["updated"] is True and added["id"] == memory_id("v2", "", rows[1]["content"])
+    serve, join, _ = sync(spawn, c, a, relay.url, "y")
+    assert reconciled(join)["receive"]["memories"] == 1 and stats(join)["received"]["memories"]["updated"] == 1
+    sync(spawn, a, b, relay.url, "y")
+    a3, b3, c3 = export(a, b, c)
+    assert a3 == b3 == c3 and len(a3.memory_ids) == 3
+    assert [r["content"] for r in a3.memory_records if r["content"].startswith(long_head)] == [edited]
 
 
 @pytest.mark.timeout(420)

@@ -13,12 +13,15 @@ from imprint.messages.records import (
     FactRecord,
     MemoryRecord,
     Tags,
+    content_hash,
     fact_decoder,
     finalize_memory,
     memory_decoder,
     memory_id,
     memory_to_payload,
     point_id,
+    replaces,
+    winning_copies,
 )
 
 # Computed once by hand with SPEC's formula:
@@ -137,3 +140,27 @@ def test_records_are_frozen() -> None:
     record = MemoryRecord(content="x")
     with pytest.raises(AttributeError):
         record.content = "y"  # type: ignore[misc]
+
+
+def test_merge_rule_between_two_copies_of_one_memory() -> None:
+    a, b = content_hash("same text"), content_hash("the edited text")
+    assert a != b and len(a) == 16
+    # same text: the earliest copy wins, whichever way round
+    assert replaces((50.0, a), (100.0, a)) and not replaces((100.0, a), (50.0, a))
+    # another text under the id (an edit past character 200): the newer one wins
+    assert replaces((200.0, b), (100.0, a)) and not replaces((100.0, a), (200.0, b))
+    # the same time with two texts: one of them, the same on every machine
+    assert replaces((100.0, max(a, b)), (100.0, min(a, b))) != replaces((100.0, min(a, b)), (100.0, max(a, b)))
+    # a copy without a time, or the very same copy, replaces nothing
+    assert not replaces((0.0, b), (100.0, a)) and not replaces((100.0, a), (100.0, a))
+
+
+def test_an_edit_past_character_200_keeps_the_id_and_wins_in_a_batch() -> None:
+    head = "x" * 200
+    first = finalize_memory(MemoryRecord(content=head + " first ending", timestamp=100.0))
+    edit = finalize_memory(MemoryRecord(content=head + " edited ending", timestamp=300.0))
+    again = finalize_memory(MemoryRecord(content=head + " first ending", timestamp=50.0))
+    assert first.id == edit.id == again.id
+    assert winning_copies((first, edit), (first.id,)) == (edit,)
+    assert winning_copies((edit, first), (first.id,)) == (edit,)
+    assert winning_copies((first, again), (first.id,)) == (again,)

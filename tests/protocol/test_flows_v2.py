@@ -42,8 +42,8 @@ V2 = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d",
 V1 = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d", public_key="ab" * 32)
 
 
-def mem(n: int, ts: float = 1000.0) -> bytes:
-    return item(MEMORY, f"{n:016x}", ts)
+def mem(n: int, ts: float = 1000.0, text: str = "aa" * 8) -> bytes:
+    return item(MEMORY, f"{n:016x}", ts, text)
 
 
 def wire(frame: object) -> object:
@@ -122,6 +122,10 @@ def test_of_two_copies_only_the_winning_one_travels() -> None:
     pair = Pair([mem(1, 1000.0), mem(2)], [mem(1, 500.0), mem(2)]).run()
     assert pair.pushed["provider"].start.only_memories == ()
     assert pair.flows["consumer"].selection.memories == [f"{1:016x}"]
+    # Another text under the same id (an edit past character 200): the newer edit wins, only it travels.
+    pair = Pair([mem(1, 1000.0, "bb" * 8), mem(2)], [mem(1, 500.0), mem(2)]).run()
+    assert pair.pushed["provider"].start.only_memories == (f"{1:016x}",)
+    assert pair.flows["consumer"].selection.memories == []
     # An ended fact wins over an open copy: only the ended one travels.
     pair = Pair([item(FACT, "ab" * 8, 0.0)], [item(FACT, "ab" * 8, 1234.0)]).run()
     assert pair.pushed["provider"].start.only_facts == ()
@@ -180,9 +184,9 @@ def test_a_forged_reconcile_message_is_a_protocol_error(side: str) -> None:
 def test_a_record_the_peer_forgot_is_not_sent_to_it() -> None:
     key = f"{42:016x}"
     # The consumer forgot memory 42 at t=2000; the provider still holds its copy of t=1000.
-    pair = Pair([mem(1), item(MEMORY, key, 1000.0)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
+    pair = Pair([mem(1), item(MEMORY, key, 1000.0, "aa" * 8)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
     assert pair.pushed["provider"].start.only_memories == ()  # the tombstone removes it there instead
     assert pair.applied["provider"] == [Tombstone("memories", key, 2000.0)]
     # A copy newer than the tombstone (added again on purpose) does travel.
-    pair = Pair([mem(1), item(MEMORY, key, 3000.0)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
+    pair = Pair([mem(1), item(MEMORY, key, 3000.0, "aa" * 8)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
     assert pair.pushed["provider"].start.only_memories == (key,)

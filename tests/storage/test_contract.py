@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from imprint.messages.records import MemoryRecord, finalize_memory
+from imprint.messages.records import MemoryRecord, content_hash, finalize_memory
 from imprint.messages.store import MemoryFilter
 from imprint.storage import Backend, StoredMemory, StoreMeta
 
@@ -112,7 +112,7 @@ def test_written_records_and_vectors_come_back_whole(open_backend: Opener) -> No
     assert by_id[records[4].id].record == records[4]
     assert close_to(by_id[records[4].id].vector or [], vecs[4]) and by_id[records[4].id].model == "fp-1"
     assert b.retrieve((records[1].id,))[0].vector is None  # vectors only when asked
-    assert b.stored_timestamps((records[2].id, "absent")) == {records[2].id: 1002.0}
+    assert b.stored_versions((records[2].id, "absent")) == {records[2].id: (1002.0, content_hash(records[2].content))}
 
 
 def test_upsert_replaces_the_same_id(open_backend: Opener) -> None:
@@ -120,7 +120,7 @@ def test_upsert_replaces_the_same_id(open_backend: Opener) -> None:
     earlier = MemoryRecord(**{**{f: getattr(records[0], f) for f in records[0].__struct_fields__}, "timestamp": 1.0})
     b.upsert([StoredMemory(record=earlier, vector=vecs[1], model="fp-1")])
     assert b.count(MemoryFilter()) == 5
-    assert b.stored_timestamps((records[0].id,)) == {records[0].id: 1.0}
+    assert b.stored_versions((records[0].id,)) == {records[0].id: (1.0, content_hash(records[0].content))}
 
 
 def test_paging_visits_each_record_once_in_a_stable_order(open_backend: Opener) -> None:
@@ -171,8 +171,8 @@ def test_count_facet_and_newest(open_backend: Opener) -> None:
 
 def test_versions_and_delete(open_backend: Opener) -> None:
     b, records, _ = filled(open_backend, 12)
-    assert sorted(b.versions(MemoryFilter())) == sorted((r.id, r.timestamp) for r in records)
-    assert sorted(i for i, _ in b.versions(MemoryFilter(project="p1"))) == sorted(r.id for r in records if r.project == "p1")
+    assert sorted(b.versions(MemoryFilter())) == sorted((r.id, r.timestamp, content_hash(r.content)) for r in records)
+    assert sorted(i for i, _, _ in b.versions(MemoryFilter(project="p1"))) == sorted(r.id for r in records if r.project == "p1")
     b.delete((records[0].id, records[5].id, "0000000000000000"))
     assert b.count(MemoryFilter()) == 10
     assert b.retrieve((records[0].id, records[5].id)) == []
@@ -180,3 +180,28 @@ def test_versions_and_delete(open_backend: Opener) -> None:
     # a value none of whose memories is left is no longer a facet
     b.delete(tuple(r.id for r in records if r.project == "p2"))
     assert sorted(v for v, _ in b.facet("project", 10, MemoryFilter())) == ["p0", "p1"]
+
+
+def test_points_written_before_content_hashes_are_hashed_when_read(open_backend: Opener) -> None:
+    """Stores written by the previous version have no content hash in their payloads:
+    versions and stored versions hash those points' content instead."""
+    from imprint.messages.records import memory_to_payload, point_id
+    from imprint.storage import MODEL_KEY, VECTOR_NAME
+
+    b, records, vecs = filled(open_backend, 4)
+    old = finalize_memory(MemoryRecord(content="written by 0.x " * 30, timestamp=77.0))
+    payload = {**memory_to_payload(old), MODEL_KEY: "fp-1"}  # as the previous version wrote it
+    if hasattr(b, "_shard"):
+        import qdrant_edge
+
+        b._shard.update(qdrant_edge.UpdateOperation.upsert_points(  # type: ignore[attr-defined]
+            [qdrant_edge.Point(id=point_id(old.id), vector={VECTOR_NAME: vecs[0]}, payload=payload)]))
+    else:
+        from qdrant_client import models
+
+        b._client.upsert(b.collection, points=[  # type: ignore[attr-defined]
+            models.PointStruct(id=point_id(old.id), vector={VECTOR_NAME: vecs[0]}, payload=payload)], wait=True)
+    expected = (77.0, content_hash(old.content))
+    assert b.stored_versions((old.id, records[1].id)) == {old.id: expected,
+                                                         records[1].id: (1001.0, content_hash(records[1].content))}
+    assert {k: (ts, h) for k, ts, h in b.versions(MemoryFilter())}[old.id] == expected
