@@ -170,7 +170,7 @@ def total(phase: dict) -> int:
     return phase["bytes_to_consumer"] + phase["bytes_to_provider"]
 
 
-def phases(n: int, work: Path) -> dict:
+def phases(n: int, work: Path, *, interrupt: bool = True) -> dict:
     relay = Relay()
     a, b, c = work / "a", work / "b", work / "c"
     add_memories(a, memory_lines(0, n, "a", 1), work)
@@ -184,17 +184,19 @@ def phases(n: int, work: Path) -> dict:
         run(side, "forget", "--yes", *random.Random(seed).sample(ids, k // 2))
         end_facts(side, k // 2, seed)
     out["changed_0.5%"] = sync(relay, a, b)
-    out["interrupted"] = sync(relay, a, c, kill_at_half=True)
-    out["rerun"] = sync(relay, a, c)
     full = total(out["full"])
     out["ratios"] = {
         "unchanged/full": round(total(out["unchanged"]) / full, 5),
         "changed/full": round(total(out["changed_0.5%"]) / full, 5),
-        "rerun/interrupted": round(total(out["rerun"]) / max(1, total(out["interrupted"])), 3),
-        "rerun/full": round(total(out["rerun"]) / full, 3),
     }
-    a_export, b_export, c_export = (run(d, "export") for d in (a, b, c))
-    out["identical_after"] = a_export == b_export
+    if interrupt:
+        out["interrupted"] = sync(relay, a, c, kill_at_half=True)
+        out["rerun"] = sync(relay, a, c)
+        out["ratios"].update({
+            "rerun/interrupted": round(total(out["rerun"]) / max(1, total(out["interrupted"])), 3),
+            "rerun/full": round(total(out["rerun"]) / full, 3),
+        })
+    out["identical_after"] = run(a, "export") == run(b, "export")
     return out
 
 
@@ -212,12 +214,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, action="append", default=[], help="records per dataset for the phases")
     parser.add_argument("--unchanged", type=int, action="append", default=[], help="N for the unchanged re-sync only")
+    parser.add_argument("--no-interrupt", action="store_true", help="skip phase 4 (the interrupted sync and its rerun)")
     args = parser.parse_args()
     if not args.n and not args.unchanged:
         args.n, args.unchanged = [20_000], [10_000, 100_000]
     for n in args.n:
         with tempfile.TemporaryDirectory(prefix="imprint-bench-phases-") as tmp:
-            print(json.dumps({"n": n, **phases(n, Path(tmp))}), flush=True)
+            print(json.dumps({"n": n, **phases(n, Path(tmp), interrupt=not args.no_interrupt)}), flush=True)
     for n in args.unchanged:
         with tempfile.TemporaryDirectory(prefix="imprint-bench-unchanged-") as tmp:
             print(json.dumps({"n": n, "unchanged": unchanged(n, Path(tmp))}), flush=True)

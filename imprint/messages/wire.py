@@ -359,8 +359,13 @@ class RangeMode(enum.IntEnum):
 
     SKIP = 0  # nothing to do here
     FP = 1  # my fingerprint of this range: compare with yours
-    LIST = 2  # every item I have here: answer with the difference
-    FINAL = 3  # the answer to your list: items of mine you lack, and yours I lack
+    LIST = 2  # the digests of every item I have here: answer with the difference
+    FINAL = 3  # the answer to your list: items of mine you lack, and a bit for each of your digests I lack
+    FILL = 4  # the answer to your final: the items its bits named
+
+
+#: Bytes of an item's digest in a list (the top of its SHA-256).
+DIGEST_BYTES: Final = 8
 
 
 class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
@@ -371,7 +376,10 @@ class Range(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     upper: Item | None = None
     fingerprint: Annotated[bytes, msgspec.Meta(max_length=16)] = b""
     items: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
-    missing: Annotated[tuple[Item, ...], msgspec.Meta(max_length=MAX_LISTED)] = ()
+    #: LIST: the digests of the lister's items, in order, back to back.
+    digests: Annotated[bytes, msgspec.Meta(max_length=MAX_LISTED * DIGEST_BYTES)] = b""
+    #: FINAL: bit i (of byte i // 8, lowest bit first) set when the i-th listed digest is not here.
+    marks: Annotated[bytes, msgspec.Meta(max_length=MAX_LISTED // 8)] = b""
 
 
 class ReconcileMessage(msgspec.Struct, frozen=True, array_like=True):

@@ -119,10 +119,14 @@ def responder_with(n: int = 100) -> Reconciler:
     (Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP, b"a"), Range(RangeMode.SKIP)),  # decreasing bounds
     (Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP, b"b"), Range(RangeMode.SKIP)),  # repeated bound
     (Range(RangeMode.FP, None, fingerprint=b"short"),),
-    (Range(RangeMode.LIST, b"m", items=(b"z",)), Range(RangeMode.SKIP)),  # an item outside its range
-    (Range(RangeMode.LIST, None, items=(b"a", b"a")),),  # an item twice
-    (Range(RangeMode.FINAL, None, missing=(b"not mine",)),),  # an answer to a list never sent
-    (Range(RangeMode.LIST, None, missing=(b"x",)),),
+    (Range(RangeMode.FINAL, b"m", items=(b"z",)), Range(RangeMode.SKIP)),  # an item outside its range
+    (Range(RangeMode.LIST, None, items=(b"a",)),),  # a list carries digests, not items
+    (Range(RangeMode.LIST, None, digests=b"12345678" * 2),),  # a digest twice
+    (Range(RangeMode.LIST, None, digests=b"1234567"),),  # not whole digests
+    (Range(RangeMode.FINAL, None, items=(b"not mine",)),),  # an answer to a list never sent
+    (Range(RangeMode.FILL, None, items=(b"x",)),),  # a fill for a final never sent
+    (Range(RangeMode.SKIP, None, marks=b"\x01"),),  # fields of another mode
+    (Range(RangeMode.FP, None, fingerprint=b"\0" * 8, digests=b"12345678"),),
 ])
 def test_malformed_messages_are_protocol_errors(ranges: tuple[Range, ...]) -> None:
     r = responder_with()
@@ -147,4 +151,28 @@ def test_oversized_items_do_not_decode() -> None:
 def test_small_sets_are_listed_at_once() -> None:
     a = Reconciler({item(n) for n in range(LIST_AT)}, initiator=True)
     [only] = a.initiate().ranges
-    assert only.mode == RangeMode.LIST and len(only.items) == LIST_AT
+    assert only.mode == RangeMode.LIST and len(only.digests) == 8 * LIST_AT and not only.items
+
+
+def test_a_final_must_answer_the_list_exactly() -> None:
+    """The lister checks the answer against what it listed: marks of the right size, no
+    bit past its items, no item it listed sent back; a fill brings exactly what was marked."""
+    mine = {item(n) for n in range(5)}
+    for bad in (Range(RangeMode.FINAL, None, marks=b"\x01\x00"),  # two bytes for five items
+                Range(RangeMode.FINAL, None, marks=b"\x20"),  # bit 5 of five items
+                Range(RangeMode.FINAL, None, items=(sorted(mine)[0],))):  # one of mine back
+        a = Reconciler(mine, initiator=True)
+        a.initiate()
+        with pytest.raises(ProtocolError):
+            a.receive(ReconcileMessage((bad,)))
+    # The responder marks what it lacks and waits for exactly those items.
+    a, b = Reconciler(mine, initiator=True), Reconciler(set(sorted(mine)[:3]), initiator=False)
+    answer = b.receive(a.initiate())
+    assert answer is not None and answer.ranges[0].mode == RangeMode.FINAL
+    fill = a.receive(answer)
+    assert fill is not None and fill.ranges[0].mode == RangeMode.FILL
+    short = ReconcileMessage((Range(RangeMode.FILL, None, items=fill.ranges[0].items[:1]),))
+    with pytest.raises(ProtocolError, match="fill"):
+        Reconciler(set(sorted(mine)[:3]), initiator=False).receive(short)  # never marked anything
+    b.receive(fill)
+    assert sorted(b.need) == sorted(mine)[3:] and sorted(a.have) == sorted(mine)[3:]
