@@ -18,18 +18,24 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 
+from imprint import summaries
+from imprint.protocol.items import item
+
 #: Keys asked per query (SQLite's variable limit is far above).
 _CHUNK = 500
 
 
 class TombstoneTable:
-    """The tombstones of one dataset in `db` (table `table`)."""
+    """The tombstones of one dataset in `db` (table `table`); `kind` is their
+    reconciliation item kind (:mod:`imprint.protocol.items`)."""
 
-    def __init__(self, db: sqlite3.Connection, table: str, *, create: bool = True) -> None:
+    def __init__(self, db: sqlite3.Connection, table: str, kind: bytes, *, create: bool = True) -> None:
         self.db = db
         self.table = table
+        self.kind = kind
         if create:
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, deleted_at REAL NOT NULL)")
+            summaries.add_columns(db, table)
 
     def add(self, tombstones: Iterable[tuple[str, float]]) -> int:
         """Record tombstones (a later time wins over an earlier one); how many are new or later.
@@ -38,7 +44,7 @@ class TombstoneTable:
         for key, deleted_at in tombstones:
             cur = self.db.execute(
                 f"INSERT INTO {self.table} (key, deleted_at) VALUES (?, ?) "
-                f"ON CONFLICT(key) DO UPDATE SET deleted_at = excluded.deleted_at "
+                f"ON CONFLICT(key) DO UPDATE SET deleted_at = excluded.deleted_at, {summaries.STALE} "
                 f"WHERE excluded.deleted_at > {self.table}.deleted_at", (key, deleted_at))
             changed += cur.rowcount
         return changed
@@ -55,6 +61,10 @@ class TombstoneTable:
 
     def all(self) -> Iterator[tuple[str, float]]:
         yield from self.db.execute(f"SELECT key, deleted_at FROM {self.table} ORDER BY key")
+
+    def summary(self) -> tuple[int, int]:
+        """(count, total) of these tombstones as reconciliation items (:mod:`imprint.summaries`)."""
+        return summaries.summarize(self.db, self.table, "key, deleted_at", lambda k, at: item(self.kind, k, at))
 
     def count(self) -> int:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0])

@@ -13,6 +13,7 @@ from typing import Any
 
 from loguru import logger
 
+from imprint import summaries
 from imprint.actors.base import ImprintActor
 from imprint.errors import InputError, StoreError
 from imprint.messages.records import FactRecord, Tombstone, fact_key, fact_version
@@ -32,8 +33,11 @@ from imprint.messages.store import (
     StoreFacts,
     StoreResult,
     StoreTombstones,
+    SummarizeVersions,
     Versions,
+    VersionSummary,
 )
+from imprint.protocol.items import FACT, FORGOTTEN_FACT, item
 from imprint.tombstones import TombstoneTable, forgets
 
 SCHEMA = """
@@ -113,7 +117,8 @@ class FactStore(ImprintActor):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._add_keys()
-            self._tombstones = TombstoneTable(self._db, "forgotten_facts")
+            summaries.add_columns(self._db, "facts")
+            self._tombstones = TombstoneTable(self._db, "forgotten_facts", FORGOTTEN_FACT)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
 
@@ -144,6 +149,10 @@ class FactStore(ImprintActor):
                 return self._forget(fact_id, deleted_at)
             case StoreTombstones(tombstones=tombstones):
                 return self._store_tombstones(tombstones)
+            case SummarizeVersions():
+                facts = summaries.summarize(self._db, "facts", "key, ended", lambda k, e: item(FACT, k, e or 0.0))
+                marks = self._tombstones.summary() if self._tombstones is not None else (0, 0)
+                return VersionSummary(*summaries.combine(facts, marks))
             case ListVersions():
                 rows = self._db.execute("SELECT key, ended FROM facts").fetchall()
                 marks = tuple(self._tombstones.all()) if self._tombstones is not None else ()
@@ -187,7 +196,8 @@ class FactStore(ImprintActor):
                 if r.ended is not None and ours is None:
                     # An invalidation on the other machine ends our open copy too.
                     db.execute(
-                        "UPDATE facts SET ended = ? WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
+                        f"UPDATE facts SET ended = ?, {summaries.STALE} "
+                        "WHERE subject = ? AND predicate = ? AND object = ? AND valid_from = ?",
                         (r.ended, *r.identity),
                     )
                     ended += 1
@@ -303,5 +313,5 @@ class FactStore(ImprintActor):
             raise InputError(f"no fact with id {fact_id}")
         if row[5] is not None:
             raise InputError(f"fact {fact_id} already ended")
-        self._db.execute("UPDATE facts SET ended = ? WHERE id = ?", (ended, fact_id))
+        self._db.execute(f"UPDATE facts SET ended = ?, {summaries.STALE} WHERE id = ?", (ended, fact_id))
         return _row_to_fact((*row[:5], ended, row[6]))

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
+from imprint import summaries
 from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import (
@@ -49,8 +50,12 @@ from imprint.messages.store import (
     StoreMemories,
     StoreResult,
     StoreTombstones,
+    SummarizeVersions,
     Versions,
+    VersionSummary,
 )
+from imprint.protocol.items import FORGOTTEN_MEMORY, MEMORY, item
+from imprint.protocol.reconcile import item_hash
 from imprint.storage import Backend, StoredMemory, StoreMeta
 from imprint.tombstones import TombstoneTable, forgets
 
@@ -134,12 +139,12 @@ class MemoryStore(ImprintActor):
                 if not path.exists():
                     return
                 db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
-                self._tombstones = TombstoneTable(db, "forgotten", create=False)
+                self._tombstones = TombstoneTable(db, "forgotten", FORGOTTEN_MEMORY, create=False)
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            self._tombstones = TombstoneTable(db, "forgotten")
+            self._tombstones = TombstoneTable(db, "forgotten", FORGOTTEN_MEMORY)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
 
@@ -164,6 +169,7 @@ class MemoryStore(ImprintActor):
         if columns and "hash" not in columns:  # an index from before content hashes: made again
             db.execute("DROP TABLE memory_versions")
         db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL, hash TEXT NOT NULL)")
+        summaries.add_columns(db, "memory_versions")
         (indexed,) = db.execute("SELECT COUNT(*) FROM memory_versions").fetchone()
         if indexed == self._backend.count(MemoryFilter()):
             return
@@ -200,6 +206,14 @@ class MemoryStore(ImprintActor):
         if self._indexed():
             return tuple(self._tombstones.db.execute("SELECT id, ts, hash FROM memory_versions"))
         return tuple(self._backend.versions(MemoryFilter()))
+
+    def _summary(self) -> tuple[int, int]:
+        """(count, total) of the memories' reconciliation items (see :mod:`imprint.summaries`)."""
+        if self._indexed():
+            return summaries.summarize(self._tombstones.db, "memory_versions", "id, ts, hash",
+                                       lambda i, ts, h: item(MEMORY, i, ts, h))
+        versions = self._versions() if self._backend is not None else ()
+        return len(versions), sum(item_hash(item(MEMORY, *v)) for v in versions) % (1 << 128)
 
     def _delete(self, ids: tuple[str, ...]) -> None:
         self._unindex(ids)
@@ -288,6 +302,9 @@ class MemoryStore(ImprintActor):
             case StoreMemories() | ForgetMemories() | StoreTombstones():
                 self._counts.clear()
                 return self._write(message)
+            case SummarizeVersions():
+                return VersionSummary(*summaries.combine(self._summary(), self._tombstones.summary()
+                                                         if self._tombstones is not None else (0, 0)))
             case ListVersions():
                 marks = tuple(self._tombstones.all()) if self._tombstones is not None else ()
                 return Versions(records=self._versions() if b is not None else (), tombstones=marks)

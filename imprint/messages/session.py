@@ -212,6 +212,13 @@ class TombstonesStored(msgspec.Struct, frozen=True):
     forgotten: int
 
 
+class SummaryLoaded(msgspec.Struct, frozen=True):
+    """Session → flow: the summary of this side's reconciliation items (imprint.summaries)."""
+
+    count: int
+    total: int
+
+
 class ItemsLoaded(msgspec.Struct, frozen=True):
     """Session → flow: this side's reconciliation items (see imprint.protocol.items)."""
 

@@ -146,6 +146,18 @@ class Versions(msgspec.Struct, frozen=True):
     tombstones: tuple[tuple[str, float], ...]
 
 
+class SummarizeVersions(msgspec.Struct, frozen=True):
+    """The summary of what ListVersions would list, records and tombstones, without
+    listing it (:mod:`imprint.summaries`). Reply: :class:`VersionSummary`."""
+
+
+class VersionSummary(msgspec.Struct, frozen=True):
+    """How many items, and the sum of their 128-bit hashes modulo 2**128."""
+
+    count: int
+    total: int
+
+
 class RetrieveTombstones(msgspec.Struct, frozen=True):
     """Reply: tuple of :class:`Tombstone` for those keys that are tombstoned."""
 

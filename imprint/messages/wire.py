@@ -151,19 +151,23 @@ class DatasetStats(msgspec.Struct, frozen=True):
 
     ``inserted`` are new here, ``skipped`` were already here, ``rejected``
     were refused by our schema (Imprint's own clients store some records we
-    refuse, e.g. whitespace-only content). ``updated`` of the skipped replaced
-    our copy of the memory (a newer text of it, or an earlier copy of the same).
-    ``rejected`` and ``updated`` are ours: the body leaves them out when 0, so
-    the STATS stay exactly Imprint's shape.
+    refuse, e.g. whitespace-only content). ``rejected`` is ours: the body
+    leaves it out when it is 0, so the STATS stay exactly Imprint's shape.
     """
 
     inserted: Count = 0
     skipped: Count = 0
     rejected: Count = 0
-    updated: Count = 0
 
     def __add__(self, other: DatasetStats) -> DatasetStats:
         return type(self)(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
+
+
+class MemoryStats(DatasetStats, frozen=True):
+    """Memory counts; ``updated`` of the skipped replaced our copy of the memory (a
+    newer text of it, or an earlier copy of the same text); ours, left out when 0."""
+
+    updated: Count = 0
 
 
 class FactStats(DatasetStats, frozen=True):
@@ -176,7 +180,7 @@ class FactStats(DatasetStats, frozen=True):
 class SyncStats(msgspec.Struct, frozen=True):
     """The STATS body the provider answers a push with (SPEC step 6)."""
 
-    memories: DatasetStats = DatasetStats()
+    memories: MemoryStats = MemoryStats()
     facts: FactStats = FactStats()
 
     def to_body(self) -> dict[str, Any]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import msgspec
-
-from imprint.errors import ProtocolError, TamperedFrameError
+from imprint.errors import TamperedFrameError
 from imprint.messages.wire import (
     MAX_FRAME_BYTES,
     MAX_PLAINTEXT_FRAME_BYTES,
@@ -22,6 +20,7 @@ from imprint.messages.wire import (
     too_large,
 )
 from imprint.protocol.channel import SecureChannel
+from imprint.protocol.reconcile import pack, unpack
 
 
 class Codec(Protocol):
@@ -50,15 +49,14 @@ class PlainCodec:
 
 #: First byte of a sealed payload that is a MessagePack frame (a JSON frame starts with "{").
 #: Protocol 2's reconciliation frames are mostly raw bytes (bounds, fingerprints, items):
-#: in JSON they would travel as base64, a third larger.
+#: in JSON they would travel as base64, a third larger; they are packed by hand.
 BINARY_FRAME = b"\x01"
-_reconcile_encoder = msgspec.msgpack.Encoder()
-_reconcile_decoder = msgspec.msgpack.Decoder(Reconcile)
 
 
 class SecureCodec:
     """The same frames sealed in the session's channel (binary frames only); a
-    :class:`Reconcile` frame is MessagePack inside the seal, every other frame JSON."""
+    :class:`Reconcile` frame is packed by hand inside the seal
+    (:func:`imprint.protocol.reconcile.pack`), every other frame JSON."""
 
     name = "encrypted"
     max_frame_bytes = MAX_FRAME_BYTES
@@ -68,7 +66,7 @@ class SecureCodec:
 
     def encode(self, frame: Any) -> bytes:
         if isinstance(frame, Reconcile):
-            return self.channel.seal(BINARY_FRAME + _reconcile_encoder.encode(frame))
+            return self.channel.seal(BINARY_FRAME + pack(frame.message))
         return self.channel.seal(encode_frame(frame))
 
     def decode(self, data: bytes | bytearray | str, *, text: bool = False) -> Any:
@@ -78,8 +76,5 @@ class SecureCodec:
         if payload[:1] == BINARY_FRAME:
             if len(payload) > self.max_frame_bytes:
                 raise too_large(len(payload), self.max_frame_bytes)
-            try:
-                return _reconcile_decoder.decode(memoryview(payload)[1:])
-            except (msgspec.DecodeError, ValueError) as exc:
-                raise ProtocolError(f"bad reconcile frame: {str(exc)[:200]}") from None
+            return Reconcile(message=unpack(payload[1:]))
         return decode_frame(payload, max_bytes=self.max_frame_bytes)

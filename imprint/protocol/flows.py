@@ -51,6 +51,7 @@ from imprint.messages.session import (
     StartPush,
     StreamSpooled,
     StreamStored,
+    SummaryLoaded,
     TombstonesStored,
     TransferFinished,
 )
@@ -61,13 +62,13 @@ from imprint.messages.wire import (
     PROTOCOL_VERSION,
     Ack,
     DatasetCounts,
-    DatasetStats,
     Done,
     FactBatch,
     FactStats,
     Forgets,
     Frame,
     MemoryBatch,
+    MemoryStats,
     Meta,
     Mode,
     Reconcile,
@@ -79,7 +80,13 @@ from imprint.messages.wire import (
     SyncStats,
 )
 from imprint.protocol.items import Selection, counts, select
-from imprint.protocol.reconcile import Reconciler
+from imprint.protocol.reconcile import (
+    AGREED,
+    Reconciler,
+    agrees,
+    is_summary,
+    summary_message,
+)
 from imprint.text import clip
 
 #: What a side waits for, which sets how long it may wait: a provider's peer
@@ -133,6 +140,11 @@ class AskToJoin(msgspec.Struct, frozen=True):
     verification: str
 
 
+class LoadSummary(msgspec.Struct, frozen=True):
+    """Protocol 2: read the summary of this side's items (count and total, see
+    imprint.summaries); answer with SummaryLoaded."""
+
+
 class LoadItems(msgspec.Struct, frozen=True):
     """Protocol 2: read this side's reconciliation items from the stores; answer with ItemsLoaded."""
 
@@ -156,7 +168,7 @@ class Fail(msgspec.Struct, frozen=True):
     error: SyncError
 
 
-Command: TypeAlias = (Report | Send | Receive | ToPuller | Push | AskToJoin | LoadItems | ApplyTombstones | Finish
+Command: TypeAlias = (Report | Send | Receive | ToPuller | Push | AskToJoin | LoadSummary | LoadItems | ApplyTombstones | Finish
                       | Fail)
 
 
@@ -189,7 +201,7 @@ class Incoming:
 
     def stats(self) -> SyncStats:
         return SyncStats(
-            memories=DatasetStats(inserted=self.inserted["memories"], skipped=self.skipped["memories"],
+            memories=MemoryStats(inserted=self.inserted["memories"], skipped=self.skipped["memories"],
                                   rejected=self.refused["memories"], updated=self.updated),
             facts=FactStats(inserted=self.inserted["facts"], skipped=self.skipped["facts"],
                             rejected=self.refused["facts"], ended=self.ended),
@@ -416,11 +428,18 @@ class ProviderFlow(Flow):
             case FrameReceived(frame=Reconcile(message=message)) if self.v2 and not self._pull_started:
                 self.round_trips += 1
                 if self.reconciler is None:
-                    if not self._queued:
-                        self._do(LoadItems())
+                    if not self._queued:  # a summary first: if it agrees, no item is read
+                        self._do(LoadSummary() if is_summary(message) else LoadItems())
                     self._queued.append(message)
                 else:
                     self._answer(message)
+            case SummaryLoaded(total=total) if self.v2 and self.reconciler is None and self._queued:
+                if len(self._queued) == 1 and agrees(self._queued[0], total):
+                    self._queued = []
+                    self.reconciler = Reconciler.agreed(initiator=False)
+                    self._do(Send(frame=Reconcile(message=AGREED)))
+                else:
+                    self._do(LoadItems())
             case ItemsLoaded(items=items) if self.v2 and self.reconciler is None:
                 self.reconciler = Reconciler(items, initiator=False)
                 queued, self._queued = self._queued, []
@@ -478,6 +497,9 @@ class ConsumerFlow(Flow):
         self.confirm = confirm
         self.phase: Literal["handshake", "confirm", "reconcile", "pull", "push", "await-stats"] = "handshake"
         self._received: SyncStats | None = None
+        self._summary_sent = False
+        #: The provider's answer to our summary, while our items load.
+        self._pending: ReconcileMessage | None = None
 
     def _role(self, event: object) -> None:
         match event:
@@ -503,17 +525,28 @@ class ConsumerFlow(Flow):
                     raise RejectedError("you did not join: nothing was sent or received")
                 self.wait = ""
                 self._begin()
-            case ItemsLoaded(items=items) if self.phase == "reconcile" and self.reconciler is None:
-                self.reconciler = Reconciler(items, initiator=True)
-                self._do(Send(frame=Reconcile(message=self.reconciler.initiate())))
-            case FrameReceived(frame=Reconcile(message=message)) if self.phase == "reconcile" and self.reconciler:
+            case SummaryLoaded(total=total) if self.phase == "reconcile" and not self._summary_sent:
+                self._summary_sent = True
+                self._do(Send(frame=Reconcile(message=summary_message(total))))
+            case FrameReceived(frame=Reconcile(message=message)) if (
+                    self.phase == "reconcile" and self._summary_sent and self.reconciler is None
+                    and self._pending is None):
                 self.round_trips += 1
-                answer = self.reconciler.receive(message)
-                if answer is not None:
-                    self._do(Send(frame=Reconcile(message=answer)))
-                else:
+                if message == AGREED:  # nothing differs: no item is read
+                    self.reconciler = Reconciler.agreed(initiator=True)
                     self._reconciled()
                     self._pull()
+                else:
+                    self._pending = message
+                    self._do(LoadItems())
+            case ItemsLoaded(items=items) if self.phase == "reconcile" and self.reconciler is None and self._pending:
+                self.reconciler = Reconciler(items, initiator=True)
+                self.reconciler.resume()
+                message, self._pending = self._pending, None
+                self._converse(message)
+            case FrameReceived(frame=Reconcile(message=message)) if self.phase == "reconcile" and self.reconciler:
+                self.round_trips += 1
+                self._converse(message)
             case FrameReceived(frame=frame) if self.phase == "pull":
                 if isinstance(frame, Response):
                     raise ProtocolError(f"the provider answered the pull with {frame.status}: {clip(frame.body)}")
@@ -545,8 +578,16 @@ class ConsumerFlow(Flow):
         """After the handshake (and the user's yes): compare first (protocol 2), else pull everything."""
         if self.v2:
             self.phase = "reconcile"
-            self._do(LoadItems())
+            self._do(LoadSummary())
         else:
+            self._pull()
+
+    def _converse(self, message: ReconcileMessage) -> None:
+        answer = self.reconciler.receive(message)
+        if answer is not None:
+            self._do(Send(frame=Reconcile(message=answer)))
+        else:
+            self._reconciled()
             self._pull()
 
     def _pull(self) -> None:

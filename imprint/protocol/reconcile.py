@@ -32,6 +32,11 @@ bisections, so a round costs O(ranges · log n) and reconciling two sets of
 n items differing in d costs about log_BRANCH(n / LIST_AT) round trips and
 O(d · log n) bytes.
 
+The first message of a sync is a *summary*: one fingerprint of everything,
+from a total the stores keep (:mod:`imprint.summaries`), so an unchanged
+re-sync costs two small messages and reads no item. Only when the answer is
+not a plain skip does either side load its items and go on as above.
+
 The initiator (the joining side) speaks first and decides when it is over:
 it sends a message while any range in it asks for an answer or carries a
 ``final``; an answer with nothing to act on ends it. Every message from the
@@ -129,6 +134,20 @@ class Reconciler:
         return out
 
     # ------------------------------------------------------------- the conversation
+
+    @classmethod
+    def agreed(cls, *, initiator: bool) -> Reconciler:
+        """A finished conversation that found nothing different (the summaries matched)."""
+        r = cls((), initiator=initiator)
+        r.done = True
+        return r
+
+    def resume(self) -> None:
+        """The initiator sent :func:`summary_message` instead of :meth:`initiate`:
+        carry on from the peer's answer to it."""
+        if not self.initiator:
+            raise ProtocolError("only the initiator sends the summary")
+        self.rounds = 1
 
     def initiate(self) -> ReconcileMessage:
         """The initiator's first message."""
@@ -250,6 +269,30 @@ class Reconciler:
         self.done = True
 
 
+def _top(total: int) -> bytes:
+    return (total % _MOD).to_bytes(16, "big")[:FINGERPRINT_BYTES]
+
+
+def summary_message(total: int) -> ReconcileMessage:
+    """The initiator's first message: the fingerprint of all its items, from their
+    `total` (the sum of their :func:`item_hash`, as :mod:`imprint.summaries` keeps it)."""
+    return ReconcileMessage((Range(FP, None, fingerprint=_top(total)),))
+
+
+def is_summary(message: ReconcileMessage) -> bool:
+    """Whether `message` is one fingerprint of everything (what :func:`summary_message` makes)."""
+    return len(message.ranges) == 1 and message.ranges[0].mode == FP and message.ranges[0].upper is None
+
+
+def agrees(message: ReconcileMessage, total: int) -> bool:
+    """Whether a summary message fingerprints exactly what our `total` does."""
+    return is_summary(message) and message.ranges[0].fingerprint == _top(total)
+
+
+#: The answer to a summary that agrees: nothing differs anywhere.
+AGREED = ReconcileMessage((Range(SKIP, None),))
+
+
 def _bits(flags: list[bool]) -> bytes:
     """Flags as bits, lowest first (b"" when none is set: the peer reads that as all clear)."""
     if not any(flags):
@@ -287,3 +330,152 @@ def _merge_skips(ranges: list[Range]) -> list[Range]:
         else:
             out.append(r)
     return out
+
+
+# ---------------------------------------------------------------- the wire form
+#
+# Inside the sealed channel a reconciliation message is packed by hand, not as
+# MessagePack: most of it is thousands of small ranges, and a generic encoding
+# spends ~9 of a fingerprint range's ~22 bytes on headers and on bounds that
+# repeat their neighbour's first bytes. Packed (measured, 40k items, 600
+# differences): ~40 % fewer bytes.
+#
+#   message := count:varint range{count}
+#   range   := mode:u8 shared:u8 length:u8 suffix[length]   (length 255: open, the end)
+#              FP:    size:u8 fingerprint[size]
+#              LIST:  n:varint digest[8]{n}
+#              FINAL: n:varint (size:u8 item[size]){n} m:varint marks[m]
+#              FILL:  n:varint (size:u8 item[size]){n}
+#
+# A bound is the previous range's bound's first `shared` bytes plus `suffix`.
+
+_OPEN = 255
+
+
+def _varint(n: int, out: bytearray) -> None:
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def pack(message: ReconcileMessage) -> bytes:
+    """The wire form of `message` (see above)."""
+    out = bytearray()
+    _varint(len(message.ranges), out)
+    prev = b""
+    for r in message.ranges:
+        out.append(r.mode)
+        if r.upper is None:
+            out += bytes((0, _OPEN))
+        else:
+            shared = 0
+            limit = min(len(prev), len(r.upper), 254)
+            while shared < limit and prev[shared] == r.upper[shared]:
+                shared += 1
+            suffix = r.upper[shared:]
+            out += bytes((shared, len(suffix)))
+            out += suffix
+            prev = r.upper
+        if r.mode == FP:
+            out.append(len(r.fingerprint))
+            out += r.fingerprint
+        elif r.mode == LIST:
+            _varint(len(r.digests) // DIGEST_BYTES, out)
+            out += r.digests
+        elif r.mode in (FINAL, FILL):
+            _varint(len(r.items), out)
+            for item in r.items:
+                out.append(len(item))
+                out += item
+            if r.mode == FINAL:
+                _varint(len(r.marks), out)
+                out += r.marks
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.at + n > len(self.data):
+            raise ProtocolError("a reconcile frame ends too early")
+        chunk = self.data[self.at:self.at + n]
+        self.at += n
+        return chunk
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self, limit: int) -> int:
+        n = shift = 0
+        while True:
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 28:
+                raise ProtocolError("a reconcile frame holds an oversized number")
+        if n > limit:
+            raise ProtocolError("a reconcile frame holds too many ranges or items")
+        return n
+
+
+def unpack(data: bytes) -> ReconcileMessage:
+    """A message from its wire form, every count and size checked (the peer is hostile).
+
+    Raises:
+        ProtocolError: malformed, truncated, trailing bytes, or beyond the limits.
+    """
+    from imprint.messages.wire import MAX_ITEM_BYTES, MAX_RANGES
+
+    r = _Reader(bytes(data))
+    ranges: list[Range] = []
+    listed = 0
+    prev = b""
+    for _ in range(r.varint(MAX_RANGES)):
+        try:
+            mode = RangeMode(r.byte())
+        except ValueError:
+            raise ProtocolError("a reconcile frame holds an unknown range mode") from None
+        shared, length = r.byte(), r.byte()
+        if length == _OPEN:
+            upper = None
+        else:
+            if shared > len(prev) or shared + length > MAX_ITEM_BYTES:
+                raise ProtocolError("a reconcile frame holds a bad bound")
+            upper = prev[:shared] + r.take(length)
+            prev = upper
+        fields: dict = {}
+        if mode == FP:
+            size = r.byte()
+            if size > 16:
+                raise ProtocolError("a reconcile frame holds an oversized fingerprint")
+            fields["fingerprint"] = r.take(size)
+        elif mode == LIST:
+            n = r.varint(MAX_LISTED)
+            listed += n
+            fields["digests"] = r.take(n * DIGEST_BYTES)
+        elif mode in (FINAL, FILL):
+            n = r.varint(MAX_LISTED)
+            listed += n
+            if listed > MAX_LISTED:
+                raise ProtocolError("a reconciliation message lists too many items")
+            items = []
+            for _ in range(n):
+                size = r.byte()
+                if size > MAX_ITEM_BYTES:
+                    raise ProtocolError("a reconcile frame holds an oversized item")
+                items.append(r.take(size))
+            fields["items"] = tuple(items)
+            if mode == FINAL:
+                fields["marks"] = r.take(r.varint(MAX_LISTED // 8))
+        if listed > MAX_LISTED:
+            raise ProtocolError("a reconciliation message lists too many items")
+        ranges.append(Range(mode, upper, **fields))
+    if r.at != len(r.data):
+        raise ProtocolError("a reconcile frame has bytes after its last range")
+    return ReconcileMessage(tuple(ranges))

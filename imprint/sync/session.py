@@ -58,18 +58,20 @@ from imprint.messages.session import (
     StartPull,
     StoreFailed,
     StreamFrame,
+    SummaryLoaded,
     TombstonesStored,
     TransferFailed,
     Unwatch,
     Watch,
 )
-from imprint.messages.store import ListVersions, StoreTombstones
+from imprint.messages.store import ListVersions, StoreTombstones, SummarizeVersions
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
 from imprint.protocol.handshake import Handshake as HandshakeMachine
 from imprint.protocol.items import items_of
 from imprint.runtime import ActorGroup
 from imprint.spool import DEFAULT_MAX_BYTES
+from imprint.summaries import combine
 from imprint.trust import TrustList
 
 #: Slowest rate (records/s) at which we assume a peer stores what we sent,
@@ -283,6 +285,8 @@ class SyncSession:
                 self.stages["pusher"].tell(start)
             case flows.AskToJoin(peer=peer, verification=verification):
                 self._ask_to_join(peer, verification)
+            case flows.LoadSummary():
+                self.listener.tell(SummaryLoaded(*self._summary()))
             case flows.LoadItems():
                 self.listener.tell(ItemsLoaded(items=tuple(self._items())))
             case flows.ApplyTombstones(tombstones=tombstones):
@@ -296,6 +300,12 @@ class SyncSession:
                 self._close()
                 return stats
         return None
+
+    def _summary(self) -> tuple[int, int]:
+        """(count, total) of this side's reconciliation items, from the stores' kept sums."""
+        memories = ask(self.local["memory_store"], SummarizeVersions(), timeout=600)
+        facts = ask(self.local["fact_store"], SummarizeVersions(), timeout=600)
+        return combine((memories.count, memories.total), (facts.count, facts.total))
 
     def _items(self) -> list[bytes]:
         """This side's reconciliation items: ids and versions from both stores, no content."""

@@ -245,3 +245,45 @@ def test_an_older_facts_database_gets_its_keys(start_actor: StartActor, facts_pa
     db.close()
     ref = start_actor(FactStore, path=facts_path)
     assert ref.ask(ListVersions(), timeout=10).records == ((fact_key(("a", "b", "c", 1.0)), 0.0),)
+
+
+def summary_of(versions: Any) -> tuple[int, int]:
+    """What SummarizeVersions must say: the sum over what ListVersions lists."""
+    from imprint.protocol.items import items_of
+    from imprint.protocol.reconcile import item_hash
+
+    items = items_of((), versions.records, (), versions.tombstones)
+    return len(items), sum(item_hash(i) for i in items) % (1 << 128)
+
+
+def test_the_kept_summary_follows_every_write(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
+    from imprint.messages.records import Tombstone, fact_key
+    from imprint.messages.store import (
+        ForgetFact,
+        ListVersions,
+        StoreTombstones,
+        SummarizeVersions,
+    )
+
+    def check() -> None:
+        summary = fact_store.ask(SummarizeVersions(), timeout=10)
+        assert (summary.count, summary.total) == summary_of(fact_store.ask(ListVersions(), timeout=10))
+
+    check()  # empty
+    facts = [FactRecord(subject=f"s{i}", predicate="p", object="o", valid_from=float(i)) for i in range(6)]
+    fact_store.ask(StoreFacts(records=tuple(facts)), timeout=10)
+    check()
+    ids = {f.record.subject: f.fact_id for f in fact_store.ask(ListFacts(include_ended=True), timeout=10)}
+    fact_store.ask(EndFact(fact_id=ids["s0"], ended=50.0), timeout=10)  # an end by id
+    ended = FactRecord(subject="s1", predicate="p", object="o", valid_from=1.0, ended=60.0)
+    fact_store.ask(StoreFacts(records=(ended,)), timeout=10)  # an end from a peer
+    check()
+    fact_store.ask(ForgetFact(fact_id=ids["s2"], deleted_at=70.0), timeout=10)
+    fact_store.ask(StoreTombstones(tombstones=(Tombstone("facts", fact_key(facts[3].identity), 80.0),
+                                               Tombstone("facts", fact_key(facts[2].identity), 90.0))), timeout=10)
+    check()  # a new tombstone, and a later time for one held
+    db = sqlite3.connect(facts_path)  # rows from before the sums were kept (or a write that marked them stale)
+    db.execute("UPDATE facts SET h0 = NULL, h1 = NULL, h2 = NULL, h3 = NULL")
+    db.commit()
+    db.close()
+    check()

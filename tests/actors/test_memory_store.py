@@ -429,6 +429,41 @@ def test_the_version_index_follows_every_write_and_rebuilds_when_off(start_actor
     assert sorted(open_forgetting(start_actor, tmp_path).ask(ListVersions(), timeout=30).records) == expected
 
 
+def test_the_kept_summary_follows_every_write(start_actor: StartActor, tmp_path: Path) -> None:
+    import sqlite3
+
+    from imprint.messages.store import SummarizeVersions
+    from imprint.protocol.items import items_of
+    from imprint.protocol.reconcile import item_hash
+
+    ref = open_forgetting(start_actor, tmp_path)
+
+    def check() -> None:
+        versions = ref.ask(ListVersions(), timeout=30)
+        items = items_of(versions.records, (), versions.tombstones)
+        summary = ref.ask(SummarizeVersions(), timeout=30)
+        assert (summary.count, summary.total) == (len(items), sum(item_hash(i) for i in items) % (1 << 128))
+
+    check()
+    head = "summarised " * 30
+    records = [finalize_memory(MemoryRecord(content=f"{head}{i}", timestamp=100.0 + i)) for i in range(6)]
+    store(ref, records, unit_vectors(6))
+    check()
+    store(ref, [msgspec.structs.replace(records[0], timestamp=50.0)], unit_vectors(1))  # an earlier copy
+    ref.ask(ForgetMemories(deleted_at=500.0, ids=(records[1].id,)), timeout=30)
+    ref.ask(StoreTombstones(tombstones=(Tombstone("memories", records[1].id, 600.0),
+                                        Tombstone("memories", records[2].id, 700.0))), timeout=30)
+    check()
+    ref.stop(timeout=30)
+    db = sqlite3.connect(tmp_path / "forgotten.db")  # rows whose sums were never kept
+    db.execute("UPDATE memory_versions SET h0 = NULL, h1 = NULL, h2 = NULL, h3 = NULL")
+    db.execute("UPDATE forgotten SET h0 = NULL")
+    db.commit()
+    db.close()
+    ref = open_forgetting(start_actor, tmp_path)
+    check()
+
+
 def test_timestamps_are_kept_to_the_microsecond_exactly_as_the_index_says(start_actor: StartActor, tmp_path: Path) -> None:
     """Edge reads back ~1 float in 8 one ulp off; six decimals come back exact. Both sides of a
     sync must hold the same number, so the store writes (and compares) stored_time(ts)."""

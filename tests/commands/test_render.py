@@ -11,7 +11,7 @@ from imprint.messages.events import Stats, decode_event, encode_event
 def test_the_human_summary_names_each_dataset_and_direction() -> None:
     line = json.dumps({"event": "stats", "role": "provider", "mode": "encrypted",
                        "received": {"memories": {"inserted": 3, "skipped": 2, "rejected": 2, "updated": 1},
-                                    "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "updated": 0, "ended": 1}},
+                                    "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
                        "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
                                 "facts": {"sent": 1}},
                        "forgotten": 0})

@@ -249,12 +249,13 @@ class RecordingRelay:
         return [(role, frame) for r, role, frame in list(self.frames) if r == room]
 
 
-def nth_binary_from_provider(n: int, action: str) -> Callable[[str, str | bytes], list[str | bytes]]:
-    """A tamper hook: on the n-th binary frame from the provider, flip one bit or drop it."""
+def nth_binary_from_provider(n: int, action: str, *, min_bytes: int = 0) -> Callable[[str, str | bytes], list[str | bytes]]:
+    """A tamper hook: on the n-th binary frame from the provider (of at least `min_bytes`),
+    flip one bit or drop it."""
     seen = collections.Counter()
 
     def hook(role: str, frame: str | bytes) -> list[str | bytes]:
-        if role == "provider" and isinstance(frame, bytes):
+        if role == "provider" and isinstance(frame, bytes) and len(frame) >= min_bytes:
             seen["binary"] += 1
             if seen["binary"] == n:
                 if action == "drop":
@@ -384,7 +385,10 @@ def union_size(*exports: Export) -> int:
 
 
 def whole_batches(new: set[str], provider_ids: list[str], before: set[str], batch: int, max_batches: int) -> bool:
-    """True if `new` is exactly what the first k whole batches of the provider's stream added, k <= max_batches."""
-    return any(new == set(provider_ids[: batch * k]) - before for k in range(max_batches + 1))
+    """True if `new` could be what k whole batches of the provider's stream added, k <= max_batches:
+    the provider's records we lacked, a whole number of batches of them (protocol 2 sends only
+    those, in its own order)."""
+    missing = set(provider_ids) - before
+    return new <= missing and any(len(new) == min(batch * k, len(missing)) for k in range(max_batches + 1))
 
 

@@ -174,9 +174,9 @@ def test_join_takes_imprints_python_provider_big_frames_refused_records_and_stri
     join = procs["join"]
     assert join.wait() == 0, join.describe()
     result = stats(join)
-    assert result["received"]["memories"] == {"inserted": BATCH - 2, "skipped": 0, "rejected": 2}
+    assert result["received"]["memories"] == {"inserted": BATCH - 2, "skipped": 0, "rejected": 2, "updated": 0}
     assert result["received"]["facts"] == {"inserted": 2, "skipped": 0, "rejected": 1, "ended": 0}
-    assert result["sent"]["memories"] == {"sent": 1, "inserted": 1, "skipped": 0, "rejected": 0}
+    assert result["sent"]["memories"] == {"sent": 1, "inserted": 1, "skipped": 0, "rejected": 0, "updated": 0}
     # Only our own memory went back; nothing of what the provider sent was echoed.
     assert [r["content"] for f in pushed if f.get("kind") == "batch" for r in f["records"]] == [
         "our own memory, to push back"]

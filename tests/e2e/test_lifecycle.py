@@ -129,4 +129,4 @@ def test_stopping_either_side_mid_sync_is_prompt_keeps_whole_batches_and_tells_t
     a, b = export(provider_dir, consumer_dir)
     assert a == b and len(a.memory_ids) == MANY
     # Compared first: the rerun moved only what the consumer still lacked.
-    assert stats(join)["received"]["memories"] == {"inserted": MANY - len(received), "skipped": 0, "rejected": 0}
+    assert stats(join)["received"]["memories"] == {"inserted": MANY - len(received), "skipped": 0, "rejected": 0, "updated": 0}

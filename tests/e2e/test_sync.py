@@ -164,9 +164,9 @@ def test_sync_merges_distinct_and_overlapping_data(spawn: Spawn, relay: Recordin
     # as A's, was not sent back.
     consumer, provider = stats(join), stats(serve)
     assert [e["event"] for e in join.events].count("reconciled") == 1
-    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 0, "rejected": 0}
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 0, "rejected": 0, "updated": 0}
     assert consumer["received"]["facts"] == {"inserted": 2, "skipped": 1, "rejected": 0, "ended": 1}
-    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
+    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0, "updated": 0}
     assert provider["received"]["facts"] == {"inserted": 2, "skipped": 0, "rejected": 0, "ended": 0}
     assert consumer["sent"] == {k: {"sent": v["inserted"] + v["skipped"], **v} for k, v in provider["received"].items()}
     # The provider hears from the consumer's last ack what became of its records.
@@ -295,15 +295,16 @@ def test_rejection_transfers_nothing(spawn: Spawn, relay: RecordingRelay, dirs: 
 def test_tampered_or_dropped_frame_ends_both_sides_and_stores_nothing_from_it(
     spawn: Spawn, relay: RecordingRelay, dirs: DataDirs, tmp_path: Path
 ) -> None:
-    # Provider binary frames: 1 = answer to the HELLO, 2 = meta, 3 = batch 1, 4 = batch 2, …
-    bad_frame, batches_before = 4, 1
+    # The provider's big binary frames are its batches (each bulk memory is 500 KB); the small ones
+    # before them answer the HELLO and the reconciliation (how many depends on the data) and announce.
+    bad_frame, batches_before = 2, 1
     bulk0, b0 = dirs.before["bulk"], dirs.before["b"]
     consumers = {"flip": dirs.b, "drop": clone(dirs.templates.b, tmp_path / "b-drop")}
     providers = {"flip": dirs.bulk, "drop": clone(dirs.templates.bulk, tmp_path / "bulk-drop")}
     runs = {}
     for action in ("flip", "drop"):  # both at once, each in its own room
         serve, room = start_serve(spawn, providers[action], relay.url, "--batch-size", str(BULK_BATCH))
-        relay.tamper[room["room"]] = nth_binary_from_provider(bad_frame, action)
+        relay.tamper[room["room"]] = nth_binary_from_provider(bad_frame, action, min_bytes=100_000)
         runs[action] = (serve, room)
     joins = {action: start_join(spawn, consumers[action], room, "--batch-size", str(BULK_BATCH))
              for action, (_, room) in runs.items()}
@@ -491,8 +492,8 @@ def test_plaintext_join_interoperates_with_a_spec_provider(spawn: Spawn, relay: 
     finally:
         provider.close()
     result = stats(join)
-    assert result["received"]["memories"] == {"inserted": 2, "skipped": 0, "rejected": 0}
-    assert result["sent"]["memories"] == {"sent": 5, "inserted": 5, "skipped": 2, "rejected": 0}
+    assert result["received"]["memories"] == {"inserted": 2, "skipped": 0, "rejected": 0, "updated": 0}
+    assert result["sent"]["memories"] == {"sent": 5, "inserted": 5, "skipped": 2, "rejected": 0, "updated": 0}
     b1 = export(dirs.b)[0]
     assert {r["id"] for r in ORIGINAL_MEMORIES} <= set(b1.memory_ids)
     assert ORIGINAL_FACT in b1.fact_records
@@ -541,10 +542,10 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     # The numbers a person reads are right: one memory and one fact were on both machines.
     provider, consumer = (next(e for e in demo.events if e["event"] == "stats" and e["role"] == role)
                           for role in ("provider", "consumer"))
-    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 1, "rejected": 0}
+    assert consumer["received"]["memories"] == {"inserted": 4, "skipped": 1, "rejected": 0, "updated": 1}
     # The shared fact is the same record on both (compared first, it did not travel); the shared
-    # memory was added at different times on each, so its copies differ and both travelled.
+    # memory was added at different times on each: only the earlier copy travelled, and replaced B's.
     assert consumer["received"]["facts"] == {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 0}
     # What B had just received from A is not counted as "already there" on A.
-    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0}
-    assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0}
+    assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0, "updated": 0}
+    assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0, "updated": 1}

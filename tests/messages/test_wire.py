@@ -19,12 +19,12 @@ from imprint.messages.wire import (
     MAX_FRAME_BYTES,
     REJECTED_BY_USER,
     DatasetCounts,
-    DatasetStats,
     Done,
     FactBatch,
     FactStats,
     Hello,
     MemoryBatch,
+    MemoryStats,
     Meta,
     Request,
     RequestBody,
@@ -66,7 +66,7 @@ FACT_JSON = {
     "ended": None,
     "source": "cli",
 }
-STATS = SyncStats(memories=DatasetStats(inserted=3, skipped=9), facts=FactStats(inserted=0, skipped=4))
+STATS = SyncStats(memories=MemoryStats(inserted=3, skipped=9), facts=FactStats(inserted=0, skipped=4))
 
 # Each frame with the exact JSON object SPEC (plaintext form) gives for it.
 SPEC_FRAMES = [
@@ -211,7 +211,7 @@ def test_integer_times_decode_as_floats():
 def test_stats_helpers():
     assert Response.with_stats(STATS).stats() == STATS
     partial = decode_frame(_bytes({"status": 200, "body": {"memories": {"inserted": 1, "skipped": 2}}}))
-    assert partial.stats() == SyncStats(memories=DatasetStats(inserted=1, skipped=2))
+    assert partial.stats() == SyncStats(memories=MemoryStats(inserted=1, skipped=2))
     ended = SyncStats(facts=FactStats(inserted=1, skipped=0, ended=2))
     assert ended.to_body() == {
         "memories": {"inserted": 0, "skipped": 0},

@@ -530,7 +530,7 @@ def test_pin_and_keys_stay_out_of_reprs_and_errors():
     assert "key" not in repr(channel).lower()
 
 
-def test_reconcile_frames_travel_as_messagepack_inside_the_seal(pair):
+def test_reconcile_frames_travel_packed_inside_the_seal(pair):
     from imprint.errors import ProtocolError
     from imprint.messages.wire import (
         Done,
@@ -545,11 +545,11 @@ def test_reconcile_frames_travel_as_messagepack_inside_the_seal(pair):
     consumer, provider = pair
     send, receive = SecureCodec(consumer), SecureCodec(provider)
     frame = Reconcile(message=ReconcileMessage(ranges=(Range(RangeMode.FP, b"\x01\x02", fingerprint=b"\xff" * 16),
-                                                      Range(RangeMode.LIST, None, items=(b"m" + b"\x00" * 16,)))))
+                                                      Range(RangeMode.FILL, None, items=(b"m" + b"\x00" * 16,)))))
     sealed = send.encode(frame)
     assert receive.decode(sealed) == frame
     assert len(sealed) < len(encode_frame(frame))  # raw bytes, not base64 in JSON
     assert receive.decode(send.encode(Done())) == Done()  # every other frame is JSON as before
     # A forged binary payload is a protocol error, never a crash.
-    with pytest.raises(ProtocolError, match="bad reconcile frame"):
+    with pytest.raises(ProtocolError, match="reconcile frame"):
         receive.decode(send.channel.seal(BINARY_FRAME + b"\xc1garbage"))

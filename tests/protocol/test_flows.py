@@ -27,10 +27,10 @@ from imprint.messages.store import StoreResult
 from imprint.messages.wire import (
     Ack,
     DatasetCounts,
-    DatasetStats,
     Done,
     FactStats,
     MemoryBatch,
+    MemoryStats,
     Meta,
     Request,
     Response,
@@ -98,7 +98,7 @@ def test_provider_from_approval_to_stats_encrypted() -> None:
         progress("send", "memories", 3, 3), progress("peer_store", "memories", 1, 3),
         progress("send", "facts", 0, 0), progress("peer_store", "facts", 0, 0),
     ]
-    final = SyncStats(memories=DatasetStats(inserted=2, skipped=1))
+    final = SyncStats(memories=MemoryStats(inserted=2, skipped=1))
     assert len(flow.handle(FrameReceived(frame=Ack(received=counts(3, 0), stored=counts(3, 0), stats=final)))) == 4
     assert flow.handle(TransferFinished(sent={"memories": 3, "facts": 0})) == []
 
@@ -120,7 +120,7 @@ def test_provider_from_approval_to_stats_encrypted() -> None:
     assert flow.handle(StreamStored(stream="another stream")) == []
 
     out = flow.handle(StreamStored(stream=receive.stream))
-    received = SyncStats(memories=DatasetStats(inserted=2), facts=FactStats())
+    received = SyncStats(memories=MemoryStats(inserted=2), facts=FactStats())
     stats = events.Stats(role="provider", mode="encrypted", received=received,
                          sent=events.SentStats.of({"memories": 3, "facts": 0}, final))
     assert out == [Send(frame=Response.with_stats(received)), Report(event=stats), Finish(stats=stats, linger=True)]
@@ -183,7 +183,7 @@ def test_consumer_pulls_stores_then_pushes_what_the_provider_lacks() -> None:
                             same_facts=(("s", "p", "o", 1.0),)))
 
     out = flow.handle(StreamStored(stream=receive.stream))
-    received = SyncStats(memories=DatasetStats(inserted=2, skipped=1), facts=FactStats(skipped=1))
+    received = SyncStats(memories=MemoryStats(inserted=2, skipped=1), facts=FactStats(skipped=1))
     assert out == [
         # The last ack tells the provider what became of its records.
         Send(frame=Ack(received=counts(0, 0), stored=counts(3, 1), stats=received), quiet=True),
@@ -197,7 +197,7 @@ def test_consumer_pulls_stores_then_pushes_what_the_provider_lacks() -> None:
     out = flow.handle(FrameReceived(frame=Response(status=200, body=body)))  # a JSON string, as Imprint's Python sends
     stats = events.Stats(role="consumer", mode="encrypted", received=received,
                          sent=events.SentStats.of({"memories": 5, "facts": 0},
-                                                  SyncStats(memories=DatasetStats(inserted=5))))
+                                                  SyncStats(memories=MemoryStats(inserted=5))))
     assert out == [Report(event=stats), Finish(stats=stats)]
 
 

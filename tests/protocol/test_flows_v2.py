@@ -14,6 +14,7 @@ from imprint.messages.session import (
     HandshakeSucceeded,
     ItemsLoaded,
     PeerInfo,
+    SummaryLoaded,
     TombstonesStored,
 )
 from imprint.messages.wire import (
@@ -29,6 +30,7 @@ from imprint.protocol.flows import (
     ConsumerFlow,
     Fail,
     LoadItems,
+    LoadSummary,
     ProviderFlow,
     Push,
     Receive,
@@ -36,6 +38,7 @@ from imprint.protocol.flows import (
     Send,
 )
 from imprint.protocol.items import FACT, FORGOTTEN_MEMORY, MEMORY, item
+from imprint.protocol.reconcile import item_hash
 
 V2 = PeerInfo(hostname="laptop", user="ann", os="Linux", fingerprint="0a1b2c3d", public_key="ab" * 32,
               protocol=PROTOCOL_VERSION)
@@ -60,12 +63,18 @@ class Pair:
         self.pushed: dict[str, Push] = {}
         self.reports: dict[str, list[object]] = {"provider": [], "consumer": []}
         self.frames = 0
+        self.loaded: dict[str, list[str]] = {"provider": [], "consumer": []}
 
     def feed(self, side: str, event: object) -> None:
         other = "consumer" if side == "provider" else "provider"
         for command in self.flows[side].handle(event):
             match command:
+                case LoadSummary():
+                    self.loaded[side].append("summary")
+                    total = sum(item_hash(i) for i in self.items[side]) % (1 << 128)
+                    self.feed(side, SummaryLoaded(count=len(self.items[side]), total=total))
                 case LoadItems():
+                    self.loaded[side].append("items")
                     self.feed(side, ItemsLoaded(items=tuple(self.items[side])))
                 case Send(frame=frame):
                     self.frames += 1
@@ -115,6 +124,16 @@ def test_identical_sides_select_nothing_in_one_round_trip() -> None:
     assert pair.flows["consumer"].selection.empty
     assert pair.flows["consumer"].round_trips == 1
     assert pair.frames == 2  # one reconcile message and its answer (then the pull request)
+    # the summaries agreed: neither side read its items
+    assert pair.loaded == {"provider": ["summary"], "consumer": ["summary"]}
+
+
+def test_a_summary_that_differs_loads_the_items_and_reconciles_on() -> None:
+    shared = [mem(n) for n in range(3000)]
+    pair = Pair([*shared, mem(5000)], list(shared)).run()
+    assert pair.loaded == {"provider": ["summary", "items"], "consumer": ["summary", "items"]}
+    assert pair.pushed["provider"].start.only_memories == (f"{5000:016x}",)
+    assert pair.flows["consumer"].selection.empty
 
 
 def test_of_two_copies_only_the_winning_one_travels() -> None:
@@ -176,8 +195,10 @@ def test_a_forged_reconcile_message_is_a_protocol_error(side: str) -> None:
         commands += pair.flows["provider"].handle(ItemsLoaded(items=(mem(1),)))
     else:
         pair.flows["consumer"].handle(HandshakeSucceeded(peer=V2))
-        pair.flows["consumer"].handle(ItemsLoaded(items=(mem(2),)))
-        commands = pair.flows["consumer"].handle(FrameReceived(frame=bad))
+        pair.flows["consumer"].handle(SummaryLoaded(count=1, total=12345))
+        commands = pair.flows["consumer"].handle(FrameReceived(frame=bad))  # not "agreed": items load
+        assert any(isinstance(c, LoadItems) for c in commands)
+        commands = pair.flows["consumer"].handle(ItemsLoaded(items=(mem(2),)))
     assert any(isinstance(c, Fail) and isinstance(c.error, ProtocolError) for c in commands)
 
 
