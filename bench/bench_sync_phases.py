@@ -14,7 +14,8 @@ Phases at N (memories and facts each; A holds them, B starts empty):
    stored, and runs again.
 
 `--unchanged N`: A and B get the same N memories and facts directly (no sync
-first), then one sync: how an unchanged re-sync grows with the store.
+first), then three syncs (medians printed): how an unchanged re-sync grows
+with the store.
 
 Per phase: bytes each way through the relay (an in-process relay on
 127.0.0.1 with a frame hook), the reconciliation round trips (the joining
@@ -207,7 +208,12 @@ def unchanged(n: int, work: Path) -> dict:
     for side in (a, b):
         add_memories(side, lines, work)
         add_facts(side, 0, n)
-    return sync(relay, a, b)
+    runs = [sync(relay, a, b) for _ in range(3)]
+    out = runs[0]
+    for figure in ("wall_s", "sync_s"):  # medians of three runs
+        out[figure] = sorted(r[figure] for r in runs)[1]
+        out[figure + "_runs"] = [r[figure] for r in runs]
+    return out
 
 
 def main() -> int:

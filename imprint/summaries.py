@@ -8,8 +8,9 @@ holds items keeps its items' hashes beside them, as four 32-bit integer columns
 (``h0`` the top): SQLite sums a column of 100k rows in a few milliseconds, and
 the four sums make the 128-bit total exactly (each sum stays far below 2**63).
 
-A write that changes a row's version sets its hash columns to NULL (an insert
-leaves them NULL); :func:`summarize` hashes those rows first, so the total is
+Inserts write a row's hash with it (:func:`parts`, ~2 µs); a write that
+changes a row's version may instead set its hash columns to NULL
+(:data:`STALE`), and :func:`summarize` hashes such rows first, so the total is
 always that of the items as they are, at a cost in proportion to what changed
 since the last summary. A row whose columns were never filled (a table from
 before this) is simply one of them.

@@ -43,9 +43,11 @@ class TombstoneTable:
         changed = 0
         for key, deleted_at in tombstones:
             cur = self.db.execute(
-                f"INSERT INTO {self.table} (key, deleted_at) VALUES (?, ?) "
-                f"ON CONFLICT(key) DO UPDATE SET deleted_at = excluded.deleted_at, {summaries.STALE} "
-                f"WHERE excluded.deleted_at > {self.table}.deleted_at", (key, deleted_at))
+                f"INSERT INTO {self.table} (key, deleted_at, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT(key) DO UPDATE SET deleted_at = excluded.deleted_at, h0 = excluded.h0, "
+                f"h1 = excluded.h1, h2 = excluded.h2, h3 = excluded.h3 "
+                f"WHERE excluded.deleted_at > {self.table}.deleted_at",
+                (key, deleted_at, *summaries.parts(item(self.kind, key, deleted_at))))
             changed += cur.rowcount
         return changed
 

@@ -182,9 +182,10 @@ class FactStore(ImprintActor):
                     forgotten += 1  # forgotten here, and this copy is not newer
                     continue
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO facts (subject, predicate, object, valid_from, ended, source, key) "
-                    "VALUES (?,?,?,?,?,?,?)",
-                    (r.subject, r.predicate, r.object, r.valid_from, r.ended, r.source, key),
+                    "INSERT OR IGNORE INTO facts (subject, predicate, object, valid_from, ended, source, key, "
+                    "h0, h1, h2, h3) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (r.subject, r.predicate, r.object, r.valid_from, r.ended, r.source, key,
+                     *summaries.parts(item(FACT, key, r.ended or 0.0))),
                 )
                 if cur.rowcount:
                     inserted += 1

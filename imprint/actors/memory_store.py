@@ -72,6 +72,11 @@ def open_backend(*, path: Path | None, url: str | None, collection: str) -> Back
     return EdgeBackend(path)
 
 
+def _version_row(version: tuple[str, float, str]) -> tuple[Any, ...]:
+    """A row of the version index: the version and its item's hash (imprint.summaries)."""
+    return (*version, *summaries.parts(item(MEMORY, *version)))
+
+
 class MemoryStore(ImprintActor):
     """Answers FindMissing, StoreMemories, PageMemories, SearchMemories, CountMemories,
     FacetMemories, NewestMemories, DescribeStore.
@@ -176,8 +181,8 @@ class MemoryStore(ImprintActor):
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM memory_versions")
-            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts, hash) VALUES (?, ?, ?)",
-                           self._backend.versions(MemoryFilter()))
+            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts, hash, h0, h1, h2, h3) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", map(_version_row, self._backend.versions(MemoryFilter())))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -186,7 +191,8 @@ class MemoryStore(ImprintActor):
 
     def _index(self, rows: list[tuple[str, float, str]]) -> None:
         if self._indexed() and rows:
-            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts, hash) VALUES (?, ?, ?)", rows)
+            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts, hash, h0, h1, h2, h3) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", [_version_row(r) for r in rows])
 
     def _unindex(self, ids: tuple[str, ...]) -> None:
         if self._indexed() and ids:
