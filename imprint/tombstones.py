@@ -35,7 +35,7 @@ class TombstoneTable:
         self.kind = kind
         if create:
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, deleted_at REAL NOT NULL)")
-            summaries.add_columns(db, table)
+            summaries.install(db, table)
 
     def add(self, tombstones: Iterable[tuple[str, float]]) -> int:
         """Record tombstones (a later time wins over an earlier one); how many are new or later.

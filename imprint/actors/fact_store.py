@@ -117,7 +117,7 @@ class FactStore(ImprintActor):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._add_keys()
-            summaries.add_columns(self._db, "facts")
+            summaries.install(self._db, "facts")
             self._tombstones = TombstoneTable(self._db, "forgotten_facts", FORGOTTEN_FACT)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None

@@ -72,6 +72,13 @@ def open_backend(*, path: Path | None, url: str | None, collection: str) -> Back
     return EdgeBackend(path)
 
 
+#: An upsert, not INSERT OR REPLACE: a replace deletes without firing the delete trigger
+#: that keeps the index's hash sums (imprint.summaries).
+_UPSERT_VERSION = ("INSERT INTO memory_versions (id, ts, hash, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT(id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, h0 = excluded.h0, "
+                   "h1 = excluded.h1, h2 = excluded.h2, h3 = excluded.h3")
+
+
 def _version_row(version: tuple[str, float, str]) -> tuple[Any, ...]:
     """A row of the version index: the version and its item's hash (imprint.summaries)."""
     return (*version, *summaries.parts(item(MEMORY, *version)))
@@ -174,15 +181,14 @@ class MemoryStore(ImprintActor):
         if columns and "hash" not in columns:  # an index from before content hashes: made again
             db.execute("DROP TABLE memory_versions")
         db.execute("CREATE TABLE IF NOT EXISTS memory_versions (id TEXT PRIMARY KEY, ts REAL NOT NULL, hash TEXT NOT NULL)")
-        summaries.add_columns(db, "memory_versions")
+        summaries.install(db, "memory_versions")
         (indexed,) = db.execute("SELECT COUNT(*) FROM memory_versions").fetchone()
         if indexed == self._backend.count(MemoryFilter()):
             return
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM memory_versions")
-            db.executemany("INSERT OR REPLACE INTO memory_versions (id, ts, hash, h0, h1, h2, h3) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)", map(_version_row, self._backend.versions(MemoryFilter())))
+            db.executemany(_UPSERT_VERSION, map(_version_row, self._backend.versions(MemoryFilter())))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -191,8 +197,7 @@ class MemoryStore(ImprintActor):
 
     def _index(self, rows: list[tuple[str, float, str]]) -> None:
         if self._indexed() and rows:
-            self._in_transaction("INSERT OR REPLACE INTO memory_versions (id, ts, hash, h0, h1, h2, h3) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", [_version_row(r) for r in rows])
+            self._in_transaction(_UPSERT_VERSION, [_version_row(r) for r in rows])
 
     def _unindex(self, ids: tuple[str, ...]) -> None:
         if self._indexed() and ids:
