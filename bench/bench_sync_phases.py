@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,29 +38,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import WORDS, env, imprint  # noqa: E402  (bench/ is on sys.path)
 
 from imprint.fingerprint import model_fingerprint  # noqa: E402
 from imprint.messages.records import vector_to_text  # noqa: E402
 from imprint.relay.server import RelayServer  # noqa: E402
-
-WORDS = (
-    "deploy cluster database replica schema migration token cache queue worker agent memory embedding vector "
-    "relay session review release branch merge config secret rotate backup restore latency budget owner "
-    "incident runbook alert metric dashboard service api client server network storage index search"
-).split()
-
-
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
-    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
-    return e
-
-
-def imprint(data: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "imprint", "--data-dir", str(data), *args]
 
 
 def run(data: Path, *args: str) -> str:
