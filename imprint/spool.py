@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS streams (
 """
 
 _encoder = msgspec.msgpack.Encoder()
+_vectors_decoder = msgspec.msgpack.Decoder(tuple[str | None, ...])
 _decoders = {
     "memories": msgspec.msgpack.Decoder(tuple[MemoryRecord, ...]),
     "facts": msgspec.msgpack.Decoder(tuple[FactRecord, ...]),
@@ -76,6 +77,9 @@ class SpooledBatch:
     stream: str
     dataset: Dataset
     records: tuple[MemoryRecord, ...] | tuple[FactRecord, ...]
+    #: The peer's vectors for these memories (base64 float32, None where it had none), and their model.
+    vectors: tuple[str | None, ...] = ()
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a batch we acknowledged survives a power cut
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+            if "vectors" not in columns:  # a spool from before vectors travelled
+                self._db.execute("ALTER TABLE batches ADD COLUMN vectors BLOB")
+                self._db.execute("ALTER TABLE batches ADD COLUMN model TEXT NOT NULL DEFAULT ''")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the receive spool {path}: {exc}") from None
 
@@ -151,23 +159,27 @@ class Spool:
     def open_stream(self, stream: str, *, peer: str = "") -> None:
         self._write("INSERT OR IGNORE INTO streams (stream, peer) VALUES (?, ?)", (stream, peer))
 
-    def append(self, stream: str, dataset: Dataset, records: tuple[MemoryRecord, ...] | tuple[FactRecord, ...]) -> int:
-        """Keep one batch (one transaction); returns its id.
+    def append(self, stream: str, dataset: Dataset, records: tuple[MemoryRecord, ...] | tuple[FactRecord, ...],
+               vectors: tuple[str | None, ...] = (), model: str = "") -> int:
+        """Keep one batch (one transaction), with the vectors the peer sent beside its
+        memories (as it sent them: checked when stored); returns its id.
 
         Raises:
             SpoolFullError: the batches waiting to be stored would pass ``max_bytes``.
             StoreError: the disk refused the write.
         """
         body = _encoder.encode(records)
+        carried = _encoder.encode(vectors) if vectors else None
         waiting = self.pending().bytes
-        if waiting + len(body) > self.max_bytes:
+        if waiting + len(body) + len(carried or b"") > self.max_bytes:
             raise SpoolFullError(
                 f"the receive spool is full: {waiting / 2**20:,.0f} MiB wait to be stored and the limit is "
                 f"{self.max_bytes / 2**20:,.0f} MiB; raise --spool-limit (or IMPRINT_SPOOL_LIMIT) and sync again"
             )
         cur = self._write(
-            "INSERT INTO batches (stream, dataset, count, body, size, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (stream, dataset, len(records), body, len(body), time.time()),
+            "INSERT INTO batches (stream, dataset, count, body, size, received_at, vectors, model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream, dataset, len(records), body, len(body) + len(carried or b""), time.time(), carried, model),
         )
         return int(cur.lastrowid)
 
@@ -181,13 +193,17 @@ class Spool:
         """The oldest batch of `datasets` waiting to be stored, or None."""
         marks = ",".join("?" * len(datasets))
         row = self._read(
-            f"SELECT id, stream, dataset, body FROM batches WHERE dataset IN ({marks}) ORDER BY id LIMIT 1", datasets
+            f"SELECT id, stream, dataset, body, vectors, model FROM batches WHERE dataset IN ({marks}) "
+            "ORDER BY id LIMIT 1", datasets
         ).fetchone()
         if row is None:
             return None
-        batch_id, stream, dataset, body = row
+        batch_id, stream, dataset, body, carried, model = row
         try:
             records = _decoders[dataset].decode(body)
+            vectors = _vectors_decoder.decode(carried) if carried else ()
+            if vectors and len(vectors) != len(records):
+                raise msgspec.DecodeError("vectors do not match the records")
         except (KeyError, msgspec.DecodeError) as exc:
             # Only we write the spool; a batch we cannot read is corrupt: drop it, loudly.
             from loguru import logger
@@ -195,7 +211,8 @@ class Spool:
             logger.error("dropping unreadable spool batch {} ({}): {}", batch_id, dataset, exc)
             self.remove(batch_id)
             return self.next_batch(datasets)
-        return SpooledBatch(id=batch_id, stream=stream, dataset=dataset, records=records)
+        return SpooledBatch(id=batch_id, stream=stream, dataset=dataset, records=records, vectors=vectors,
+                            model=model or "")
 
     def remove(self, batch_id: int) -> None:
         self._write("DELETE FROM batches WHERE id = ?", (batch_id,))

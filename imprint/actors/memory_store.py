@@ -322,8 +322,12 @@ class MemoryStore(ImprintActor):
             case RetrieveTombstones(keys=keys):
                 found = self._tombstones.get(keys) if self._tombstones is not None else {}
                 return tuple(Tombstone("memories", k, at) for k, at in found.items())
-            case RetrieveMemories(ids=ids):
+            case RetrieveMemories(ids=ids, vectors=False):
                 return tuple(m.record for m in b.retrieve(ids)) if b is not None else ()
+            case RetrieveMemories(ids=ids, vectors=True):
+                found = b.retrieve(ids, vectors=True) if b is not None else []
+                return MemoryPage(records=tuple(m.record for m in found), next_after=None,
+                                  vectors=tuple(m.vector or [] for m in found), models=tuple(m.model for m in found))
             case DescribeStore():
                 meta = self._meta
                 return StoreInfo(location=self.location, kind=b.kind, dimension=meta.dimension if meta else None,

@@ -125,7 +125,8 @@ class Puller(ImprintActor):
         else:
             records = batch.records
         if records:
-            self._spool.append(self._stream, batch.dataset, records)
+            carried = {"vectors": batch.vectors, "model": batch.model} if isinstance(batch, MemoryBatch) else {}
+            self._spool.append(self._stream, batch.dataset, records, **carried)
             self.storer.tell(Wake())
         self.listener.tell(BatchSpooled(stream=self._stream, dataset=batch.dataset, received=batch.size,
                                         refused=batch.refused, refusals=batch.refusals))

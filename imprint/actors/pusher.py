@@ -25,7 +25,7 @@ from loguru import logger
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
 from imprint.messages.events import Progress
-from imprint.messages.records import fact_key, point_id
+from imprint.messages.records import fact_key, point_id, vector_to_text
 from imprint.messages.session import (
     SendFrame,
     StartPush,
@@ -60,18 +60,23 @@ class _Next(msgspec.Struct, frozen=True):
     """Send the next page (posted to self)."""
 
 
-def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES) -> list[tuple[msgspec.Raw, ...]]:
+def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES,
+                   extra: tuple[str | None, ...] = ()) -> list[tuple[msgspec.Raw, ...]]:
     """Encode each record once and cut the page into runs whose batch frame stays under
-    `max_bytes` (one record at least); the encoded records are what goes on the wire."""
+    `max_bytes` (one record at least); the encoded records are what goes on the wire.
+    `extra` are texts sent beside the records (their vectors), counted in the size."""
     chunks: list[tuple[msgspec.Raw, ...]] = []
     current: list[msgspec.Raw] = []
-    size = _FRAME_OVERHEAD
-    for record in records:
+    base = _FRAME_OVERHEAD + (len(b',"vectors":[],"model":""') + 16 if extra else 0)
+    size = base
+    for n_record, record in enumerate(records):
         encoded = msgspec.Raw(_record_encoder.encode(record))
         n = len(encoded) + 1  # and its comma
+        if extra:
+            n += len(extra[n_record] or "null") + 3
         if current and size + n > max_bytes:
             chunks.append(tuple(current))
-            current, size = [], _FRAME_OVERHEAD
+            current, size = [], base
         current.append(encoded)
         size += n
     if current:
@@ -104,13 +109,15 @@ class Pusher(ImprintActor):
         self._skip_ids: frozenset[str] = frozenset()
         self._skip_facts: frozenset[tuple[str, str, str, float]] = frozenset()
         self._only: dict[str, tuple[str, ...]] | None = None
+        #: The model fingerprint whose vectors go with the memories ("": none).
+        self._vectors = ""
         self._offset = 0
 
     def handle(self, message: Any) -> Any:
         match message:
             case StartPush(batch_size=batch_size, request=request, skip_ids=skip_ids, skip_facts=skip_facts,
-                           only_memories=only_memories, only_facts=only_facts):
-                self._skip_ids, self._skip_facts = skip_ids, skip_facts
+                           only_memories=only_memories, only_facts=only_facts, vectors=vectors):
+                self._skip_ids, self._skip_facts, self._vectors = skip_ids, skip_facts, vectors
                 if only_memories is not None or only_facts is not None:
                     # What the peer sent us meanwhile and we now hold as it does needs no answer.
                     echo = {fact_key(identity) for identity in skip_facts}
@@ -177,7 +184,13 @@ class Pusher(ImprintActor):
     def _next_selected(self) -> None:
         keys = self._only[self._dataset][self._offset:self._offset + self._batch_size]
         if keys:
-            if self._dataset == "memories":
+            if self._dataset == "memories" and self._vectors:
+                page = ask(self.memory_store, RetrieveMemories(ids=keys, vectors=True))
+                found = {r.id: (r, v, m) for r, v, m in zip(page.records, page.vectors or (), page.models or ())}
+                chosen = [found[i] for i in keys if i in found]
+                texts = tuple(vector_to_text(v) if m == self._vectors and v else None for _, v, m in chosen)
+                self._send_records("memories", tuple(r for r, _, _ in chosen), vectors=texts)
+            elif self._dataset == "memories":
                 found = {r.id: r for r in ask(self.memory_store, RetrieveMemories(ids=keys))}
                 self._send_records("memories", tuple(found[i] for i in keys if i in found))
             else:
@@ -195,13 +208,16 @@ class Pusher(ImprintActor):
         self._running = False
         self.listener.tell(TransferFinished(sent=dict(self._sent)))
 
-    def _send_records(self, dataset: Dataset, records: tuple[Any, ...]) -> None:
+    def _send_records(self, dataset: Dataset, records: tuple[Any, ...], vectors: tuple[str | None, ...] = ()) -> None:
         # Never send more than announced: records added since the count wait for the next sync.
         room = self._total[dataset] - self._sent[dataset]
         records = records[: max(room, 0)]
-        for chunk in split_by_bytes(records):
+        done = 0
+        for chunk in split_by_bytes(records, extra=vectors):
             self._seq[dataset] += 1
-            self._send(EncodedBatch(dataset=dataset, seq=self._seq[dataset], records=chunk))
+            carried = {"vectors": vectors[done:done + len(chunk)], "model": self._vectors} if vectors else {}
+            done += len(chunk)
+            self._send(EncodedBatch(dataset=dataset, seq=self._seq[dataset], records=chunk, **carried))
             self._sent[dataset] += len(chunk)
             # What left the socket; the session turns the peer's acks into confirmed progress.
             self.listener.tell(Progress(direction="send", dataset=dataset, done=self._sent[dataset],

@@ -9,10 +9,19 @@ and :class:`StreamStored` once a complete stream is stored.
 
 It also stores what an interrupted sync left in the spool: the command that
 opens the store wakes it first (see :class:`imprint.local.LocalActors`).
+
+Vectors a peer sent with its memories (protocol 2, same model fingerprint)
+are stored as they are, after a check: a random sample of each batch (1 %,
+at least 2) is embedded here and compared. One vector off (cosine below
+:data:`MIN_COSINE`), unreadable or missing, and nothing more from that
+stream is taken as it is: everything is embedded here, and the watcher is
+told (:class:`VectorsRefused`).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,7 @@ from imprint.messages.records import (
     MemoryRecord,
     MemoryVersion,
     content_hash,
+    vector_from_field,
     winning_copies,
 )
 from imprint.messages.session import (
@@ -35,10 +45,12 @@ from imprint.messages.session import (
     StoreFailed,
     StreamStored,
     Unwatch,
+    VectorsRefused,
     Wake,
     Watch,
 )
 from imprint.messages.store import (
+    DescribeStore,
     EmbedTexts,
     FindMissing,
     StoreFacts,
@@ -52,6 +64,11 @@ ALL_STREAMS = ""
 #: Texts embedded per message: small enough that a stop waits at most a few
 #: hundred milliseconds, big enough to keep the model's batches efficient.
 EMBED_CHUNK = 32
+#: Share of a batch's received vectors embedded here to check them, and the least.
+SAMPLE_SHARE = 0.01
+MIN_SAMPLE = 2
+#: A received vector this close (cosine) to ours is the same model's.
+MIN_COSINE = 0.999
 
 
 class _Step(msgspec.Struct, frozen=True):
@@ -83,6 +100,13 @@ class Storer(ImprintActor):
         self._vectors: list[list[float]] = []
         self._kept: tuple[str, ...] = ()
         self._stored: dict[str, MemoryVersion] = {}
+        #: Vectors of the batch in hand came from the peer (checked): their model.
+        self._given_model: str | None = None
+        self._reused = 0
+        #: Streams whose vectors failed the check: everything from them is embedded here.
+        self._distrusted: set[str] = set()
+        self._store_info: Any = None
+        self._rng = random.Random()
 
     def start_up(self) -> None:
         self._spool = Spool(self.spool_path)
@@ -158,6 +182,7 @@ class Storer(ImprintActor):
                                  same_facts=same_facts)
         self._spool.remove(batch.id)
         self._current, self._todo, self._vectors, self._kept, self._stored = None, [], [], (), {}
+        self._given_model, self._reused = None, 0
         self._tell(batch.stream, stored)
         self._tell_if_done(batch.stream)
         self._again()
@@ -165,6 +190,7 @@ class Storer(ImprintActor):
     def _begin(self, batch: SpooledBatch) -> None:
         self._current = batch
         self._todo, self._vectors, self._kept, self._stored = [], [], (), {}
+        self._given_model, self._reused = None, 0
         if batch.dataset != "memories":
             return
         records = batch.records
@@ -173,15 +199,55 @@ class Storer(ImprintActor):
                                                      hashes=tuple(content_hash(r.content) for r in records)))
         self._todo = list(winning_copies(records, missing.ids))
         self._kept, self._stored = missing.kept, missing.stored
+        if batch.vectors and self._todo and batch.stream not in self._distrusted:
+            self._vectors = self._checked_vectors(batch)
+            if self._vectors:
+                self._given_model = batch.model
+
+    def _checked_vectors(self, batch: SpooledBatch) -> list[list[float]]:
+        """The peer's vectors for the memories to write, if they pass the check; else []."""
+        if self._store_info is None:
+            self._store_info = ask(self.memory_store, DescribeStore())
+        info = self._store_info
+        if not info.model or batch.model != info.model or not info.dimension:
+            return []  # another model's vectors (or no store yet): embed here, as always
+        sent = {(r.id, content_hash(r.content)): v for r, v in zip(batch.records, batch.vectors)}
+        texts = [sent.get((r.id, content_hash(r.content))) for r in self._todo]
+        if any(t is None for t in texts):
+            return []  # the peer had no vector of this model for some: embed the batch here
+        try:
+            vectors = [vector_from_field(t, info.dimension) for t in texts]
+        except ValueError as exc:
+            self._refuse(batch.stream, f"a vector it sent is unreadable ({exc})")
+            return []
+        n = len(vectors)
+        sample = self._rng.sample(range(n), min(n, max(MIN_SAMPLE, math.ceil(n * SAMPLE_SHARE))))
+        made = ask(self._embedder(), EmbedTexts(texts=tuple(self._todo[i].content for i in sample))).vectors
+        for i, ours in zip(sample, made):
+            similarity = _cosine(ours, vectors[i])
+            if similarity < MIN_COSINE:
+                self._refuse(batch.stream, f"a vector it sent differs from this model's (cosine {similarity:.4f})")
+                return []
+            vectors[i] = ours
+        self._reused += n - len(sample)
+        return vectors
+
+    def _refuse(self, stream: str, why: str) -> None:
+        self._distrusted.add(stream)
+        message = (f"the other machine's vectors are not used: {why}; everything it sends is embedded here "
+                   "instead (slower, same result)")
+        logger.warning(message)
+        self._tell(stream, VectorsRefused(stream=stream, message=message))
 
     def _store_memories(self, batch: SpooledBatch) -> StoreResult:
         n = len(batch.records)
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
         result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
-                                                              stored=self._stored))
+                                                              stored=self._stored, model=self._given_model))
+        reused, self._reused = self._reused, 0
         return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
-                           kept_ids=self._kept)
+                           kept_ids=self._kept, vectors_reused=reused)
 
     def _embedder(self) -> Any:
         if self.embedder is None:
@@ -214,3 +280,9 @@ class Storer(ImprintActor):
             self.actor_ref.tell(_Step())
         except pykka.ActorDeadError:
             pass
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0

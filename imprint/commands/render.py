@@ -19,6 +19,7 @@ from imprint.messages.events import (
     AutoAccepted,
     ConfirmRequired,
     Event,
+    Notice,
     PeerConnected,
     Progress,
     Reconciled,
@@ -136,6 +137,8 @@ class HumanReporter:
                     return ", ".join(parts) or "nothing"
                 note(f"{p}Compared in {trips} round trip{'s' if trips != 1 else ''}: to send {what(send)}; "
                      f"to receive {what(receive)}")
+            case Notice(message=message):
+                note(f"{p}{message}")
             case Stats():
                 self.close()
                 say(p + format_stats(event).replace("\n", "\n" + p))
@@ -204,6 +207,8 @@ def format_stats(event: Stats) -> str:
     lines = ["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"]
     if event.forgotten:
         lines.append(f"  forgotten here, as on the other machine: {event.forgotten:,}")
+    if event.vectors_reused:
+        lines.append(f"  vectors taken from the other machine (same model, checked): {event.vectors_reused:,}")
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ _encoder = msgspec.json.Encoder()
 def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     run_serve(settings, relay=args.relay, listen=args.listen, mode=mode_of(args.plaintext), batch_size=args.batch_size,
               idle_timeout=args.timeout, report=reporter(out), approver=stdin_approver,
-              spool_max_bytes=args.spool_limit)
+              spool_max_bytes=args.spool_limit, vectors=not args.reembed)
     return 0
 
 
@@ -45,7 +45,7 @@ def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
     run_join(settings, target=args.target, pin=check_pin(args.pin), mode=mode_of(args.plaintext),
              batch_size=args.batch_size, idle_timeout=args.timeout, report=reporter(out),
-             spool_max_bytes=args.spool_limit)
+             spool_max_bytes=args.spool_limit, vectors=not args.reembed)
     return 0
 
 
@@ -180,6 +180,9 @@ def _sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
                    help="how much received data may wait on disk to be stored, e.g. 4G "
                         "(env IMPRINT_SPOOL_LIMIT; default 2G)")
+    p.add_argument("--reembed", action="store_true",
+                   help="embed every memory received here, even from a machine running the same model (by default "
+                        "that machine's vectors are used, after embedding a sample to check them)")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:

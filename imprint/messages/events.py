@@ -129,6 +129,14 @@ class Stats(msgspec.Struct, frozen=True, tag_field="event", tag="stats"):
     sent: SentStats
     #: Records removed here by the other machine's tombstones (protocol 2).
     forgotten: int = 0
+    #: Memories stored with the vector the other machine sent (same model; checked), not embedded here.
+    vectors_reused: int = 0
+
+
+class Notice(msgspec.Struct, frozen=True, tag_field="event", tag="notice"):
+    """Something the user should know that does not stop the sync (one line)."""
+
+    message: str
 
 
 class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
@@ -147,7 +155,7 @@ class DemoResult(msgspec.Struct, frozen=True, tag_field="event", tag="demo"):
 
 Event: TypeAlias = (
     Room | Waiting | ApprovalRequired | ConfirmRequired | AutoAccepted | PeerConnected | Reconciled | Progress | Stats
-    | Error
+    | Notice | Error
     | UiReady | DemoResult
 )
 

@@ -46,6 +46,8 @@ class PeerInfo(msgspec.Struct, frozen=True):
     public_key: str = ""  # hex Ed25519 key; empty in plaintext mode
     #: The sync protocol it speaks (wire.PROTOCOL_VERSION; 0: it did not say, the full transfer of version 1).
     protocol: int = 0
+    #: The fingerprint of the model its vectors come from (protocol 2; "" if it did not say).
+    model: str = ""
 
 
 class StageFailed(msgspec.Struct, frozen=True):
@@ -204,6 +206,9 @@ class StartPush(msgspec.Struct, frozen=True):
     #: found the peer lacks) instead of every record.
     only_memories: tuple[str, ...] | None = None
     only_facts: tuple[str, ...] | None = None
+    #: Protocol 2, same model: send each memory's vector, made by this model fingerprint
+    #: (a vector of any other model is not sent: its memory goes without).
+    vectors: str = ""
 
 
 class TombstonesStored(msgspec.Struct, frozen=True):
@@ -243,6 +248,14 @@ class StreamSpooled(msgspec.Struct, frozen=True):
     """Puller → session: the peer sent `done`; every batch of `stream` is in the spool."""
 
     stream: str
+
+
+class VectorsRefused(msgspec.Struct, frozen=True):
+    """Storer → the stream's watcher: the peer's vectors failed the check; from now on
+    everything of `stream` is embedded here. `message` is for the user."""
+
+    stream: str
+    message: str
 
 
 class BatchStored(msgspec.Struct, frozen=True):

@@ -107,6 +107,8 @@ class StoreResult(msgspec.Struct, frozen=True):
     #: Of `skipped`, the records forgotten here (a tombstone not older than them);
     #: for tombstones stored, the copies they removed.
     forgotten: int = 0
+    #: Of `inserted` + `updated` memories, those stored with the vector the peer sent (checked).
+    vectors_reused: int = 0
 
 
 class ForgetMemories(msgspec.Struct, frozen=True):
@@ -165,9 +167,11 @@ class RetrieveTombstones(msgspec.Struct, frozen=True):
 
 
 class RetrieveMemories(msgspec.Struct, frozen=True):
-    """Reply: tuple of MemoryRecord, those of ``ids`` that are stored."""
+    """Reply: tuple of MemoryRecord, those of ``ids`` that are stored; with
+    ``vectors``, a :class:`MemoryPage` of them with their vectors and models."""
 
     ids: tuple[str, ...]
+    vectors: bool = False
 
 
 class PageMemories(msgspec.Struct, frozen=True):

@@ -89,6 +89,10 @@ Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
 PROTOCOL_VERSION: Final = 2
 
 
+#: A model fingerprint (16 hex digits), or empty.
+ModelField = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{16})?$")]
+
+
 class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method", tag="HELLO"):
     """Consumer → provider, first frame: who is asking, and the session PIN.
 
@@ -105,6 +109,9 @@ class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method",
     public_key: KeyField = ""
     signature: KeyField = ""
     protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    #: Protocol 2: the fingerprint of the model our vectors come from (imprint.fingerprint);
+    #: a peer with the same one may send its vectors with its memories.
+    model: ModelField = ""
 
 
 class ProviderIdentity(msgspec.Struct, frozen=True):
@@ -120,6 +127,7 @@ class ProviderIdentity(msgspec.Struct, frozen=True):
     public_key: KeyField
     signature: KeyField
     protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    model: ModelField = ""
 
 
 class RequestBody(msgspec.Struct, frozen=True):
@@ -290,6 +298,11 @@ class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     A record our schema refuses does not fail the frame: :func:`decode_frame`
     leaves it out, counts it in ``refused`` and keeps the first reasons in
     ``refusals``. Those two never go on the wire (empty, they are omitted).
+
+    Protocol 2, between peers running the same model: ``vectors`` holds each
+    record's vector (base64 of little-endian float32, as ``imprint export
+    --vectors`` writes it; null where the sender has none of that model) and
+    ``model`` the fingerprint they come from. The receiver checks a sample.
     """
 
     dataset: Literal["memories"]
@@ -297,6 +310,8 @@ class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     records: Annotated[tuple[MemoryRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
     refused: Count = 0
     refusals: tuple[str, ...] = ()
+    vectors: tuple[str | None, ...] = ()
+    model: ModelField = ""
 
     @classmethod
     def of(cls, seq: int, records: tuple[MemoryRecord, ...]) -> MemoryBatch:
@@ -328,7 +343,7 @@ class FactBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
         return len(self.records) + self.refused
 
 
-class EncodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="batch"):
+class EncodedBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="kind", tag="batch"):
     """A batch we send, its records already JSON: the sender encodes each record once,
     to cut batches by size, and those bytes go on the wire as they are. Encodes exactly
     as :class:`MemoryBatch` / :class:`FactBatch` with the same records; never decoded."""
@@ -336,6 +351,8 @@ class EncodedBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", 
     dataset: Dataset
     seq: Seq
     records: tuple[msgspec.Raw, ...]
+    vectors: tuple[str | None, ...] = ()
+    model: str = ""
 
 
 class Ack(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="ack"):
@@ -446,6 +463,10 @@ _ack_decoder: Final = msgspec.json.Decoder(Ack)
 _encoder: Final = msgspec.json.Encoder()
 
 
+#: The longest base64 vector text a batch may carry (8192 float32 dimensions).
+MAX_VECTOR_TEXT: Final = 4 * ((8192 * 4 + 2) // 3)
+
+
 class _RawBatch(msgspec.Struct, frozen=True):
     """A batch frame with its records still undecoded, so one bad record does not fail the frame."""
 
@@ -453,6 +474,9 @@ class _RawBatch(msgspec.Struct, frozen=True):
     dataset: str
     seq: Seq
     records: Annotated[tuple[msgspec.Raw, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
+    vectors: Annotated[tuple[Annotated[str, msgspec.Meta(max_length=MAX_VECTOR_TEXT)] | None, ...],
+                       msgspec.Meta(max_length=MAX_BATCH_SIZE)] = ()
+    model: ModelField = ""
 
 
 _raw_batch_decoder: Final = msgspec.json.Decoder(_RawBatch)
@@ -468,7 +492,10 @@ class _BatchDecoder:
     def decode(self, raw: bytes | bytearray) -> MemoryBatch | FactBatch:
         frame = _raw_batch_decoder.decode(raw)
         batch_type, record_decoder = _record_decoders[frame.dataset]
-        records, refusals, refused = [], [], 0
+        if frame.vectors and (frame.dataset != "memories" or len(frame.vectors) != len(frame.records)
+                              or not frame.model):
+            raise msgspec.ValidationError("a batch's vectors must be one per memory record, with their model")
+        records, refusals, refused, vectors = [], [], 0, []
         for n, record in enumerate(frame.records, start=1):
             try:
                 records.append(record_decoder.decode(record))
@@ -477,8 +504,12 @@ class _BatchDecoder:
                 refused += 1
                 if len(refusals) < MAX_REFUSAL_REASONS:
                     refusals.append(_one_line(f"{frame.dataset} record {n} of batch {frame.seq}: {e}"))
+            else:
+                if frame.vectors:
+                    vectors.append(frame.vectors[n - 1])
+        extra = {"vectors": tuple(vectors), "model": frame.model} if frame.vectors else {}
         return batch_type(dataset=frame.dataset, seq=frame.seq, records=tuple(records), refused=refused,
-                          refusals=tuple(refusals))
+                          refusals=tuple(refusals), **extra)
 
 #: Frame name (for messages) and decoder, by the value of its tag field.
 _BY_METHOD: Final = {

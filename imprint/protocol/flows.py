@@ -54,6 +54,7 @@ from imprint.messages.session import (
     SummaryLoaded,
     TombstonesStored,
     TransferFinished,
+    VectorsRefused,
 )
 from imprint.messages.store import FactIdentity
 from imprint.messages.wire import (
@@ -192,6 +193,7 @@ class Incoming:
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
     updated: int = 0
     ended: int = 0
+    vectors_reused: int = 0
     same_ids: set[str] = field(default_factory=set)
     same_facts: set[FactIdentity] = field(default_factory=set)
     spooled: bool = False
@@ -232,8 +234,13 @@ class Flow:
 
     role: Literal["provider", "consumer"]
 
-    def __init__(self, *, mode: Mode, batch_size: int = 500, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, mode: Mode, batch_size: int = 500, clock: Callable[[], float] = time.monotonic,
+                 model: str = "") -> None:
         self.mode = mode
+        #: Our store's model fingerprint; "" sends no vectors.
+        self.model = model
+        #: Protocol 2, same model on both sides: memories travel with their vectors.
+        self.vectors = False
         self.batch_size = batch_size
         self.clock = clock
         self.wait: Wait = ""
@@ -283,6 +290,8 @@ class Flow:
 
     def _common(self, event: object) -> bool:
         match event:
+            case VectorsRefused(message=message) if self._for_incoming(event):
+                self._report(events.Notice(message=message))
             case PeerArrived():
                 if self.wait in ("peer", "room"):
                     self.wait = ""  # someone is here: from now on silence counts
@@ -309,6 +318,7 @@ class Flow:
         self.wait = ""
         self.connected = True
         self.v2 = self.encrypted and event.peer is not None and event.peer.protocol >= PROTOCOL_VERSION
+        self.vectors = self.v2 and bool(self.model) and event.peer.model == self.model
         self._report(events.PeerConnected(mode=self.mode, verification=event.verification, **_peer_fields(event.peer)))
 
     def _for_incoming(self, event: object) -> bool:
@@ -343,6 +353,7 @@ class Flow:
                 tally.skipped[dataset] += result.skipped
                 tally.ended += result.ended
                 tally.updated += result.updated if dataset == "memories" else 0
+                tally.vectors_reused += result.vectors_reused
                 tally.same_ids.update(same_ids)
                 tally.same_facts.update(same_facts)
                 self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))
@@ -382,11 +393,12 @@ class Flow:
             self._do(Send(frame=Forgets(tombstones=tuple(tombstones[start:start + MAX_BATCH_SIZE]))))
 
     def _only(self, start: StartPush) -> StartPush:
-        """Protocol 2: push exactly what reconciling selected."""
+        """Protocol 2: push exactly what reconciling selected (with vectors to a same-model peer)."""
         if self.selection is None:
             return start
         return msgspec.structs.replace(start, only_memories=tuple(self.selection.memories),
-                                       only_facts=tuple(self.selection.facts))
+                                       only_facts=tuple(self.selection.facts),
+                                       vectors=self.model if self.vectors else "")
 
     def _sent(self, event: TransferFinished) -> None:
         self.outgoing.sent.update(event.sent)
@@ -399,7 +411,8 @@ class Flow:
 
     def _stats(self, *, received: SyncStats | None, sent_stats: SyncStats | None) -> events.Stats:
         return events.Stats(role=self.role, mode=self.mode, received=received or SyncStats(),
-                            sent=events.SentStats.of(self.outgoing.sent, sent_stats), forgotten=self.forgotten_here)
+                            sent=events.SentStats.of(self.outgoing.sent, sent_stats), forgotten=self.forgotten_here,
+                            vectors_reused=self.incoming.vectors_reused if self.incoming is not None else 0)
 
 
 class ProviderFlow(Flow):

@@ -137,11 +137,13 @@ class Handshake:
         room: the room id (bound into the key exchange).
         identity: this device's key.
         host: hostname, user and OS this side shows the other.
+        model: the fingerprint of our store's model, said in the sealed HELLO / identity.
     """
 
     def __init__(self, *, role: Role, mode: Mode, pin: str, room: str, identity: DeviceIdentity,
-                 host: HostInfo) -> None:
+                 host: HostInfo, model: str = "") -> None:
         self.role = role
+        self.model = model
         self.mode = mode
         self.pin = pin
         self.room = room
@@ -284,7 +286,8 @@ class Handshake:
                 raise self._refuse_hello("the HELLO's signature is invalid")
             public_key = hello.public_key
         self._peer = PeerInfo(hostname=hello.hostname, user=hello.user, os=hello.os, fingerprint=hello.fingerprint,
-                              public_key=public_key, protocol=hello.protocol if self._channel is not None else 0)
+                              public_key=public_key, protocol=hello.protocol if self._channel is not None else 0,
+                              model=hello.model if self._channel is not None else "")
         self.step = "await-decision"
         self._out.append(AskApproval(peer=self._peer))
 
@@ -340,15 +343,15 @@ class Handshake:
         return SecureCodec(self._channel) if self._channel is not None else PlainCodec()
 
     def _hello(self, *, pin: str = "", transcript: bytes | None = None) -> Hello:
-        public_key = signature = ""
+        public_key = signature = model = ""
         protocol = 0  # the plaintext HELLO stays exactly SPEC's
         if transcript is not None:
             public_key = self.identity.public_key.hex()
             signature = self.identity.sign(hello_signature_message(transcript, self.identity.public_key)).hex()
-            protocol = PROTOCOL_VERSION
+            protocol, model = PROTOCOL_VERSION, self.model
         return Hello(hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
                      fingerprint=self.identity.fingerprint, pin=pin, public_key=public_key, signature=signature,
-                     protocol=protocol)
+                     protocol=protocol, model=model)
 
     def _identity(self) -> ProviderIdentity:
         """Who we are, signed over this session's transcript (encrypted mode, provider)."""
@@ -357,7 +360,7 @@ class Handshake:
             hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
             fingerprint=self.identity.fingerprint, public_key=key.hex(),
             signature=self.identity.sign(provider_signature_message(self._channel.transcript, key)).hex(),
-            protocol=PROTOCOL_VERSION,
+            protocol=PROTOCOL_VERSION, model=self.model,
         )
 
     def _provider_peer(self, body: object) -> PeerInfo:
@@ -372,7 +375,8 @@ class Handshake:
         if not verify_signature(key, provider_signature_message(self._channel.transcript, key), signature):
             raise ProtocolError("the provider's identity signature is invalid")
         return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
-                        fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol)
+                        fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol,
+                        model=claimed.model)
 
 
 def _plaintext_answer(data: bytes | str) -> str:

@@ -54,6 +54,7 @@ def run_serve(
     local: Any = None,
     on_session: Callable[[Any], None] | None = None,
     spool_max_bytes: int | None = None,
+    vectors: bool = True,
 ) -> events.Stats:
     """Provider: prints the command for the other side, serves one peer, returns the stats event.
 
@@ -97,7 +98,7 @@ def run_serve(
                 role="provider",
                 config=SessionConfig(url=f"{connect_base}/{room}?role=provider", room=room, pin=pin, mode=mode,
                                      batch_size=batch_size, idle_timeout=idle_timeout,
-                                     **_spool_options(settings, spool_max_bytes)),
+                                     vectors=vectors, **_spool_options(settings, spool_max_bytes)),
                 local=local, identity=identity, host=host, report=report,
                 trust_list=TrustList(settings.trust_path), approver=approver,
             )
@@ -131,6 +132,7 @@ def run_join(
     on_session: Callable[[Any], None] | None = None,
     spool_max_bytes: int | None = None,
     confirm: Callable[[Any, str], str] | None = None,
+    vectors: bool = True,
 ) -> events.Stats:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
@@ -148,7 +150,7 @@ def run_join(
             role="consumer",
             config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
                                  batch_size=batch_size, idle_timeout=idle_timeout,
-                                 **_spool_options(settings, spool_max_bytes)),
+                                 vectors=vectors, **_spool_options(settings, spool_max_bytes)),
             local=local, identity=identity, host=host, report=report, confirm=confirm,
         )
         if on_session is not None:

@@ -105,6 +105,7 @@ class SessionConfig:
         approval_timeout: seconds to wait for a human decision.
         spool_path: the workspace's receive spool.
         spool_max_bytes: how much may wait in it.
+        vectors: exchange vectors with a same-model peer instead of re-embedding what arrives.
     """
 
     url: str
@@ -118,6 +119,8 @@ class SessionConfig:
     peer_wait_timeout: float = 3600.0
     connect_attempts: int = 5
     spool_max_bytes: int = DEFAULT_MAX_BYTES
+    #: Send our vectors to, and take them from, a peer running the same model (protocol 2).
+    vectors: bool = True
 
     @property
     def relay_label(self) -> str:
@@ -149,7 +152,8 @@ class SyncSession:
         self.trust_list = trust_list
         self.approver = approver
         self.confirm = confirm
-        common = {"mode": config.mode, "batch_size": config.batch_size}
+        self.model = _model_of(local) if config.vectors else ""
+        common = {"mode": config.mode, "batch_size": config.batch_size, "model": self.model}
         self.flow: flows.Flow = (flows.ProviderFlow(**common) if role == "provider"
                                  else flows.ConsumerFlow(confirm=confirm is not None, **common))
         self.listener = QueueListener()
@@ -196,7 +200,7 @@ class SyncSession:
             self.report(events.Waiting(for_="relay", message=f"connecting to the relay {c.relay_label}…"))
         self.connect()
         machine = HandshakeMachine(role=self.role, mode=c.mode, pin=c.pin, room=c.room, identity=self.identity,
-                                   host=self.host)
+                                   host=self.host, model=self.model)
         handshake = self.stages.start("handshake", Handshake, handshake=machine, relay=self.relay,
                                       listener=listener, trust_gate=trust_gate)
         self.stages.start("puller", Puller, relay=self.relay, listener=listener, storer=self.storer,
@@ -380,3 +384,9 @@ class SyncSession:
                 pass
         self._watched.clear()
         self.stages.stop(interrupted=interrupted)
+
+
+def _model_of(local: Any) -> str:
+    """The fingerprint of the model our store's vectors come from ("" when unknown)."""
+    model = getattr(local, "model", None)
+    return getattr(model, "fingerprint", "") or ""

@@ -14,7 +14,7 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
                                     "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
                        "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
                                 "facts": {"sent": 1}},
-                       "forgotten": 0})
+                       "forgotten": 0, "vectors_reused": 0})
     event = decode_event(line)
     assert isinstance(event, Stats)
     assert json.loads(encode_event(event)) == json.loads(line)  # one encoding for --json and SSE
@@ -25,3 +25,14 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
     ]
     forgot = decode_event(line.replace('"forgotten": 0', '"forgotten": 7'))
     assert format_stats(forgot).splitlines()[-1] == "  forgotten here, as on the other machine: 7"
+
+
+def test_the_summary_says_how_many_vectors_came_from_the_other_machine() -> None:
+    line = json.dumps({"event": "stats", "role": "consumer", "mode": "encrypted",
+                       "received": {"memories": {"inserted": 40, "skipped": 0, "rejected": 0, "updated": 0},
+                                    "facts": {"inserted": 0, "skipped": 0, "rejected": 0, "ended": 0}},
+                       "sent": {"memories": {"sent": 0}, "facts": {"sent": 0}}, "forgotten": 0, "vectors_reused": 38})
+    assert format_stats(decode_event(line)).splitlines()[-1] == \
+        "  vectors taken from the other machine (same model, checked): 38"
+    notice = decode_event(json.dumps({"event": "notice", "message": "the other machine's vectors are not used"}))
+    assert json.loads(encode_event(notice)) == {"event": "notice", "message": "the other machine's vectors are not used"}

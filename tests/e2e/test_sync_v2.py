@@ -123,3 +123,57 @@ def test_an_interrupted_sync_is_completed_by_a_rerun_that_moves_only_what_is_mis
     assert rerun <= 0.55 * first, (rerun, first)
     p_export, c_export = export(provider, consumer)
     assert p_export == c_export and len(c_export.memory_ids) == 5000
+
+
+def vectors_of(data: Path) -> dict[str, list[float]]:
+    import base64
+    import struct
+
+    out = {}
+    for line in run(data, "export", "--vectors").splitlines():
+        row = json.loads(line)
+        raw = base64.b64decode(row["vector"])
+        out[row["id"]] = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return out
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / ((sum(x * x for x in a) ** 0.5) * (sum(y * y for y in b) ** 0.5))
+
+
+@pytest.mark.timeout(420)
+def test_same_model_peers_send_their_vectors_and_a_sample_catches_wrong_ones(spawn: Spawn, relay: RecordingRelay,
+                                                                            tmp_path: Path) -> None:
+    """Same model fingerprint: memories travel with their vectors and the receiver embeds a
+    sample (>= 1 %, >= 2 a batch) to check them; a peer whose vectors are not its model's is
+    caught by the sample, everything from it is embedded here, and the user is told."""
+    rows = [{"content": f"vector reuse {i}: the {w} keeps the {v} in order", "project": "vec",
+             "timestamp": 1_700_000_000.0 + i}
+            for i, (w, v) in enumerate((w, v) for w in ("clerk", "pilot", "miner", "baker", "tailor", "smith")
+                                       for v in ("ledger", "engine", "lamp", "oven", "needle", "anvil", "map"))]
+    good, honest_copy, liar, fooled = (tmp_path / n for n in ("good", "honest-copy", "liar", "fooled"))
+    run(good, "import", str(write_jsonl(tmp_path / "rows.jsonl", rows)))  # embedded by the model here
+    reference = vectors_of(good)
+
+    serve, join, _ = sync(spawn, good, honest_copy, relay.url, "y")
+    received = stats(join)
+    assert received["received"]["memories"]["inserted"] == len(rows)
+    assert 0 < received["vectors_reused"] <= len(rows) - 2  # a sample was embedded here
+    assert not [e for e in join.events if e["event"] == "notice"]
+    assert {k: cosine(v, reference[k]) > 0.999 for k, v in vectors_of(honest_copy).items()} == \
+        dict.fromkeys(reference, True)
+
+    # A peer with the same fingerprint whose vectors are noise: the sample catches it.
+    rng = random.Random(11)
+    fp = model_fingerprint("all-MiniLM-L6-v2")
+    noisy = [{**r, "vector": vector_to_text([rng.uniform(-1, 1) for _ in range(384)]), "vector_model": fp}
+             for r in rows]
+    run(liar, "import", str(write_jsonl(tmp_path / "noisy.jsonl", noisy)))
+    serve, join, _ = sync(spawn, liar, fooled, relay.url, "y")
+    fooled_stats = stats(join)
+    assert fooled_stats["received"]["memories"]["inserted"] == len(rows)
+    assert fooled_stats["vectors_reused"] == 0
+    [notice] = [e for e in join.events if e["event"] == "notice"]
+    assert "vectors are not used" in notice["message"] and "embedded here" in notice["message"]
+    assert {k: cosine(v, reference[k]) > 0.999 for k, v in vectors_of(fooled).items()} == dict.fromkeys(reference, True)
