@@ -13,6 +13,14 @@ Phases at N (memories and facts each; A holds them, B starts empty):
 4. a fresh empty C syncs from A, is killed once half of what it received is
    stored, and runs again.
 
+`--vectors N`: A imports N memory texts (embedding them: genuine vectors),
+then a full sync to an empty same-model B (A's vectors travel; B embeds a
+checked sample) and to an empty C with `--reembed` (C embeds everything);
+memories/s of each and the embedder's own texts/s on the same texts.
+
+Phases 1-4 seed A with random vectors under the real model's fingerprint, so
+B's sample check refuses them there and B embeds everything (a `notice`).
+
 `--unchanged N`: A and B get the same N memories and facts directly (no sync
 first), then three syncs (medians printed): how an unchanged re-sync grows
 with the store.
@@ -112,14 +120,15 @@ class Relay:
         return [frame]
 
 
-def sync(relay: Relay, provider: Path, consumer: Path, *, kill_at_half: bool = False) -> dict:
+def sync(relay: Relay, provider: Path, consumer: Path, *, kill_at_half: bool = False, join_args: tuple = ()) -> dict:
     serve = subprocess.Popen(imprint(provider, "serve", "--relay", relay.url, "--json"), env=env(),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     room = next(e for e in map(json.loads, serve.stdout) if e["event"] == "room")
     serve.stdin.write("y\n")
     serve.stdin.flush()
     start = time.perf_counter()
-    join = subprocess.Popen(imprint(consumer, "join", f"{relay.url}/{room['room']}", "--pin", room["pin"], "--json"),
+    join = subprocess.Popen(imprint(consumer, "join", f"{relay.url}/{room['room']}", "--pin", room["pin"], "--json",
+                                    *join_args),
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     connected = None
     events = []
@@ -144,6 +153,8 @@ def sync(relay: Relay, provider: Path, consumer: Path, *, kill_at_half: bool = F
         "wall_s": round(end - start, 2),
         "sync_s": round(end - connected, 2) if connected else None,
         "exit": (serve.returncode, join.returncode),
+        "vectors_reused": next((e.get("vectors_reused", 0) for e in events if e["event"] == "stats"), None),
+        "notices": [e["message"] for e in events if e["event"] == "notice"],
     }
 
 
@@ -181,6 +192,41 @@ def phases(n: int, work: Path, *, interrupt: bool = True) -> dict:
     return out
 
 
+def embedder_rate(texts: list[str]) -> float:
+    """The embedder's own texts/s on these texts (the model imprint loads, in this process)."""
+    from imprint.actors.embedder import load_model
+
+    model = load_model("all-MiniLM-L6-v2")
+    model.encode(texts[:64])  # warm
+    start = time.perf_counter()
+    model.encode(texts, batch_size=32, normalize_embeddings=True)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def vectors(n: int, work: Path) -> dict:
+    """A full sync of N memories to a same-model peer (vectors travel, a sample is checked)
+    and to one forced to re-embed (--reembed), from a store embedded by the model itself."""
+    relay = Relay()
+    a, same, again = work / "va", work / "vsame", work / "vreembed"
+    lines = [json.dumps({k: v for k, v in json.loads(line).items() if k not in ("vector", "vector_model")})
+             for line in memory_lines(0, n, "v", 9)]
+    start = time.perf_counter()
+    add_memories(a, lines, work)  # embedded here, by the model: genuine vectors
+    seeded = time.perf_counter() - start
+    out = {"seed_import_s": round(seeded, 1)}
+    for name, target, extra in (("same_model", same, ()), ("reembed", again, ("--reembed",))):
+        phase = sync(relay, a, target, join_args=extra)
+        phase["memories_per_s"] = round(n / phase["sync_s"], 1) if phase["sync_s"] else None
+        out[name] = phase
+    texts = [json.loads(line)["content"] for line in lines[:2000]]
+    out["embedder_texts_per_s"] = round(embedder_rate(texts), 1)
+    same_rate, reembed_rate = out["same_model"]["memories_per_s"], out["reembed"]["memories_per_s"]
+    out["ratios"] = {"same/reembed": round(same_rate / reembed_rate, 2) if same_rate and reembed_rate else None,
+                     "reembed/embedder": round(reembed_rate / out["embedder_texts_per_s"], 2) if reembed_rate else None}
+    out["identical_after"] = run(a, "export") == run(same, "export") == run(again, "export")
+    return out
+
+
 def unchanged(n: int, work: Path) -> dict:
     relay = Relay()
     a, b = work / f"ua{n}", work / f"ub{n}"
@@ -201,7 +247,14 @@ def main() -> int:
     parser.add_argument("--n", type=int, action="append", default=[], help="records per dataset for the phases")
     parser.add_argument("--unchanged", type=int, action="append", default=[], help="N for the unchanged re-sync only")
     parser.add_argument("--no-interrupt", action="store_true", help="skip phase 4 (the interrupted sync and its rerun)")
+    parser.add_argument("--vectors", type=int, action="append", default=[],
+                        help="N for a full sync to a same-model peer vs one forced to re-embed")
     args = parser.parse_args()
+    for n in args.vectors:
+        with tempfile.TemporaryDirectory(prefix="imprint-bench-vectors-") as tmp:
+            print(json.dumps({"n": n, "vectors": vectors(n, Path(tmp))}), flush=True)
+    if args.vectors and not args.n and not args.unchanged:
+        return 0
     if not args.n and not args.unchanged:
         args.n, args.unchanged = [20_000], [10_000, 100_000]
     for n in args.n:
