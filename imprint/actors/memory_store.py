@@ -263,7 +263,8 @@ class MemoryStore(ImprintActor):
             raise ModelError(
                 f"the memory store at {self.location} holds vectors of model {meta.model_name or '?'} (fingerprint "
                 f"{meta.model}) but {self.model_name or 'this model'} has fingerprint {self.model}; their vectors "
-                "cannot be mixed: use the model the store was built with, or another --workspace"
+                "cannot be mixed: run `imprint reembed` to re-embed the store with this model, or use the model it "
+                "was built with, or another --workspace"
             )
 
     def shut_down(self) -> None:

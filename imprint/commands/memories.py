@@ -69,6 +69,14 @@ def register(cli: CommandLine) -> None:
     p.add_argument("-k", type=int, default=5, metavar="N", help="how many results (default 5)")
     p.add_argument("--project", default=None, help="only memories of this project")
 
+    p = cli.command("reembed", cmd_reembed, "re-embed every memory with this model (for a store built with another)",
+                    description="A store remembers which model made its vectors and will not mix another model's "
+                                "in: after switching models (--model, IMPRINT_MODEL) search and sync refuse it. This "
+                                "reads every memory, embeds it with the current model into a new store beside the "
+                                "old one, and swaps them once all is done (with a progress bar). Interrupted, the "
+                                "old store stays as it was: run it again. Ids, texts, times, tombstones and facts "
+                                "do not change.")
+
     p = cli.command("status", cmd_status, "show data dir, workspace, device id, model and counts (read-only, fast)")
     p.set_defaults(read_only=True)
 
@@ -320,6 +328,47 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
             {"id": r.id, "score": round(hit.score, 6), "content": r.content, "project": r.project, "source": r.source},
             f"{hit.score:.3f}  {r.id}  [{r.project}]  {snippet}",
         )
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.actors.embedder import ENCODE_BATCH, MAX_EMBED_CHARS, load_model
+    from imprint.fingerprint import model_fingerprint
+    from imprint.messages.store import MemoryFilter
+    from imprint.storage.edge import EdgeBackend, read_meta
+    from imprint.storage.reembed import recover, reembed
+
+    if settings.qdrant_url:
+        raise InputError("imprint reembed converts the embedded store; for a Qdrant server, export the memories "
+                         "and import them into a new --workspace (import embeds them with this model)")
+    path = settings.memories_path
+    recover(path)
+    meta = read_meta(path)
+    fingerprint = model_fingerprint(settings.model)
+    if meta is None:
+        out.result({"reembedded": 0, "model": fingerprint}, "no memory store here: nothing to re-embed")
+        return 0
+    if meta.model == fingerprint:
+        out.result({"reembedded": 0, "model": fingerprint},
+                   f"the store is already embedded with {settings.model} ({fingerprint}): nothing to do")
+        return 0
+    model = load_model(settings.model)
+    dimension = int(model.get_sentence_embedding_dimension())
+    probe = EdgeBackend(path)
+    try:
+        total = probe.count(MemoryFilter())
+    finally:
+        probe.close()
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        return model.encode([t[:MAX_EMBED_CHARS] for t in texts], batch_size=ENCODE_BATCH, normalize_embeddings=True,
+                            show_progress_bar=False).tolist()
+
+    with _progress(total=total, unit="mem", desc="reembed") as bar:
+        done = reembed(path, fingerprint=fingerprint, model_name=settings.model, dimension=dimension, embed=embed,
+                       progress=bar.update)
+    out.result({"reembedded": done, "model": fingerprint},
+               f"re-embedded {done:,} memories with {settings.model} ({fingerprint}; it was {meta.model or '?'})")
     return 0
 
 

@@ -91,6 +91,9 @@ class EdgeBackend:
     kind = "edge"
 
     def __init__(self, path: Path) -> None:
+        from imprint.storage.reembed import recover
+
+        recover(path)  # a re-embedding's swap cut in half by a crash
         self.path = path
         self.location = str(path)
         self._shard: Any = None
