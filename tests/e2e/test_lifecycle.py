@@ -90,7 +90,9 @@ def test_stopping_either_side_mid_sync_is_prompt_keeps_whole_batches_and_tells_t
     provider_dir = clone(many[0], tmp_path / "a")
     consumer_dir = tmp_path / "b"
     serve, room = start_serve(spawn, provider_dir, relay.url, "--batch-size", str(BATCH))
-    join = start_join(spawn, consumer_dir, room, "--batch-size", str(BATCH))
+    # --reembed: the consumer embeds what arrives (same model, it would take the provider's vectors and
+    # be done in a moment), so there is a "mid sync" to stop it in.
+    join = start_join(spawn, consumer_dir, room, "--batch-size", str(BATCH), "--reembed")
     serve.next_event("approval_required")
     serve.answer("y")
     # Half way: the consumer has stored a batch and is embedding the next ones.
