@@ -225,16 +225,20 @@ function formatStats(ev) {
     const x = (st || {})[name] || {};
     let text = "sent" in x ? `${name} ${x.sent}` : `${name}`;
     if ("inserted" in x) {
-      text += `${"sent" in x ? " (" : " "}${x.inserted || 0} new, ${x.skipped || 0} already ${where}`;
+      text += `${"sent" in x ? " (" : " "}${x.inserted || 0} new, ${(x.skipped || 0) - (x.updated || 0)} already ${where}`;
+      if (x.updated) text += `, ${x.updated} updated`;
       if (x.ended) text += `, ${x.ended} ended`;
       if (x.rejected) text += `, ${x.rejected} refused`;
       if ("sent" in x) text += ")";
     }
     return text;
   };
-  return ["Sync complete.",
+  const lines = ["Sync complete.",
     `  received: ${part(ev.received, "memories", "here")}; ${part(ev.received, "facts", "here")}`,
-    `  sent:     ${part(ev.sent, "memories", "there")}; ${part(ev.sent, "facts", "there")}`].join("\n");
+    `  sent:     ${part(ev.sent, "memories", "there")}; ${part(ev.sent, "facts", "there")}`];
+  if (ev.forgotten) lines.push(`  forgotten here, as on the other machine: ${ev.forgotten}`);
+  if (ev.vectors_reused) lines.push(`  vectors taken from the other machine (same model, checked): ${ev.vectors_reused}`);
+  return lines.join("\n");
 }
 
 const LABELS = { receive: "received", store: "stored", send: "sent", peer_store: "stored there" };
@@ -289,7 +293,7 @@ async function runSession(prefix, path, body, onEvent) {
     const ev = JSON.parse(msg.data);
     switch (ev.event) {
       case "progress": progressBar($(`#${prefix}-progress`), ev); break;
-      case "waiting": status.textContent = ev.message; break;
+      case "waiting": case "notice": status.textContent = ev.message; break;
       case "peer_connected":
         status.textContent = `connected to ${ev.hostname ? peerLine(ev) : "the other machine"}, ${ev.mode}` +
           (ev.verification ? `; verification code ${ev.verification}` : "");
