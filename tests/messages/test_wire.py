@@ -461,3 +461,22 @@ def test_fuzz_mutated_spec_frames(frame, data):
         i = data.draw(st.integers(0, len(raw) - 1))
         raw[i] = data.draw(st.integers(0, 255))
     _decodes_or_protocol_error(bytes(raw))
+
+
+def test_vectors_beside_a_batch_stay_aligned_and_must_match_its_records() -> None:
+    fp = "0123456789abcdef"
+    good = {"content": "kept"}
+    frame = {"kind": "batch", "dataset": "memories", "seq": 1, "records": [good, {"content": "  "}, good],
+             "vectors": ["AAAA", "BBBB", None], "model": fp}
+    batch = decode_frame(json.dumps(frame))
+    # the refused record's vector goes with it; the others keep their places
+    assert batch.refused == 1 and batch.vectors == ("AAAA", None) and batch.model == fp
+    for bad in ({**frame, "vectors": ["AAAA"]},  # not one per record
+                {**frame, "model": ""},  # vectors without their model
+                {**frame, "model": "not hex"},
+                {"kind": "batch", "dataset": "facts", "seq": 1, "records": [], "vectors": ["A"], "model": fp}):
+        with pytest.raises(ProtocolError):
+            decode_frame(json.dumps(bad))
+    # without vectors a batch encodes exactly as before (Imprint's own clients never see the fields)
+    plain = MemoryBatch.of(1, (MemoryRecord(content="x"),))
+    assert b"vectors" not in encode_frame(plain) and b"model" not in encode_frame(plain)
