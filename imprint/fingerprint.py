@@ -11,6 +11,13 @@ Hashing ~90 MB of weights takes a fraction of a second; the result is cached
 per model directory under ``DATA_DIR/cache/`` and recomputed only when a
 file's size or modification time changes. Computing it never imports torch,
 so `imprint status` shows it without loading the model.
+
+Equal fingerprints say the same files run the same way; the *canaries* show it:
+the vectors of three fixed sentences, computed once per fingerprint (cached
+beside it) and sent in the sealed HELLO. Two peers take each other's vectors
+only when their fingerprints are equal and their canaries agree (a library
+upgrade that changes the maths under the same files shows here, before any
+memory moves).
 """
 
 from __future__ import annotations
@@ -30,6 +37,17 @@ BACKEND = f"sentence-transformers/torch/float32/normalized/cut-{MAX_EMBED_CHARS}
 #: Files of a model directory that decide no vector (docs, training notes, VCS files).
 _IGNORED = ("readme", ".git", "data_config.json", "train_script", "license")
 _CACHE_FILE = "model-fingerprints.json"
+_CANARY_FILE = "model-canaries.json"
+#: Three fixed sentences (short, long, code-like) whose vectors show that two
+#: peers' models agree. Never change them: the cached canaries are keyed by fingerprint only.
+CANARIES: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Deploy the database migration after the release branch is merged and the replica has caught up; "
+    "roll back from the backup if latency goes over budget.",
+    "def retry(fn, attempts=3): return next(r for r in (fn() for _ in range(attempts)) if r)",
+)
+#: Canary vectors this close (cosine, each) are the same model's, as for a sample of memories.
+CANARY_MIN_COSINE = 0.999
 #: Hex digits kept: 64 bits tell models apart; the full hash adds nothing but width.
 LENGTH = 16
 
@@ -97,23 +115,75 @@ def model_fingerprint(name: str, *, cache_dir: Path | None = None, backend: str 
     return fingerprint_of_dir(directory, backend=backend, cache_dir=cache_dir, write_cache=write_cache)
 
 
-def _read_cache(cache_dir: Path | None) -> dict:
+def _read_cache(cache_dir: Path | None, name: str = _CACHE_FILE) -> dict:
     if cache_dir is None:
         return {}
     try:
-        data = json.loads((cache_dir / _CACHE_FILE).read_text())
+        data = json.loads((cache_dir / name).read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _write_cache(cache_dir: Path | None, cache: dict) -> None:
+def _write_cache(cache_dir: Path | None, cache: dict, name: str = _CACHE_FILE) -> None:
     if cache_dir is None:
         return
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{_CACHE_FILE}.{os.getpid()}"
+        tmp = cache_dir / f".{name}.{os.getpid()}"
         tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_dir / _CACHE_FILE)
+        os.replace(tmp, cache_dir / name)
     except OSError as exc:  # a read-only data dir: the fingerprint is just not cached
         logger.debug("model fingerprint not cached: {}", exc)
+
+
+def _runtime() -> str:
+    """The libraries that run a model, with versions: an upgrade may change the maths
+    under the same files, so cached canaries are keyed by them too."""
+    from importlib import metadata
+
+    out = []
+    for name in ("torch", "transformers", "sentence-transformers"):
+        try:
+            out.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name}=-")
+    return ",".join(out)
+
+
+def cached_canaries(fingerprint: str, cache_dir: Path | None) -> bytes:
+    """The canary vectors cached for `fingerprint` run by the installed libraries
+    (little-endian float32, one after another), or b"" when none are."""
+    import base64
+    import binascii
+
+    try:
+        value = _read_cache(cache_dir, _CANARY_FILE).get(f"{fingerprint}|{_runtime()}", "")
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def cache_canaries(fingerprint: str, vectors: bytes, cache_dir: Path | None) -> None:
+    import base64
+
+    cache = _read_cache(cache_dir, _CANARY_FILE)
+    cache[f"{fingerprint}|{_runtime()}"] = base64.b64encode(vectors).decode()
+    _write_cache(cache_dir, cache, _CANARY_FILE)
+
+
+def canary_agreement(ours: bytes, theirs: bytes) -> float:
+    """The lowest cosine between our canary vectors and a peer's (-1.0 when theirs
+    are missing or shaped otherwise: they cannot agree)."""
+    import numpy as np
+
+    if not ours or len(theirs) != len(ours) or len(ours) % (4 * len(CANARIES)):
+        return -1.0
+    a = np.frombuffer(ours, "<f4").reshape(len(CANARIES), -1).astype(np.float64)
+    b = np.frombuffer(theirs, "<f4").reshape(len(CANARIES), -1).astype(np.float64)
+    if not np.isfinite(b).all():
+        return -1.0
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    if not norms.all():
+        return -1.0
+    return float(((a * b).sum(axis=1) / norms).min())

@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS streams (
 """
 
 _encoder = msgspec.msgpack.Encoder()
-_vectors_decoder = msgspec.msgpack.Decoder(tuple[str | None, ...])
+_vectors_decoder = msgspec.msgpack.Decoder(tuple[bytes | None, ...])
 _decoders = {
     "memories": msgspec.msgpack.Decoder(tuple[MemoryRecord, ...]),
     "facts": msgspec.msgpack.Decoder(tuple[FactRecord, ...]),
@@ -77,8 +77,8 @@ class SpooledBatch:
     stream: str
     dataset: Dataset
     records: tuple[MemoryRecord, ...] | tuple[FactRecord, ...]
-    #: The peer's vectors for these memories (base64 float32, None where it had none), and their model.
-    vectors: tuple[str | None, ...] = ()
+    #: The peer's vectors for these memories (little-endian float32, None where it had none), and their model.
+    vectors: tuple[bytes | None, ...] = ()
     model: str = ""
 
 
@@ -160,7 +160,7 @@ class Spool:
         self._write("INSERT OR IGNORE INTO streams (stream, peer) VALUES (?, ?)", (stream, peer))
 
     def append(self, stream: str, dataset: Dataset, records: tuple[MemoryRecord, ...] | tuple[FactRecord, ...],
-               vectors: tuple[str | None, ...] = (), model: str = "") -> int:
+               vectors: tuple[bytes | None, ...] = (), model: str = "") -> int:
         """Keep one batch (one transaction), with the vectors the peer sent beside its
         memories (as it sent them: checked when stored); returns its id.
 

@@ -16,7 +16,14 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ModelError
-from imprint.messages.store import DescribeModel, Embeddings, EmbedTexts, ModelInfo
+from imprint.messages.store import (
+    Canaries,
+    DescribeCanaries,
+    DescribeModel,
+    Embeddings,
+    EmbedTexts,
+    ModelInfo,
+)
 
 _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 #: Texts per forward pass; bounded so one message never holds the actor for long.
@@ -132,6 +139,22 @@ class Embedder(ImprintActor):
             logger.debug("model {} loaded", self.model_name)
         return self._model
 
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    def _canaries(self) -> bytes:
+        import numpy as np
+
+        from imprint.fingerprint import CANARIES, cache_canaries, cached_canaries
+
+        vectors = cached_canaries(self.fingerprint, self.cache_dir)
+        if len(vectors) != 4 * self.dimension * len(CANARIES):
+            made = self._load().encode(list(CANARIES), normalize_embeddings=True, show_progress_bar=False)
+            vectors = np.asarray(made, dtype="<f4").tobytes()
+            cache_canaries(self.fingerprint, vectors, self.cache_dir)
+        return vectors
+
     def handle(self, message: Any) -> Any:
         match message:
             case EmbedTexts(texts=texts):
@@ -144,6 +167,8 @@ class Embedder(ImprintActor):
             case WarmUp():
                 self._load()
                 return None
+            case DescribeCanaries():
+                return Canaries(vectors=self._canaries())
             case DescribeModel():
                 return ModelInfo(name=self.model_name, dimension=self.dimension, fingerprint=self.fingerprint)
         return super().handle(message)

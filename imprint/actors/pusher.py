@@ -25,7 +25,7 @@ from loguru import logger
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import ImprintError
 from imprint.messages.events import Progress
-from imprint.messages.records import fact_key, point_id, vector_to_text
+from imprint.messages.records import fact_key, point_id, vector_to_bytes
 from imprint.messages.session import (
     SendFrame,
     StartPush,
@@ -61,10 +61,11 @@ class _Next(msgspec.Struct, frozen=True):
 
 
 def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES,
-                   extra: tuple[str | None, ...] = ()) -> list[tuple[msgspec.Raw, ...]]:
+                   extra: tuple[bytes | None, ...] = ()) -> list[tuple[msgspec.Raw, ...]]:
     """Encode each record once and cut the page into runs whose batch frame stays under
     `max_bytes` (one record at least); the encoded records are what goes on the wire.
-    `extra` are texts sent beside the records (their vectors), counted in the size."""
+    `extra` are vectors sent beside the records, counted as base64 (what JSON would take;
+    the binary form is smaller)."""
     chunks: list[tuple[msgspec.Raw, ...]] = []
     current: list[msgspec.Raw] = []
     base = _FRAME_OVERHEAD + (len(b',"vectors":[],"model":""') + 16 if extra else 0)
@@ -73,7 +74,8 @@ def split_by_bytes(records: tuple[Any, ...], max_bytes: int = MAX_BATCH_BYTES,
         encoded = msgspec.Raw(_record_encoder.encode(record))
         n = len(encoded) + 1  # and its comma
         if extra:
-            n += len(extra[n_record] or "null") + 3
+            vector = extra[n_record]
+            n += (4 * ((len(vector) + 2) // 3) if vector is not None else 4) + 3
         if current and size + n > max_bytes:
             chunks.append(tuple(current))
             current, size = [], base
@@ -188,8 +190,8 @@ class Pusher(ImprintActor):
                 page = ask(self.memory_store, RetrieveMemories(ids=keys, vectors=True))
                 found = {r.id: (r, v, m) for r, v, m in zip(page.records, page.vectors or (), page.models or ())}
                 chosen = [found[i] for i in keys if i in found]
-                texts = tuple(vector_to_text(v) if m == self._vectors and v else None for _, v, m in chosen)
-                self._send_records("memories", tuple(r for r, _, _ in chosen), vectors=texts)
+                vectors = tuple(vector_to_bytes(v) if m == self._vectors and v else None for _, v, m in chosen)
+                self._send_records("memories", tuple(r for r, _, _ in chosen), vectors=vectors)
             elif self._dataset == "memories":
                 found = {r.id: r for r in ask(self.memory_store, RetrieveMemories(ids=keys))}
                 self._send_records("memories", tuple(found[i] for i in keys if i in found))
@@ -208,7 +210,7 @@ class Pusher(ImprintActor):
         self._running = False
         self.listener.tell(TransferFinished(sent=dict(self._sent)))
 
-    def _send_records(self, dataset: Dataset, records: tuple[Any, ...], vectors: tuple[str | None, ...] = ()) -> None:
+    def _send_records(self, dataset: Dataset, records: tuple[Any, ...], vectors: tuple[bytes | None, ...] = ()) -> None:
         # Never send more than announced: records added since the count wait for the next sync.
         room = self._total[dataset] - self._sent[dataset]
         records = records[: max(room, 0)]

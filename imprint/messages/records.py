@@ -256,20 +256,27 @@ class CarriedVector(msgspec.Struct):
 carried_vector_decoder = msgspec.json.Decoder(CarriedVector)
 
 
-def vector_to_text(vector: list[float]) -> str:
-    """A vector as base64 of little-endian float32."""
+def vector_to_bytes(vector: list[float]) -> bytes:
+    """A vector as little-endian float32 (how vectors travel between peers)."""
     import array
-    import base64
     import sys
 
     packed = array.array("f", vector)
     if sys.byteorder != "little":
         packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")
+    return packed.tobytes()
 
 
-def vector_from_field(value: list[float] | str, dimension: int) -> list[float]:
-    """The vector of a line's "vector" field, checked: `dimension` finite numbers, not all zero.
+def vector_to_text(vector: list[float]) -> str:
+    """A vector as base64 of little-endian float32."""
+    import base64
+
+    return base64.b64encode(vector_to_bytes(vector)).decode("ascii")
+
+
+def vector_from_field(value: list[float] | str | bytes, dimension: int) -> list[float]:
+    """The vector of a line's "vector" field (numbers, or base64 of little-endian float32)
+    or of a peer's batch (those bytes), checked: `dimension` finite numbers, not all zero.
 
     Raises:
         ValueError: with the reason, for the user.
@@ -282,13 +289,14 @@ def vector_from_field(value: list[float] | str, dimension: int) -> list[float]:
 
     if isinstance(value, str):
         try:
-            raw = base64.b64decode(value, validate=True)
+            value = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("`vector` is neither a list of numbers nor base64 float32") from None
-        if len(raw) % 4:
+    if isinstance(value, bytes):
+        if len(value) % 4:
             raise ValueError("`vector` is not whole float32 values")
         packed = array.array("f")
-        packed.frombytes(raw)
+        packed.frombytes(value)
         if sys.byteorder != "little":
             packed.byteswap()
         vector = packed.tolist()

@@ -48,6 +48,8 @@ class PeerInfo(msgspec.Struct, frozen=True):
     protocol: int = 0
     #: The fingerprint of the model its vectors come from (protocol 2; "" if it did not say).
     model: str = ""
+    #: Its model's vectors of the canary sentences (protocol 2; b"" if it did not say).
+    canaries: bytes = b""
 
 
 class StageFailed(msgspec.Struct, frozen=True):

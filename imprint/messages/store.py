@@ -41,6 +41,16 @@ class ModelInfo(msgspec.Struct, frozen=True):
     fingerprint: str = ""
 
 
+class DescribeCanaries(msgspec.Struct, frozen=True):
+    """Reply: :class:`Canaries`. Loads the model only the first time per fingerprint."""
+
+
+class Canaries(msgspec.Struct, frozen=True):
+    """The vectors of :data:`imprint.fingerprint.CANARIES`, little-endian float32 one after another."""
+
+    vectors: bytes
+
+
 # MemoryStore -----------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import enum
+import struct
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -91,6 +92,9 @@ PROTOCOL_VERSION: Final = 2
 
 #: A model fingerprint (16 hex digits), or empty.
 ModelField = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{16})?$")]
+#: The vectors of the three canary sentences (imprint.fingerprint.CANARIES), float32,
+#: base64 in JSON; up to 8192 dimensions each.
+CanaryField = Annotated[bytes, msgspec.Meta(max_length=3 * 8192 * 4)]
 
 
 class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method", tag="HELLO"):
@@ -112,6 +116,8 @@ class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method",
     #: Protocol 2: the fingerprint of the model our vectors come from (imprint.fingerprint);
     #: a peer with the same one may send its vectors with its memories.
     model: ModelField = ""
+    #: Protocol 2: our model's vectors of the canary sentences (they must agree with the peer's too).
+    canaries: CanaryField = b""
 
 
 class ProviderIdentity(msgspec.Struct, frozen=True):
@@ -128,6 +134,7 @@ class ProviderIdentity(msgspec.Struct, frozen=True):
     signature: KeyField
     protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     model: ModelField = ""
+    canaries: CanaryField = b""
 
 
 class RequestBody(msgspec.Struct, frozen=True):
@@ -300,9 +307,10 @@ class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     ``refusals``. Those two never go on the wire (empty, they are omitted).
 
     Protocol 2, between peers running the same model: ``vectors`` holds each
-    record's vector (base64 of little-endian float32, as ``imprint export
-    --vectors`` writes it; null where the sender has none of that model) and
-    ``model`` the fingerprint they come from. The receiver checks a sample.
+    record's vector (little-endian float32; None where the sender has none of
+    that model) and ``model`` the fingerprint they come from. The receiver
+    checks a sample. Sealed, such a batch travels as a :func:`pack_vector_batch`
+    frame (raw vectors after the JSON); in JSON they would be base64.
     """
 
     dataset: Literal["memories"]
@@ -310,7 +318,7 @@ class MemoryBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     records: Annotated[tuple[MemoryRecord, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
     refused: Count = 0
     refusals: tuple[str, ...] = ()
-    vectors: tuple[str | None, ...] = ()
+    vectors: tuple[bytes | None, ...] = ()
     model: ModelField = ""
 
     @classmethod
@@ -351,7 +359,7 @@ class EncodedBatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     dataset: Dataset
     seq: Seq
     records: tuple[msgspec.Raw, ...]
-    vectors: tuple[str | None, ...] = ()
+    vectors: tuple[bytes | None, ...] = ()
     model: str = ""
 
 
@@ -463,8 +471,8 @@ _ack_decoder: Final = msgspec.json.Decoder(Ack)
 _encoder: Final = msgspec.json.Encoder()
 
 
-#: The longest base64 vector text a batch may carry (8192 float32 dimensions).
-MAX_VECTOR_TEXT: Final = 4 * ((8192 * 4 + 2) // 3)
+#: The most dimensions a vector beside a batch may have.
+MAX_VECTOR_DIMENSIONS: Final = 8192
 
 
 class _RawBatch(msgspec.Struct, frozen=True):
@@ -474,7 +482,7 @@ class _RawBatch(msgspec.Struct, frozen=True):
     dataset: str
     seq: Seq
     records: Annotated[tuple[msgspec.Raw, ...], msgspec.Meta(max_length=MAX_BATCH_SIZE)]
-    vectors: Annotated[tuple[Annotated[str, msgspec.Meta(max_length=MAX_VECTOR_TEXT)] | None, ...],
+    vectors: Annotated[tuple[Annotated[bytes, msgspec.Meta(max_length=4 * MAX_VECTOR_DIMENSIONS)] | None, ...],
                        msgspec.Meta(max_length=MAX_BATCH_SIZE)] = ()
     model: ModelField = ""
 
@@ -490,7 +498,9 @@ class _BatchDecoder:
     """Decodes a batch frame record by record; records our schema refuses are counted, not fatal."""
 
     def decode(self, raw: bytes | bytearray) -> MemoryBatch | FactBatch:
-        frame = _raw_batch_decoder.decode(raw)
+        return self.build(_raw_batch_decoder.decode(raw))
+
+    def build(self, frame: _RawBatch) -> MemoryBatch | FactBatch:
         batch_type, record_decoder = _record_decoders[frame.dataset]
         if frame.vectors and (frame.dataset != "memories" or len(frame.vectors) != len(frame.records)
                               or not frame.model):
@@ -566,6 +576,70 @@ def encode_frame(frame: Frame) -> bytes:
     if isinstance(frame, (MemoryBatch, FactBatch)) and (frame.refused or frame.refusals):
         frame = msgspec.structs.replace(frame, refused=0, refusals=())  # local bookkeeping, never sent
     return _encoder.encode(frame)
+
+
+# A memory batch with vectors, sealed (protocol 2): its JSON without the
+# vectors, then the vectors raw, which in JSON would be base64 (a third more,
+# and a decode per vector):
+#
+#   u32 json_length | JSON | u32 dimensions | bitmap: a bit per record, 1 = a vector follows
+#   | present × dimensions little-endian float32, in record order
+_VECTOR_HEAD: Final = struct.Struct("<I")
+
+
+def pack_vector_batch(frame: MemoryBatch | EncodedBatch) -> bytes:
+    """The binary form of a memory batch with vectors (see above); its JSON is :func:`encode_frame`'s."""
+    vectors = frame.vectors
+    body = encode_frame(msgspec.structs.replace(frame, vectors=()))
+    sizes = {len(v) for v in vectors if v is not None}
+    if len(sizes) > 1 or len(vectors) != len(frame.records) or any(n % 4 for n in sizes):
+        raise ValueError("a batch's vectors must be one per record, all of one float32 size")
+    bitmap = bytearray((len(vectors) + 7) // 8)
+    for n, v in enumerate(vectors):
+        if v is not None:
+            bitmap[n // 8] |= 1 << (n % 8)
+    dimensions = sizes.pop() // 4 if sizes else 0
+    return b"".join((_VECTOR_HEAD.pack(len(body)), body, _VECTOR_HEAD.pack(dimensions), bytes(bitmap),
+                     *(v for v in vectors if v is not None)))
+
+
+def unpack_vector_batch(payload: bytes | bytearray | memoryview) -> MemoryBatch:
+    """A memory batch from :func:`pack_vector_batch`'s form, validated as a JSON batch is,
+    the vectors aligned with the records kept. Raises ProtocolError on anything else."""
+    view = memoryview(payload)
+    head = _VECTOR_HEAD.size
+    if len(view) < 2 * head:
+        raise ProtocolError("vector batch frame is truncated")
+    (json_length,) = _VECTOR_HEAD.unpack_from(view, 0)
+    if json_length > len(view) - 2 * head:
+        raise ProtocolError("vector batch frame is truncated")
+    body = view[head:head + json_length]
+    (dimensions,) = _VECTOR_HEAD.unpack_from(view, head + json_length)
+    if not 1 <= dimensions <= MAX_VECTOR_DIMENSIONS:
+        raise ProtocolError(f"vector batch frame: {dimensions} dimensions is not a vector size we accept")
+    probe = _decode("frame", _raw_batch_decoder, _utf8_bytes(body, MAX_FRAME_BYTES))
+    count = len(probe.records)
+    start = 2 * head + json_length
+    bitmap = view[start:start + (count + 7) // 8]
+    present = sum(bin(b).count("1") for b in bitmap)
+    size = 4 * dimensions
+    rest = view[start + len(bitmap):]
+    if len(bitmap) != (count + 7) // 8 or len(rest) != present * size or (count % 8 and bitmap[-1] >> (count % 8)):
+        raise ProtocolError("vector batch frame: its vectors do not match its records")
+    if probe.dataset != "memories" or not probe.model or probe.vectors:
+        raise ProtocolError("vector batch frame: only memories carry vectors, once, with their model")
+    vectors: list[bytes | None] = []
+    offset = 0
+    for n in range(count):
+        if bitmap[n // 8] >> (n % 8) & 1:
+            vectors.append(bytes(rest[offset:offset + size]))
+            offset += size
+        else:
+            vectors.append(None)
+    try:
+        return _BatchDecoder().build(msgspec.structs.replace(probe, vectors=tuple(vectors)))
+    except (msgspec.DecodeError, ValueError) as e:
+        raise ProtocolError(_one_line(f"bad vector batch frame: {e}")) from None
 
 
 #: Bytes of a frame checked for UTF-8 at a time: the check never holds a

@@ -34,6 +34,7 @@ from typing import Callable, Literal, TypeAlias
 import msgspec
 
 from imprint.errors import INTERRUPTED, ProtocolError, RejectedError, SyncError
+from imprint.fingerprint import CANARY_MIN_COSINE, canary_agreement
 from imprint.messages import events
 from imprint.messages.records import Tombstone
 from imprint.messages.session import (
@@ -235,10 +236,12 @@ class Flow:
     role: Literal["provider", "consumer"]
 
     def __init__(self, *, mode: Mode, batch_size: int = 500, clock: Callable[[], float] = time.monotonic,
-                 model: str = "") -> None:
+                 model: str = "", canaries: bytes = b"") -> None:
         self.mode = mode
         #: Our store's model fingerprint; "" sends no vectors.
         self.model = model
+        #: Our model's vectors of the canary sentences: a same-fingerprint peer's must agree.
+        self.canaries = canaries
         #: Protocol 2, same model on both sides: memories travel with their vectors.
         self.vectors = False
         self.batch_size = batch_size
@@ -318,8 +321,17 @@ class Flow:
         self.wait = ""
         self.connected = True
         self.v2 = self.encrypted and event.peer is not None and event.peer.protocol >= PROTOCOL_VERSION
-        self.vectors = self.v2 and bool(self.model) and event.peer.model == self.model
         self._report(events.PeerConnected(mode=self.mode, verification=event.verification, **_peer_fields(event.peer)))
+        self.vectors = self.v2 and bool(self.model) and event.peer.model == self.model
+        if self.vectors:
+            agreement = canary_agreement(self.canaries, event.peer.canaries)
+            if agreement < CANARY_MIN_COSINE:
+                self.vectors = False
+                how = f"(cosine {agreement:.4f})" if agreement > -1 else "(it sent none)"
+                self._report(events.Notice(message=(
+                    "the other machine runs the same model files but its vectors of the canary sentences differ "
+                    f"from this machine's {how}; no vectors are exchanged, everything is embedded where it "
+                    "arrives (slower, same result)")))
 
     def _for_incoming(self, event: object) -> bool:
         return self.incoming is not None and getattr(event, "stream", None) == self.incoming.stream

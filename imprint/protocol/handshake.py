@@ -138,12 +138,14 @@ class Handshake:
         identity: this device's key.
         host: hostname, user and OS this side shows the other.
         model: the fingerprint of our store's model, said in the sealed HELLO / identity.
+        canaries: our model's vectors of the canary sentences, said with it.
     """
 
     def __init__(self, *, role: Role, mode: Mode, pin: str, room: str, identity: DeviceIdentity,
-                 host: HostInfo, model: str = "") -> None:
+                 host: HostInfo, model: str = "", canaries: bytes = b"") -> None:
         self.role = role
         self.model = model
+        self.canaries = canaries
         self.mode = mode
         self.pin = pin
         self.room = room
@@ -287,7 +289,8 @@ class Handshake:
             public_key = hello.public_key
         self._peer = PeerInfo(hostname=hello.hostname, user=hello.user, os=hello.os, fingerprint=hello.fingerprint,
                               public_key=public_key, protocol=hello.protocol if self._channel is not None else 0,
-                              model=hello.model if self._channel is not None else "")
+                              model=hello.model if self._channel is not None else "",
+                              canaries=hello.canaries if self._channel is not None else b"")
         self.step = "await-decision"
         self._out.append(AskApproval(peer=self._peer))
 
@@ -344,14 +347,15 @@ class Handshake:
 
     def _hello(self, *, pin: str = "", transcript: bytes | None = None) -> Hello:
         public_key = signature = model = ""
+        canaries = b""
         protocol = 0  # the plaintext HELLO stays exactly SPEC's
         if transcript is not None:
             public_key = self.identity.public_key.hex()
             signature = self.identity.sign(hello_signature_message(transcript, self.identity.public_key)).hex()
-            protocol, model = PROTOCOL_VERSION, self.model
+            protocol, model, canaries = PROTOCOL_VERSION, self.model, self.canaries
         return Hello(hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
                      fingerprint=self.identity.fingerprint, pin=pin, public_key=public_key, signature=signature,
-                     protocol=protocol, model=model)
+                     protocol=protocol, model=model, canaries=canaries)
 
     def _identity(self) -> ProviderIdentity:
         """Who we are, signed over this session's transcript (encrypted mode, provider)."""
@@ -360,7 +364,7 @@ class Handshake:
             hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
             fingerprint=self.identity.fingerprint, public_key=key.hex(),
             signature=self.identity.sign(provider_signature_message(self._channel.transcript, key)).hex(),
-            protocol=PROTOCOL_VERSION, model=self.model,
+            protocol=PROTOCOL_VERSION, model=self.model, canaries=self.canaries,
         )
 
     def _provider_peer(self, body: object) -> PeerInfo:
@@ -376,7 +380,7 @@ class Handshake:
             raise ProtocolError("the provider's identity signature is invalid")
         return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
                         fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol,
-                        model=claimed.model)
+                        model=claimed.model, canaries=claimed.canaries)
 
 
 def _plaintext_answer(data: bytes | str) -> str:

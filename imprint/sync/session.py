@@ -64,7 +64,12 @@ from imprint.messages.session import (
     Unwatch,
     Watch,
 )
-from imprint.messages.store import ListVersions, StoreTombstones, SummarizeVersions
+from imprint.messages.store import (
+    DescribeCanaries,
+    ListVersions,
+    StoreTombstones,
+    SummarizeVersions,
+)
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
 from imprint.protocol.handshake import Handshake as HandshakeMachine
@@ -153,7 +158,10 @@ class SyncSession:
         self.approver = approver
         self.confirm = confirm
         self.model = _model_of(local) if config.vectors else ""
-        common = {"mode": config.mode, "batch_size": config.batch_size, "model": self.model}
+        #: Our model's canary vectors (cached per fingerprint; the first sync loads the model).
+        self.canaries = ask(local["embedder"], DescribeCanaries()).vectors if self.model else b""
+        common = {"mode": config.mode, "batch_size": config.batch_size, "model": self.model,
+                  "canaries": self.canaries}
         self.flow: flows.Flow = (flows.ProviderFlow(**common) if role == "provider"
                                  else flows.ConsumerFlow(confirm=confirm is not None, **common))
         self.listener = QueueListener()
@@ -200,7 +208,7 @@ class SyncSession:
             self.report(events.Waiting(for_="relay", message=f"connecting to the relay {c.relay_label}…"))
         self.connect()
         machine = HandshakeMachine(role=self.role, mode=c.mode, pin=c.pin, room=c.room, identity=self.identity,
-                                   host=self.host, model=self.model)
+                                   host=self.host, model=self.model, canaries=self.canaries)
         handshake = self.stages.start("handshake", Handshake, handshake=machine, relay=self.relay,
                                       listener=listener, trust_gate=trust_gate)
         self.stages.start("puller", Puller, relay=self.relay, listener=listener, storer=self.storer,

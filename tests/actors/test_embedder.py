@@ -10,8 +10,10 @@ import pytest
 
 from imprint.actors.embedder import Embedder
 from imprint.errors import ModelError
-from imprint.fingerprint import model_fingerprint
+from imprint.fingerprint import CANARIES, canary_agreement, model_fingerprint
 from imprint.messages.store import (
+    Canaries,
+    DescribeCanaries,
     DescribeModel,
     Embeddings,
     EmbedTexts,
@@ -56,6 +58,21 @@ def test_vectors_have_the_model_dimension_are_normalized_and_in_order(embedder: 
     [alone] = embed(embedder, texts[41])
     assert cosine(alone, vectors[41]) > 0.9999
     assert cosine(alone, vectors[40]) < 0.9999
+
+
+def test_canaries_are_the_model_vectors_of_the_fixed_sentences_and_are_cached(
+        embedder: pykka.ActorRef[Any], start_actor: Any, tmp_path: Any) -> None:
+    first = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path)
+    canaries = first.ask(DescribeCanaries(), timeout=120)
+    assert isinstance(canaries, Canaries) and len(canaries.vectors) == 4 * 384 * len(CANARIES)
+    import numpy as np
+
+    expected = np.asarray(embed(embedder, *CANARIES), dtype="<f4").tobytes()
+    assert canary_agreement(canaries.vectors, expected) > 0.9999
+    # Another embedder on the same cache answers from it: no model loaded (an unchanged re-sync needs none).
+    second = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path)
+    assert second.ask(DescribeCanaries(), timeout=30).vectors == canaries.vectors
+    assert second.proxy().model_loaded.get(timeout=10) is False
 
 
 def test_empty_input_gives_no_vectors(embedder: pykka.ActorRef[Any]) -> None:

@@ -4,12 +4,15 @@ completed by running it again, which moves only what is still missing."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+import struct
 from pathlib import Path
 
 import pytest
 
+from imprint import fingerprint
 from imprint.fingerprint import model_fingerprint
 from imprint.messages.records import memory_id, vector_to_text
 from tests.e2e.support import (
@@ -177,3 +180,19 @@ def test_same_model_peers_send_their_vectors_and_a_sample_catches_wrong_ones(spa
     [notice] = [e for e in join.events if e["event"] == "notice"]
     assert "vectors are not used" in notice["message"] and "embedded here" in notice["message"]
     assert {k: cosine(v, reference[k]) > 0.999 for k, v in vectors_of(fooled).items()} == dict.fromkeys(reference, True)
+
+    # Same files, but its model's vectors of the canary sentences differ (a library that computes
+    # otherwise): the HELLO shows it, no vector moves, both sides say why.
+    odd, wary = tmp_path / "odd", tmp_path / "wary"
+    (tmp_path / "good.jsonl").write_text(run(good, "export", "--vectors"))
+    run(odd, "import", str(tmp_path / "good.jsonl"))
+    key = f"{fp}|{fingerprint._runtime()}"
+    noise = b"".join(struct.pack("<384f", *(rng.uniform(-1, 1) for _ in range(384))) for _ in fingerprint.CANARIES)
+    (odd / "cache").mkdir(exist_ok=True)
+    (odd / "cache" / "model-canaries.json").write_text(json.dumps({key: base64.b64encode(noise).decode()}))
+    serve, join, _ = sync(spawn, odd, wary, relay.url, "y")
+    assert stats(join)["received"]["memories"]["inserted"] == len(rows) and stats(join)["vectors_reused"] == 0
+    for side in (serve, join):
+        [notice] = [e for e in side.events if e["event"] == "notice"]
+        assert "canary sentences differ" in notice["message"]
+    assert {k: cosine(v, reference[k]) > 0.999 for k, v in vectors_of(wary).items()} == dict.fromkeys(reference, True)

@@ -553,3 +553,23 @@ def test_reconcile_frames_travel_packed_inside_the_seal(pair):
     # A forged binary payload is a protocol error, never a crash.
     with pytest.raises(ProtocolError, match="reconcile frame"):
         receive.decode(send.channel.seal(BINARY_FRAME + b"\xc1garbage"))
+
+
+def test_a_memory_batch_with_vectors_travels_sealed_in_its_binary_form(pair):
+    import struct
+
+    from imprint.messages.records import MemoryRecord
+    from imprint.messages.wire import MemoryBatch, encode_frame
+    from imprint.protocol.codec import VECTOR_FRAME, SecureCodec
+
+    consumer, provider = pair
+    vectors = (struct.pack("<3f", 0.1, 0.2, 0.3), None)
+    batch = MemoryBatch(dataset="memories", seq=1, records=(MemoryRecord(content="a"), MemoryRecord(content="b")),
+                        vectors=vectors, model="0123456789abcdef")
+    sealed = SecureCodec(provider).encode(batch)
+    assert consumer.open(sealed)[:1] == VECTOR_FRAME
+    consumer, provider = handshake()  # a fresh pair: the first frame was opened above
+    assert SecureCodec(consumer).decode(SecureCodec(provider).encode(batch)) == batch
+    # without vectors the batch is the same JSON as ever
+    plain = MemoryBatch.of(1, batch.records)
+    assert consumer.open(SecureCodec(provider).encode(plain)) == encode_frame(plain)

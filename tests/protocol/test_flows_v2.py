@@ -211,3 +211,58 @@ def test_a_record_the_peer_forgot_is_not_sent_to_it() -> None:
     # A copy newer than the tombstone (added again on purpose) does travel.
     pair = Pair([mem(1), item(MEMORY, key, 3000.0, "aa" * 8)], [mem(1), item(FORGOTTEN_MEMORY, key, 2000.0)]).run()
     assert pair.pushed["provider"].start.only_memories == (key,)
+
+
+# ---------------------------------------------------------------- vectors: fingerprint and canaries
+
+_FP = "0123456789abcdef"
+
+
+def _canaries(*values: float) -> bytes:
+    import numpy as np
+
+    rows = [np.full(8, v, dtype="<f4") for v in values]
+    rows = [r / np.linalg.norm(r) for r in rows]
+    return b"".join(r.astype("<f4").tobytes() for r in rows)
+
+
+def _connected(peer_model: str, peer_canaries: bytes) -> tuple[ConsumerFlow, list[object]]:
+    import msgspec
+
+    ours = _canaries(1.0, 1.0, 1.0)
+    flow = ConsumerFlow(mode="encrypted", model=_FP, canaries=ours)
+    peer = msgspec.structs.replace(V2, model=peer_model, canaries=peer_canaries)
+    commands = flow.handle(HandshakeSucceeded(peer=peer, verification="v"))
+    return flow, [c.event for c in commands if isinstance(c, Report)]
+
+
+def test_same_fingerprint_and_agreeing_canaries_exchange_vectors() -> None:
+    flow, reports = _connected(_FP, _canaries(1.0, 1.0, 1.0))
+    assert flow.vectors is True
+    assert not [r for r in reports if isinstance(r, events.Notice)]
+
+
+def test_another_fingerprint_exchanges_no_vectors_and_is_not_news() -> None:
+    flow, reports = _connected("fedcba9876543210", _canaries(1.0, 1.0, 1.0))
+    assert flow.vectors is False
+    assert not [r for r in reports if isinstance(r, events.Notice)]
+
+
+@pytest.mark.parametrize("theirs", [b"", b"\x00" * 16], ids=["none", "wrong-shape"])
+def test_same_fingerprint_without_usable_canaries_exchanges_no_vectors(theirs: bytes) -> None:
+    flow, reports = _connected(_FP, theirs)
+    assert flow.vectors is False
+    assert [r for r in reports if isinstance(r, events.Notice)]
+
+
+def test_same_fingerprint_with_disagreeing_canaries_exchanges_no_vectors_and_says_so() -> None:
+    import numpy as np
+
+    off = bytearray(_canaries(1.0, 1.0, 1.0))
+    row = np.frombuffer(bytes(off[32:64]), "<f4").copy()
+    row[0] = -row[0]  # one dimension of one canary flipped: cosine 0.75
+    off[32:64] = row.tobytes()
+    flow, reports = _connected(_FP, bytes(off))
+    assert flow.vectors is False
+    notice = next(r for r in reports if isinstance(r, events.Notice))
+    assert "canary" in notice.message and "0.75" in notice.message
