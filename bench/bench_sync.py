@@ -5,11 +5,16 @@ Run by hand (not a test):
     python bench/bench_sync.py            # N = 2000 and 20000
     python bench/bench_sync.py --n 2000   # one size
 
-For each N: a provider data dir holds N memories and N facts, the consumer's
-is empty; `imprint relay`, `imprint serve` and `imprint join` run as real
-processes on 127.0.0.1. Prints end-to-end memories/s (join start → both
-exited), the Embedder's own texts/s on the same texts in this run, and the
-peak RSS of relay, provider and consumer (sampled every 50 ms).
+For each N: a provider data dir holds N memories (embedded there by the
+model: genuine vectors) and N facts; two empty consumers sync from it in
+turn, one running the same model (the provider's vectors travel, a checked
+sample is embedded) and one with `--reembed` (everything embedded where it
+arrives, as between peers with different models). `imprint relay`, `imprint
+serve` and `imprint join` run as real processes on 127.0.0.1. Prints, per
+leg, end-to-end memories/s (join start → both exited) and peak RSS (sampled
+every 50 ms); the Embedder's own texts/s on the same texts in this run; and
+the issue's ratios: same-model / re-embedding (target >= 5) and
+re-embedding / embedder (target >= 0.9).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ WORDS = (
 
 
 def text(i: int, rng: random.Random) -> str:
-    return f"Note {i}: " + " ".join(rng.choice(WORDS) for _ in range(28)) + "."
+    """A memory of 8 to 60 words (about 10 to 75 tokens): real notes vary in length."""
+    return f"Note {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60))) + "."
 
 
 def free_port() -> int:
@@ -105,68 +111,87 @@ def embedder_rate(texts: list[str]) -> float:
     return len(sample) / (time.perf_counter() - start)
 
 
+def start_relay(port: int) -> tuple[subprocess.Popen, PeakRss]:
+    relay = subprocess.Popen(imprint("relay", "--host", "127.0.0.1", "--port", str(port)), stderr=subprocess.PIPE, text=True)
+    rss = PeakRss(relay)
+    rss.start()
+    relay.stderr.readline()  # "relay listening on …"
+    return relay, rss
+
+
+def sync(a: Path, b: Path, port: int, tmp: Path, *join_args: str) -> dict:
+    """One full sync A → B through the relay on `port`: seconds, peak RSS, what B says."""
+    serve = subprocess.Popen(
+        imprint("serve", "--relay", f"ws://127.0.0.1:{port}", "--json", data_dir=a),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(tmp / "serve.err").open("w"), text=True,
+    )
+    serve_rss = PeakRss(serve)
+    serve_rss.start()
+    room = next(e for e in map(json.loads, serve.stdout) if e["event"] == "room")
+    serve.stdin.write("y\n")
+    serve.stdin.flush()
+    start = time.perf_counter()
+    join = subprocess.Popen(
+        imprint("join", f"ws://127.0.0.1:{port}/{room['room']}", "--pin", room["pin"], "--json", *join_args,
+                data_dir=b),
+        stdout=subprocess.PIPE, stderr=(tmp / "join.err").open("w"), text=True,
+    )
+    join_rss = PeakRss(join)
+    join_rss.start()
+    out, _ = join.communicate(timeout=3600)
+    serve.wait(timeout=120)
+    elapsed = time.perf_counter() - start
+    events = [json.loads(line) for line in out.splitlines()]
+    stats = [e for e in events if e["event"] == "stats"]
+    errors = {}
+    for side in ("serve", "join"):
+        lines = [line for line in (tmp / f"{side}.err").read_text().splitlines() if "error" in line.lower()]
+        if lines:
+            errors[side] = lines[-1][-300:]
+    for t in (serve_rss, join_rss):
+        t.join(timeout=5)
+    return {
+        "join_exit": join.returncode,
+        "serve_exit": serve.returncode,
+        "sync_s": round(elapsed, 1),
+        "peak_rss_mb": {"provider": round(serve_rss.peak / 2**20), "consumer": round(join_rss.peak / 2**20)},
+        "consumer_received": stats[0]["received"] if stats else None,
+        "vectors_reused": stats[0].get("vectors_reused", 0) if stats else None,
+        "notices": [e["message"] for e in events if e["event"] == "notice"],
+        "errors": errors,
+    }
+
+
 def run(n: int) -> dict:
+    """Seed A with N memories (embedded there) and N facts, then a full sync to an empty
+    same-model B (A's vectors travel, B checks a sample) and to an empty C that
+    re-embeds everything (`--reembed`, as a peer with another model would)."""
     rng = random.Random(n)
     with tempfile.TemporaryDirectory(prefix="imprint-bench-") as tmp:
-        a, b = Path(tmp) / "provider", Path(tmp) / "consumer"
+        work = Path(tmp)
+        a = work / "provider"
         t0 = time.perf_counter()
         texts = seed(a, n, rng)
         seed_s = time.perf_counter() - t0
         port = free_port()
-        relay = subprocess.Popen(imprint("relay", "--host", "127.0.0.1", "--port", str(port)), stderr=subprocess.PIPE, text=True)
-        relay_rss = PeakRss(relay)
-        relay_rss.start()
-        relay.stderr.readline()  # "relay listening on …"
-        serve = subprocess.Popen(
-            imprint("serve", "--relay", f"ws://127.0.0.1:{port}", "--json", data_dir=a),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(Path(tmp) / "serve.err").open("w"), text=True,
-        )
-        serve_rss = PeakRss(serve)
-        serve_rss.start()
-        room = None
-        for line in serve.stdout:
-            event = json.loads(line)
-            if event["event"] == "room":
-                room = event
-                break
-        serve.stdin.write("y\n")
-        serve.stdin.flush()
-        start = time.perf_counter()
-        join = subprocess.Popen(
-            imprint("join", f"ws://127.0.0.1:{port}/{room['room']}", "--pin", room["pin"], "--json", data_dir=b),
-            stdout=subprocess.PIPE, stderr=(Path(tmp) / "join.err").open("w"), text=True,
-        )
-        join_rss = PeakRss(join)
-        join_rss.start()
-        out, _ = join.communicate(timeout=3600)
-        serve.wait(timeout=120)
-        elapsed = time.perf_counter() - start
+        relay, relay_rss = start_relay(port)
+        legs = {"same_model": sync(a, work / "same", port, work),
+                "reembed": sync(a, work / "reembed", port, work, "--reembed")}
         relay.terminate()
         relay.wait(timeout=30)
-        stats = [json.loads(l) for l in out.splitlines() if '"stats"' in l]
-        errors = {}
-        for side in ("serve", "join"):
-            lines = [l for l in (Path(tmp) / f"{side}.err").read_text().splitlines() if "error" in l.lower()]
-            if lines:
-                errors[side] = lines[-1][-300:]
+        relay_rss.join(timeout=5)
         rate = embedder_rate(texts)
-        for t in (relay_rss, serve_rss, join_rss):
-            t.join(timeout=5)
+        for leg in legs.values():
+            leg["memories_per_s"] = round(n / leg["sync_s"], 1)
+        same, again = legs["same_model"]["memories_per_s"], legs["reembed"]["memories_per_s"]
         return {
             "n": n,
-            "join_exit": join.returncode,
-            "serve_exit": serve.returncode,
             "seed_s": round(seed_s, 1),
-            "sync_s": round(elapsed, 1),
-            "memories_per_s_end_to_end": round(n / elapsed, 1),
+            **legs,
+            "relay_peak_rss_mb": round(relay_rss.peak / 2**20),
             "embedder_texts_per_s": round(rate, 1),
-            "peak_rss_mb": {
-                "relay": round(relay_rss.peak / 2**20),
-                "provider": round(serve_rss.peak / 2**20),
-                "consumer": round(join_rss.peak / 2**20),
-            },
-            "consumer_received": stats[0]["received"] if stats else None,
-            "errors": errors,
+            "same/reembed": round(same / again, 2),
+            "reembed/embedder": round(again / rate, 2),
         }
 
 

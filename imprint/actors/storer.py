@@ -197,7 +197,9 @@ class Storer(ImprintActor):
         missing = ask(self.memory_store, FindMissing(ids=tuple(r.id for r in records),
                                                      timestamps=tuple(r.timestamp for r in records),
                                                      hashes=tuple(content_hash(r.content) for r in records)))
-        self._todo = list(winning_copies(records, missing.ids))
+        # Shortest first: each chunk then holds texts of about one length, so the model pads
+        # little (random lengths padded to each chunk's longest cost a third of the time).
+        self._todo = sorted(winning_copies(records, missing.ids), key=lambda r: len(r.content))
         self._kept, self._stored = missing.kept, missing.stored
         if batch.vectors and self._todo and batch.stream not in self._distrusted:
             self._vectors = self._checked_vectors(batch)

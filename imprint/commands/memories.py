@@ -332,7 +332,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.embedder import ENCODE_BATCH, MAX_EMBED_CHARS, load_model
+    from imprint.actors.embedder import encode, load_model, precision_setting, resolve_precision
     from imprint.fingerprint import model_fingerprint
     from imprint.messages.store import MemoryFilter
     from imprint.storage.edge import EdgeBackend, read_meta
@@ -352,7 +352,9 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> in
         out.result({"reembedded": 0, "model": fingerprint},
                    f"the store is already embedded with {settings.model} ({fingerprint}): nothing to do")
         return 0
+    wanted = precision_setting()
     model = load_model(settings.model)
+    precision = resolve_precision(wanted)
     dimension = int(model.get_sentence_embedding_dimension())
     probe = EdgeBackend(path)
     try:
@@ -361,8 +363,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> in
         probe.close()
 
     def embed(texts: list[str]) -> list[list[float]]:
-        return model.encode([t[:MAX_EMBED_CHARS] for t in texts], batch_size=ENCODE_BATCH, normalize_embeddings=True,
-                            show_progress_bar=False).tolist()
+        return encode(model, texts, precision)
 
     with _progress(total=total, unit="mem", desc="reembed") as bar:
         done = reembed(path, fingerprint=fingerprint, model_name=settings.model, dimension=dimension, embed=embed,

@@ -86,3 +86,26 @@ def test_unknown_model_surfaces_as_model_error_through_ping(start_actor) -> None
     # the actor stays alive and keeps answering with the same error, not a dead ref
     with pytest.raises(ModelError, match="does-not-exist-model"):
         ref.ask(EmbedTexts(texts=("hello",)), timeout=10)
+
+
+def test_bfloat16_vectors_agree_with_float32_far_inside_the_peers_check() -> None:
+    """bfloat16 matrix products keep the float32 fingerprint: their vectors must stay well
+    within the 0.999 cosine by which peers check each other's vectors."""
+    from imprint.actors.embedder import encode, load_model
+
+    model = load_model("all-MiniLM-L6-v2")
+    texts = [*CANARIES, "short", "a longer note about deploying the replica after the migration " * 6]
+    exact, fast = encode(model, texts, "float32"), encode(model, texts, "bfloat16")
+    assert exact != fast  # bfloat16 really ran
+    assert min(cosine(a, b) for a, b in zip(exact, fast)) > 0.9999
+
+
+def test_an_unknown_precision_setting_is_a_one_line_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imprint.actors.embedder import precision_setting
+    from imprint.errors import ConfigError
+
+    monkeypatch.setenv("IMPRINT_EMBED_PRECISION", "fp8")
+    with pytest.raises(ConfigError, match="fp8.*auto, float32, bfloat16"):
+        precision_setting()
+    monkeypatch.setenv("IMPRINT_EMBED_PRECISION", " Float32 ")
+    assert precision_setting() == "float32"
