@@ -101,14 +101,23 @@ def seed(data_dir: Path, n: int, rng: random.Random) -> list[str]:
     return texts
 
 
-def embedder_rate(texts: list[str]) -> float:
-    from imprint.actors.embedder import load_model
+def embedder_rate(texts: list[str]) -> tuple[float, str]:
+    """The Embedder's own texts/s on these texts, as imprint runs it (its batch size and
+    the precision it picks on this CPU), and that precision."""
+    from imprint.actors.embedder import (
+        encode,
+        load_model,
+        precision_setting,
+        resolve_precision,
+    )
 
     model = load_model("all-MiniLM-L6-v2")
+    precision = resolve_precision(precision_setting())
     sample = texts[: min(len(texts), 2000)]
+    encode(model, sample[:64], precision)  # warm
     start = time.perf_counter()
-    model.encode(sample, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-    return len(sample) / (time.perf_counter() - start)
+    encode(model, sample, precision)
+    return len(sample) / (time.perf_counter() - start), precision
 
 
 def start_relay(port: int) -> tuple[subprocess.Popen, PeakRss]:
@@ -180,7 +189,7 @@ def run(n: int) -> dict:
         relay.terminate()
         relay.wait(timeout=30)
         relay_rss.join(timeout=5)
-        rate = embedder_rate(texts)
+        rate, precision = embedder_rate(texts)
         for leg in legs.values():
             leg["memories_per_s"] = round(n / leg["sync_s"], 1)
         same, again = legs["same_model"]["memories_per_s"], legs["reembed"]["memories_per_s"]
@@ -190,6 +199,7 @@ def run(n: int) -> dict:
             **legs,
             "relay_peak_rss_mb": round(relay_rss.peak / 2**20),
             "embedder_texts_per_s": round(rate, 1),
+            "embedder_precision": precision,
             "same/reembed": round(same / again, 2),
             "reembed/embedder": round(again / rate, 2),
         }

@@ -191,6 +191,8 @@ class Embedder(ImprintActor):
             self._model, self.dimension = model, dimension
             self.precision = resolve_precision(self.precision)
             logger.debug("model {} loaded ({} matrix products)", self.model_name, self.precision)
+            if self.cache_dir is not None:
+                self._canaries()  # a few ms now, while loaded: a later sync need not load the model for them
         return self._model
 
     @property

@@ -332,7 +332,12 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.embedder import encode, load_model, precision_setting, resolve_precision
+    from imprint.actors.embedder import (
+        encode,
+        load_model,
+        precision_setting,
+        resolve_precision,
+    )
     from imprint.fingerprint import model_fingerprint
     from imprint.messages.store import MemoryFilter
     from imprint.storage.edge import EdgeBackend, read_meta

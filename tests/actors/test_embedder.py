@@ -73,6 +73,12 @@ def test_canaries_are_the_model_vectors_of_the_fixed_sentences_and_are_cached(
     second = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path)
     assert second.ask(DescribeCanaries(), timeout=30).vectors == canaries.vectors
     assert second.proxy().model_loaded.get(timeout=10) is False
+    # An embedder that loads its model anyway (to embed memories) caches them then.
+    embedding = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "other")
+    embed(embedding, "a memory")
+    later = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "other")
+    assert later.ask(DescribeCanaries(), timeout=30).vectors == canaries.vectors
+    assert later.proxy().model_loaded.get(timeout=10) is False
 
 
 def test_empty_input_gives_no_vectors(embedder: pykka.ActorRef[Any]) -> None:
