@@ -39,7 +39,8 @@ _IGNORED = ("readme", ".git", "data_config.json", "train_script", "license")
 _CACHE_FILE = "model-fingerprints.json"
 _CANARY_FILE = "model-canaries.json"
 #: Three fixed sentences (short, long, code-like) whose vectors show that two
-#: peers' models agree. Never change them: the cached canaries are keyed by fingerprint only.
+#: peers' models agree. Never change them: cached canaries are keyed by fingerprint and
+#: library versions, not by the sentences.
 CANARIES: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog.",
     "Deploy the database migration after the release branch is merged and the replica has caught up; "

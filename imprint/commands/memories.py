@@ -343,6 +343,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> in
     from imprint.storage.edge import EdgeBackend, read_meta
     from imprint.storage.reembed import recover, reembed
 
+    wanted = precision_setting()  # a bad setting is said even when there is nothing to do
     if settings.qdrant_url:
         raise InputError("imprint reembed converts the embedded store; for a Qdrant server, export the memories "
                          "and import them into a new --workspace (import embeds them with this model)")
@@ -357,10 +358,10 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> in
         out.result({"reembedded": 0, "model": fingerprint},
                    f"the store is already embedded with {settings.model} ({fingerprint}): nothing to do")
         return 0
-    wanted = precision_setting()
     model = load_model(settings.model)
     precision = resolve_precision(wanted)
-    dimension = int(model.get_sentence_embedding_dimension())
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dimension = int(get_dim())
     probe = EdgeBackend(path)
     try:
         total = probe.count(MemoryFilter())

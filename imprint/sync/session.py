@@ -40,7 +40,7 @@ from imprint.errors import (
 )
 from imprint.errors import StageFailed as StageFailedError
 from imprint.identity import DeviceIdentity, HostInfo
-from imprint.local import LocalActors
+from imprint.local import START_TIMEOUT, LocalActors
 from imprint.messages import events
 from imprint.messages.records import Tombstone
 from imprint.messages.session import (
@@ -159,7 +159,8 @@ class SyncSession:
         self.confirm = confirm
         self.model = _model_of(local) if config.vectors else ""
         #: Our model's canary vectors (cached per fingerprint; the first sync loads the model).
-        self.canaries = ask(local["embedder"], DescribeCanaries()).vectors if self.model else b""
+        self.canaries = (ask(local["embedder"], DescribeCanaries(), timeout=START_TIMEOUT).vectors
+                         if self.model else b"")
         common = {"mode": config.mode, "batch_size": config.batch_size, "model": self.model,
                   "canaries": self.canaries}
         self.flow: flows.Flow = (flows.ProviderFlow(**common) if role == "provider"
