@@ -8,7 +8,7 @@ group of actors.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pykka
 
@@ -17,7 +17,6 @@ from imprint.actors.embedder import Embedder
 from imprint.actors.fact_store import FactStore
 from imprint.actors.memory_store import MemoryStore
 from imprint.actors.storer import ALL_STREAMS, Storer
-from imprint.commands.render import note
 from imprint.config import Settings
 from imprint.errors import StoreError
 from imprint.messages.records import MemoryRecord, content_hash, winning_copies
@@ -118,7 +117,16 @@ def all_memories_with_vectors(memory_store: pykka.ActorRef[Any], *, page: int = 
         after = batch.next_after
 
 
-def migrate_legacy_store(settings: Settings, model: ModelInfo | None) -> None:
+def say_on_stderr(text: str) -> None:
+    """The default way LocalActors tells the user something: a line on stderr."""
+    from imprint.text import visible
+
+    sys.stderr.write(visible(text) + "\n")
+    sys.stderr.flush()
+
+
+def migrate_legacy_store(settings: Settings, model: ModelInfo | None, *,
+                         note: Callable[[str], None] = say_on_stderr) -> None:
     """Move the workspace's memories out of an older version's store, once (see
     :mod:`imprint.storage.legacy`), with a progress bar; nothing to do otherwise."""
     from imprint.storage.edge import read_meta
@@ -157,15 +165,18 @@ class LocalActors:
         memories: start the MemoryStore; without the embedder it is read-only.
         facts: start the FactStore.
         read_only: open what exists for reading and create nothing (`status`).
+        note: how to tell the user about slow start-up work (a migration, a sync's leftovers);
+            the service hands it the line of the client whose request started these actors.
     """
 
     def __init__(self, settings: Settings, *, embedder: bool = False, memories: bool = True, facts: bool = True,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, note: Callable[[str], None] = say_on_stderr) -> None:
         self.settings = settings
         self.embedder = embedder
         self.memories = memories
         self.facts = facts
         self.read_only = read_only
+        self.note = note
         self.model: ModelInfo | None = None
         self.group = ActorGroup("local")
 
@@ -194,7 +205,7 @@ class LocalActors:
             self.model = ask(group["embedder"], DescribeModel())
         if self.memories:
             if not s.qdrant_url and not self.read_only:
-                migrate_legacy_store(s, self.model)
+                migrate_legacy_store(s, self.model, note=self.note)
             m = self.model
             group.start("memory_store", MemoryStore, collection=s.collection, path=s.memories_path, url=s.qdrant_url,
                         dimension=m.dimension if m else None, model=m.fingerprint if m else "",
@@ -212,7 +223,7 @@ class LocalActors:
     def _finish_interrupted_sync(self, pending: Pending) -> None:
         from tqdm import tqdm
 
-        note(
+        self.note(
             f"imprint: storing {pending.total:,} records an interrupted sync received earlier "
             "(kept in the receive spool), before anything else…"
         )

@@ -55,10 +55,6 @@ class ActorGroup:
         ask(ref, Ping(), timeout=self.start_timeout)
         return ref
 
-    def adopt(self, name: str, ref: pykka.ActorRef[Any]) -> None:
-        """A running actor this group is to stop with the rest."""
-        self._refs[name] = ref
-
     def __getitem__(self, name: str) -> pykka.ActorRef[Any]:
         return self._refs[name]
 

@@ -88,11 +88,60 @@ def start_actor() -> Iterator[Callable[..., pykka.ActorRef[Any]]]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: no IMPRINT_* setting leaks in from ours."""
+    """The environment of a CLI subprocess: no IMPRINT_* setting leaks in from ours.
+
+    The services the commands start exit after two idle minutes at most (each
+    test also stops those of its data dirs when it ends: see below)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", IMPRINT_SERVICE_IDLE="120")
     env.update(extra)
     return env
+
+
+# ---------------------------------------------------------------- the services commands start
+
+
+def stop_services(root: Path, *, timeout: float = 20.0) -> int:
+    """SIGTERM every imprint service holding a data dir under `root`, and wait for each to exit
+    (SIGKILL after `timeout`). Returns how many were running."""
+    import signal
+    import time
+
+    from tests.service_support import service_pid
+
+    pids = [pid for lock in root.rglob("service.lock") if (pid := service_pid(lock.parent)) is not None]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs: a zombie whose threads have all exited (its files closed) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            zombie = fh.read().split(") ", 1)[1][:1] == "Z"
+        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _stop_services_of_the_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Services started by a test's commands do not outlive it (each holds a model: ~500 MB)."""
+    yield
+    stop_services(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

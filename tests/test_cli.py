@@ -23,6 +23,7 @@ import msgspec
 import pytest
 
 from imprint.fingerprint import model_fingerprint
+from tests.conftest import stop_services
 from imprint.messages.records import MemoryRecord, memory_id
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -106,7 +107,8 @@ def export_lines(run: Run, data_dir: Path, *extra: str) -> list[str]:
 
 
 def copy_data_dir(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest)
+    stop_services(src)  # its store closed before it is copied
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("imprint.sock", "service.lock"))
     return dest
 
 
@@ -407,6 +409,8 @@ def test_status_reports_dir_workspace_device_model_and_counts(
     assert not (data_dir / "device_id.txt").exists()
     ok(imprint_cli(data_dir, "fact", "add", "a", "b", "c"))
     [status] = json_objects(ok(imprint_cli(data_dir, "status", "--json")).stdout)
+    service = status.pop("service")  # the fact add above started the data dir's service
+    assert service["pid"] > 0 and service["model_loaded"] is False
     assert status == {
         "data_dir": str(data_dir),
         "workspace": "default",

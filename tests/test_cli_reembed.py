@@ -12,6 +12,7 @@ import pytest
 
 from imprint.fingerprint import model_fingerprint
 from imprint.messages.records import vector_from_field
+from tests.conftest import stop_services
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,6 +33,7 @@ def shard(data: Path) -> Path:
 
 def pretend_another_model_made_it(data: Path) -> None:
     """What switching models looks like to a store: its vectors are another fingerprint's."""
+    stop_services(data)  # the store is changed behind imprint's back: closed first, as after a reboot
     meta_file = shard(data) / "imprint-store.json"
     meta = json.loads(meta_file.read_text())
     meta.update(model=OTHER, model_name="some-other-model")
@@ -67,6 +69,7 @@ def test_a_swap_cut_in_half_is_undone_on_the_next_open(imprint_cli: Run, tmp_pat
     data = tmp_path / "data"
     ok(imprint_cli(data, "add", "kept through a crash", "--project", "p"))
     path = shard(data)
+    stop_services(data)  # the crash took the service with it
     shutil.move(path, path.with_name("memories.previous"))  # the crash: renamed away, the new one not yet in
     assert "kept through a crash" in ok(imprint_cli(data, "export")).stdout
     assert path.exists() and not path.with_name("memories.previous").exists()

@@ -12,7 +12,8 @@ from imprint.commands import CommandLine
 from imprint.commands.render import Output
 from imprint.config import Settings
 from imprint.errors import InputError
-from imprint.local import LocalActors
+from imprint.service import protocol as p
+from imprint.service.client import ServiceClient
 
 
 def register(cli: CommandLine) -> None:
@@ -48,27 +49,26 @@ def _fact_line(stored: Any) -> str:
 
 
 def cmd_fact_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.base import ask
     from imprint.messages.records import FactRecord
-    from imprint.messages.store import AddFact
+    from imprint.messages.store import StoredFact
 
     raw = {"subject": args.subject, "predicate": args.predicate, "object": args.object, "valid_from": time.time(), "source": args.source}
     try:
         record = msgspec.convert(raw, FactRecord)
     except msgspec.ValidationError as exc:
         raise InputError(f"cannot add fact: {exc}") from None
-    with LocalActors(settings, memories=False) as local:
-        stored = ask(local["fact_store"], AddFact(record=record))
+    with ServiceClient(settings) as service:
+        stored = service.call(p.FactAdd(record=record), StoredFact)
     out.result(_fact_json(stored), str(stored.fact_id))
     return 0
 
 
 def cmd_fact_list(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.base import ask
-    from imprint.messages.store import ListFacts
+    from imprint.messages.store import StoredFact
 
-    with LocalActors(settings, memories=False) as local:
-        facts = ask(local["fact_store"], ListFacts(subject=args.subject, predicate=args.predicate, include_ended=args.all, limit=100_000))
+    with ServiceClient(settings) as service:
+        facts = service.call(p.FactList(subject=args.subject, predicate=args.predicate, include_ended=args.all,
+                                        limit=100_000), tuple[StoredFact, ...])
     if not facts:
         out.line("no facts")
     for stored in facts:
@@ -77,30 +77,25 @@ def cmd_fact_list(args: argparse.Namespace, settings: Settings, out: Output) -> 
 
 
 def cmd_fact_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.base import ask
     from imprint.commands.render import confirm
-    from imprint.errors import InputError
-    from imprint.messages.store import ForgetFact, ListFacts
+    from imprint.messages.store import StoredFact
 
-    with LocalActors(settings, memories=False) as local:
-        facts = ask(local["fact_store"], ListFacts(include_ended=True, limit=1_000_000))
+    with ServiceClient(settings) as service:
+        facts = service.call(p.FactList(include_ended=True, limit=1_000_000), tuple[StoredFact, ...])
         shown = next((f for f in facts if f.fact_id == args.fact_id), None)
         if shown is None:
             raise InputError(f"no fact with id {args.fact_id}")
         out.line(_fact_line(shown))
         confirm("Forget this fact here and, at the next sync, on your other machines?", yes=args.yes)
-        stored = ask(local["fact_store"], ForgetFact(fact_id=args.fact_id, deleted_at=time.time()))
+        stored = service.call(p.FactForget(fact_id=args.fact_id), StoredFact)
     out.result({"forgotten": _fact_json(stored)}, f"forgot fact {stored.fact_id}")
     return 0
 
 
 def cmd_fact_end(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.base import ask
-    from imprint.messages.store import EndFact
+    from imprint.messages.store import StoredFact
 
-    with LocalActors(settings, memories=False) as local:
-        stored = ask(local["fact_store"], EndFact(fact_id=args.fact_id, ended=time.time()))
+    with ServiceClient(settings) as service:
+        stored = service.call(p.FactEnd(fact_id=args.fact_id), StoredFact)
     out.result(_fact_json(stored), f"ended fact {stored.fact_id}")
     return 0
-
-

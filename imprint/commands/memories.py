@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,11 +15,16 @@ from imprint.commands import CommandLine
 from imprint.commands.render import Output, note
 from imprint.config import Settings
 from imprint.errors import InputError
-from imprint.local import LocalActors, all_facts, all_memories, given_key
 from imprint.messages.records import TAG_KEYS
+from imprint.service import protocol as p
+from imprint.service.client import ServiceClient
 
 #: Records per store round trip when importing.
 IMPORT_BATCH = 256
+#: Bytes of records (and vectors) per round trip, well under the service's frame limit.
+IMPORT_BATCH_BYTES = 8 * 1024 * 1024
+#: Records per page of an export.
+EXPORT_PAGE = 1000
 #: Bad lines named one by one before the rest are only counted.
 MAX_REPORTED_LINES = 20
 
@@ -100,8 +106,13 @@ def _progress(**kw: Any):
     return tqdm(file=sys.stderr, disable=None, dynamic_ncols=True, **kw)
 
 
+def _loading(text: str) -> None:
+    note(f"imprint: {text}")
+
+
 def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from imprint.messages.records import MemoryRecord, finalize_memory
+    from imprint.messages.store import StoreResult
 
     content = _read_stdin_text() if args.text == "-" else args.text
     raw = {"content": content, "project": args.project, "source": args.source, "type": args.type, "tags": _parse_tags(args.tag)}
@@ -109,8 +120,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         record = finalize_memory(msgspec.convert(raw, MemoryRecord))
     except msgspec.ValidationError as exc:
         raise InputError(f"cannot add memory: {exc}") from None
-    with LocalActors(settings, embedder=True) as local:
-        result = local.store_memories((record,))
+    with ServiceClient(settings) as service:
+        result = service.call(p.Remember(records=(record,)), StoreResult, on_note=_loading)
     inserted, updated = bool(result.inserted), bool(result.updated)
     shown = record.id if inserted else f"{record.id} (updated: a newer text of this memory)" if updated else \
         f"{record.id} (already there)"
@@ -144,32 +155,40 @@ def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    import array
+
     from imprint.errors import ModelError
     from imprint.messages.records import (
         carried_vector_decoder,
+        content_hash,
         decode_memory_input,
         finalize_memory,
         vector_from_field,
     )
+    from imprint.messages.store import ModelInfo, StoreResult
 
     lines, total_bytes = _jsonl_lines(args.file)
     inserted = updated = skipped = rejected = reused = 0
     batch: list = []
-    given: dict[tuple[str, str], list[float]] = {}
+    batch_bytes = 0
+    given: dict[tuple[str, str], bytes] = {}
     now = time.time()
-    with LocalActors(settings, embedder=True) as local, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
-        model = local.model
+    with ServiceClient(settings) as service, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
+        model = service.call(p.ModelOf(), ModelInfo)
         flushed = False
 
         def flush() -> None:
-            nonlocal inserted, updated, skipped, flushed
+            nonlocal inserted, updated, skipped, flushed, batch_bytes
             if batch:
-                result = local.store_memories(tuple(batch), given=given)
+                request = p.Remember(records=tuple(batch), given=tuple(p.Given(id=i, hash=h, vector=v)
+                                                                        for (i, h), v in given.items()))
+                result = service.call(request, StoreResult, on_note=_loading)
                 inserted += result.inserted
                 updated += result.updated
                 skipped += result.skipped - result.updated
                 batch.clear()
                 given.clear()
+                batch_bytes = 0
                 flushed = True
 
         def reject(number: int, reason: str) -> None:
@@ -202,13 +221,18 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
                     reject(number, why + "; use --reembed")
                     continue
                 try:
-                    given.setdefault(given_key(record), vector_from_field(carried.vector, model.dimension))
+                    vector = vector_from_field(carried.vector, model.dimension)
                 except ValueError as exc:
                     reject(number, str(exc))
                     continue
+                key = (record.id, content_hash(record.content))
+                if key not in given:
+                    given[key] = array.array("f", vector).tobytes()
+                    batch_bytes += 4 * len(vector)
                 reused += 1
             batch.append(record)
-            if len(batch) >= IMPORT_BATCH:
+            batch_bytes += len(line)
+            if len(batch) >= IMPORT_BATCH or batch_bytes >= IMPORT_BATCH_BYTES:
                 flush()
         flush()
     if rejected > MAX_REPORTED_LINES:
@@ -230,43 +254,59 @@ def _not_utf8(line: bytes) -> bool:
     return False
 
 
+def _memory_pages(service: ServiceClient, *, vectors: bool) -> Iterator[Any]:
+    from imprint.messages.store import MemoryPage
+
+    after = None
+    while True:
+        page = service.call(p.MemoryPageOf(after=after, limit=EXPORT_PAGE, vectors=vectors), MemoryPage)
+        yield page
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
+def _fact_pages(service: ServiceClient) -> Iterator[Any]:
+    from imprint.messages.store import FactPage
+
+    after = None
+    while True:
+        page = service.call(p.FactPageOf(after=after, limit=EXPORT_PAGE), FactPage)
+        yield page
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
 def cmd_export(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     encoder = msgspec.json.Encoder()
     write = sys.stdout.buffer.write
-    if args.dataset == "memories" and args.vectors:
-        from imprint.local import all_memories_with_vectors
-        from imprint.messages.records import vector_to_text
+    if args.dataset == "facts" and args.vectors:
+        raise InputError("--vectors applies to memories only (facts have no vectors)")
+    with ServiceClient(settings) as service:
+        if args.dataset == "memories" and args.vectors:
+            from imprint.messages.records import vector_to_text
 
-        with LocalActors(settings, memories=True, facts=False) as local:
-            for record, vector, model in all_memories_with_vectors(local["memory_store"]):
-                # the record's object, with two more fields before its closing brace
-                write(encoder.encode(record)[:-1] + b',"vector":"' + vector_to_text(vector).encode()
-                      + b'","vector_model":' + encoder.encode(model) + b"}\n")
-    elif args.dataset == "memories":
-        with LocalActors(settings, memories=True, facts=False) as local:
-            for record in all_memories(local["memory_store"]):
-                write(encoder.encode(record) + b"\n")
-    else:
-        if args.vectors:
-            raise InputError("--vectors applies to memories only (facts have no vectors)")
-        with LocalActors(settings, memories=False, facts=True) as local:
-            for fact in all_facts(local["fact_store"]):
-                write(encoder.encode(fact.record) + b"\n")
+            for page in _memory_pages(service, vectors=True):
+                for record, vector, model in zip(page.records, page.vectors, page.models):
+                    # the record's object, with two more fields before its closing brace
+                    write(encoder.encode(record)[:-1] + b',"vector":"' + vector_to_text(vector).encode()
+                          + b'","vector_model":' + encoder.encode(model) + b"}\n")
+        elif args.dataset == "memories":
+            for page in _memory_pages(service, vectors=False):
+                write(b"".join(encoder.encode(record) + b"\n" for record in page.records))
+        else:
+            for page in _fact_pages(service):
+                write(b"".join(encoder.encode(fact.record) + b"\n" for fact in page.facts))
     sys.stdout.flush()
     return 0
 
 
 def cmd_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    import re
-
-    from imprint.actors.base import ask
     from imprint.commands.render import confirm
-    from imprint.messages.store import (
-        CountMemories,
-        ForgetMemories,
-        MemoryFilter,
-        RetrieveMemories,
-    )
+    from imprint.core import check_memory_ids
+    from imprint.messages.records import MemoryRecord
+    from imprint.messages.store import Forgotten, MemoryFilter
 
     if args.ids and args.project is not None:
         raise InputError("give ids or --project, not both")
@@ -274,14 +314,10 @@ def cmd_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int
         raise InputError("forget what? give memory ids, or --project P (with --source or --type to narrow it)")
     if args.project is None and (args.source is not None or args.type is not None):
         raise InputError("--source and --type narrow --project; give --project too")
-    bad = [i for i in args.ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
-    if bad:
-        raise InputError(f"not a memory id: {bad[0]!r} (16 hex digits, as search and export show)")
-    with LocalActors(settings, memories=True, facts=False) as local:
-        store = local["memory_store"]
-        if args.ids:
-            ids = tuple(dict.fromkeys(args.ids))
-            found = {r.id: r for r in ask(store, RetrieveMemories(ids=ids))}
+    ids = check_memory_ids(args.ids)
+    with ServiceClient(settings) as service:
+        if ids:
+            found = {r.id: r for r in service.call(p.Get(ids=ids), tuple[MemoryRecord, ...])}
             unknown = [i for i in ids if i not in found]
             if unknown:
                 raise InputError(f"no memory with id {unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
@@ -289,35 +325,34 @@ def cmd_forget(args: argparse.Namespace, settings: Settings, out: Output) -> int
             for r in found.values():
                 snippet = " ".join(r.content.split())
                 out.line(f"  {r.id}  [{r.project}]  {snippet[:80] + ('…' if len(snippet) > 80 else '')}")
-            request = ForgetMemories(deleted_at=time.time(), ids=ids)
+            request = p.Forget(ids=ids)
             what = f"{len(ids)} memor{'y' if len(ids) == 1 else 'ies'}"
         else:
             where = MemoryFilter(project=args.project, source=args.source, type=args.type)
-            count = ask(store, CountMemories(where=where))
+            count = service.call(p.Count(where=where), int)
             if not count:
                 out.result({"forgotten": 0, "ids": []}, "no memories match; nothing to forget")
                 return 0
             narrowed = "".join(f", {k} {v!r}" for k, v in (("source", args.source), ("type", args.type)) if v is not None)
             what = f"{count:,} memor{'y' if count == 1 else 'ies'} of project {args.project!r}{narrowed}"
-            request = ForgetMemories(deleted_at=time.time(), where=where)
+            request = p.Forget(where=where)
         confirm(f"Forget {what} here and, at the next sync, on your other machines?", yes=args.yes)
-        done = ask(store, request)
+        done = service.call(request, Forgotten)
     n = len(done.forgotten)
     out.result({"forgotten": n, "ids": list(done.forgotten)}, f"forgot {n} memor{'y' if n == 1 else 'ies'}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.base import ask
-    from imprint.messages.store import EmbedTexts, SearchMemories
+    from imprint.messages.store import SearchHit
 
     if not args.query.strip():
         raise InputError("search query is empty")
     if not 1 <= args.k <= 1000:
         raise InputError("-k must be between 1 and 1000")
-    with LocalActors(settings, embedder=True, facts=False) as local:
-        vector = ask(local["embedder"], EmbedTexts(texts=(args.query,))).vectors[0]
-        hits = ask(local["memory_store"], SearchMemories(vector=vector, limit=args.k, project=args.project)).hits
+    with ServiceClient(settings) as service:
+        hits = service.call(p.Search(query=args.query, k=args.k, project=args.project), tuple[SearchHit, ...],
+                            on_note=_loading)
     if not hits:
         out.line("no memories found")
     for hit in hits:
@@ -332,21 +367,26 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.actors.embedder import (
-        encode,
-        load_model,
-        precision_setting,
-        resolve_precision,
-    )
-    from imprint.fingerprint import model_fingerprint
-    from imprint.messages.store import MemoryFilter
-    from imprint.storage.edge import EdgeBackend, read_meta
-    from imprint.storage.reembed import recover, reembed
+    from imprint.actors.embedder import precision_setting
 
     wanted = precision_setting()  # a bad setting is said even when there is nothing to do
     if settings.qdrant_url:
         raise InputError("imprint reembed converts the embedded store; for a Qdrant server, export the memories "
                          "and import them into a new --workspace (import embeds them with this model)")
+    if not settings.memories_path.exists():
+        out.result({"reembedded": 0}, "no memory store here: nothing to re-embed")
+        return 0
+    with _service_stopped(settings):
+        return _reembed(settings, out, wanted=wanted)
+
+
+def _reembed(settings: Settings, out: Output, *, wanted: str) -> int:
+    from imprint.actors.embedder import encode, load_model, resolve_precision
+    from imprint.fingerprint import model_fingerprint
+    from imprint.messages.store import MemoryFilter
+    from imprint.storage.edge import EdgeBackend, read_meta
+    from imprint.storage.reembed import recover, reembed
+
     path = settings.memories_path
     recover(path)
     meta = read_meta(path)
@@ -379,13 +419,43 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings, out: Output) -> in
     return 0
 
 
+@contextmanager
+def _service_stopped(settings: Settings) -> Iterator[None]:
+    """Hold the data dir while re-embedding: the service (if idle) stops first, and none starts meanwhile."""
+    import fcntl
+
+    from imprint.service.paths import lock_path
+
+    client = ServiceClient(settings, start=False)
+    try:
+        client.open()
+    except p.ServiceError:
+        client = None
+    if client is not None:
+        with client:
+            if not client.call(p.StopService(if_idle=True), bool):
+                raise p.ServiceError("the imprint service is in use (a sync, the dashboard or an agent): run "
+                                     "reembed once they are done")
+        note("imprint: stopped the idle imprint service; the next command starts it again")
+    deadline = time.monotonic() + 30
+    with open(lock_path(settings.data_dir), "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise p.ServiceError("the imprint service did not stop within 30 s; try 'imprint service stop'") from None
+                time.sleep(0.1)
+        yield
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     """Read-only: loads no model, creates nothing, works on a data dir it may not write."""
-    from imprint.actors.base import ask
     from imprint.errors import StoreError
     from imprint.fingerprint import model_fingerprint
     from imprint.identity import read_fingerprint
-    from imprint.messages.store import CountFacts, DescribeStore
+    from imprint.messages.store import CountFacts, DescribeStore, FactCounts
     from imprint.spool import read_pending, spool_path
     from imprint.storage.legacy import LegacyStore
 
@@ -393,17 +463,38 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
     legacy = LegacyStore(settings.legacy_qdrant_path, settings.collection)
     old_format = not store_exists and legacy.exists()
     busy = ""
+    service_info = None
+    store: Any = None
+    # The service holds the store while it runs: ask it (it starts none, creates nothing).
+    client = ServiceClient(settings, start=False)
     try:
-        with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
-            store = ask(local["memory_store"], DescribeStore()) if store_exists else None
-            facts = ask(local["fact_store"], CountFacts())
-    except StoreError as exc:
-        if "another imprint process" not in str(exc):
-            raise
-        busy = "the store is open in another imprint process (serve or ui); counts shown by them"
-        store = None
-        with LocalActors(settings, memories=False, facts=True, read_only=True) as local:
-            facts = ask(local["fact_store"], CountFacts())
+        client.open()
+    except p.ServiceError:
+        client = None
+    held = None
+    if client is not None:
+        with client:
+            service_info = client.call(p.ServiceStatus(), p.ServiceInfo)
+            held = client.call(p.StoreStatus(), p.StoreStatusReply | None)
+    if held is not None:
+        store = held
+        facts = FactCounts(active=held.facts_active, ended=held.facts_ended)
+        store_exists, old_format = True, False
+    else:  # no service holds this workspace's store: read it here, read-only
+        from imprint.actors.base import ask
+        from imprint.local import LocalActors
+
+        try:
+            with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
+                store = ask(local["memory_store"], DescribeStore()) if store_exists else None
+                facts = ask(local["fact_store"], CountFacts())
+        except StoreError as exc:
+            if "another imprint process" not in str(exc):
+                raise
+            busy = "the store is open in another imprint process; counts shown by it"
+            store = None
+            with LocalActors(settings, memories=False, facts=True, read_only=True) as local:
+                facts = ask(local["fact_store"], CountFacts())
     model_fp = model_fingerprint(settings.model, cache_dir=settings.cache_dir, write_cache=False)
     info = {
         "data_dir": str(settings.data_dir),
@@ -421,6 +512,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         "facts_active": facts.active,
         "facts_ended": facts.ended,
         "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
+        "service": ({"pid": service_info.pid, "uptime": round(service_info.uptime, 1),
+                     "model_loaded": settings.model in service_info.models_loaded} if service_info else None),
     }
     if out.json_mode:
         out.result(info)
@@ -441,6 +534,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         shown["store_model_fingerprint"] = f"{store_fp} (DIFFERS from the model's: its vectors came from another model)"
     elif not store_fp:
         del shown["store_model_fingerprint"]
+    shown["service"] = (f"running (pid {service_info.pid}, model "
+                        f"{'loaded' if settings.model in service_info.models_loaded else 'not loaded'}; "
+                        "'imprint service status' tells more)" if service_info else "not running (the next command "
+                        "that needs the store starts it)")
     if info["waiting_in_spool"]:
         shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
                                      "that opens the store")

@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from imprint.actors.base import ask
 from imprint.commands import CommandLine
 from imprint.commands.render import (
     HumanReporter,
@@ -22,31 +21,45 @@ from imprint.commands.render import (
 )
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
-from imprint.local import LocalActors, all_facts, all_memories
 from imprint.messages import events
-from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
-from imprint.messages.store import StoreFacts
 from imprint.protocol.addresses import check_pin
-from imprint.relay.server import RelayServer, run_relay
-from imprint.sync.runner import mode_of, run_join, run_serve
+from imprint.sync.network import default_relay
+from imprint.service import protocol as p
+from imprint.sync.runner import mode_of
 
 _encoder = msgspec.json.Encoder()
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    run_serve(settings, relay=args.relay, listen=args.listen, mode=mode_of(args.plaintext), batch_size=args.batch_size,
-              idle_timeout=args.timeout, report=reporter(out), approver=stdin_approver,
-              spool_max_bytes=args.spool_limit, vectors=not args.reembed)
+def _options_of(args: argparse.Namespace) -> p.SyncOptions:
+    from imprint.spool import default_max_bytes
+
+    return p.SyncOptions(mode=mode_of(args.plaintext), batch_size=args.batch_size, idle_timeout=args.timeout,
+                         spool_max_bytes=args.spool_limit if args.spool_limit is not None else default_max_bytes(),
+                         vectors=not args.reembed)
+
+
+def _run_in_service(settings: Settings, out: Output, request: p.Request) -> int:
+    """A sync runs in the data dir's service; its events come back here as they happen.
+    Ctrl-C stops the sync (the service lives on)."""
+    from imprint.service.client import ServiceClient
+
+    with ServiceClient(settings) as service:
+        service.call(request, Any, on_event=reporter(out), on_ask=stdin_approver,
+                     on_note=lambda text: note(f"imprint: {text}"))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    request = p.Serve(relay=args.relay, listen=args.listen, default_relay=default_relay(), options=_options_of(args))
+    return _run_in_service(settings, out, request)
 
 
 def cmd_join(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     if args.plaintext:
         note("imprint: WARNING: --plaintext: the relay can read the PIN and every record of this sync")
-    run_join(settings, target=args.target, pin=check_pin(args.pin), mode=mode_of(args.plaintext),
-             batch_size=args.batch_size, idle_timeout=args.timeout, report=reporter(out),
-             spool_max_bytes=args.spool_limit, vectors=not args.reembed)
-    return 0
+    request = p.Join(target=args.target, pin=check_pin(args.pin), default_relay=default_relay(),
+                     options=_options_of(args))
+    return _run_in_service(settings, out, request)
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings, out: Output) -> int:
@@ -61,6 +74,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
 
 def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.relay.server import run_relay
+
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be between 0 and 65535")
     return run_relay(host=args.host, port=args.port, budget_bytes=args.budget, max_rooms=args.max_rooms,
@@ -88,6 +103,11 @@ DEMO_FACTS_B = [("alice", "works_on", "billing"), ("bob", "owns", "billing")]
 
 
 def _demo_seed(settings: Settings, memories: list[tuple[str, str]], facts: list[tuple[str, str, str]]) -> None:
+    from imprint.actors.base import ask
+    from imprint.local import LocalActors
+    from imprint.messages.records import FactRecord, MemoryRecord, finalize_memory
+    from imprint.messages.store import StoreFacts
+
     with LocalActors(settings, embedder=True) as local:
         local.store_memories(tuple(finalize_memory(MemoryRecord(content=c, project=p, source="demo")) for c, p in memories))
         ask(local["fact_store"], StoreFacts(records=tuple(
@@ -96,6 +116,8 @@ def _demo_seed(settings: Settings, memories: list[tuple[str, str]], facts: list[
 
 
 def _export(settings: Settings) -> tuple[list[bytes], list[bytes]]:
+    from imprint.local import LocalActors, all_facts, all_memories
+
     with LocalActors(settings) as local:
         mems = [_encoder.encode(r) for r in all_memories(local["memory_store"])]
         facts = [_encoder.encode(f.record) for f in all_facts(local["fact_store"])]
@@ -103,7 +125,13 @@ def _export(settings: Settings) -> tuple[list[bytes], list[bytes]]:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    """Two temporary data dirs sync through a relay on 127.0.0.1; both end with the union."""
+    """Two temporary data dirs sync through a relay on 127.0.0.1; both end with the union.
+
+    The demo's machines are its own temporary data dirs, run in this process: no
+    service is started for them, and the user's data dir is not touched."""
+    from imprint.relay.server import RelayServer
+    from imprint.sync.runner import run_join, run_serve
+
     report_a = HumanReporter(prefix="[A] ") if not out.json_mode else out.event
     report_b = HumanReporter(prefix="[B] ") if not out.json_mode else out.event
     with tempfile.TemporaryDirectory(prefix="imprint-demo-") as tmp:

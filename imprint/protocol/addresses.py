@@ -14,10 +14,8 @@ from deep inside a socket library.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import secrets
-import socket
 import string
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -170,10 +168,6 @@ def parse_target(target: str, *, default_relay: str | None) -> Target:
     return Target(relay=base, room=check_room(room.strip("/"), typed))
 
 
-def default_relay() -> str | None:
-    return os.environ.get("IMPRINT_RELAY") or None
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT` where the built-in relay listens (`:PORT` means every interface)."""
     host, sep, port_text = listen.strip().rpartition(":")
@@ -188,32 +182,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     host = host.strip("[]") or "0.0.0.0"
     _check_host(host, listen)
     return host, port
-
-
-def lan_address() -> str:
-    """An address other machines on the LAN can reach this one at (best effort, no traffic sent)."""
-    candidates: list[str] = []
-    try:
-        import psutil
-
-        for addrs in psutil.net_if_addrs().values():
-            for a in addrs:
-                if a.family == socket.AF_INET:
-                    candidates.append(a.address)
-    except Exception:
-        pass
-    try:
-        candidates.append(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
-    for addr in candidates:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            continue
-        if not ip.is_loopback and not ip.is_link_local:
-            return addr
-    return "127.0.0.1"
 
 
 def display_target(base: str, room: str, *, default: str | None) -> str:

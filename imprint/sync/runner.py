@@ -16,6 +16,17 @@ from imprint.messages import events
 from imprint.messages.events import Mode
 
 Reporter = Callable[[events.Event], None]
+#: `default_relay` not given: IMPRINT_RELAY of this process's environment.
+FROM_ENVIRONMENT: Any = object()
+
+
+def resolve_default_relay(given: Any) -> str | None:
+    """The relay a bare room means: `given`, or IMPRINT_RELAY when it is FROM_ENVIRONMENT."""
+    if given is FROM_ENVIRONMENT:
+        from imprint.sync.network import default_relay
+
+        return default_relay()
+    return given or None
 
 
 def mode_of(plaintext: bool) -> Mode:
@@ -55,30 +66,32 @@ def run_serve(
     on_session: Callable[[Any], None] | None = None,
     spool_max_bytes: int | None = None,
     vectors: bool = True,
+    default_relay: Any = FROM_ENVIRONMENT,
 ) -> events.Stats:
     """Provider: prints the command for the other side, serves one peer, returns the stats event.
 
     `local`: running LocalActors (with the embedder) to use instead of starting
     our own; the caller keeps owning it (the dashboard holds one for its lifetime).
     `on_session`: called with the session before it runs, so the caller can
-    `cancel()` it from another thread.
+    `cancel()` it from another thread. `default_relay`: the relay a bare room
+    means (the user's IMPRINT_RELAY; by default this process's).
     """
     from imprint.protocol.addresses import (
-        default_relay,
         display_target,
-        lan_address,
         new_pin,
         new_room,
         parse_listen,
         relay_base,
     )
     from imprint.relay.server import RelayServer
+    from imprint.sync.network import lan_address
     from imprint.sync.session import SessionConfig, SyncSession
     from imprint.trust import TrustList
 
     identity, host, local, owned = _session_parts(settings, local)
     pin, room = new_pin(), new_room()
-    chosen = relay or default_relay()
+    fallback = resolve_default_relay(default_relay)
+    chosen = relay or fallback
     server = None
     try:
         if chosen:
@@ -110,7 +123,7 @@ def run_serve(
             except BaseException:
                 session.stop()
                 raise
-            target = display_target(base, room, default=default_relay())
+            target = display_target(base, room, default=fallback)
             report(events.Room(target=target, pin=pin, room=room, relay=base, fingerprint=identity.fingerprint,
                                hostname=host.hostname, mode=mode))
             return session.run()
@@ -133,16 +146,17 @@ def run_join(
     spool_max_bytes: int | None = None,
     confirm: Callable[[Any, str], str] | None = None,
     vectors: bool = True,
+    default_relay: Any = FROM_ENVIRONMENT,
 ) -> events.Stats:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
     `local`: as for :func:`run_serve`. `confirm(peer, verification)`: asked once
     connected, before any record moves; anything but "accept" stops the join.
     """
-    from imprint.protocol.addresses import default_relay, parse_target
+    from imprint.protocol.addresses import parse_target
     from imprint.sync.session import SessionConfig, SyncSession
 
-    where = parse_target(target, default_relay=default_relay())
+    where = parse_target(target, default_relay=resolve_default_relay(default_relay))
     pin = pin.strip()
     identity, host, local, owned = _session_parts(settings, local)
     with local if owned else nullcontext(local):

@@ -27,6 +27,7 @@ from loguru import logger
 
 from imprint.actors.base import QueueListener, ask
 from imprint.actors.handshake import Handshake
+from imprint.actors.inventory import Inventory
 from imprint.actors.puller import Puller
 from imprint.actors.pusher import Pusher
 from imprint.actors.relay_connection import MAX_INCOMING_BYTES, Hangup, RelayConnection
@@ -42,14 +43,12 @@ from imprint.errors import StageFailed as StageFailedError
 from imprint.identity import DeviceIdentity, HostInfo
 from imprint.local import START_TIMEOUT, LocalActors
 from imprint.messages import events
-from imprint.messages.records import Tombstone
 from imprint.messages.session import (
     BadFrame,
     CloseConnection,
     ConnectionLost,
     DeliverRawTo,
     HandshakeFailed,
-    ItemsLoaded,
     JoinDecision,
     PeerInfo,
     SendFrame,
@@ -58,25 +57,18 @@ from imprint.messages.session import (
     StartPull,
     StoreFailed,
     StreamFrame,
-    SummaryLoaded,
-    TombstonesStored,
     TransferFailed,
     Unwatch,
     Watch,
 )
 from imprint.messages.store import (
     DescribeCanaries,
-    ListVersions,
-    StoreTombstones,
-    SummarizeVersions,
 )
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
 from imprint.protocol.handshake import Handshake as HandshakeMachine
-from imprint.protocol.items import items_of
 from imprint.runtime import ActorGroup
 from imprint.spool import DEFAULT_MAX_BYTES
-from imprint.summaries import combine
 from imprint.trust import TrustList
 
 #: Slowest rate (records/s) at which we assume a peer stores what we sent,
@@ -216,6 +208,8 @@ class SyncSession:
                           spool_path=c.spool_path, spool_max_bytes=c.spool_max_bytes)
         self.stages.start("pusher", Pusher, relay=self.relay, listener=listener,
                           memory_store=self.local["memory_store"], fact_store=self.local["fact_store"])
+        self.stages.start("inventory", Inventory, memory_store=self.local["memory_store"],
+                          fact_store=self.local["fact_store"], listener=listener)
         # Start the machine, then let frames flow to it: a peer's first frame (it may be
         # waiting already) is in the handshake's mailbox only after StartHandshake.
         handshake.tell(StartHandshake())
@@ -298,12 +292,8 @@ class SyncSession:
                 self.stages["pusher"].tell(start)
             case flows.AskToJoin(peer=peer, verification=verification):
                 self._ask_to_join(peer, verification)
-            case flows.LoadSummary():
-                self.listener.tell(SummaryLoaded(*self._summary()))
-            case flows.LoadItems():
-                self.listener.tell(ItemsLoaded(items=tuple(self._items())))
-            case flows.ApplyTombstones(tombstones=tombstones):
-                self.listener.tell(TombstonesStored(forgotten=self._apply_tombstones(tombstones)))
+            case flows.LoadSummary() | flows.LoadItems() | flows.ApplyTombstones():
+                self.stages["inventory"].tell(command)  # long store work: a stage's, not this loop's
             case flows.Fail(error=error):
                 raise error
             case flows.Finish(stats=stats, linger=linger):
@@ -313,26 +303,6 @@ class SyncSession:
                 self._close()
                 return stats
         return None
-
-    def _summary(self) -> tuple[int, int]:
-        """(count, total) of this side's reconciliation items, from the stores' kept sums."""
-        memories = ask(self.local["memory_store"], SummarizeVersions(), timeout=600)
-        facts = ask(self.local["fact_store"], SummarizeVersions(), timeout=600)
-        return combine((memories.count, memories.total), (facts.count, facts.total))
-
-    def _items(self) -> list[bytes]:
-        """This side's reconciliation items: ids and versions from both stores, no content."""
-        memories = ask(self.local["memory_store"], ListVersions(), timeout=600)
-        facts = ask(self.local["fact_store"], ListVersions(), timeout=600)
-        return items_of(memories.records, facts.records, memories.tombstones, facts.tombstones)
-
-    def _apply_tombstones(self, tombstones: tuple[Tombstone, ...]) -> int:
-        forgotten = 0
-        for dataset, store in (("memories", "memory_store"), ("facts", "fact_store")):
-            mine = tuple(t for t in tombstones if t.dataset == dataset)
-            if mine:
-                forgotten += ask(self.local[store], StoreTombstones(tombstones=mine), timeout=600).forgotten
-        return forgotten
 
     def _ask_to_join(self, peer: PeerInfo | None, verification: str) -> None:
         """The user's answer comes on a thread: the loop keeps running (and can be cancelled)."""

@@ -34,17 +34,14 @@ from imprint.messages.events import encode_event
 from imprint.messages.store import (
     CountFacts,
     CountMemories,
-    EmbedTexts,
     FacetKey,
     FacetMemories,
     ForgetFact,
-    ForgetMemories,
     ListFacts,
     MemoryFilter,
     NewestMemories,
-    SearchMemories,
 )
-from imprint.sync.runner import mode_of, run_join, run_serve
+from imprint.sync.runner import mode_of
 from imprint.trust import TrustList
 from imprint.ui.sessions import (
     Decision,
@@ -243,10 +240,12 @@ def create_app(
     settings: Settings,
     *,
     local: Any = None,
+    core: Any = None,
     approval_timeout: float = 590.0,
     listen: str = "0.0.0.0:8430",
     extra_hosts: tuple[str, ...] = (),
     watch_grace: float = 15.0,
+    default_relay: Any = None,
 ) -> FastAPI:
     """Build the dashboard app.
 
@@ -255,17 +254,26 @@ def create_app(
         local: running LocalActors with the embedder; the caller keeps owning
             it. Without one, the app starts its own on startup and stops it on
             shutdown.
+        core: the :class:`~imprint.core.Core` over `local` (the service's, so its
+            syncs count as the service's); made here when not given.
         approval_timeout: seconds a serve session waits for a click before it
             rejects the peer (just under the session's own 600 s).
         listen: where the built-in relay listens when Serve names no relay (as the CLI).
         extra_hosts: Host names accepted besides the loopback ones.
         watch_grace: seconds a new sync session waits for a page to watch it.
+        default_relay: the relay a bare room means (the user's IMPRINT_RELAY, which the
+            service passes on from `imprint ui`); by default this process's.
     """
+    from imprint.sync.runner import FROM_ENVIRONMENT
+
+    fallback_relay = FROM_ENVIRONMENT if default_relay is None else default_relay
     allowed_hosts = LOOPBACK_HOSTS | set(extra_hosts)
     sessions = SessionRegistry(approval_timeout=approval_timeout, watch_grace=watch_grace)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from imprint.core import Core
+
         owned = None
         if app.state.local is None:
             from imprint.local import LocalActors
@@ -273,6 +281,8 @@ def create_app(
             owned = LocalActors(settings, embedder=True)
             await anyio.to_thread.run_sync(owned.__enter__)
             app.state.local = owned
+        if app.state.core is None:
+            app.state.core = Core(settings, local=app.state.local)
         try:
             yield
         finally:
@@ -326,6 +336,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.local = local
+    app.state.core = core
     app.state.sessions = sessions
     app.state.settings = settings
 
@@ -333,6 +344,14 @@ def create_app(
         if app.state.local is None:
             raise HTTPException(503, "the local stores are not running")
         return app.state.local
+
+    def the_core() -> Any:
+        actors()
+        if app.state.core is None:
+            from imprint.core import Core
+
+            app.state.core = Core(settings, local=app.state.local)
+        return app.state.core
 
     @app.exception_handler(ImprintError)
     async def imprint_error(request: Request, exc: ImprintError) -> JSONResponse:
@@ -389,13 +408,12 @@ def create_app(
         q: str = Query(..., min_length=1, max_length=10_000, description="what to look for"),
         k: int = Query(10, ge=1, le=100, description="how many results"),
         project: str | None = Query(None, description="only this project"),
-        local: Any = Depends(actors),
+        core: Any = Depends(the_core),
     ) -> SearchResult:
         """Semantic search, best first, with cosine scores."""
         if not q.strip():
             raise HTTPException(422, "the query is empty")
-        vector = ask(local["embedder"], EmbedTexts(texts=(q,))).vectors[0]
-        hits = ask(local["memory_store"], SearchMemories(vector=vector, limit=k, project=project)).hits
+        hits = core.search(q, k=k, project=project)
         return SearchResult(query=q, hits=[SearchHit(score=h.score, memory=_memory(h.record)) for h in hits])
 
     @app.get("/api/stats", response_model=Stats, tags=["stats"])
@@ -427,15 +445,15 @@ def create_app(
 
     @app.post("/api/memories/forget", response_model=ForgottenResult, tags=["memories"],
               dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no memory with that id"}})
-    def forget_memories(body: ForgetMemoriesRequest, local: Any = Depends(actors)) -> ForgottenResult:
+    def forget_memories(body: ForgetMemoriesRequest, core: Any = Depends(the_core)) -> ForgottenResult:
         """Forget memories here and, at the next sync, on the user's other machines (`imprint forget`)."""
-        import re
-        import time
+        from imprint.core import check_memory_ids
 
-        bad = [i for i in body.ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
-        if bad:
-            raise HTTPException(422, f"not a memory id: {bad[0][:40]!r}")
-        done = ask(local["memory_store"], ForgetMemories(deleted_at=time.time(), ids=tuple(body.ids)))
+        try:
+            ids = check_memory_ids(body.ids)
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        done = core.forget(ids=ids)
         if not done.forgotten:
             raise HTTPException(404, "no such memory (already forgotten?)")
         return ForgottenResult(forgotten=list(done.forgotten))
@@ -496,7 +514,7 @@ def create_app(
 
     @app.post("/api/sync/serve", response_model=Started, status_code=201, tags=["sync"],
               dependencies=[Depends(same_origin)], responses=REFUSED)
-    def sync_serve(body: ServeRequest, local: Any = Depends(actors)) -> Started:
+    def sync_serve(body: ServeRequest, core: Any = Depends(the_core)) -> Started:
         """Start a provider session; watch it at `/api/sync/sessions/{id}/events` (its `room` event carries
         target and PIN). It asks before letting anyone in, and ends when no page watches it."""
         from imprint.protocol.addresses import relay_base
@@ -508,30 +526,29 @@ def create_app(
             except ConfigError as exc:
                 raise HTTPException(422, str(exc)) from None
         session = sessions.new("serve")
-        session.start(lambda s: run_serve(
-            settings, relay=relay, listen=listen, mode=mode_of(body.plaintext),
-            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, local=local,
-            on_session=s.attach))
+        session.start(lambda s: core.serve(
+            relay=relay, listen=listen, mode=mode_of(body.plaintext), default_relay=fallback_relay,
+            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, on_session=s.attach))
         return Started(session_id=session.id, kind=session.kind)
 
     @app.post("/api/sync/join", response_model=Started, status_code=201, tags=["sync"],
               dependencies=[Depends(same_origin)], responses=REFUSED)
-    def sync_join(body: JoinRequest, local: Any = Depends(actors)) -> Started:
+    def sync_join(body: JoinRequest, core: Any = Depends(the_core)) -> Started:
         """Join another machine's serve session. Once connected, the session shows the provider
         (`confirm_required`) and moves nothing until the page answers `accept` (Join) at
         `/api/sync/approve`; it ends when no page watches it."""
-        from imprint.protocol.addresses import check_pin, default_relay, parse_target
+        from imprint.protocol.addresses import check_pin, parse_target
+        from imprint.sync.runner import resolve_default_relay
 
         try:
-            parse_target(body.target, default_relay=default_relay())
+            parse_target(body.target, default_relay=resolve_default_relay(fallback_relay))
             pin = check_pin(body.pin)
         except ConfigError as exc:
             raise HTTPException(422, str(exc)) from None
         session = sessions.new("join")
-        session.start(lambda s: run_join(
-            settings, target=body.target.strip(), pin=pin, mode=mode_of(body.plaintext),
-            batch_size=500, idle_timeout=120.0, report=s.emit, local=local, confirm=s.approver,
-            on_session=s.attach))
+        session.start(lambda s: core.join(
+            target=body.target.strip(), pin=pin, mode=mode_of(body.plaintext), default_relay=fallback_relay,
+            batch_size=500, idle_timeout=120.0, report=s.emit, confirm=s.approver, on_session=s.attach))
         return Started(session_id=session.id, kind=session.kind)
 
     @app.get("/api/sync/sessions/{session_id}/events", response_class=StreamingResponse, tags=["sync"],

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from imprint.relay.server import RelayServer
-from tests.conftest import cli_env
+from tests.conftest import cli_env, stop_services
 
 #: Longest wait for one event or one exit: a model load on a busy 2-core box, with room to spare.
 WAIT = 90.0
@@ -336,8 +336,10 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def clone(template: Path, dest: Path) -> Path:
-    """Copy a seeded data dir; drop its device key so the copy is a new device."""
-    shutil.copytree(template, dest)
+    """Copy a seeded data dir (its service stopped first, so the store is closed); drop its
+    device key so the copy is a new device."""
+    stop_services(template)
+    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("imprint.sock", "service.lock"))
     for name in ("device_key", "device_id.txt", "trusted_devices.json"):
         (dest / name).unlink(missing_ok=True)
     return dest

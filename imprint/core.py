@@ -1,0 +1,258 @@
+"""The core API: the one place every front end calls to use the memory.
+
+The CLI (through the service, :mod:`imprint.service`), the dashboard (inside
+the service), and later the MCP server and the chat all go through a
+:class:`Core`: remember, search, get, forget, facts, import/export pages,
+status and sync sessions. A Core owns the running actors of one workspace
+(stores, the spool's storer, the embedder); the service keeps one per
+workspace and model for as long as it runs, so the model loads once.
+
+Everything here checks its input (an :class:`~imprint.errors.InputError`
+names what is wrong) and leaves stored data untouched when it refuses.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, Callable
+
+from imprint.config import Settings
+from imprint.errors import InputError
+from imprint.messages import events
+from imprint.messages.records import FactRecord, MemoryRecord
+from imprint.messages.store import (
+    AddFact,
+    CountFacts,
+    CountMemories,
+    DescribeModel,
+    DescribeStore,
+    EmbedTexts,
+    EndFact,
+    FactCounts,
+    FactPage,
+    ForgetFact,
+    IsModelLoaded,
+    ForgetMemories,
+    Forgotten,
+    ListFacts,
+    MemoryFilter,
+    MemoryPage,
+    ModelInfo,
+    PageFacts,
+    PageMemories,
+    RetrieveMemories,
+    SearchHit,
+    SearchMemories,
+    StoredFact,
+    StoreInfo,
+    StoreResult,
+)
+
+#: A memory's id as search and export show it.
+MEMORY_ID = re.compile(r"[0-9a-f]{16}")
+#: Most results one search returns.
+MAX_RESULTS = 1000
+#: Most records one page of an export carries.
+MAX_PAGE = 5000
+
+Note = Callable[[str], None]
+
+
+def check_memory_ids(ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`ids` without repeats, or InputError naming the first that is not a memory id."""
+    bad = [i for i in ids if not isinstance(i, str) or not MEMORY_ID.fullmatch(i)]
+    if bad:
+        raise InputError(f"not a memory id: {str(bad[0])[:40]!r} (16 hex digits, as search and export show)")
+    return tuple(dict.fromkeys(ids))
+
+
+def _quiet(text: str) -> None:
+    pass
+
+
+class Core:
+    """The memory of one workspace, as every front end uses it.
+
+    Args:
+        settings: data dir, workspace, model and store of this core.
+        local: running LocalActors to use (their owner stops them); by default the core's own.
+        note: where start-up remarks go (moving an old store, a sync's leftovers stored first).
+    """
+
+    def __init__(self, settings: Settings, *, local: Any = None, note: Note | None = None) -> None:
+        from imprint.local import LocalActors, say_on_stderr
+
+        self.settings = settings
+        #: Running LocalActors lent by the caller (who keeps owning them), or ours.
+        self.local = local if local is not None else LocalActors(settings, embedder=True,
+                                                                 note=note or say_on_stderr)
+        self._owned = local is None
+        #: Sync sessions under way, by a number of their own.
+        self._syncs: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._next_sync = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Core:
+        """Start the actors (a sync's leftovers in the spool are stored first)."""
+        if self._owned:
+            self.local.__enter__()
+        return self
+
+    def close(self, *, interrupted: bool = False) -> None:
+        """Cancel the syncs under way, then stop the actors."""
+        for session in list(self._syncs.values()):
+            try:
+                session.cancel("the imprint service is stopping")
+            except Exception:
+                pass
+        if self._owned:
+            self.local.stop(interrupted=interrupted)
+
+    def _ask(self, actor: str, message: Any, *, timeout: float | None = None) -> Any:
+        from imprint.actors.base import ASK_TIMEOUT, ask
+
+        return ask(self.local[actor], message, timeout=timeout or ASK_TIMEOUT)
+
+    # ---------------------------------------------------------------- the model
+
+    def model(self) -> ModelInfo:
+        """Name, dimension and fingerprint of the model (read from its files: nothing loads)."""
+        return self._ask("embedder", DescribeModel())
+
+    def model_loaded(self) -> bool:
+        return bool(self._ask("embedder", IsModelLoaded()))
+
+    def embed(self, texts: tuple[str, ...], *, note: Note = _quiet) -> list[list[float]]:
+        """Vectors of `texts`; says "loading the embedding model…" first when it is not loaded yet."""
+        from imprint.local import START_TIMEOUT
+
+        if texts and not self.model_loaded():
+            note("loading the embedding model…")
+        return self._ask("embedder", EmbedTexts(texts=texts), timeout=START_TIMEOUT).vectors
+
+    # ---------------------------------------------------------------- memories
+
+    def remember(self, records: tuple[MemoryRecord, ...], *, given: dict[tuple[str, str], list[float]] | None = None,
+                 note: Note = _quiet) -> StoreResult:
+        """Store finalized memory records; only texts not stored yet are embedded
+        (`given` vectors, of this store's model, by :func:`imprint.local.given_key`, are used as they are)."""
+        from imprint.local import START_TIMEOUT, embed_and_store, given_key
+
+        given = given or {}
+        if any(given_key(r) not in given for r in records) and not self.model_loaded():
+            note("loading the embedding model…")
+        return embed_and_store(self.local["embedder"], self.local["memory_store"], records, given=given,
+                               timeout=START_TIMEOUT)
+
+    def search(self, query: str, *, k: int = 5, project: str | None = None, note: Note = _quiet
+               ) -> tuple[SearchHit, ...]:
+        """The `k` memories nearest in meaning to `query`, best first."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("search query is empty")
+        if not 1 <= k <= MAX_RESULTS:
+            raise InputError(f"-k must be between 1 and {MAX_RESULTS}")
+        vector = self.embed((query,), note=note)[0]
+        return self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project)).hits
+
+    def get(self, ids: tuple[str, ...]) -> tuple[MemoryRecord, ...]:
+        """The memories of these ids that exist, in no particular order."""
+        return tuple(self._ask("memory_store", RetrieveMemories(ids=check_memory_ids(ids))))
+
+    def count(self, where: MemoryFilter = MemoryFilter()) -> int:
+        return self._ask("memory_store", CountMemories(where=where))
+
+    def forget(self, *, ids: tuple[str, ...] = (), where: MemoryFilter | None = None) -> Forgotten:
+        """Forget memories by id or by filter, leaving tombstones that sync carries."""
+        if ids and where is not None:
+            raise InputError("give ids or a filter, not both")
+        if not ids and where is None:
+            raise InputError("forget what? give memory ids or a filter")
+        if where is not None and where.project is None:
+            raise InputError("a filter to forget by needs a project")
+        request = ForgetMemories(deleted_at=time.time(), ids=check_memory_ids(ids)) if ids else \
+            ForgetMemories(deleted_at=time.time(), where=where)
+        return self._ask("memory_store", request)
+
+    def memory_page(self, *, after: str | None = None, limit: int = 500, vectors: bool = False) -> MemoryPage:
+        """One page of every memory, in the store's stable order (an export)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InputError(f"a page holds 1 to {MAX_PAGE} records")
+        return self._ask("memory_store", PageMemories(limit=limit, after=after, vectors=vectors))
+
+    def describe_store(self) -> StoreInfo:
+        return self._ask("memory_store", DescribeStore())
+
+    # ---------------------------------------------------------------- facts
+
+    def add_fact(self, record: FactRecord) -> StoredFact:
+        return self._ask("fact_store", AddFact(record=record))
+
+    def end_fact(self, fact_id: int) -> StoredFact:
+        return self._ask("fact_store", EndFact(fact_id=fact_id, ended=time.time()))
+
+    def forget_fact(self, fact_id: int) -> StoredFact:
+        return self._ask("fact_store", ForgetFact(fact_id=fact_id, deleted_at=time.time()))
+
+    def list_facts(self, *, subject: str | None = None, predicate: str | None = None, include_ended: bool = False,
+                   limit: int = 1000) -> tuple[StoredFact, ...]:
+        return tuple(self._ask("fact_store", ListFacts(subject=subject, predicate=predicate,
+                                                       include_ended=include_ended, limit=limit)))
+
+    def fact_page(self, *, after: tuple[str, str, str, float] | None = None, limit: int = 500) -> FactPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InputError(f"a page holds 1 to {MAX_PAGE} records")
+        return self._ask("fact_store", PageFacts(limit=limit, after=after))
+
+    def count_facts(self) -> FactCounts:
+        return self._ask("fact_store", CountFacts())
+
+    # ---------------------------------------------------------------- sync sessions
+
+    def serve(self, *, report: Callable[[events.Event], None], approver: Any, on_session: Callable[[Any], None],
+              **options: Any) -> events.Stats:
+        """Provide one sync (as `imprint serve`), on this core's actors."""
+        from imprint.sync.runner import run_serve
+
+        track, untrack = self._tracked(on_session)
+        try:
+            return run_serve(self.settings, report=report, approver=approver, local=self.local, on_session=track,
+                             **options)
+        finally:
+            untrack()
+
+    def join(self, *, report: Callable[[events.Event], None], on_session: Callable[[Any], None],
+             **options: Any) -> events.Stats:
+        """Join one sync (as `imprint join`), on this core's actors."""
+        from imprint.sync.runner import run_join
+
+        track, untrack = self._tracked(on_session)
+        try:
+            return run_join(self.settings, report=report, local=self.local, on_session=track, **options)
+        finally:
+            untrack()
+
+    def _tracked(self, on_session: Callable[[Any], None]) -> tuple[Callable[[Any], None], Callable[[], None]]:
+        """A session hook that counts the session as running until `untrack()`."""
+        with self._lock:
+            self._next_sync += 1
+            key = self._next_sync
+
+        def track(session: Any) -> None:
+            with self._lock:
+                self._syncs[key] = session
+            on_session(session)
+
+        def untrack() -> None:
+            with self._lock:
+                self._syncs.pop(key, None)
+
+        return track, untrack
+
+    @property
+    def syncs_running(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._syncs.values() if not getattr(s, "done", False))

@@ -1,0 +1,345 @@
+"""What the service and its clients say on the data dir's Unix socket.
+
+Frames: a 4-byte big-endian length, then that many bytes of MessagePack, at
+most :data:`MAX_FRAME` (a bigger announced length is refused before anything
+is read). The first exchange is :class:`Hello` and :class:`Welcome`, whose
+shape never changes: each side names its :data:`PROTOCOL`, so a client and a
+service of different versions never talk past each other.
+
+Then a client sends one request at a time (a tagged struct, each carrying the
+:class:`Scope` it is about) and reads until its :class:`Done` or
+:class:`Failed`. Long requests stream on the way: :class:`Note` lines for the
+user, a sync's :class:`EventOut` events, :class:`AskApproval` prompts that
+the client answers with :class:`Answer`; :class:`Cancel` ends a sync.
+
+This module imports nothing heavy: it is on every command's path.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Union
+
+import msgspec
+
+from imprint.config import DEFAULT_MODEL, DEFAULT_WORKSPACE
+from imprint.errors import ImprintError
+from imprint.messages.records import FactRecord, MemoryRecord
+from imprint.messages.session import PeerInfo
+from imprint.messages.store import MemoryFilter
+
+#: The service protocol; any change to a request or reply moves it.
+PROTOCOL = 1
+#: Shown by `imprint service status`.
+VERSION = "0.1.0"
+#: Largest frame either side accepts (an import batch is cut well below it).
+MAX_FRAME = 64 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+class ServiceError(ImprintError):
+    """The service could not be reached, started, or understood. The message says
+    what happened; the service's own log is `DATA_DIR/logs/service.log`."""
+
+
+# ---------------------------------------------------------------- first exchange
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    protocol: int
+    version: str = ""
+    pid: int = 0
+
+
+class Welcome(msgspec.Struct, tag="welcome", frozen=True):
+    protocol: int
+    version: str = ""
+    pid: int = 0
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Scope(msgspec.Struct, frozen=True):
+    """Which memory a request is about: the workspace, model and store of the command's options."""
+
+    workspace: str = DEFAULT_WORKSPACE
+    model: str = DEFAULT_MODEL
+    qdrant_url: str | None = None
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    scope: Scope = Scope()
+
+
+class Given(msgspec.Struct, frozen=True, array_like=True):
+    """A vector a record brings (of this store's model): by memory id and content hash, float32 bytes."""
+
+    id: str
+    hash: str
+    vector: bytes
+
+
+class ModelOf(Request, tag="model"):
+    """Reply: ModelInfo."""
+
+
+class Remember(Request, tag="remember"):
+    """Store finalized memory records. Reply: StoreResult."""
+
+    records: tuple[MemoryRecord, ...]
+    given: tuple[Given, ...] = ()
+
+
+class Search(Request, tag="search"):
+    """Reply: tuple[SearchHit, ...]."""
+
+    query: str
+    k: int = 5
+    project: str | None = None
+
+
+class Get(Request, tag="get"):
+    """Reply: tuple[MemoryRecord, ...]."""
+
+    ids: tuple[str, ...]
+
+
+class Count(Request, tag="count"):
+    """Reply: int."""
+
+    where: MemoryFilter = MemoryFilter()
+
+
+class Forget(Request, tag="forget"):
+    """Reply: Forgotten."""
+
+    ids: tuple[str, ...] = ()
+    where: MemoryFilter | None = None
+
+
+class MemoryPageOf(Request, tag="memory_page"):
+    """Reply: MemoryPage."""
+
+    after: str | None = None
+    limit: int = 500
+    vectors: bool = False
+
+
+class FactPageOf(Request, tag="fact_page"):
+    """Reply: FactPage."""
+
+    after: tuple[str, str, str, float] | None = None
+    limit: int = 500
+
+
+class FactAdd(Request, tag="fact_add"):
+    """Reply: StoredFact."""
+
+    record: FactRecord
+
+
+class FactEnd(Request, tag="fact_end"):
+    """Reply: StoredFact."""
+
+    fact_id: int
+
+
+class FactForget(Request, tag="fact_forget"):
+    """Reply: StoredFact."""
+
+    fact_id: int
+
+
+class FactList(Request, tag="fact_list"):
+    """Reply: tuple[StoredFact, ...]."""
+
+    subject: str | None = None
+    predicate: str | None = None
+    include_ended: bool = False
+    limit: int = 1000
+
+
+class StoreStatus(Request, tag="store_status"):
+    """Reply: StoreStatusReply."""
+
+
+class ServiceStatus(Request, tag="service_status"):
+    """Reply: ServiceInfo."""
+
+
+class StopService(Request, tag="stop"):
+    """Stop the service (after its reply). `if_idle`: only if no other client is connected. Reply: bool (stopping)."""
+
+    if_idle: bool = False
+
+
+class SyncOptions(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "encrypted"
+    batch_size: int = 500
+    idle_timeout: float = 120.0
+    spool_max_bytes: int | None = None
+    vectors: bool = True
+
+
+class Serve(Request, tag="serve"):
+    """Provide one sync; streams EventOut and AskApproval. Reply: the Stats event (JSON bytes)."""
+
+    relay: str | None = None
+    listen: str = "0.0.0.0:8430"
+    #: The front end's IMPRINT_RELAY (the service's environment is not the user's shell's).
+    default_relay: str | None = None
+    options: SyncOptions = SyncOptions()
+
+
+class Join(Request, tag="join"):
+    """Join one sync; streams EventOut. Reply: the Stats event (JSON bytes)."""
+
+    target: str
+    pin: str
+    default_relay: str | None = None
+    options: SyncOptions = SyncOptions()
+
+
+class Dashboard(Request, tag="dashboard"):
+    """Serve the dashboard on 127.0.0.1:port until this client goes or cancels. Streams one
+    EventOut (UiReady) once it listens. Reply: None."""
+
+    port: int
+    default_relay: str | None = None
+
+
+class Cancel(Request, tag="cancel"):
+    """End the streaming request under way (Ctrl-C of the front end)."""
+
+    reason: str = "cancelled"
+
+
+class Answer(Request, tag="answer"):
+    """The user's answer to an AskApproval."""
+
+    text: str
+
+
+ClientFrame = Union[Hello, ModelOf, Remember, Search, Get, Count, Forget, MemoryPageOf, FactPageOf, FactAdd,
+                    FactEnd, FactForget, FactList, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
+                    Cancel, Answer]
+
+
+# ---------------------------------------------------------------- replies
+
+
+class Done(msgspec.Struct, tag="done", frozen=True):
+    """The request's answer, MessagePack of its reply type."""
+
+    value: msgspec.Raw = msgspec.Raw(b"\xc0")
+
+
+class Failed(msgspec.Struct, tag="failed", frozen=True):
+    """The request failed: an ImprintError subclass by name, its message and exit code."""
+
+    kind: str
+    message: str
+    exit_code: int = 1
+
+
+class Note(msgspec.Struct, tag="note", frozen=True):
+    """A line for the user (stderr), e.g. "loading the embedding model…"."""
+
+    text: str
+
+
+class EventOut(msgspec.Struct, tag="event", frozen=True):
+    """A sync's event, as the JSON `--json` prints."""
+
+    data: bytes
+
+
+class AskApproval(msgspec.Struct, tag="ask", frozen=True):
+    """A device wants to sync: the client asks its user and sends an Answer."""
+
+    peer: PeerInfo
+    warning: str = ""
+
+
+ServiceFrame = Union[Welcome, Done, Failed, Note, EventOut, AskApproval]
+
+
+class StoreStatusReply(msgspec.Struct, frozen=True):
+    """What `imprint status` shows of a store the service holds."""
+
+    location: str
+    kind: str
+    dimension: int | None
+    count: int
+    model: str
+    facts_active: int
+    facts_ended: int
+
+
+class ServiceInfo(msgspec.Struct, frozen=True):
+    """`imprint service status`."""
+
+    pid: int
+    version: str
+    protocol: int
+    started: float
+    uptime: float
+    rss_bytes: int
+    socket: str
+    clients: int
+    syncs: int
+    dashboards: int
+    idle_exit: float
+    models_loaded: tuple[str, ...] = ()
+    workspaces: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- framing
+
+
+_encoder = msgspec.msgpack.Encoder()
+client_frames = msgspec.msgpack.Decoder(ClientFrame)
+service_frames = msgspec.msgpack.Decoder(ServiceFrame)
+
+
+class FrameError(ServiceError):
+    """A frame that is too big, cut short or not one of ours."""
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def send_frame(sock: socket.socket, frame: Any) -> None:
+    body = _encoder.encode(frame)
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"a frame of {len(body):,} bytes is over the {MAX_FRAME:,}-byte limit")
+    sock.sendall(_LENGTH.pack(len(body)) + body)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            if not chunks:
+                return None
+            raise FrameError("the connection closed in the middle of a frame")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def read_frame(sock: socket.socket) -> bytes | None:
+    """One frame's body; None when the other side closed cleanly between frames."""
+    head = _read_exactly(sock, _LENGTH.size)
+    if head is None:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    if size > MAX_FRAME:
+        raise FrameError(f"a frame of {size:,} bytes was announced; the limit is {MAX_FRAME:,}")
+    body = _read_exactly(sock, size)
+    if body is None:
+        raise FrameError("the connection closed in the middle of a frame")
+    return body
