@@ -280,7 +280,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
         figures["dashboard_stats_p50_ms"] = pct(poller.times, 0.5) * 1000
         if load.errors:
             print("  errors:", load.errors[:5], file=sys.stderr)
-        figures["service_rss_after_load_mb"] = service_info(a)["rss_bytes"] / 2**20
+        after = service_info(a)
+        figures["service_rss_after_load_mb"] = after["rss_bytes"] / 2**20
+        for kind, (count, p50, p99) in after.get("latency_ms", {}).items():
+            if kind in ("Search", "Remember"):
+                figures[f"in_service_{kind.lower()}_p50_ms"] = p50  # since the service started: the loaded phase
+                figures[f"in_service_{kind.lower()}_p99_ms"] = p99
     finally:
         if ui is not None:
             ui.terminate()

@@ -54,6 +54,8 @@ from imprint.messages.store import (
 MEMORY_ID = re.compile(r"[0-9a-f]{16}")
 #: Most results one search returns.
 MAX_RESULTS = 1000
+#: Seconds a search may take before the log says where the time went.
+SLOW_SEARCH = 0.1
 #: Most records one page of an export carries.
 MAX_PAGE = 5000
 
@@ -155,8 +157,17 @@ class Core:
             raise InputError("search query is empty")
         if not 1 <= k <= MAX_RESULTS:
             raise InputError(f"-k must be between 1 and {MAX_RESULTS}")
+        started = time.perf_counter()
         vector = self.embed((query,), note=note)[0]
-        return self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project)).hits
+        embedded = time.perf_counter()
+        hits = self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project)).hits
+        done = time.perf_counter()
+        if done - started > SLOW_SEARCH:
+            from loguru import logger
+
+            logger.debug("search took {:.0f} ms: embedding {:.0f} ms, the store {:.0f} ms", (done - started) * 1000,
+                         (embedded - started) * 1000, (done - embedded) * 1000)
+        return hits
 
     def get(self, ids: tuple[str, ...]) -> tuple[MemoryRecord, ...]:
         """The memories of these ids that exist, in no particular order."""

@@ -7,6 +7,7 @@ instead of a silence that only an idle timeout would end."""
 from __future__ import annotations
 
 import queue
+import time
 from typing import Any
 
 import pykka
@@ -18,6 +19,8 @@ from imprint.messages.store import Ping
 
 #: Seconds an ask to a local actor may take before the caller gives up.
 ASK_TIMEOUT = 120.0
+#: Seconds one message may keep an actor busy before the log says so.
+SLOW_MESSAGE = 0.25
 
 
 class ImprintActor(pykka.ThreadingActor):
@@ -72,7 +75,13 @@ class ImprintActor(pykka.ThreadingActor):
             return True
         if self._start_error is not None:
             raise self._start_error
-        return self.handle(message)
+        started = time.perf_counter()
+        try:
+            return self.handle(message)
+        finally:
+            took = time.perf_counter() - started
+            if took > SLOW_MESSAGE:  # what keeps a service's other clients waiting: in the log
+                logger.debug("{} took {:.0f} ms for {}", type(self).__name__, took * 1000, type(message).__name__)
 
     def handle(self, message: Any) -> Any:
         """Answer one typed message; unknown types are a programming error."""

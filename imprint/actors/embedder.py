@@ -71,6 +71,7 @@ def encode(model: Any, texts: list[str] | tuple[str, ...], precision: str) -> li
     import torch
 
     texts = [t[:MAX_EMBED_CHARS] for t in texts]
+    _threads_for(len(texts))
     with torch.inference_mode():
         if precision == "bfloat16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -78,6 +79,24 @@ def encode(model: Any, texts: list[str] | tuple[str, ...], precision: str) -> li
             return torch.nn.functional.normalize(out.float(), dim=-1).tolist()
         return model.encode(texts, batch_size=ENCODE_BATCH, normalize_embeddings=True,
                             show_progress_bar=False).tolist()
+
+
+#: Texts below which one thread embeds: a query or one memory gains nothing from a second
+#: thread, and waiting for it on a core busy with a sync is what makes a search slow.
+FEW_TEXTS = 4
+_all_threads: int | None = None
+
+
+def _threads_for(count: int) -> None:
+    """One thread for a few texts, all of torch's for a batch (the Embedder calls one at a time)."""
+    import torch
+
+    global _all_threads
+    if _all_threads is None:
+        _all_threads = torch.get_num_threads()
+    wanted = 1 if count < FEW_TEXTS else _all_threads
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _offline() -> None:

@@ -294,6 +294,8 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     idle_exit: float
     models_loaded: tuple[str, ...] = ()
     workspaces: tuple[str, ...] = ()
+    #: Per request kind, over the last requests: (count, p50 ms, p99 ms) inside the service.
+    latency_ms: dict[str, tuple[int, float, float]] = {}
 
 
 # ---------------------------------------------------------------- framing
