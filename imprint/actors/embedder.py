@@ -81,9 +81,10 @@ def encode(model: Any, texts: list[str] | tuple[str, ...], precision: str) -> li
                             show_progress_bar=False).tolist()
 
 
-#: Texts below which one thread embeds: a query or one memory gains nothing from a second
-#: thread, and waiting for it on a core busy with a sync is what makes a search slow.
-FEW_TEXTS = 4
+#: Texts below which one thread embeds: a query, one memory or the sample of a received batch
+#: gains nothing from a second thread, and waiting for it on a core busy with a sync is what
+#: makes a search slow (bench_service).
+FEW_TEXTS = 8
 _all_threads: int | None = None
 
 

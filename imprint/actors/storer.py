@@ -64,9 +64,6 @@ ALL_STREAMS = ""
 #: Texts embedded per message: small enough that a stop waits at most a few
 #: hundred milliseconds, big enough to keep the model's batches efficient.
 EMBED_CHUNK = 32
-#: Memories per write to the store: a write holds the store for ~20 ms a hundred, so a
-#: search from another client waits that long at most, not a whole batch's write.
-STORE_CHUNK = 100
 #: Share of a batch's received vectors embedded here to check them, and the least.
 SAMPLE_SHARE = 0.01
 MIN_SAMPLE = 2
@@ -248,16 +245,10 @@ class Storer(ImprintActor):
         n = len(batch.records)
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
-        inserted = updated = 0
-        # In chunks: a search waiting on the same store (the service's other clients) gets in between.
-        for start in range(0, len(self._todo), STORE_CHUNK):
-            result = ask(self.memory_store, StoreMemories(records=tuple(self._todo[start : start + STORE_CHUNK]),
-                                                          vectors=self._vectors[start : start + STORE_CHUNK],
-                                                          stored=self._stored, model=self._given_model))
-            inserted += result.inserted
-            updated += result.updated
+        result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
+                                                              stored=self._stored, model=self._given_model))
         reused, self._reused = self._reused, 0
-        return StoreResult(inserted=inserted, skipped=n - inserted, updated=updated,
+        return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
                            kept_ids=self._kept, vectors_reused=reused)
 
     def _embedder(self) -> Any:

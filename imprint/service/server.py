@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import gc
 import os
 import queue
 import select
@@ -51,6 +52,8 @@ APPROVAL_TIMEOUT = 600.0
 FRAME_WAIT = 30.0
 #: Seconds a thread holds the GIL before another may take it (Python's default is 0.005).
 SWITCH_INTERVAL = 0.001
+#: Allocations between two young-generation collections in the service (Python's default: 700).
+GC_THRESHOLD = 50_000
 #: Requests of each kind whose times `imprint service status` summarises.
 LATENCY_WINDOW = 10_000
 
@@ -624,6 +627,10 @@ def run_service(data_dir: Path, *, idle: float | None = None, on_ready: Callable
     # Many clients wait on sockets while a sync's stages compute: hand the GIL over more often,
     # so a search is not queued 5 ms at every step behind them (bench_service: p99 halved).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # A service holds many long-lived objects (stores' versions, pages, sessions): full collections
+    # over them stall every client at once, so they run a hundred times less often.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
     if not service.acquire():
         logger.info("service: another service holds {}; leaving it to that one", data_dir)
         return 0
