@@ -42,28 +42,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_store import PeakRss, free_port, write_file  # noqa: E402  (bench/ is on sys.path)
+from bench_store import free_port, timed, write_file  # noqa: E402  (bench/ is on sys.path)
 from common import WORDS, env, imprint  # noqa: E402
 
 from imprint.config import Settings  # noqa: E402
 from imprint.relay.server import RelayServer  # noqa: E402
 from imprint.service import protocol as p  # noqa: E402
 from imprint.service.client import ServiceClient  # noqa: E402
-
-
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS MB (the process alone) and stdout of one run."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
-    rss = PeakRss(proc.pid)
-    rss.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    rss.done.set()
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {cmd}\n{err[-2000:]}")
-    return wall, rss.peak / 2**20, out
 
 
 def service_info(data: Path) -> dict:

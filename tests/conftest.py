@@ -107,7 +107,7 @@ def stop_services(root: Path, *, timeout: float = 20.0) -> int:
     import signal
     import time
 
-    from tests.service_support import service_pid
+    from tests.service_support import alive, service_pid
 
     pids = [pid for lock in root.rglob("service.lock") if (pid := service_pid(lock.parent)) is not None]
     for pid in pids:
@@ -117,24 +117,14 @@ def stop_services(root: Path, *, timeout: float = 20.0) -> int:
             pass
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     return len(pids)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs: a zombie whose threads have all exited (its files closed) does not."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            zombie = fh.read().split(") ", 1)[1][:1] == "Z"
-        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.fixture(autouse=True)

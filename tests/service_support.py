@@ -1,9 +1,20 @@
-"""Finding the service of a data dir from a test (by the pid its lock file holds)."""
+"""Finding the service of a data dir from a test (by the pid its lock file holds), and whether it runs."""
 
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs: a zombie whose threads have all exited (its files closed) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            zombie = fh.read().split(") ", 1)[1][:1] == "Z"
+        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (OSError, IndexError):
+        return False
 
 
 def service_pid(data_dir: Path) -> int | None:

@@ -24,7 +24,7 @@ from imprint.service import protocol as p
 from imprint.service.paths import connect, socket_path
 from tests.conftest import cli_env
 from tests.e2e.support import IMPRINT, Spawn
-from tests.service_support import service_pid
+from tests.service_support import alive, service_pid
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,16 +50,6 @@ def wait_until(condition: Any, *, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout:g}s: {what}")
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` still runs: a zombie whose threads have all exited (its files closed) does not."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            zombie = fh.read().split(") ", 1)[1][:1] == "Z"
-        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
-    except (OSError, IndexError):
-        return False
 
 
 def raw_client(data_dir: Path) -> socket.socket:
