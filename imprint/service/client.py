@@ -68,7 +68,6 @@ class ServiceClient:
         self.start = start
         self.sock: socket.socket | None = None
         self.welcome: p.Welcome | None = None
-        self.started_service = False
         self._send_lock = threading.Lock()
 
     # ---------------------------------------------------------------- connecting
@@ -90,20 +89,6 @@ class ServiceClient:
             welcome = self._hello(sock)
         self.sock, self.welcome = sock, welcome
         return self
-
-    def running(self) -> bool:
-        """Whether a service listens now (connects and says hello; starts nothing)."""
-        try:
-            sock = connect(socket_path(self.settings.data_dir), timeout=5)
-        except OSError:
-            return False
-        try:
-            self._hello(sock)
-            return True
-        except ImprintError:
-            return False
-        finally:
-            sock.close()
 
     def _connect_or_start(self) -> socket.socket:
         path = socket_path(self.settings.data_dir)
@@ -127,7 +112,6 @@ class ServiceClient:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
                 start_new_session=True, close_fds=True,
             )
-        self.started_service = True
         deadline = time.monotonic() + START_WAIT
         while True:
             try:
@@ -282,10 +266,6 @@ class ServiceClient:
             pass
         finally:
             self.close()
-
-    def cancel(self, reason: str) -> None:
-        """Cancel the streaming request under way (from another thread)."""
-        self._send(p.Cancel(reason=reason))
 
     def _gone(self, exc: OSError | None) -> p.ServiceError:
         self.close()
