@@ -16,12 +16,14 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from imprint.config import Settings
 from imprint.errors import InputError
 from imprint.messages import events
-from imprint.messages.records import FactRecord, MemoryRecord
+from imprint.messages.records import FactRecord, MemoryRecord, dated_ahead
+from imprint.trash import TrashEntry
 from imprint.messages.store import (
     AddFact,
     CountFacts,
@@ -33,21 +35,24 @@ from imprint.messages.store import (
     FactCounts,
     FactPage,
     ForgetFact,
-    IsModelLoaded,
     ForgetMemories,
     Forgotten,
+    IsModelLoaded,
     ListFacts,
+    ListTrash,
     MemoryFilter,
     MemoryPage,
     ModelInfo,
     PageFacts,
     PageMemories,
+    RemoveTrash,
     RetrieveMemories,
     SearchHit,
     SearchMemories,
     StoredFact,
     StoreInfo,
     StoreResult,
+    TrashRestored,
 )
 
 #: A memory's id as search and export show it.
@@ -144,6 +149,7 @@ class Core:
         (`given` vectors, of this store's model, by :func:`imprint.local.given_key`, are used as they are)."""
         from imprint.local import START_TIMEOUT, embed_and_store, given_key
 
+        _refuse_dated_ahead(records)
         given = given or {}
         if any(given_key(r) not in given for r in records) and not self.model_loaded():
             note("loading the embedding model…")
@@ -200,6 +206,7 @@ class Core:
     # ---------------------------------------------------------------- facts
 
     def add_fact(self, record: FactRecord) -> StoredFact:
+        _refuse_dated_ahead((record,))
         return self._ask("fact_store", AddFact(record=record))
 
     def end_fact(self, fact_id: int) -> StoredFact:
@@ -220,6 +227,62 @@ class Core:
 
     def count_facts(self) -> FactCounts:
         return self._ask("fact_store", CountFacts())
+
+    # ---------------------------------------------------------------- the trash (imprint.trash)
+
+    def trash(self, *, since: float = 0.0, peer: str = "", ids: tuple[str, ...] = (), limit: int = 1000
+              ) -> tuple[TrashEntry, ...]:
+        """What peers made this machine forget, oldest first: memories, then facts (ids `m12`, `f3`)."""
+        wanted = _trash_ids(ids)
+        out: list[TrashEntry] = []
+        for dataset, actor in (("memories", "memory_store"), ("facts", "fact_store")):
+            numbers = wanted.get(dataset, ()) if ids else ()
+            if ids and not numbers:
+                continue
+            out.extend(self._ask(actor, ListTrash(since=since, peer=peer, ids=numbers, limit=limit)))
+        return tuple(out[:limit])
+
+    def restore(self, entries: tuple[TrashEntry, ...], *, note: Note = _quiet) -> TrashRestored:
+        """Bring trashed records back as newer copies (a memory dated now wins over the
+        tombstone here and, at the next sync, everywhere); then drop them from the trash."""
+        import msgspec
+
+        from imprint.messages.records import stored_time, vector_from_field
+        from imprint.messages.store import StoreFacts
+
+        now = time.time()
+        memories: list[MemoryRecord] = []
+        given: dict[tuple[str, str], list[float]] = {}
+        facts: list[FactRecord] = []
+        model = self.model()
+        for e in entries:
+            after = max(now, e.deleted_at + 0.001)  # newer than its tombstone, whatever its date
+            if e.dataset == "memories":
+                record = msgspec.msgpack.decode(e.record, type=MemoryRecord)
+                record = msgspec.structs.replace(record, timestamp=stored_time(after))
+                memories.append(record)
+                if e.vector and e.model == model.fingerprint:
+                    from imprint.local import given_key
+
+                    given[given_key(record)] = vector_from_field(e.vector, model.dimension)
+            else:
+                fact = msgspec.msgpack.decode(e.record, type=FactRecord)
+                # An open fact holds again from now; an ended one ends now (its tombstone covers the old end).
+                fact = (msgspec.structs.replace(fact, valid_from=after) if fact.ended is None
+                        else msgspec.structs.replace(fact, ended=after))
+                facts.append(fact)
+        result = StoreResult()
+        if memories:
+            result = self.remember(tuple(memories), given=given, note=note)
+        facts_result = self._ask("fact_store", StoreFacts(records=tuple(facts))) if facts else StoreResult()
+        for dataset, actor in (("memories", "memory_store"), ("facts", "fact_store")):
+            numbers = tuple(e.id for e in entries if e.dataset == dataset)
+            if numbers:
+                self._ask(actor, RemoveTrash(ids=numbers))
+        return TrashRestored(memories=result.inserted + result.updated, facts=facts_result.inserted)
+
+    def empty_trash(self) -> int:
+        return sum(self._ask(actor, RemoveTrash()) for actor in ("memory_store", "fact_store"))
 
     # ---------------------------------------------------------------- sync sessions
 
@@ -267,3 +330,27 @@ class Core:
     def syncs_running(self) -> int:
         with self._lock:
             return sum(1 for s in self._syncs.values() if not getattr(s, "done", False))
+
+
+def trash_id(entry: TrashEntry) -> str:
+    """How the user names a trash entry: `m12` (a memory), `f3` (a fact)."""
+    return f"{entry.dataset[0]}{entry.id}"
+
+
+def _trash_ids(ids: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    out: dict[str, list[int]] = {"memories": [], "facts": []}
+    for raw in ids:
+        match = re.fullmatch(r"([mf])(\d{1,18})", raw.strip().lower())
+        if match is None:
+            raise InputError(f"not a trash id: {raw!r} (ids look like m12 or f3; see `imprint trash`)")
+        out["memories" if match[1] == "m" else "facts"].append(int(match[2]))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _refuse_dated_ahead(records: tuple[MemoryRecord | FactRecord, ...]) -> None:
+    """Every front end (CLI, dashboard, MCP) stores nothing dated beyond the clock skew."""
+    for record in records:
+        why = dated_ahead(record)
+        if why:
+            name = "memory" if isinstance(record, MemoryRecord) else "fact"
+            raise InputError(f"a {name} {why}; nothing was stored")

@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from loguru import logger
 
 from imprint import summaries
@@ -25,8 +26,10 @@ from imprint.messages.store import (
     FactPage,
     ForgetFact,
     ListFacts,
+    ListTrash,
     ListVersions,
     PageFacts,
+    RemoveTrash,
     RetrieveFacts,
     RetrieveTombstones,
     StoredFact,
@@ -39,6 +42,9 @@ from imprint.messages.store import (
 )
 from imprint.protocol.items import FACT, FORGOTTEN_FACT, item
 from imprint.tombstones import TombstoneTable, forgets
+from imprint.trash import TrashTable
+
+_trash_encoder = msgspec.msgpack.Encoder()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (
@@ -89,6 +95,7 @@ class FactStore(ImprintActor):
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._tombstones: TombstoneTable | None = None
+        self._trash: TrashTable | None = None
 
     def _add_keys(self) -> None:
         db = self._db
@@ -110,6 +117,7 @@ class FactStore(ImprintActor):
         try:
             if self.read_only:
                 self._db = _open_read_only(self.path)
+                self._trash = TrashTable(self._db, "facts", create=False)
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -119,6 +127,8 @@ class FactStore(ImprintActor):
             self._add_keys()
             summaries.install(self._db, "facts")
             self._tombstones = TombstoneTable(self._db, "forgotten_facts", FORGOTTEN_FACT)
+            self._trash = TrashTable(self._db, "facts")
+            self._trash.expire()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
 
@@ -147,8 +157,14 @@ class FactStore(ImprintActor):
                 return self._end(fact_id, ended)
             case ForgetFact(fact_id=fact_id, deleted_at=deleted_at):
                 return self._forget(fact_id, deleted_at)
-            case StoreTombstones(tombstones=tombstones):
-                return self._store_tombstones(tombstones)
+            case StoreTombstones(tombstones=tombstones, peer=peer):
+                return self._store_tombstones(tombstones, peer)
+            case ListTrash(since=since, peer=peer, ids=ids, limit=limit, after=after):
+                return tuple(self._trash.list(since=since, peer=peer, ids=ids, limit=limit, after=after)) \
+                    if self._trash is not None else ()
+            case RemoveTrash(ids=ids):
+                self._writable_tombstones()
+                return self._trash.empty() if ids is None else self._trash.remove(ids)
             case SummarizeVersions():
                 facts = summaries.summarize(self._db, "facts", "key, ended", lambda k, e: item(FACT, k, e or 0.0))
                 marks = self._tombstones.summary() if self._tombstones is not None else (0, 0)
@@ -234,7 +250,7 @@ class FactStore(ImprintActor):
             raise
         return fact
 
-    def _store_tombstones(self, tombstones: tuple[Tombstone, ...]) -> StoreResult:
+    def _store_tombstones(self, tombstones: tuple[Tombstone, ...], peer: str = "") -> StoreResult:
         table = self._writable_tombstones()
         marks = {t.key: t.deleted_at for t in tombstones if t.dataset == "facts"}
         removed = 0
@@ -245,10 +261,14 @@ class FactStore(ImprintActor):
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 rows = self._db.execute(
-                    f"SELECT id, key, valid_from, ended FROM facts WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                    f"SELECT {_COLUMNS}, key FROM facts WHERE key IN ({','.join('?' * len(chunk))})", chunk
                 ).fetchall()
-                doomed = [(i,) for i, k, start_, end in rows if forgets(marks[k], end if end is not None else start_)]
-                self._db.executemany("DELETE FROM facts WHERE id = ?", doomed)
+                gone = [(_row_to_fact(r).record, r[-1]) for r in rows]
+                gone = [(f, k) for f, k in gone if forgets(marks[k], fact_version(f))]
+                # Kept in the trash, in the same transaction as the delete (imprint.trash).
+                self._trash.add(((k, _trash_encoder.encode(f), None, "", marks[k]) for f, k in gone), peer=peer)
+                doomed = [(fact_key(f.identity),) for f, _ in gone]
+                self._db.executemany("DELETE FROM facts WHERE key = ?", doomed)
                 removed += len(doomed)
             self._db.execute("COMMIT")
         except BaseException:

@@ -13,7 +13,12 @@ from typing import Any
 import pykka
 
 from imprint.actors.base import ImprintActor, ask
-from imprint.messages.session import ItemsLoaded, Listener, SummaryLoaded, TombstonesStored
+from imprint.messages.session import (
+    ItemsLoaded,
+    Listener,
+    SummaryLoaded,
+    TombstonesStored,
+)
 from imprint.messages.store import ListVersions, StoreTombstones, SummarizeVersions
 from imprint.protocol.flows import ApplyTombstones, LoadItems, LoadSummary
 from imprint.protocol.items import items_of
@@ -49,12 +54,13 @@ class Inventory(ImprintActor):
                 facts = ask(self.fact_store, ListVersions(), timeout=STORE_TIMEOUT)
                 items = items_of(memories.records, facts.records, memories.tombstones, facts.tombstones)
                 self.listener.tell(ItemsLoaded(items=tuple(items)))
-            case ApplyTombstones(tombstones=tombstones):
+            case ApplyTombstones(tombstones=tombstones, peer=peer):
                 forgotten = 0
                 for dataset, store in (("memories", self.memory_store), ("facts", self.fact_store)):
                     mine = tuple(t for t in tombstones if t.dataset == dataset)
                     if mine:
-                        forgotten += ask(store, StoreTombstones(tombstones=mine), timeout=STORE_TIMEOUT).forgotten
+                        forgotten += ask(store, StoreTombstones(tombstones=mine, peer=peer),
+                                         timeout=STORE_TIMEOUT).forgotten
                 self.listener.tell(TombstonesStored(forgotten=forgotten))
             case _:
                 return super().handle(message)

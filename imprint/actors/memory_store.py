@@ -26,6 +26,7 @@ from imprint.messages.records import (
     content_hash,
     replaces,
     stored_time,
+    vector_to_bytes,
 )
 from imprint.messages.store import (
     CountMemories,
@@ -35,12 +36,14 @@ from imprint.messages.store import (
     FindMissing,
     ForgetMemories,
     Forgotten,
+    ListTrash,
     ListVersions,
     MemoryFilter,
     MemoryPage,
     MissingIds,
     NewestMemories,
     PageMemories,
+    RemoveTrash,
     RetrieveMemories,
     RetrieveTombstones,
     SearchHit,
@@ -58,6 +61,9 @@ from imprint.protocol.items import FORGOTTEN_MEMORY, MEMORY, item
 from imprint.protocol.reconcile import item_hash
 from imprint.storage import Backend, StoredMemory, StoreMeta
 from imprint.tombstones import TombstoneTable, forgets
+from imprint.trash import KEEP_DAYS, TrashTable
+
+_trash_encoder = msgspec.msgpack.Encoder()
 
 
 def open_backend(*, path: Path | None, url: str | None, collection: str) -> Backend:
@@ -115,6 +121,7 @@ class MemoryStore(ImprintActor):
         self._backend: Backend | None = None
         self._meta: StoreMeta | None = None
         self._tombstones: TombstoneTable | None = None
+        self._trash: TrashTable | None = None
         self._counts: dict[Any, Any] = {}
 
     @property
@@ -152,11 +159,16 @@ class MemoryStore(ImprintActor):
                     return
                 db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
                 self._tombstones = TombstoneTable(db, "forgotten", FORGOTTEN_MEMORY, create=False)
+                self._trash = TrashTable(db, "memories", create=False)
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             self._tombstones = TombstoneTable(db, "forgotten", FORGOTTEN_MEMORY)
+            self._trash = TrashTable(db, "memories")
+            expired = self._trash.expire()
+            if expired:
+                logger.info("dropped {} memories forgotten more than {} days ago from the trash", expired, KEEP_DAYS)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
 
@@ -311,7 +323,7 @@ class MemoryStore(ImprintActor):
                 return self._cached(message, lambda: tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where)))
             case NewestMemories(where=where, offset=offset, limit=limit):
                 return tuple(b.newest(where, offset, limit))
-            case StoreMemories() | ForgetMemories() | StoreTombstones():
+            case StoreMemories() | ForgetMemories() | StoreTombstones() | RemoveTrash():
                 self._counts.clear()
                 return self._write(message)
             case SummarizeVersions():
@@ -323,6 +335,10 @@ class MemoryStore(ImprintActor):
             case RetrieveTombstones(keys=keys):
                 found = self._tombstones.get(keys) if self._tombstones is not None else {}
                 return tuple(Tombstone("memories", k, at) for k, at in found.items())
+            case ListTrash(since=since, peer=peer, ids=ids, limit=limit, after=after):
+                if self._trash is None:
+                    return ()
+                return tuple(self._trash.list(since=since, peer=peer, ids=ids, limit=limit, after=after))
             case RetrieveMemories(ids=ids, vectors=False):
                 return tuple(m.record for m in b.retrieve(ids)) if b is not None else ()
             case RetrieveMemories(ids=ids, vectors=True):
@@ -342,8 +358,11 @@ class MemoryStore(ImprintActor):
                 return self._store(records, vectors, stored, model)
             case ForgetMemories(deleted_at=deleted_at, ids=ids, where=where):
                 return self._forget(deleted_at, ids, where)
-            case StoreTombstones(tombstones=tombstones):
-                return self._store_tombstones(tombstones)
+            case StoreTombstones(tombstones=tombstones, peer=peer):
+                return self._store_tombstones(tombstones, peer)
+            case RemoveTrash(ids=ids):
+                trash = self._writable_trash()
+                return trash.empty() if ids is None else trash.remove(ids)
 
     def _to_write(self, ids: tuple[str, ...], timestamps: tuple[float, ...], hashes: tuple[str, ...]) -> MissingIds:
         stored = self._backend.stored_versions(ids)
@@ -433,20 +452,35 @@ class MemoryStore(ImprintActor):
         logger.info("forgot {} memories", len(doomed))
         return Forgotten(forgotten=doomed, unknown=unknown)
 
-    def _store_tombstones(self, tombstones: tuple[Tombstone, ...]) -> StoreResult:
+    def _writable_trash(self) -> TrashTable:
+        self._writable_tombstones()
+        assert self._trash is not None
+        return self._trash
+
+    def _store_tombstones(self, tombstones: tuple[Tombstone, ...], peer: str) -> StoreResult:
         table = self._writable_tombstones()
+        trash = self._writable_trash()
         marks = {t.key: t.deleted_at for t in tombstones if t.dataset == "memories"}
+        stored = self._backend.stored_versions(tuple(marks))
+        doomed = tuple(i for i, (ts, _) in stored.items() if forgets(marks[i], ts))
+        # What they remove goes to the trash in the tombstones' transaction: a crash after it
+        # leaves copies that the next open removes (_finish_forgetting), never a loss.
+        kept = [(m.record.id, _trash_encoder.encode(m.record),
+                 vector_to_bytes(m.vector) if m.vector else None, m.model, marks[m.record.id])
+                for start in range(0, len(doomed), 1000)
+                for m in self._backend.retrieve(doomed[start:start + 1000], vectors=True)]
         table.db.execute("BEGIN IMMEDIATE")
         try:
             changed = table.add(marks.items())
+            trash.add(kept, peer=peer)
             table.db.execute("COMMIT")
         except BaseException:
             table.db.execute("ROLLBACK")
             raise
-        stored = self._backend.stored_versions(tuple(marks))
-        doomed = tuple(i for i, (ts, _) in stored.items() if forgets(marks[i], ts))
         if doomed:
             self._delete(doomed)
+            logger.info("forgot {} memories the other machine {} had forgotten (kept in the trash for {} days)",
+                        len(doomed), peer[:16] or "?", KEEP_DAYS)
         return StoreResult(inserted=changed, skipped=len(tombstones) - changed, forgotten=len(doomed))
 
     def _page(self, limit: int, after: str | None, vectors: bool) -> MemoryPage:

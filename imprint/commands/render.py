@@ -19,6 +19,7 @@ from imprint.messages.events import (
     AutoAccepted,
     ConfirmRequired,
     Event,
+    ForgetConfirmRequired,
     Notice,
     PeerConnected,
     Progress,
@@ -125,7 +126,7 @@ class HumanReporter:
                 note(f"{p}{message}")
             case AutoAccepted():
                 note(f"{p}Trusted device {clip(event.hostname, 64)} ({clip(event.fingerprint, 16)}) accepted")
-            case ApprovalRequired() | ConfirmRequired():
+            case ApprovalRequired() | ConfirmRequired() | ForgetConfirmRequired():
                 pass  # the prompt itself shows the peer
             case PeerConnected():
                 who = f"{clip(event.hostname, 64)} ({clip(event.fingerprint, 16)})" if event.hostname else "the other machine"
@@ -206,7 +207,13 @@ def format_stats(event: Stats) -> str:
     outgoing = f"{_sent_text('memories', event.sent.memories)}; {_sent_text('facts', event.sent.facts)}"
     lines = ["Sync complete.", f"  received: {incoming}", f"  sent:     {outgoing}"]
     if event.forgotten:
-        lines.append(f"  forgotten here, as on the other machine: {event.forgotten:,}")
+        lines.append(f"  forgotten here, as on the other machine: {event.forgotten:,} (kept in 'imprint trash' "
+                     "for 30 days)")
+    if event.forgets_kept:
+        lines.append(f"  kept, though the other machine forgot them: {event.forgets_kept:,} (over --max-forget)")
+    if event.forgets_refused:
+        lines.append(f"  tombstones refused (not the other machine's to send, or dated ahead): "
+                     f"{event.forgets_refused:,}")
     if event.vectors_reused:
         lines.append(f"  vectors taken from the other machine (same model, checked): {event.vectors_reused:,}")
     return "\n".join(lines)
@@ -218,6 +225,25 @@ def reporter(out: Output) -> Reporter:
 
 
 # ---------------------------------------------------------------- the prompt
+
+
+def stdin_forget(count: int, total: int, peer: PeerInfo | None) -> bool:
+    """Ask on the terminal whether to forget what the other machine has forgotten; no terminal: no."""
+    try:
+        if not sys.stdin.isatty():
+            return False
+    except (OSError, ValueError):
+        return False
+    who = f"{clip(peer.hostname, 64)} ({clip(peer.fingerprint, 16)})" if peer is not None else "the other machine"
+    sys.stderr.write(
+        f"\n{who} has forgotten {count:,} of the {total:,} records this machine holds.\n"
+        "Forget them here too? They stay in 'imprint trash' for 30 days. [y/N] ")
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except (OSError, ValueError):
+        answer = ""
+    return answer in ("y", "yes")
 
 
 def stdin_approver(peer: PeerInfo, warning: str) -> str:

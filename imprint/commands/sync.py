@@ -18,11 +18,13 @@ from imprint.commands.render import (
     note,
     reporter,
     stdin_approver,
+    stdin_forget,
 )
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError
 from imprint.messages import events
 from imprint.protocol.addresses import check_pin
+from imprint.protocol.forgets import DEFAULT_MAX_FORGET
 from imprint.sync.network import default_relay
 from imprint.service import protocol as p
 from imprint.sync.runner import mode_of
@@ -35,7 +37,7 @@ def _options_of(args: argparse.Namespace) -> p.SyncOptions:
 
     return p.SyncOptions(mode=mode_of(args.plaintext), batch_size=args.batch_size, idle_timeout=args.timeout,
                          spool_max_bytes=args.spool_limit if args.spool_limit is not None else default_max_bytes(),
-                         vectors=not args.reembed)
+                         vectors=not args.reembed, max_forget="none" if args.yes else args.max_forget)
 
 
 def _run_in_service(settings: Settings, out: Output, request: p.Request) -> int:
@@ -44,7 +46,7 @@ def _run_in_service(settings: Settings, out: Output, request: p.Request) -> int:
     from imprint.service.client import ServiceClient
 
     with ServiceClient(settings) as service:
-        service.call(request, Any, on_event=reporter(out), on_ask=stdin_approver,
+        service.call(request, Any, on_event=reporter(out), on_ask=stdin_approver, on_forget=stdin_forget,
                      on_note=lambda text: note(f"imprint: {text}"))
     return 0
 
@@ -197,6 +199,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _forget_limit(text: str) -> str:
+    from imprint.protocol.forgets import ForgetLimit
+
+    try:
+        ForgetLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plaintext", action="store_true",
                    help="speak the plaintext protocol of Imprint's own sync clients (its Go CLI and dashboard), "
@@ -211,6 +223,13 @@ def _sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reembed", action="store_true",
                    help="embed every memory received here, even from a machine running the same model (by default "
                         "that machine's vectors are used, after embedding a sample to check them)")
+    p.add_argument("--max-forget", type=_forget_limit, default=DEFAULT_MAX_FORGET, metavar="N|P%",
+                   help="ask before the other machine makes this one forget more than N records, P%% of the store, "
+                        "or both ('100,10%%', the default: more than 100 records and more than 10%%); without a "
+                        "terminal to ask on, such a sync forgets nothing and says so. What a sync forgets goes to "
+                        "'imprint trash' for 30 days")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="forget whatever the other machine has forgotten, without asking (scripts)")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:

@@ -59,6 +59,17 @@ class ConfirmRequired(msgspec.Struct, frozen=True, omit_defaults=True, tag_field
     fingerprint: str = ""
 
 
+class ForgetConfirmRequired(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="event",
+                            tag="forget_confirm_required"):
+    """The other machine would make this one forget more than the limit allows
+    (`--max-forget`): nothing is forgotten until this side's user says so."""
+
+    count: int
+    total: int
+    hostname: str = ""
+    fingerprint: str = ""
+
+
 class AutoAccepted(msgspec.Struct, frozen=True, tag_field="event", tag="auto_accepted"):
     hostname: str
     fingerprint: str
@@ -131,6 +142,10 @@ class Stats(msgspec.Struct, frozen=True, tag_field="event", tag="stats"):
     forgotten: int = 0
     #: Memories stored with the vector the other machine sent (same model; checked), not embedded here.
     vectors_reused: int = 0
+    #: The other machine's tombstones refused: for records it was not shown to hold, or dated ahead of our clock.
+    forgets_refused: int = 0
+    #: Records the other machine forgot that this side's user chose to keep (over `--max-forget`).
+    forgets_kept: int = 0
 
 
 class Notice(msgspec.Struct, frozen=True, tag_field="event", tag="notice"):
@@ -154,7 +169,7 @@ class DemoResult(msgspec.Struct, frozen=True, tag_field="event", tag="demo"):
 
 
 Event: TypeAlias = (
-    Room | Waiting | ApprovalRequired | ConfirmRequired | AutoAccepted | PeerConnected | Reconciled | Progress | Stats
+    Room | Waiting | ApprovalRequired | ConfirmRequired | ForgetConfirmRequired | AutoAccepted | PeerConnected | Reconciled | Progress | Stats
     | Notice | Error
     | UiReady | DemoResult
 )

@@ -110,6 +110,39 @@ def fact_version(record: FactRecord) -> float:
     return record.ended if record.ended is not None else record.valid_from
 
 
+#: How far ahead of this machine's clock a record, an edit, a fact or a tombstone may be
+#: dated (clocks disagree by seconds, time zones by hours); anything later is refused. A
+#: record dated year 3000 would otherwise win every merge and be beyond repair.
+MAX_CLOCK_SKEW = 86400.0
+
+
+def latest_allowed(now: float | None = None) -> float:
+    """The latest time a record may carry now."""
+    return (time.time() if now is None else now) + MAX_CLOCK_SKEW
+
+
+def times_of(record: MemoryRecord | FactRecord | Tombstone) -> tuple[float, ...]:
+    """The times of a record that decide merges (a memory's timestamp, a fact's
+    start and end, a tombstone's deletion)."""
+    if isinstance(record, MemoryRecord):
+        return (record.timestamp,)
+    if isinstance(record, FactRecord):
+        return (record.valid_from,) if record.ended is None else (record.valid_from, record.ended)
+    return (record.deleted_at,)
+
+
+def dated_ahead(record: MemoryRecord | FactRecord | Tombstone, now: float | None = None) -> str:
+    """Why `record` is refused for its date ("" if it is not): dated more than
+    :data:`MAX_CLOCK_SKEW` ahead of this machine's clock."""
+    limit = latest_allowed(now)
+    latest = max(times_of(record))
+    if latest <= limit:
+        return ""
+    days = (latest - limit + MAX_CLOCK_SKEW) / 86400
+    when = f"{days:,.0f} days" if days >= 2 else f"{days * 24:,.0f} hours"
+    return f"dated {when} ahead of this machine's clock (more than a day ahead is refused)"
+
+
 def memory_id(project: str, source: str, content: str) -> str:
     """SPEC memory id: first 16 hex of SHA-256("{project}:{source}:{content.strip()[:200]}")."""
     key = f"{project}:{source}:{content.strip()[:200]}"
@@ -225,6 +258,9 @@ def decode_memory_input(line: bytes) -> MemoryRecord:
         UnicodeDecodeError: bad bytes inside a JSON string.
     """
     record = memory_decoder.decode(line)
+    ahead = dated_ahead(record)
+    if ahead:
+        raise msgspec.ValidationError(f"{ahead} - at `$.timestamp`")
     unknown = unknown_tag_keys(_tag_keys_decoder.decode(line).tags)
     if unknown:
         raise msgspec.ValidationError(

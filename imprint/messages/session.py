@@ -177,6 +177,12 @@ class JoinDecision(msgspec.Struct, frozen=True):
     decision: DecisionKind
 
 
+class ForgetDecision(msgspec.Struct, frozen=True):
+    """This side's user said whether to apply a forget beyond the limit (`--max-forget`)."""
+
+    accept: bool
+
+
 # Puller, Storer and Pusher ------------------------------------------------------------
 
 

@@ -148,6 +148,32 @@ class StoreTombstones(msgspec.Struct, frozen=True):
     or later here; ``forgotten``: copies removed)."""
 
     tombstones: tuple[Tombstone, ...]
+    #: The fingerprint of the peer they came from: what they remove goes to the trash
+    #: (:mod:`imprint.trash`), marked with it.
+    peer: str = ""
+
+
+class ListTrash(msgspec.Struct, frozen=True):
+    """The trash of this store (:mod:`imprint.trash`), oldest first. Reply: tuple of TrashEntry."""
+
+    since: float = 0.0
+    peer: str = ""
+    ids: tuple[int, ...] = ()
+    limit: int = 1000
+    after: int = 0
+
+
+class RemoveTrash(msgspec.Struct, frozen=True):
+    """Drop these trash entries (restored, or thrown away); all of them when `ids` is None. Reply: int."""
+
+    ids: tuple[int, ...] | None = None
+
+
+class TrashRestored(msgspec.Struct, frozen=True):
+    """What `imprint trash restore` brought back."""
+
+    memories: int = 0
+    facts: int = 0
 
 
 class ListVersions(msgspec.Struct, frozen=True):

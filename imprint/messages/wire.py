@@ -30,12 +30,13 @@ from __future__ import annotations
 import codecs
 import enum
 import struct
+import time
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
 from imprint.errors import ProtocolError
-from imprint.messages.records import FactRecord, MemoryRecord, Tombstone
+from imprint.messages.records import FactRecord, MemoryRecord, Tombstone, dated_ahead
 
 #: Largest frame (UTF-8 bytes) we decode in the encrypted mode. A full batch
 #: of 500 memories fits easily; a record alone may be 1 MiB (``MAX_RECORD_BYTES``).
@@ -506,9 +507,14 @@ class _BatchDecoder:
                               or not frame.model):
             raise msgspec.ValidationError("a batch's vectors must be one per memory record, with their model")
         records, refusals, refused, vectors = [], [], 0, []
+        now = time.time()
         for n, record in enumerate(frame.records, start=1):
             try:
-                records.append(record_decoder.decode(record))
+                decoded = record_decoder.decode(record)
+                ahead = dated_ahead(decoded, now)
+                if ahead:
+                    raise ValueError(ahead)
+                records.append(decoded)
             except (msgspec.DecodeError, ValueError) as e:
                 # A ValidationError (a DecodeError) or a UnicodeError msgspec let through.
                 refused += 1

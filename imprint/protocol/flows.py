@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import msgspec
 
@@ -42,6 +43,7 @@ from imprint.messages.session import (
     AutoAccepted,
     BatchSpooled,
     BatchStored,
+    ForgetDecision,
     FrameReceived,
     HandshakeSucceeded,
     HelloSent,
@@ -81,6 +83,7 @@ from imprint.messages.wire import (
     StreamFrame,
     SyncStats,
 )
+from imprint.protocol.forgets import Entitlement, ForgetLimit, would_forget
 from imprint.protocol.items import Selection, counts, select
 from imprint.protocol.reconcile import (
     AGREED,
@@ -152,9 +155,19 @@ class LoadItems(msgspec.Struct, frozen=True):
 
 
 class ApplyTombstones(msgspec.Struct, frozen=True):
-    """Protocol 2: record the peer's tombstones; answer with TombstonesStored."""
+    """Protocol 2: record the peer's tombstones (what they remove goes to the trash,
+    marked with `peer`, the peer's fingerprint); answer with TombstonesStored."""
 
     tombstones: tuple[Tombstone, ...]
+    peer: str = ""
+
+
+class AskToForget(msgspec.Struct, frozen=True):
+    """The peer's tombstones would forget more than the limit: ask this side's user; answer with ForgetDecision."""
+
+    count: int
+    total: int
+    peer: PeerInfo | None
 
 
 class Finish(msgspec.Struct, frozen=True):
@@ -170,8 +183,8 @@ class Fail(msgspec.Struct, frozen=True):
     error: SyncError
 
 
-Command: TypeAlias = (Report | Send | Receive | ToPuller | Push | AskToJoin | LoadSummary | LoadItems | ApplyTombstones | Finish
-                      | Fail)
+Command: TypeAlias = (Report | Send | Receive | ToPuller | Push | AskToJoin | AskToForget | LoadSummary | LoadItems
+                      | ApplyTombstones | Finish | Fail)
 
 
 # ---------------------------------------------------------------- tallies
@@ -236,8 +249,10 @@ class Flow:
     role: Literal["provider", "consumer"]
 
     def __init__(self, *, mode: Mode, batch_size: int = 500, clock: Callable[[], float] = time.monotonic,
-                 model: str = "", canaries: bytes = b"") -> None:
+                 model: str = "", canaries: bytes = b"", forget_limit: ForgetLimit = ForgetLimit()) -> None:
         self.mode = mode
+        #: Forgetting more than this asks this side's user first (--max-forget).
+        self.forget_limit = forget_limit
         #: Our store's model fingerprint; "" sends no vectors.
         self.model = model
         #: Our model's vectors of the canary sentences: a same-fingerprint peer's must agree.
@@ -261,6 +276,21 @@ class Flow:
         self.selection: Selection | None = None
         self.round_trips = 0
         self.forgotten_here = 0
+        self.peer: PeerInfo | None = None
+        #: The peer's tombstones we take (see imprint.protocol.forgets), until they are applied.
+        self._entitled: Entitlement | None = None
+        self._forgets: list[Tombstone] = []
+        #: "asking": the user decides about a forget over the limit; "applying": the stores are at it.
+        self._forget_state: Literal["", "asking", "applying"] = ""
+        self.forgets_kept = 0
+        self._forgets_closed = False
+        #: The sync is over but for our own forgetting: how to finish once that is done.
+        self._ending: tuple[SyncStats | None, SyncStats | None, bool] | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Everything was exchanged; only this side's forgetting (or its user's answer about it) is left."""
+        return self._ending is not None
 
     @property
     def encrypted(self) -> bool:
@@ -307,10 +337,27 @@ class Flow:
                 self._on_ack(ack)
             case FrameReceived(frame=StreamError(message=message)) if not self.receiving:
                 raise SyncError(peer_failed(message))
-            case FrameReceived(frame=Forgets(tombstones=tombstones)) if self.v2 and self.connected:
-                self._do(ApplyTombstones(tombstones=tombstones))
+            case FrameReceived(frame=Forgets(tombstones=tombstones)) if self.v2:
+                self._take_forgets(tombstones)
+            case FrameReceived() if self._entitled is not None and not self._forgets_closed:
+                self._decide_forgets()  # the peer moved on: every tombstone it had for us is here
+                return False
             case TombstonesStored(forgotten=forgotten):
                 self.forgotten_here += forgotten
+                self._forget_state = ""
+                self._release()
+            case ForgetDecision(accept=accept) if self._forget_state == "asking":
+                self._forget_state = ""
+                if accept:
+                    self._apply_forgets()
+                else:
+                    self.forgets_kept = len(self._forgets)
+                    self._forgets = []
+                    self._report(events.Notice(message=(
+                        f"kept the {self.forgets_kept:,} records the other machine has forgotten: nothing was "
+                        "forgotten here. The next sync asks again; to accept, sync with --yes (or a higher "
+                        "--max-forget)")))
+                self._release()
             case BatchSpooled() | StreamSpooled() | BatchStored() if self._for_incoming(event):
                 self._on_incoming(event)
             case _:
@@ -320,6 +367,7 @@ class Flow:
     def _connected(self, event: HandshakeSucceeded) -> None:
         self.wait = ""
         self.connected = True
+        self.peer = event.peer
         self.v2 = self.encrypted and event.peer is not None and event.peer.protocol >= PROTOCOL_VERSION
         self._report(events.PeerConnected(mode=self.mode, verification=event.verification, **_peer_fields(event.peer)))
         self.vectors = self.v2 and bool(self.model) and event.peer.model == self.model
@@ -404,6 +452,71 @@ class Flow:
         for start in range(0, len(tombstones), MAX_BATCH_SIZE):
             self._do(Send(frame=Forgets(tombstones=tuple(tombstones[start:start + MAX_BATCH_SIZE]))))
 
+    # ---------------------------------------------------------------- the peer's tombstones
+
+    @property
+    def approved(self) -> bool:
+        """This side's user (or trust list) has let the sync go on."""
+        return self.connected
+
+    @property
+    def compared(self) -> bool:
+        """Reconciling is over on the peer's side, so its tombstones may come."""
+        return self.reconciler is not None
+
+    def _take_forgets(self, tombstones: tuple[Tombstone, ...]) -> None:
+        """Keep the tombstones reconciling entitles the peer to; nothing is applied yet."""
+        if not self.approved:
+            raise ProtocolError("the other machine sent tombstones before this side agreed to sync; nothing was "
+                                "changed here")
+        if not self.compared or self._forgets_closed:
+            raise ProtocolError("the other machine sent tombstones outside their place in the sync (after "
+                                "comparing, before the records); nothing was forgotten")
+        if self._entitled is None:
+            self._entitled = Entitlement(self.reconciler.need)
+        self._forgets.extend(self._entitled.take(tombstones))
+
+    def _decide_forgets(self) -> None:
+        """Apply the peer's tombstones, or ask first when they would forget more than the limit."""
+        self._forgets_closed = True
+        if self._entitled is not None and self._entitled.refused:
+            self._report(events.Notice(message=(
+                f"refused {self._entitled.refused:,} tombstones from the other machine (e.g. "
+                f"{self._entitled.reasons[0]}); nothing they name was forgotten")))
+        count, total = would_forget(self.reconciler.items, self._forgets)
+        if self.forget_limit.exceeded(count, total):
+            self._forget_state = "asking"
+            peer = self.peer
+            self._report(events.ForgetConfirmRequired(count=count, total=total,
+                                                      hostname=peer.hostname if peer else "",
+                                                      fingerprint=peer.fingerprint if peer else ""))
+            self._do(AskToForget(count=count, total=total, peer=peer))
+        else:  # (tombstones of what we never held are recorded too: they stop old copies arriving)
+            self._apply_forgets()
+
+    def _apply_forgets(self) -> None:
+        tombstones, self._forgets = self._forgets, []
+        if tombstones:
+            self._forget_state = "applying"
+            self._do(ApplyTombstones(tombstones=tuple(tombstones), peer=self.peer.fingerprint if self.peer else ""))
+
+    def _end(self, *, received: SyncStats | None, sent_stats: SyncStats | None, linger: bool = False) -> None:
+        """Everything was exchanged: finish, once our own forgetting is done (or decided)."""
+        if self._entitled is not None and not self._forgets_closed:
+            self._decide_forgets()
+        self._ending = (received, sent_stats, linger)
+        self._release()
+
+    def _release(self) -> None:
+        if self._ending is None or self._forget_state:
+            if self._forget_state == "asking" and self._ending is not None:
+                self.wait = "approval"
+            return
+        received, sent_stats, linger = self._ending
+        stats = self._stats(received=received, sent_stats=sent_stats)
+        self._report(stats)
+        self._do(Finish(stats=stats, linger=linger))
+
     def _only(self, start: StartPush) -> StartPush:
         """Protocol 2: push exactly what reconciling selected (with vectors to a same-model peer)."""
         if self.selection is None:
@@ -424,7 +537,9 @@ class Flow:
     def _stats(self, *, received: SyncStats | None, sent_stats: SyncStats | None) -> events.Stats:
         return events.Stats(role=self.role, mode=self.mode, received=received or SyncStats(),
                             sent=events.SentStats.of(self.outgoing.sent, sent_stats), forgotten=self.forgotten_here,
-                            vectors_reused=self.incoming.vectors_reused if self.incoming is not None else 0)
+                            vectors_reused=self.incoming.vectors_reused if self.incoming is not None else 0,
+                            forgets_refused=self._entitled.refused if self._entitled is not None else 0,
+                            forgets_kept=self.forgets_kept)
 
 
 class ProviderFlow(Flow):
@@ -483,9 +598,7 @@ class ProviderFlow(Flow):
             case StreamStored(stream=stream) if self.incoming is not None and stream == self.incoming.stream:
                 received = self.incoming.stats()
                 self._do(Send(frame=Response.with_stats(received)))
-                stats = self._stats(received=received, sent_stats=self.outgoing.peer_stats)
-                self._report(stats)
-                self._do(Finish(stats=stats, linger=True))
+                self._end(received=received, sent_stats=self.outgoing.peer_stats, linger=True)
 
     def _answer(self, message: ReconcileMessage) -> None:
         answer = self.reconciler.receive(message)
@@ -593,11 +706,17 @@ class ConsumerFlow(Flow):
             case FrameReceived(frame=Response() as response) if self.phase in ("push", "await-stats"):
                 if response.status != 200:
                     raise SyncError(f"the provider refused our records ({response.status}: {clip(response.body)})")
-                stats = self._stats(received=self._received, sent_stats=response.stats())
-                self._report(stats)
-                self._do(Finish(stats=stats))
+                self._end(received=self._received, sent_stats=response.stats())
             case FrameReceived(frame=frame):
                 raise ProtocolError(f"unexpected {type(frame).__name__} frame during {self.phase}")
+
+    @property
+    def approved(self) -> bool:
+        return self.connected and self.phase not in ("handshake", "confirm")
+
+    @property
+    def compared(self) -> bool:
+        return self.reconciler is not None and self.reconciler.done
 
     def _begin(self) -> None:
         """After the handshake (and the user's yes): compare first (protocol 2), else pull everything."""

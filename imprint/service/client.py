@@ -179,7 +179,8 @@ class ServiceClient:
     # ---------------------------------------------------------------- requests
 
     def call(self, request: p.Request, reply: Any = Any, *, on_note: Handler | None = None,
-             on_event: Handler | None = None, on_ask: Callable[[Any, str], str] | None = None) -> Any:
+             on_event: Handler | None = None, on_ask: Callable[[Any, str], str] | None = None,
+             on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
         """Send one request (in this client's scope) and return its reply, decoded as `reply`.
 
         Notes, events and approval prompts that come first go to the handlers. Ctrl-C
@@ -188,10 +189,11 @@ class ServiceClient:
         """
         self.open()
         request = msgspec.structs.replace(request, scope=self.scope)
-        return self._call(request, reply, on_note=on_note, on_event=on_event, on_ask=on_ask)
+        return self._call(request, reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget)
 
     def _call(self, request: Any, reply: Any, *, on_note: Handler | None = None, on_event: Handler | None = None,
-              on_ask: Callable[[Any, str], str] | None = None) -> Any:
+              on_ask: Callable[[Any, str], str] | None = None,
+              on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
         assert self.sock is not None
         try:
             with self._send_lock:
@@ -199,13 +201,14 @@ class ServiceClient:
         except OSError as exc:
             raise self._gone(exc) from None
         try:
-            return self._replies(reply, on_note=on_note, on_event=on_event, on_ask=on_ask)
+            return self._replies(reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget)
         except KeyboardInterrupt as interrupt:
             self._cancel(interrupt)
             raise
 
     def _replies(self, reply: Any, *, on_note: Handler | None, on_event: Handler | None,
-                 on_ask: Callable[[Any, str], str] | None, until: float | None = None) -> Any:
+                 on_ask: Callable[[Any, str], str] | None, until: float | None = None,
+                 on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
         assert self.sock is not None
         while True:
             if until is not None:
@@ -237,6 +240,9 @@ class ServiceClient:
                     # The user answers on a thread: events keep coming (and printing) meanwhile.
                     threading.Thread(target=self._ask_user, args=(on_ask, peer, warning), name="approval-prompt",
                                      daemon=True).start()
+                case p.AskForget(count=count, total=total, peer=peer):
+                    threading.Thread(target=self._ask_forget, args=(on_forget, count, total, peer),
+                                     name="forget-prompt", daemon=True).start()
 
     def _ask_user(self, on_ask: Callable[[Any, str], str] | None, peer: Any, warning: str) -> None:
         try:
@@ -244,6 +250,14 @@ class ServiceClient:
         except Exception:
             answer = ""
         self._send(p.Answer(text=answer or ""))
+
+    def _ask_forget(self, on_forget: Callable[[int, int, Any], bool] | None, count: int, total: int,
+                    peer: Any) -> None:
+        try:
+            accept = bool(on_forget(count, total, peer)) if on_forget is not None else False
+        except Exception:
+            accept = False
+        self._send(p.Answer(text="yes" if accept else "no"))
 
     def _send(self, frame: Any) -> None:
         with self._send_lock:

@@ -152,6 +152,27 @@ class FactForget(Request, tag="fact_forget"):
     fact_id: int
 
 
+class TrashList(Request, tag="trash_list"):
+    """Reply: tuple of imprint.trash.TrashEntry (what peers made this machine forget)."""
+
+    since: float = 0.0
+    peer: str = ""
+    ids: tuple[str, ...] = ()
+    limit: int = 1000
+
+
+class TrashRestore(Request, tag="trash_restore"):
+    """Restore the trash entries these filters select (ids `m12`/`f3`, or since/peer). Reply: TrashRestored."""
+
+    since: float = 0.0
+    peer: str = ""
+    ids: tuple[str, ...] = ()
+
+
+class TrashEmpty(Request, tag="trash_empty"):
+    """Reply: int, the entries dropped."""
+
+
 class FactList(Request, tag="fact_list"):
     """Reply: tuple[StoredFact, ...]."""
 
@@ -181,6 +202,8 @@ class SyncOptions(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout: float = 120.0
     spool_max_bytes: int | None = None
     vectors: bool = True
+    #: imprint.protocol.forgets.ForgetLimit.parse's text ("none": never ask, --yes).
+    max_forget: str = "100,10%"
 
 
 class Serve(Request, tag="serve"):
@@ -223,7 +246,7 @@ class Answer(Request, tag="answer"):
 
 
 ClientFrame = Union[Hello, ModelOf, Remember, Search, Get, Count, Forget, MemoryPageOf, FactPageOf, FactAdd,
-                    FactEnd, FactForget, FactList, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
+                    FactEnd, FactForget, FactList, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
                     Cancel, Answer]
 
 
@@ -263,7 +286,16 @@ class AskApproval(msgspec.Struct, tag="ask", frozen=True):
     warning: str = ""
 
 
-ServiceFrame = Union[Welcome, Done, Failed, Note, EventOut, AskApproval]
+class AskForget(msgspec.Struct, tag="ask_forget", frozen=True):
+    """The other machine would make this one forget more than --max-forget allows: the client
+    asks its user and sends an Answer ("yes" forgets them)."""
+
+    count: int
+    total: int
+    peer: PeerInfo | None = None
+
+
+ServiceFrame = Union[Welcome, Done, Failed, Note, EventOut, AskApproval, AskForget]
 
 
 class StoreStatusReply(msgspec.Struct, frozen=True):

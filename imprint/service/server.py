@@ -437,6 +437,12 @@ class Service:
                 return core.forget_fact(fact_id)
             case p.FactList(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit):
                 return core.list_facts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit)
+            case p.TrashList(since=since, peer=peer, ids=ids, limit=limit):
+                return core.trash(since=since, peer=peer, ids=ids, limit=limit)
+            case p.TrashRestore(since=since, peer=peer, ids=ids):
+                return core.restore(core.trash(since=since, peer=peer, ids=ids, limit=10**9), note=note)
+            case p.TrashEmpty():
+                return core.empty_trash()
         raise InputError(f"the service does not answer {type(request).__name__}")
 
     # ---------------------------------------------------------------- syncs and the dashboard
@@ -508,10 +514,19 @@ class Service:
             except queue.Empty:
                 return ""
 
+        def confirm_forget(count: int, total: int, peer: Any) -> bool:
+            if stream.cancelled.is_set() or not conn.send(p.AskForget(count=count, total=total, peer=peer)):
+                return False
+            try:
+                return stream.answers.get(timeout=APPROVAL_TIMEOUT) == "yes"
+            except queue.Empty:
+                return False
+
         o = request.options
         common: dict[str, Any] = dict(mode=o.mode, batch_size=o.batch_size, idle_timeout=o.idle_timeout,
                                       spool_max_bytes=o.spool_max_bytes, vectors=o.vectors, report=report,
-                                      on_session=stream.attach)
+                                      on_session=stream.attach, forget_limit=_forget_limit(o.max_forget),
+                                      confirm_forget=confirm_forget)
         if stream.cancelled.is_set():
             raise ImprintError(stream.reason)
         if isinstance(request, p.Serve):
@@ -646,3 +661,12 @@ def run_service(data_dir: Path, *, idle: float | None = None, on_ready: Callable
     finally:
         service.shutdown()
     return 0
+
+
+def _forget_limit(text: str) -> Any:
+    from imprint.protocol.forgets import ForgetLimit
+
+    try:
+        return ForgetLimit.parse(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

@@ -52,6 +52,11 @@ def _spool_options(settings: Settings, max_bytes: int | None) -> dict[str, Any]:
             "spool_max_bytes": max_bytes if max_bytes is not None else default_max_bytes()}
 
 
+def _forget_options(limit: Any) -> dict[str, Any]:
+    """`forget_limit` (an imprint.protocol.forgets.ForgetLimit) if given; else the session's default."""
+    return {"forget_limit": limit} if limit is not None else {}
+
+
 def run_serve(
     settings: Settings,
     *,
@@ -67,6 +72,8 @@ def run_serve(
     spool_max_bytes: int | None = None,
     vectors: bool = True,
     default_relay: Any = FROM_ENVIRONMENT,
+    forget_limit: Any = None,
+    confirm_forget: Any = None,
 ) -> events.Stats:
     """Provider: prints the command for the other side, serves one peer, returns the stats event.
 
@@ -111,9 +118,10 @@ def run_serve(
                 role="provider",
                 config=SessionConfig(url=f"{connect_base}/{room}?role=provider", room=room, pin=pin, mode=mode,
                                      batch_size=batch_size, idle_timeout=idle_timeout,
-                                     vectors=vectors, **_spool_options(settings, spool_max_bytes)),
+                                     vectors=vectors, **_spool_options(settings, spool_max_bytes),
+                                     **_forget_options(forget_limit)),
                 local=local, identity=identity, host=host, report=report,
-                trust_list=TrustList(settings.trust_path), approver=approver,
+                trust_list=TrustList(settings.trust_path), approver=approver, confirm_forget=confirm_forget,
             )
             if on_session is not None:
                 on_session(session)  # lets the caller cancel it
@@ -147,6 +155,8 @@ def run_join(
     confirm: Callable[[Any, str], str] | None = None,
     vectors: bool = True,
     default_relay: Any = FROM_ENVIRONMENT,
+    forget_limit: Any = None,
+    confirm_forget: Any = None,
 ) -> events.Stats:
     """Consumer: joins the provider's room, pulls, pushes, returns the stats event.
 
@@ -164,8 +174,10 @@ def run_join(
             role="consumer",
             config=SessionConfig(url=where.url("consumer"), room=where.room, pin=pin, mode=mode,
                                  batch_size=batch_size, idle_timeout=idle_timeout,
-                                 vectors=vectors, **_spool_options(settings, spool_max_bytes)),
+                                 vectors=vectors, **_spool_options(settings, spool_max_bytes),
+                                 **_forget_options(forget_limit)),
             local=local, identity=identity, host=host, report=report, confirm=confirm,
+            confirm_forget=confirm_forget,
         )
         if on_session is not None:
             on_session(session)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import pykka
@@ -48,6 +49,7 @@ from imprint.messages.session import (
     CloseConnection,
     ConnectionLost,
     DeliverRawTo,
+    ForgetDecision,
     HandshakeFailed,
     JoinDecision,
     PeerInfo,
@@ -66,6 +68,7 @@ from imprint.messages.store import (
 )
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
+from imprint.protocol.forgets import ForgetLimit
 from imprint.protocol.handshake import Handshake as HandshakeMachine
 from imprint.runtime import ActorGroup
 from imprint.spool import DEFAULT_MAX_BYTES
@@ -79,6 +82,8 @@ LINGER = 10.0
 
 Reporter = Callable[[events.Event], None]
 Confirm = Callable[[PeerInfo | None, str], str]
+#: Asked (records to forget, records held, the peer); True forgets them.
+ConfirmForget = Callable[[int, int, PeerInfo | None], bool]
 
 
 class Cancelled(msgspec.Struct, frozen=True):
@@ -118,6 +123,8 @@ class SessionConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES
     #: Send our vectors to, and take them from, a peer running the same model (protocol 2).
     vectors: bool = True
+    #: Forgetting more than this asks first (`--max-forget`; ForgetLimit(None, None) never asks: `--yes`).
+    forget_limit: ForgetLimit = ForgetLimit()
 
     @property
     def relay_label(self) -> str:
@@ -135,11 +142,14 @@ class SyncSession:
         report: where the user's events go.
         trust_list, approver: who may sync (provider).
         confirm: asked before anything moves (consumer, the dashboard).
+        confirm_forget: asked `(count, total, peer)` when the peer's tombstones would forget
+            more than `config.forget_limit`; True forgets them. None: they are kept (no one to ask).
     """
 
     def __init__(self, *, role: Role, config: SessionConfig, local: LocalActors,
                  identity: DeviceIdentity, host: HostInfo, report: Reporter, trust_list: TrustList | None = None,
-                 approver: Approver | None = None, confirm: Confirm | None = None) -> None:
+                 approver: Approver | None = None, confirm: Confirm | None = None,
+                 confirm_forget: ConfirmForget | None = None) -> None:
         self.role = role
         self.config = config
         self.local = local
@@ -149,12 +159,13 @@ class SyncSession:
         self.trust_list = trust_list
         self.approver = approver
         self.confirm = confirm
+        self.confirm_forget = confirm_forget
         self.model = _model_of(local) if config.vectors else ""
         #: Our model's canary vectors (cached per fingerprint; the first sync loads the model).
         self.canaries = (ask(local["embedder"], DescribeCanaries(), timeout=START_TIMEOUT).vectors
                          if self.model else b"")
         common = {"mode": config.mode, "batch_size": config.batch_size, "model": self.model,
-                  "canaries": self.canaries}
+                  "canaries": self.canaries, "forget_limit": config.forget_limit}
         self.flow: flows.Flow = (flows.ProviderFlow(**common) if role == "provider"
                                  else flows.ConsumerFlow(confirm=confirm is not None, **common))
         self.listener = QueueListener()
@@ -270,7 +281,7 @@ class SyncSession:
             case TransferFailed(message=message):
                 self._tell_peer_error(message)
                 raise SyncError(message)
-            case ConnectionLost(reason=reason) if not self.done:
+            case ConnectionLost(reason=reason) if not self.done and not self.flow.holding:
                 raise RelayError(f"{reason} before the sync finished; what was received is kept, run it again to "
                                  "complete")
 
@@ -292,6 +303,8 @@ class SyncSession:
                 self.stages["pusher"].tell(start)
             case flows.AskToJoin(peer=peer, verification=verification):
                 self._ask_to_join(peer, verification)
+            case flows.AskToForget(count=count, total=total, peer=peer):
+                self._ask_to_forget(count, total, peer)
             case flows.LoadSummary() | flows.LoadItems() | flows.ApplyTombstones():
                 self.stages["inventory"].tell(command)  # long store work: a stage's, not this loop's
             case flows.Fail(error=error):
@@ -316,6 +329,20 @@ class SyncSession:
             self.listener.tell(JoinDecision(decision="accept" if decision == "accept" else "reject"))
 
         threading.Thread(target=ask_user, name="join-confirm", daemon=True).start()
+
+    def _ask_to_forget(self, count: int, total: int, peer: PeerInfo | None) -> None:
+        """As _ask_to_join: the answer comes on a thread; no one to ask keeps everything."""
+
+        def ask_user() -> None:
+            accept = False
+            if self.confirm_forget is not None:
+                try:
+                    accept = bool(self.confirm_forget(count, total, peer))
+                except Exception:
+                    logger.exception("asking about a big forget failed; keeping everything")
+            self.listener.tell(ForgetDecision(accept=accept))
+
+        threading.Thread(target=ask_user, name="forget-confirm", daemon=True).start()
 
     def _linger(self) -> None:
         """Let the consumer read our stats and hang up first (bounded)."""

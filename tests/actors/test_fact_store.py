@@ -230,6 +230,14 @@ def test_forgetting_a_fact_deletes_it_and_refuses_older_copies(fact_store: pykka
     result = fact_store.ask(StoreTombstones(tombstones=(Tombstone("facts", fact_key(keep.identity), 150.0),)), timeout=10)
     assert (result.inserted, result.forgotten) == (1, 1)
     assert fact_store.ask(CountFacts(), timeout=10) == FactCounts(active=0, ended=1)
+    # …and keeps it in the trash (the user's own forget above did not)
+    import msgspec
+
+    from imprint.messages.store import ListTrash, RemoveTrash
+
+    [entry] = fact_store.ask(ListTrash(), timeout=10)
+    assert entry.dataset == "facts" and msgspec.msgpack.decode(entry.record, type=FactRecord) == keep
+    assert fact_store.ask(RemoveTrash(), timeout=10) == 1
 
 
 def test_an_older_facts_database_gets_its_keys(start_actor: StartActor, facts_path: Path) -> None:

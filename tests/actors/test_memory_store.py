@@ -387,6 +387,32 @@ def test_tombstones_from_elsewhere_remove_only_copies_not_newer(start_actor: Sta
     assert ref.ask(StoreTombstones(tombstones=(Tombstone("memories", old.id, 500.0),)), timeout=30).inserted == 0
 
 
+def test_what_a_peers_tombstones_remove_goes_to_the_trash_with_its_vector(start_actor: StartActor,
+                                                                          tmp_path: Path) -> None:
+    from imprint.messages.records import vector_from_field
+    from imprint.messages.store import ListTrash, RemoveTrash
+
+    ref = open_forgetting(start_actor, tmp_path)
+    old, new = (finalize_memory(MemoryRecord(content=c, timestamp=t)) for c, t in (("old one", 100.0), ("new one", 900.0)))
+    vectors = unit_vectors(2)
+    store(ref, [old, new], vectors)
+    ref.ask(StoreTombstones(tombstones=(Tombstone("memories", old.id, 500.0), Tombstone("memories", new.id, 500.0)),
+                            peer="ab12" * 16), timeout=30)
+    [entry] = ref.ask(ListTrash(), timeout=30)
+    assert (entry.dataset, entry.key, entry.peer, entry.deleted_at, entry.model) == ("memories", old.id, "ab12" * 16,
+                                                                                     500.0, "fp-test")
+    assert msgspec.msgpack.decode(entry.record, type=MemoryRecord) == old
+    assert vector_from_field(entry.vector, DIM) == pytest.approx(vectors[0], abs=1e-6)
+    assert ref.ask(ListTrash(peer="AB12"), timeout=30) == (entry,)  # by a fingerprint's start, any case
+    assert ref.ask(ListTrash(peer="cd"), timeout=30) == ()
+    assert ref.ask(ListTrash(since=entry.trashed_at + 1), timeout=30) == ()
+    # the user's own forget does not go to the trash
+    ref.ask(ForgetMemories(deleted_at=1000.0, ids=(new.id,)), timeout=30)
+    assert len(ref.ask(ListTrash(), timeout=30)) == 1
+    assert ref.ask(RemoveTrash(ids=(entry.id,)), timeout=30) == 1
+    assert ref.ask(ListTrash(), timeout=30) == ()
+
+
 def test_a_crash_between_tombstone_and_delete_is_finished_on_open(start_actor: StartActor, tmp_path: Path) -> None:
     import sqlite3
 

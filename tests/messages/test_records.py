@@ -164,3 +164,20 @@ def test_an_edit_past_character_200_keeps_the_id_and_wins_in_a_batch() -> None:
     assert winning_copies((first, edit), (first.id,)) == (edit,)
     assert winning_copies((edit, first), (first.id,)) == (edit,)
     assert winning_copies((first, again), (first.id,)) == (again,)
+
+
+def test_a_typed_or_imported_memory_dated_ahead_is_refused_and_a_day_of_skew_is_not() -> None:
+    import time
+
+    import msgspec
+    import pytest
+
+    from imprint.messages.records import MAX_CLOCK_SKEW, decode_memory_input
+
+    now = time.time()
+    assert decode_memory_input(msgspec.json.encode({"content": "x", "timestamp": now + MAX_CLOCK_SKEW - 60}))
+    with pytest.raises(msgspec.ValidationError, match=r"ahead of this machine's clock .* at `\$\.timestamp`"):
+        decode_memory_input(msgspec.json.encode({"content": "x", "timestamp": 32503680000.0}))
+    # a client writing milliseconds instead of seconds is caught the same way
+    with pytest.raises(msgspec.ValidationError, match="ahead"):
+        decode_memory_input(msgspec.json.encode({"content": "x", "timestamp": now * 1000}))

@@ -332,6 +332,9 @@ def test_invalid_frames(frame, match):
         (_batch("facts", records=[dict(FACT_JSON, valid_from="yesterday")]), r"`\$\.valid_from`"),
         (_batch("facts", records=[dict(FACT_JSON, object="")]), r"object is empty"),
         (_batch("facts", records=[MEMORY_JSON]), r"missing required field"),
+        # Dated more than a day ahead of our clock: it would win every merge, for good.
+        (_batch(records=[dict(MEMORY_JSON, timestamp=32503680000.0)]), r"dated [\d,]+ days ahead of this machine's clock"),
+        (_batch("facts", records=[dict(FACT_JSON, ended=time.time() + 3 * 86400)]), r"dated 3 days ahead"),
     ],
 )
 def test_a_record_our_schema_refuses_is_counted_not_fatal(frame, reason):

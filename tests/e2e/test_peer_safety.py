@@ -1,0 +1,53 @@
+"""A peer cannot wipe your memory in one sync: a big forget asks first (and without a
+terminal to ask on, forgets nothing), what a peer made you forget waits in the trash,
+and restoring it wins everywhere at the next sync. Real processes, a real relay on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.support import RecordingRelay, Spawn, export, run, stats, sync, write_jsonl
+
+N = 150
+
+
+@pytest.mark.timeout(600)
+def test_a_wiped_peer_asks_first_goes_to_the_trash_and_is_restored_everywhere(
+        spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [{"content": f"runbook step {i}: restart shard {i} after draining it", "project": "ops",
+             "timestamp": 1_700_000_000.0 + i} for i in range(N)]
+    run(a, "import", str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    sync(spawn, a, b, relay.url, "y")
+    assert len(export(b)[0].memory_ids) == N
+
+    # B's user (or whoever holds B) forgets everything; B then syncs with A.
+    run(b, "forget", "--project", "ops", "--yes")
+    serve, join, _ = sync(spawn, b, a, relay.url, "y")
+    kept = stats(join)
+    assert (kept["forgotten"], kept["forgets_kept"]) == (0, N)  # no terminal to ask on: nothing forgotten
+    assert any(e["event"] == "forget_confirm_required" and e["count"] == N for e in join.events)
+    assert len(export(a)[0].memory_ids) == N
+
+    # Said yes to (--yes): forgotten here, kept in the trash, marked with B's fingerprint.
+    serve, join, _ = sync(spawn, b, a, relay.url, "y", "--yes")
+    assert stats(join)["forgotten"] == N
+    assert export(a)[0].memory_ids == []
+    b_fingerprint = json.loads(run(b, "--json", "status"))["device_id"]
+    trash = [json.loads(line) for line in run(a, "--json", "trash").splitlines()]
+    assert len(trash) == N and {t["peer"] for t in trash} == {b_fingerprint}
+    assert {t["record"]["content"] for t in trash} == {r["content"] for r in rows}
+    assert len(run(a, "--json", "trash", "--peer", b_fingerprint[:8]).splitlines()) == N
+    assert run(a, "--json", "trash", "--peer", "ffff" if not b_fingerprint.startswith("ffff") else "eeee") == ""
+
+    # Restored: newer copies, which win here and, at the next sync, on B too.
+    restored = json.loads(run(a, "--json", "trash", "restore", "--peer", b_fingerprint))
+    assert restored == {"memories": N, "facts": 0}
+    assert run(a, "--json", "trash") == ""
+    assert len(export(a)[0].memory_ids) == N
+    sync(spawn, a, b, relay.url, "y")
+    ea, eb = export(a, b)
+    assert ea == eb and {r["content"] for r in ea.memory_records} == {r["content"] for r in rows}
