@@ -144,6 +144,11 @@ class ApproveRequest(BaseModel):
     decision: Decision = Field(description="serve: accept once, trust and accept, or reject; join: accept (Join) or reject")
 
 
+class ForgetAnswer(BaseModel):
+    session_id: str = Field(min_length=1, max_length=200)
+    forget: bool = Field(description="true: forget what the other machine forgot (kept in the trash); false: keep it")
+
+
 class ServeRequest(BaseModel):
     relay: str | None = Field(None, max_length=500, description="relay: HOST, ws://HOST:PORT or wss://HOST; default as "
                                                                 "for the CLI (IMPRINT_RELAY, else a relay in this process)")
@@ -528,7 +533,8 @@ def create_app(
         session = sessions.new("serve")
         session.start(lambda s: core.serve(
             relay=relay, listen=listen, mode=mode_of(body.plaintext), default_relay=fallback_relay,
-            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, on_session=s.attach))
+            batch_size=500, idle_timeout=120.0, report=s.emit, approver=s.approver, on_session=s.attach,
+            confirm_forget=s.confirm_forget))
         return Started(session_id=session.id, kind=session.kind)
 
     @app.post("/api/sync/join", response_model=Started, status_code=201, tags=["sync"],
@@ -548,7 +554,8 @@ def create_app(
         session = sessions.new("join")
         session.start(lambda s: core.join(
             target=body.target.strip(), pin=pin, mode=mode_of(body.plaintext), default_relay=fallback_relay,
-            batch_size=500, idle_timeout=120.0, report=s.emit, confirm=s.approver, on_session=s.attach))
+            batch_size=500, idle_timeout=120.0, report=s.emit, confirm=s.approver, on_session=s.attach,
+            confirm_forget=s.confirm_forget))
         return Started(session_id=session.id, kind=session.kind)
 
     @app.get("/api/sync/sessions/{session_id}/events", response_class=StreamingResponse, tags=["sync"],
@@ -578,6 +585,24 @@ def create_app(
         except DecisionRefused as exc:
             raise HTTPException(409, str(exc)) from None
         return ApproveResult(session_id=session.id, decision=body.decision)
+
+    @app.post("/api/sync/forget", response_model=ForgetAnswer, tags=["sync"], dependencies=[Depends(same_origin)],
+              responses={**REFUSED,
+                         404: {"description": "unknown or finished session"},
+                         409: {"description": "already answered, or nothing to answer"}})
+    def sync_forget(body: ForgetAnswer) -> ForgetAnswer:
+        """Answer `forget_confirm_required`: the other machine would make this one forget more than the
+        limit. `forget: true` forgets them (they wait in the trash for 30 days); false keeps everything."""
+        session = sessions.get(body.session_id)
+        if session is None:
+            raise HTTPException(404, "no such session")
+        try:
+            session.decide_forget(body.forget)
+        except SessionGone as exc:
+            raise HTTPException(404, str(exc)) from None
+        except DecisionRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        return body
 
     @app.post("/api/sync/cancel", response_model=SessionRef, tags=["sync"], dependencies=[Depends(same_origin)],
               responses={**REFUSED, 404: {"description": "unknown session"}})

@@ -69,6 +69,10 @@ class SyncSession:
         self._awaiting = False
         self._decision: Decision | None = None
         self._decided = threading.Event()
+        #: A forget over the limit (`forget_confirm_required`): the page's answer, once.
+        self._forget_asked = False
+        self._forget: bool | None = None
+        self._forget_decided = threading.Event()
         self._sync: Any = None
         self._cancelled = ""
         self._watchers = 0
@@ -139,6 +143,29 @@ class SyncSession:
             self._decision = decision
         self._decided.set()
 
+    def decide_forget(self, accept: bool) -> None:
+        """Deliver the page's answer to `forget_confirm_required`; raises SessionGone or DecisionRefused."""
+        with self._cond:
+            if self.finished:
+                raise SessionGone("the session has finished")
+            if not self._forget_asked:
+                raise DecisionRefused("this session is not asking about forgetting")
+            if self._forget is not None:
+                raise DecisionRefused("already decided")
+            self._forget = accept
+        self._forget_decided.set()
+
+    def confirm_forget(self, count: int, total: int, peer: Any) -> bool:
+        """The session's question about a big forget: blocks until the page answers; no answer keeps everything."""
+        with self._cond:
+            self._forget_asked = True
+        if not self._forget_decided.wait(timeout=self.approval_timeout):
+            with self._cond:
+                if self._forget is None:
+                    self._forget = False
+                    logger.info("no answer about forgetting within {:g}s: keeping everything", self.approval_timeout)
+        return bool(self._forget)
+
     def approver(self, peer: Any, warning: str) -> str:
         """The serve's TrustGate approver, or the join's confirmation: blocks until decided."""
         with self._cond:
@@ -164,9 +191,12 @@ class SyncSession:
         with self._cond:
             if self._awaiting and self._decision is None:
                 self._decision = "reject"
+            if self._forget_asked and self._forget is None:
+                self._forget = False
             self._cancelled = self._cancelled or reason
             sync = self._sync
         self._decided.set()
+        self._forget_decided.set()
         if sync is not None and not self.finished:
             sync.cancel(reason)
 

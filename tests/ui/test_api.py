@@ -61,7 +61,7 @@ def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) ->
     validate(schema)
     assert set(schema["paths"]) == {
         "/api/status", "/api/memories", "/api/search", "/api/stats", "/api/facts", "/api/trust",
-        "/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/cancel",
+        "/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/forget", "/api/sync/cancel",
         "/api/sync/sessions/{session_id}", "/api/sync/sessions/{session_id}/events",
         "/api/memories/forget", "/api/facts/forget",
     }
@@ -69,7 +69,7 @@ def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) ->
     assert "text/event-stream" in events["responses"]["200"]["content"]
     # Whatever changes something is a POST; a GET only reads or watches.
     for path, operations in schema["paths"].items():
-        changing = path in ("/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve",
+        changing = path in ("/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/forget",
                             "/api/sync/cancel", "/api/memories/forget", "/api/facts/forget")
         assert set(operations) == ({"post"} if changing else {"get"}), path
     assert client.get("/openapi.json").json() == schema
@@ -210,6 +210,15 @@ def test_approve_unknown_session_is_404(client: TestClient) -> None:
 ])
 def test_approve_rejects_bad_bodies(client: TestClient, body: Any) -> None:
     assert client.post("/api/sync/approve", json=body, headers=SAME).status_code == 422
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"session_id": "no-such-session", "forget": True}, 404),
+    ({"session_id": "s", "forget": "perhaps"}, 422),
+    ({"session_id": "s"}, 422),
+])
+def test_a_forget_answer_to_nothing_is_refused(client: TestClient, body: Any, status: int) -> None:
+    assert client.post("/api/sync/forget", json=body, headers=SAME).status_code == status
 
 
 def test_approve_rejects_malformed_json(client: TestClient) -> None:

@@ -133,3 +133,30 @@ def test_a_session_nobody_watches_cancels_itself_after_its_grace() -> None:
     session.start(run)
     session.thread.join(timeout=10)
     assert session.finished and sync.cancelled and "no dashboard page watched" in sync.cancelled[0]
+
+
+def test_a_big_forget_waits_for_the_pages_answer_once_and_cancel_or_silence_keeps_everything() -> None:
+    session = SyncSession(kind="join", approval_timeout=30)
+    with pytest.raises(DecisionRefused, match="not asking"):
+        session.decide_forget(True)  # nothing asked yet
+    answer: list[bool] = []
+    thread = threading.Thread(target=lambda: answer.append(session.confirm_forget(150, 150, PEER)))
+    thread.start()
+    while not session._forget_asked:  # the question is up once confirm_forget holds the flag
+        threading.Event().wait(0.01)
+    session.decide_forget(True)
+    thread.join(timeout=10)
+    assert answer == [True]
+    with pytest.raises(DecisionRefused, match="already"):
+        session.decide_forget(False)
+
+    quiet = SyncSession(kind="serve", approval_timeout=0.05)
+    assert quiet.confirm_forget(150, 150, PEER) is False
+
+    cancelled = SyncSession(kind="serve", approval_timeout=30)
+    kept: list[bool] = []
+    thread = threading.Thread(target=lambda: kept.append(cancelled.confirm_forget(150, 150, PEER)))
+    thread.start()
+    cancelled.cancel()
+    thread.join(timeout=10)
+    assert kept == [False]

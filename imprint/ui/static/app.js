@@ -32,6 +32,7 @@ async function api(path, options = {}) {
 }
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+const fmt = (n) => Number(n).toLocaleString("en-US");
 
 // Every change is a same-origin POST with a JSON body (the server refuses anything else).
 const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -236,7 +237,9 @@ function formatStats(ev) {
   const lines = ["Sync complete.",
     `  received: ${part(ev.received, "memories", "here")}; ${part(ev.received, "facts", "here")}`,
     `  sent:     ${part(ev.sent, "memories", "there")}; ${part(ev.sent, "facts", "there")}`];
-  if (ev.forgotten) lines.push(`  forgotten here, as on the other machine: ${ev.forgotten}`);
+  if (ev.forgotten) lines.push(`  forgotten here, as on the other machine: ${ev.forgotten} (kept in the trash for 30 days)`);
+  if (ev.forgets_kept) lines.push(`  kept, though the other machine forgot them: ${ev.forgets_kept}`);
+  if (ev.forgets_refused) lines.push(`  tombstones refused (not the other machine's to send, or dated ahead): ${ev.forgets_refused}`);
   if (ev.vectors_reused) lines.push(`  vectors taken from the other machine (same model, checked): ${ev.vectors_reused}`);
   return lines.join("\n");
 }
@@ -325,6 +328,27 @@ async function runSession(prefix, path, body, onEvent) {
 
 let serveSession = null;
 let joinSession = null;
+let forgetSession = null;
+
+// The other machine would make this one forget more than --max-forget allows: ask (either role).
+function askForget(e, id) {
+  forgetSession = id;
+  const who = e.hostname ? `${e.hostname} (${e.fingerprint})` : "The other machine";
+  $("#forget-text").textContent =
+    `${who} has forgotten ${fmt(e.count)} of the ${fmt(e.total)} records this machine holds.`;
+  document.querySelectorAll("#forget-confirm button").forEach((b) => (b.disabled = false));
+  $("#forget-confirm").hidden = false;
+}
+
+document.querySelectorAll("#forget-confirm button").forEach((button) => button.addEventListener("click", async () => {
+  document.querySelectorAll("#forget-confirm button").forEach((b) => (b.disabled = true));
+  try {
+    await post("/api/sync/forget", { session_id: forgetSession, forget: button.dataset.forget === "true" });
+    $("#forget-confirm").hidden = true;
+  } catch (err) {
+    $("#forget-text").textContent = `error: ${err.message}`;
+  }
+}));
 
 $("#serve-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -352,6 +376,9 @@ $("#serve-form").addEventListener("submit", (ev) => {
         break;
       case "auto_accepted":
         $("#serve-status").textContent = `trusted device ${e.hostname} (${e.fingerprint}) accepted`;
+        break;
+      case "forget_confirm_required":
+        askForget(e, id);
         break;
       case "peer_connected": case "stats": case "error":
         $("#approval").hidden = true;
@@ -386,8 +413,12 @@ $("#join-form").addEventListener("submit", (ev) => {
         $("#join-confirm").hidden = false;
         $("#join-status").textContent = "check who this is, then Join";
         break;
+      case "forget_confirm_required":
+        askForget(e, id);
+        break;
       case "stats": case "error":
         $("#join-confirm").hidden = true;
+        $("#forget-confirm").hidden = true;
         break;
     }
   });
