@@ -8,6 +8,7 @@ interrupted sync leaves whole batches only.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from loguru import logger
 from imprint import summaries
 from imprint.actors.base import ImprintActor
 from imprint.errors import InputError, StoreError
-from imprint.messages.records import FactRecord, Tombstone, fact_key, fact_version
+from imprint.messages.records import FactRecord, Tombstone, fact_key, fact_version, latest_allowed
 from imprint.messages.store import (
     AddFact,
     CountFacts,
@@ -129,8 +130,40 @@ class FactStore(ImprintActor):
             self._tombstones = TombstoneTable(self._db, "forgotten_facts", FORGOTTEN_FACT)
             self._trash = TrashTable(self._db, "facts")
             self._trash.expire()
+            self._repair_dates()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the fact store {self.path}: {exc}") from None
+
+    def _repair_dates(self) -> None:
+        """Facts and tombstones dated more than a day ahead would win every merge for good:
+        clamp them to now, once (a start moved to now is a new fact key)."""
+        now = time.time()
+        limit = latest_allowed(now)
+        db = self._db
+        rows = db.execute(f"SELECT {_COLUMNS} FROM facts WHERE valid_from > ? OR ended > ?", (limit, limit)).fetchall()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            marks = db.execute(f"UPDATE forgotten_facts SET deleted_at = ?, {summaries.STALE} WHERE deleted_at > ?",
+                               (now, limit)).rowcount
+            for row in rows:
+                r = _row_to_fact(row).record
+                valid_from = min(r.valid_from, now)
+                ended = None if r.ended is None else max(min(r.ended, now), valid_from)
+                clash = db.execute("SELECT 1 FROM facts WHERE subject = ? AND predicate = ? AND object = ? AND "
+                                   "valid_from = ? AND id != ?", (r.subject, r.predicate, r.object, valid_from,
+                                                                 row[0])).fetchone()
+                if clash:
+                    db.execute("DELETE FROM facts WHERE id = ?", (row[0],))
+                    continue
+                db.execute(f"UPDATE facts SET valid_from = ?, ended = ?, key = ?, {summaries.STALE} WHERE id = ?",
+                           (valid_from, ended, fact_key((r.subject, r.predicate, r.object, valid_from)), row[0]))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if rows or marks:
+            logger.warning("repaired {} facts and {} tombstones dated more than a day ahead of this machine's clock: "
+                           "they are dated now", len(rows), marks)
 
     def shut_down(self) -> None:
         if self._db is not None:

@@ -10,6 +10,7 @@ wins, and an engine error becomes one clear line.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from imprint.actors.base import ImprintActor
 from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import (
     MemoryRecord,
+    latest_allowed,
     MemoryVersion,
     Tombstone,
     content_hash,
@@ -148,6 +150,7 @@ class MemoryStore(ImprintActor):
         self._open_tombstones()
         self._finish_forgetting()
         self._check_versions()
+        self._repair_dates()
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path
@@ -255,6 +258,27 @@ class MemoryStore(ImprintActor):
             if doomed:
                 self._delete(doomed)
                 logger.info("removed {} forgotten memories left by an interrupted forget", len(doomed))
+
+    def _repair_dates(self) -> None:
+        """Memories and tombstones dated more than a day ahead (written before such dates were
+        refused, or by a clock gone wrong) would win every merge for good: clamp them to now, once."""
+        if not self._indexed():  # (a Qdrant server's store is not scanned on every open)
+            return
+        now = time.time()
+        limit = latest_allowed(now)
+        db = self._tombstones.db
+        marks = db.execute(f"UPDATE forgotten SET deleted_at = ?, {summaries.STALE} WHERE deleted_at > ?",
+                           (now, limit)).rowcount
+        ids = tuple(i for (i,) in db.execute("SELECT id FROM memory_versions WHERE ts > ?", (limit,)))
+        for start in range(0, len(ids), 500):
+            found = self._backend.retrieve(ids[start:start + 500], vectors=True)
+            points = [StoredMemory(record=msgspec.structs.replace(m.record, timestamp=stored_time(now)),
+                                   vector=m.vector, model=m.model) for m in found]
+            self._backend.upsert(points)
+            self._index([(p.record.id, p.record.timestamp, content_hash(p.record.content)) for p in points])
+        if marks or ids:
+            logger.warning("repaired {} memories and {} tombstones dated more than a day ahead of this machine's "
+                           "clock: they are dated now", len(ids), marks)
 
     def _check_model(self, meta: StoreMeta) -> None:
         if self.dimension is not None and meta.dimension != self.dimension:

@@ -295,3 +295,25 @@ def test_the_kept_summary_follows_every_write(fact_store: pykka.ActorRef[Any], f
     db.commit()
     db.close()
     check()
+
+
+def test_facts_and_tombstones_dated_ahead_are_repaired_once_on_open(start_actor: StartActor, facts_path: Path,
+                                                                   fact_store: pykka.ActorRef[Any]) -> None:
+    import time
+
+    from imprint.messages.records import Tombstone, fact_key
+    from imprint.messages.store import ListVersions, StoreTombstones
+
+    year_3000 = 32503680000.0
+    fact_store.ask(StoreFacts(records=(fact("db", "runs", "postgres", year_3000), fact("db", "runs", "mysql", 100.0,
+                                                                                     ended=year_3000))), timeout=10)
+    fact_store.ask(StoreTombstones(tombstones=(Tombstone("facts", "ab" * 8, year_3000),)), timeout=10)
+    fact_store.stop(timeout=10)
+    before = time.time()
+    ref = start_actor(FactStore, path=facts_path)
+    facts = {f.record.object: f.record for f in ref.ask(ListFacts(include_ended=True), timeout=10)}
+    assert before <= facts["postgres"].valid_from <= time.time() and facts["postgres"].ended is None
+    assert facts["mysql"].valid_from == 100.0 and before <= facts["mysql"].ended <= time.time()
+    versions = ref.ask(ListVersions(), timeout=10)
+    assert sorted(k for k, _ in versions.records) == sorted(fact_key(f.identity) for f in facts.values())
+    assert versions.tombstones[0][1] <= time.time()

@@ -508,3 +508,30 @@ def test_timestamps_are_kept_to_the_microsecond_exactly_as_the_index_says(start_
     missing = ref.ask(FindMissing(ids=tuple(r.id for r in records), timestamps=tuple(r.timestamp for r in records)),
                       timeout=30)
     assert missing.ids == () and missing.kept == ()
+
+
+def test_memories_and_tombstones_dated_ahead_are_repaired_once_on_open(start_actor: StartActor, tmp_path: Path) -> None:
+    import time
+
+    from imprint.messages.records import MAX_CLOCK_SKEW
+
+    year_3000 = 32503680000.0
+    ref = open_forgetting(start_actor, tmp_path)
+    frozen = finalize_memory(MemoryRecord(content="the runbook's tail, 'edited' in year 3000", timestamp=year_3000))
+    fine = finalize_memory(MemoryRecord(content="an honest note", timestamp=1000.0))
+    store(ref, [frozen, fine], unit_vectors(2))
+    blocker = memory("a text someone forgot 'forever'")
+    ref.ask(StoreTombstones(tombstones=(Tombstone("memories", blocker.id, year_3000),)), timeout=30)
+    ref.stop(timeout=30)
+
+    before = time.time()
+    ref = open_forgetting(start_actor, tmp_path)
+    [repaired] = ref.ask(RetrieveMemories(ids=(frozen.id,)), timeout=30)
+    assert before <= repaired.timestamp <= time.time() + 1 and repaired.content == frozen.content
+    [mark] = ref.ask(RetrieveTombstones(keys=(blocker.id,)), timeout=30)
+    assert mark.deleted_at < before + MAX_CLOCK_SKEW
+    versions = ref.ask(ListVersions(), timeout=30)
+    assert {k: ts for k, ts, _ in versions.records} == {frozen.id: repaired.timestamp, fine.id: 1000.0}
+    # repairs are possible again: the text added now is newer than the clamped tombstone
+    later = msgspec.structs.replace(blocker, timestamp=time.time() + 5)
+    assert store(ref, [later], unit_vectors(1)).inserted == 1
