@@ -50,6 +50,8 @@ class PeerInfo(msgspec.Struct, frozen=True):
     model: str = ""
     #: Its model's vectors of the canary sentences (protocol 2; b"" if it did not say).
     canaries: bytes = b""
+    #: How many reconciliation items it says it holds, rounded up (protocol 2; 0 if it did not say).
+    items: int = 0
 
 
 class StageFailed(msgspec.Struct, frozen=True):

@@ -98,6 +98,9 @@ ModelField = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{16})?$")]
 CanaryField = Annotated[bytes, msgspec.Meta(max_length=3 * 8192 * 4)]
 
 
+ItemCount = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+
+
 class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method", tag="HELLO"):
     """Consumer → provider, first frame: who is asking, and the session PIN.
 
@@ -119,6 +122,9 @@ class Hello(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="method",
     model: ModelField = ""
     #: Protocol 2: our model's vectors of the canary sentences (they must agree with the peer's too).
     canaries: CanaryField = b""
+    #: Protocol 2: how many reconciliation items we hold, rounded up to a power of two (what the
+    #: peer may claim while reconciling is bounded by it; 0: not said).
+    items: ItemCount = 0
 
 
 class ProviderIdentity(msgspec.Struct, frozen=True):
@@ -136,6 +142,7 @@ class ProviderIdentity(msgspec.Struct, frozen=True):
     protocol: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     model: ModelField = ""
     canaries: CanaryField = b""
+    items: ItemCount = 0
 
 
 class RequestBody(msgspec.Struct, frozen=True):

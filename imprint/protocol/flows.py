@@ -89,6 +89,7 @@ from imprint.protocol.reconcile import (
     AGREED,
     Reconciler,
     agrees,
+    claim_bound,
     is_summary,
     summary_message,
 )
@@ -100,6 +101,8 @@ from imprint.text import clip
 Wait = Literal["peer", "room", "approval", ""]
 #: Seconds between two acks of a stream (the last one always goes).
 ACK_INTERVAL = 0.25
+#: Seconds a whole reconciliation may take, however the peer paces its messages.
+RECONCILE_DEADLINE = 600.0
 #: What the provider is told when the joining side's user declines to go on.
 DECLINED = "the other machine's user chose not to sync"
 _STREAM_FRAMES = (Meta, MemoryBatch, FactBatch, Done, StreamError)
@@ -275,6 +278,7 @@ class Flow:
         self.reconciler: Reconciler | None = None
         self.selection: Selection | None = None
         self.round_trips = 0
+        self._compare_started: float | None = None
         self.forgotten_here = 0
         self.peer: PeerInfo | None = None
         #: The peer's tombstones we take (see imprint.protocol.forgets), until they are applied.
@@ -452,6 +456,20 @@ class Flow:
         for start in range(0, len(tombstones), MAX_BATCH_SIZE):
             self._do(Send(frame=Forgets(tombstones=tuple(tombstones[start:start + MAX_BATCH_SIZE]))))
 
+    def _reconciler(self, items: tuple[bytes, ...], *, initiator: bool) -> Reconciler:
+        """Ours, bounded: the peer may claim what its and our counts allow (:func:`claim_bound`)."""
+        announced = self.peer.items if self.peer is not None else 0
+        return Reconciler(items, initiator=initiator, max_claimed=claim_bound(len(items), announced))
+
+    def _comparing(self) -> None:
+        """One more reconciliation message from the peer: within the whole-conversation deadline?"""
+        now = self.clock()
+        if self._compare_started is None:
+            self._compare_started = now
+        elif now - self._compare_started > RECONCILE_DEADLINE:
+            raise ProtocolError(f"comparing with the other machine took more than {RECONCILE_DEADLINE:.0f} s; "
+                                "nothing learnt from it is kept")
+
     # ---------------------------------------------------------------- the peer's tombstones
 
     @property
@@ -566,6 +584,7 @@ class ProviderFlow(Flow):
             case FrameReceived(frame=Request() as request) if self.connected:
                 self._on_request(request)
             case FrameReceived(frame=Reconcile(message=message)) if self.v2 and not self._pull_started:
+                self._comparing()
                 self.round_trips += 1
                 if self.reconciler is None:
                     if not self._queued:  # a summary first: if it agrees, no item is read
@@ -581,7 +600,7 @@ class ProviderFlow(Flow):
                 else:
                     self._do(LoadItems())
             case ItemsLoaded(items=items) if self.v2 and self.reconciler is None:
-                self.reconciler = Reconciler(items, initiator=False)
+                self.reconciler = self._reconciler(items, initiator=False)
                 queued, self._queued = self._queued, []
                 for message in queued:
                     self._answer(message)
@@ -669,6 +688,7 @@ class ConsumerFlow(Flow):
             case FrameReceived(frame=Reconcile(message=message)) if (
                     self.phase == "reconcile" and self._summary_sent and self.reconciler is None
                     and self._pending is None):
+                self._comparing()
                 self.round_trips += 1
                 if message == AGREED:  # nothing differs: no item is read
                     self.reconciler = Reconciler.agreed(initiator=True)
@@ -678,11 +698,12 @@ class ConsumerFlow(Flow):
                     self._pending = message
                     self._do(LoadItems())
             case ItemsLoaded(items=items) if self.phase == "reconcile" and self.reconciler is None and self._pending:
-                self.reconciler = Reconciler(items, initiator=True)
+                self.reconciler = self._reconciler(items, initiator=True)
                 self.reconciler.resume()
                 message, self._pending = self._pending, None
                 self._converse(message)
             case FrameReceived(frame=Reconcile(message=message)) if self.phase == "reconcile" and self.reconciler:
+                self._comparing()
                 self.round_trips += 1
                 self._converse(message)
             case FrameReceived(frame=frame) if self.phase == "pull":

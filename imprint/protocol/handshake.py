@@ -139,13 +139,16 @@ class Handshake:
         host: hostname, user and OS this side shows the other.
         model: the fingerprint of our store's model, said in the sealed HELLO / identity.
         canaries: our model's vectors of the canary sentences, said with it.
+        items: how many reconciliation items our stores hold (said rounded up, protocol 2).
     """
 
     def __init__(self, *, role: Role, mode: Mode, pin: str, room: str, identity: DeviceIdentity,
-                 host: HostInfo, model: str = "", canaries: bytes = b"") -> None:
+                 host: HostInfo, model: str = "", canaries: bytes = b"", items: int = 0) -> None:
         self.role = role
         self.model = model
         self.canaries = canaries
+        #: How many reconciliation items we hold (said rounded up: see :func:`announced`).
+        self.items = items
         self.mode = mode
         self.pin = pin
         self.room = room
@@ -290,7 +293,8 @@ class Handshake:
         self._peer = PeerInfo(hostname=hello.hostname, user=hello.user, os=hello.os, fingerprint=hello.fingerprint,
                               public_key=public_key, protocol=hello.protocol if self._channel is not None else 0,
                               model=hello.model if self._channel is not None else "",
-                              canaries=hello.canaries if self._channel is not None else b"")
+                              canaries=hello.canaries if self._channel is not None else b"",
+                              items=hello.items if self._channel is not None else 0)
         self.step = "await-decision"
         self._out.append(AskApproval(peer=self._peer))
 
@@ -348,14 +352,14 @@ class Handshake:
     def _hello(self, *, pin: str = "", transcript: bytes | None = None) -> Hello:
         public_key = signature = model = ""
         canaries = b""
-        protocol = 0  # the plaintext HELLO stays exactly SPEC's
+        protocol = items = 0  # the plaintext HELLO stays exactly SPEC's
         if transcript is not None:
             public_key = self.identity.public_key.hex()
             signature = self.identity.sign(hello_signature_message(transcript, self.identity.public_key)).hex()
-            protocol, model, canaries = PROTOCOL_VERSION, self.model, self.canaries
+            protocol, model, canaries, items = PROTOCOL_VERSION, self.model, self.canaries, announced(self.items)
         return Hello(hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
                      fingerprint=self.identity.fingerprint, pin=pin, public_key=public_key, signature=signature,
-                     protocol=protocol, model=model, canaries=canaries)
+                     protocol=protocol, model=model, canaries=canaries, items=items)
 
     def _identity(self) -> ProviderIdentity:
         """Who we are, signed over this session's transcript (encrypted mode, provider)."""
@@ -364,7 +368,7 @@ class Handshake:
             hostname=self.host.hostname[:255], user=self.host.user[:255], os=self.host.os[:255],
             fingerprint=self.identity.fingerprint, public_key=key.hex(),
             signature=self.identity.sign(provider_signature_message(self._channel.transcript, key)).hex(),
-            protocol=PROTOCOL_VERSION, model=self.model, canaries=self.canaries,
+            protocol=PROTOCOL_VERSION, model=self.model, canaries=self.canaries, items=announced(self.items),
         )
 
     def _provider_peer(self, body: object) -> PeerInfo:
@@ -380,7 +384,13 @@ class Handshake:
             raise ProtocolError("the provider's identity signature is invalid")
         return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
                         fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol,
-                        model=claimed.model, canaries=claimed.canaries)
+                        model=claimed.model, canaries=claimed.canaries, items=claimed.items)
+
+
+def announced(items: int) -> int:
+    """What we say of our item count: rounded up to a power of two (at least 1024), enough
+    to bound what the peer may claim while saying little about the store's size."""
+    return 1 << max(10, (max(items, 1) - 1).bit_length())
 
 
 def _plaintext_answer(data: bytes | str) -> str:

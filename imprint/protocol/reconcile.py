@@ -74,7 +74,19 @@ LIST_AT = 16
 FINGERPRINT_BYTES = 8
 #: Rounds (messages each way) before a conversation is called runaway.
 MAX_ROUNDS = 64
+#: Items a peer may claim beyond twice the counts both sides announced (counts are rounded
+#: up, and stores change while a sync runs).
+CLAIM_SLACK = 250_000
+#: Items a peer may claim whatever it announced: each costs ~72 bytes here, so the peer's
+#: claims stay under ~300 MB however many rounds it answers with invented items.
+MAX_CLAIMED = 4_000_000
 _MOD = 1 << 128
+
+
+def claim_bound(own: int, announced: int) -> int:
+    """How many items a peer may claim in a whole reconciliation: what it could hold and we
+    lack is at most its own count, so twice both counts plus :data:`CLAIM_SLACK`, capped."""
+    return min(MAX_CLAIMED, 2 * (max(own, 0) + max(announced, 0)) + CLAIM_SLACK)
 
 
 def item_hash(item: bytes) -> int:
@@ -88,9 +100,11 @@ class Reconciler:
     and :attr:`need` the items only the peer has.
     """
 
-    def __init__(self, items: Iterable[bytes], *, initiator: bool) -> None:
+    def __init__(self, items: Iterable[bytes], *, initiator: bool, max_claimed: int = MAX_CLAIMED) -> None:
         self.items = sorted(set(items))
         self.initiator = initiator
+        #: Items the peer may claim over the whole conversation (:func:`claim_bound`).
+        self.max_claimed = max_claimed
         prefix = [0]
         digests: list[bytes] = []
         for item in self.items:
@@ -189,6 +203,8 @@ class Reconciler:
             listed += len(r.items) + len(r.digests) // DIGEST_BYTES
             if listed > MAX_LISTED:
                 raise ProtocolError("a reconciliation message lists too many items")
+            if r.items:  # what the peer claims to hold, before anything is built from it
+                self._claim(len(need) + len(r.items))
             if r.mode != FP and r.fingerprint or r.mode != LIST and r.digests or r.mode != FINAL and r.marks:
                 raise ProtocolError("a reconciliation range carries fields its mode has not")
             if r.mode not in (FINAL, FILL) and r.items:
@@ -248,6 +264,11 @@ class Reconciler:
             self._listed, self._marked = set(), {}
             return None
         return self._sending(answer, marked)
+
+    def _claim(self, more: int) -> None:
+        if len(self.need) + more > self.max_claimed:
+            raise ProtocolError(f"the other machine claims more items than it said it holds (over "
+                                f"{self.max_claimed:,}); nothing learnt from it is kept")
 
     def _sending(self, ranges: list[Range], marked: dict[tuple[bytes, bytes | None], set[bytes]]) -> ReconcileMessage:
         """The message to send; remembers what the peer's next message must answer."""

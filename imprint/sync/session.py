@@ -65,6 +65,7 @@ from imprint.messages.session import (
 )
 from imprint.messages.store import (
     DescribeCanaries,
+    SummarizeVersions,
 )
 from imprint.messages.wire import MAX_PLAINTEXT_FRAME_BYTES, Mode, Role, StreamError
 from imprint.protocol import flows
@@ -212,7 +213,8 @@ class SyncSession:
             self.report(events.Waiting(for_="relay", message=f"connecting to the relay {c.relay_label}…"))
         self.connect()
         machine = HandshakeMachine(role=self.role, mode=c.mode, pin=c.pin, room=c.room, identity=self.identity,
-                                   host=self.host, model=self.model, canaries=self.canaries)
+                                   host=self.host, model=self.model, canaries=self.canaries,
+                                   items=self._item_count() if c.mode == "encrypted" else 0)
         handshake = self.stages.start("handshake", Handshake, handshake=machine, relay=self.relay,
                                       listener=listener, trust_gate=trust_gate)
         self.stages.start("puller", Puller, relay=self.relay, listener=listener, storer=self.storer,
@@ -229,6 +231,11 @@ class SyncSession:
             self.flow.wait = "room"
             self.report(events.Waiting(for_="room", message=f"waiting for room {c.room} on {c.relay_label} to be "
                                                             f"served… (gives up after {c.idle_timeout:.0f} s; Ctrl-C to stop)"))
+
+    def _item_count(self) -> int:
+        """How many reconciliation items our stores hold (kept as running sums: no scan)."""
+        return sum(ask(self.local[store], SummarizeVersions(), timeout=START_TIMEOUT).count
+                   for store in ("memory_store", "fact_store"))
 
     def _loop(self) -> events.Stats:
         while True:

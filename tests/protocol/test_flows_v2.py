@@ -266,3 +266,17 @@ def test_same_fingerprint_with_disagreeing_canaries_exchanges_no_vectors_and_say
     assert flow.vectors is False
     notice = next(r for r in reports if isinstance(r, events.Notice))
     assert "canary" in notice.message and "0.75" in notice.message
+
+
+def test_comparing_has_a_whole_conversation_deadline() -> None:
+    from imprint.protocol.flows import RECONCILE_DEADLINE
+    from imprint.protocol.reconcile import summary_message
+
+    now = [0.0]
+    flow = ProviderFlow(mode="encrypted", clock=lambda: now[0])
+    flow.handle(HandshakeSucceeded(peer=V2))
+    assert not any(isinstance(c, Fail) for c in flow.handle(FrameReceived(frame=Reconcile(message=summary_message(1)))))
+    now[0] += RECONCILE_DEADLINE + 1  # each message came within the idle timeout; the whole took too long
+    [fail] = [c for c in flow.handle(FrameReceived(frame=Reconcile(message=summary_message(2))))
+              if isinstance(c, Fail)]
+    assert isinstance(fail.error, ProtocolError) and "took more than" in str(fail.error)

@@ -49,9 +49,11 @@ def sent(commands: list) -> list[bytes | str]:
 
 
 def peer(identity: DeviceIdentity, host: HostInfo, *, with_key: bool = True) -> PeerInfo:
-    # The encrypted mode says which sync protocol each side speaks; the plaintext HELLO is SPEC's and says nothing.
+    # The encrypted mode says which sync protocol each side speaks, and how many items it holds (rounded up:
+    # an empty store says 1024); the plaintext HELLO is SPEC's and says nothing.
     return PeerInfo(hostname=host.hostname, user=host.user, os=host.os, fingerprint=identity.fingerprint,
-                    public_key=identity.public_key.hex() if with_key else "", protocol=PROTOCOL_VERSION if with_key else 0)
+                    public_key=identity.public_key.hex() if with_key else "", protocol=PROTOCOL_VERSION if with_key else 0,
+                    items=1024 if with_key else 0)
 
 
 def test_the_encrypted_handshake_step_by_step() -> None:

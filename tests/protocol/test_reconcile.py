@@ -219,3 +219,35 @@ def test_a_final_must_answer_the_list_exactly() -> None:
         Reconciler(set(sorted(mine)[:3]), initiator=False).receive(short)  # never marked anything
     b.receive(fill)
     assert sorted(b.need) == sorted(mine)[3:] and sorted(a.have) == sorted(mine)[3:]
+
+
+def test_a_peer_claiming_a_million_invented_items_is_stopped_within_a_fixed_memory_bound() -> None:
+    """The attack of the issue: a 4-item side, and a peer answering its list with a million
+    items it made up. Claims are bounded by what both sides announced (claim_bound), and the
+    check comes before anything is built from them."""
+    import os
+    import tracemalloc
+
+    from imprint.messages.wire import Range, RangeMode, ReconcileMessage
+    from imprint.protocol.handshake import announced
+    from imprint.protocol.reconcile import claim_bound
+
+    victim = Reconciler([bytes([i]) * 25 for i in range(4)], initiator=False,
+                        max_claimed=claim_bound(4, announced(4)))
+    listed = victim.receive(ReconcileMessage((Range(RangeMode.FP, None, fingerprint=b"\1" * 8),)))
+    assert [r.mode for r in listed.ranges] == [RangeMode.LIST]  # 4 items: listed whole
+    invented = tuple(sorted({os.urandom(25) for _ in range(1_000_000)}))
+    forged = unpack(pack(ReconcileMessage((Range(RangeMode.FINAL, None, items=invented),))))
+    del invented
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="claims more items than it said it holds"):
+            victim.receive(forged)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert victim.need == [] and victim.have == []
+    assert peak < 1_000_000  # bytes: nothing was built from the claims (they alone are ~70 MB)
+    # A peer that announced a big store may claim as much; the cap holds whatever it says.
+    assert claim_bound(4, announced(4)) == 2 * (4 + 1024) + 250_000
+    assert claim_bound(0, 10**12) == 4_000_000
