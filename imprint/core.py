@@ -93,7 +93,7 @@ class Core:
 
         self.settings = settings
         #: Running LocalActors lent by the caller (who keeps owning them), or ours.
-        self.local = local if local is not None else LocalActors(settings, embedder=True,
+        self.local = local if local is not None else LocalActors(settings, embedder=True, leftovers="background",
                                                                  note=note or say_on_stderr)
         self._owned = local is None
         #: Sync sessions under way, by a number of their own.
@@ -104,7 +104,8 @@ class Core:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> Core:
-        """Start the actors (a sync's leftovers in the spool are stored first)."""
+        """Start the actors (a sync's leftovers in the spool are stored in the background: a
+        read never waits for them, nor fails because storing them fails)."""
         if self._owned:
             self.local.__enter__()
         return self
@@ -150,11 +151,19 @@ class Core:
         from imprint.local import START_TIMEOUT, embed_and_store, given_key
 
         _refuse_dated_ahead(records)
+        self._wake_storer()
         given = given or {}
         if any(given_key(r) not in given for r in records) and not self.model_loaded():
             note("loading the embedding model…")
         return embed_and_store(self.local["embedder"], self.local["memory_store"], records, given=given,
                                timeout=START_TIMEOUT)
+
+    def _wake_storer(self) -> None:
+        """What waits in the spool (a sync stopped by a full disk, say) is tried again on each write."""
+        from imprint.messages.session import Wake
+
+        if "storer" in self.local.group:
+            self.local["storer"].tell(Wake())
 
     def search(self, query: str, *, k: int = 5, project: str | None = None, note: Note = _quiet
                ) -> tuple[SearchHit, ...]:

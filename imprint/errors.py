@@ -185,3 +185,12 @@ class PeerStreamError(ProtocolError):
         else:
             super().__init__(f"peer failed while streaming: {clip(message)}")
         self.message = message
+
+
+class DiskFullError(StoreError):
+    """The disk of the data dir is nearly full: nothing more is written until space is freed.
+
+    Checked before each write the store, the facts database or the receive spool would make,
+    so an engine never meets a full disk half-way (a memory-mapped store can then only crash).
+    What was stored before stays; what a sync had received waits in the spool.
+    """

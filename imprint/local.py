@@ -8,7 +8,7 @@ group of actors.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import pykka
 
@@ -170,8 +170,12 @@ class LocalActors:
     """
 
     def __init__(self, settings: Settings, *, embedder: bool = False, memories: bool = True, facts: bool = True,
-                 read_only: bool = False, note: Callable[[str], None] = say_on_stderr) -> None:
+                 read_only: bool = False, note: Callable[[str], None] = say_on_stderr,
+                 leftovers: Literal["wait", "background"] = "wait") -> None:
         self.settings = settings
+        #: What an interrupted sync left in the spool: stored before the command runs ("wait"),
+        #: or while it runs ("background": the service, where reads must never wait for it).
+        self.leftovers = leftovers
         self.embedder = embedder
         self.memories = memories
         self.facts = facts
@@ -217,7 +221,11 @@ class LocalActors:
             # The spool's store stage: it stores what sessions receive, and first what is left.
             group.start("storer", Storer, spool_path=spool_path(s.workspace_dir), memory_store=group.get("memory_store"),
                         fact_store=group["fact_store"], embedder=group.get("embedder"))
-            if pending.total:
+            if pending.total and self.leftovers == "background":
+                self.note(f"imprint: storing {pending.total:,} records an interrupted sync received earlier "
+                          "(kept in the receive spool), in the background")
+                group["storer"].tell(Wake())
+            elif pending.total:
                 self._finish_interrupted_sync(pending)
 
     def _finish_interrupted_sync(self, pending: Pending) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import msgspec
 
+from imprint.diskspace import ensure_room
 from imprint.errors import SpoolFullError, StoreError
 from imprint.messages.records import FactRecord, MemoryRecord
 from imprint.messages.wire import Dataset
@@ -166,11 +167,13 @@ class Spool:
 
         Raises:
             SpoolFullError: the batches waiting to be stored would pass ``max_bytes``.
+            DiskFullError: the disk would be left with less than its floor free (imprint.diskspace).
             StoreError: the disk refused the write.
         """
         body = _encoder.encode(records)
         carried = _encoder.encode(vectors) if vectors else None
         waiting = self.pending().bytes
+        ensure_room(self.path, len(body) + len(carried or b""))
         if waiting + len(body) + len(carried or b"") > self.max_bytes:
             raise SpoolFullError(
                 f"the receive spool is full: {waiting / 2**20:,.0f} MiB wait to be stored and the limit is "

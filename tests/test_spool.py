@@ -72,3 +72,24 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+def test_a_batch_that_would_leave_the_disk_below_its_floor_is_refused_and_nothing_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imprint.errors import ConfigError, DiskFullError
+    from imprint.messages.records import FactRecord
+
+    spool = Spool(tmp_path / "spool.db")
+    facts = (FactRecord(subject="a", predicate="b", object="c", valid_from=1.0),)
+    spool.open_stream("s")
+    monkeypatch.setenv("IMPRINT_MIN_DISK_FREE", "99.999%")  # as if the disk were all but full
+    with pytest.raises(DiskFullError, match=r"disk nearly full: [\d,]+ MB free at .*, [\d,]+ MB needed"):
+        spool.append("s", "facts", facts)
+    assert spool.pending().total == 0
+    monkeypatch.setenv("IMPRINT_MIN_DISK_FREE", "0")
+    spool.append("s", "facts", facts)
+    assert spool.pending().facts == 1
+    monkeypatch.setenv("IMPRINT_MIN_DISK_FREE", "lots")
+    with pytest.raises(ConfigError, match="IMPRINT_MIN_DISK_FREE"):
+        spool.append("s", "facts", facts)
+    spool.close()

@@ -17,6 +17,7 @@ from loguru import logger
 
 from imprint import summaries
 from imprint.actors.base import ImprintActor
+from imprint.diskspace import ensure_room
 from imprint.errors import InputError, StoreError
 from imprint.messages.records import FactRecord, Tombstone, fact_key, fact_version, latest_allowed
 from imprint.messages.store import (
@@ -219,6 +220,8 @@ class FactStore(ImprintActor):
         return super().handle(message)
 
     def _store(self, records: tuple[FactRecord, ...]) -> StoreResult:
+        ensure_room(self.path, sum(len(r.subject) + len(r.predicate) + len(r.object) + len(r.source) + 256
+                                   for r in records))
         inserted = ended = forgotten = 0
         kept: dict[tuple[str, str, str, float], None] = {}
         db = self._db

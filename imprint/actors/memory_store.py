@@ -19,6 +19,7 @@ from loguru import logger
 
 from imprint import summaries
 from imprint.actors.base import ImprintActor
+from imprint.diskspace import ensure_room
 from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import (
     MemoryRecord,
@@ -419,6 +420,7 @@ class MemoryStore(ImprintActor):
         model = self.model if model is None else model
         if model != self._meta.model:
             raise StoreError(f"vectors of model {model or '?'} cannot go into a store of model {self._meta.model or '?'}")
+        self._ensure_room(sum(len(r.content) + 4 * len(v) + 512 for r, v in zip(records, vectors)))
         if stored is None:
             stored = self._backend.stored_versions(tuple(r.id for r in records))
         marks = self._tombstones.get(r.id for r in records) if self._tombstones is not None else {}
@@ -443,6 +445,11 @@ class MemoryStore(ImprintActor):
         self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
+
+    def _ensure_room(self, payload: int) -> None:
+        """No write of ours meets a full disk (imprint.diskspace); a server has its own disk."""
+        if self.url is None and self.path is not None:
+            ensure_room(self.path, payload)
 
     def _writable_tombstones(self) -> TombstoneTable:
         if self._tombstones is None or self._meta is None or self.read_only:
@@ -487,6 +494,7 @@ class MemoryStore(ImprintActor):
         marks = {t.key: t.deleted_at for t in tombstones if t.dataset == "memories"}
         stored = self._backend.stored_versions(tuple(marks))
         doomed = tuple(i for i, (ts, _) in stored.items() if forgets(marks[i], ts))
+        self._ensure_room(len(marks) * 64 + len(doomed) * 4096)  # tombstones, and the trash's copies
         # What they remove goes to the trash in the tombstones' transaction: a crash after it
         # leaves copies that the next open removes (_finish_forgetting), never a loss.
         kept = [(m.record.id, _trash_encoder.encode(m.record),

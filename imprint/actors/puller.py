@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
-from imprint.errors import ImprintError, ProtocolError
+from imprint.errors import DiskFullError, ImprintError, ProtocolError
 from imprint.messages.records import finalize_memory
 from imprint.messages.session import (
     BatchSpooled,
@@ -107,7 +107,7 @@ class Puller(ImprintActor):
                 self._spool.complete_stream(self._stream)
                 self.listener.tell(StreamSpooled(stream=self._stream))
                 self.storer.tell(Wake())
-        except ProtocolError as exc:
+        except (ProtocolError, DiskFullError) as exc:
             self._fail(str(exc))
         except ImprintError as exc:
             self._fail(f"keeping a received batch failed: {exc}")

@@ -51,3 +51,50 @@ def test_a_wiped_peer_asks_first_goes_to_the_trash_and_is_restored_everywhere(
     sync(spawn, a, b, relay.url, "y")
     ea, eb = export(a, b)
     assert ea == eb and {r["content"] for r in ea.memory_records} == {r["content"] for r in rows}
+
+
+@pytest.mark.timeout(600)
+def test_fact_list_in_a_loop_during_a_20000_fact_sync_does_not_break_it(
+        spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    import subprocess
+    import threading
+
+    from imprint.actors.base import ask
+    from imprint.config import Settings
+    from imprint.local import LocalActors
+    from imprint.messages.records import FactRecord
+    from imprint.messages.store import StoreFacts
+    from tests.conftest import cli_env
+    from tests.e2e.support import IMPRINT, start_join, start_serve
+
+    provider, consumer = tmp_path / "p", tmp_path / "c"
+    with LocalActors(Settings(data_dir=provider).prepare(), memories=False) as local:  # the real FactStore
+        ask(local["fact_store"], StoreFacts(records=tuple(
+            FactRecord(subject=f"service-{i}", predicate="owned_by", object=f"team-{i % 97}", valid_from=1e9 + i)
+            for i in range(20_000))), timeout=120)
+    run(consumer, "fact", "add", "me", "uses", "imprint")
+
+    serve, room = start_serve(spawn, provider, relay.url)
+    join = start_join(spawn, consumer, room)
+    serve.next_event("approval_required")
+    serve.answer("y")
+    listed: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            done = subprocess.run([*IMPRINT, "--data-dir", str(consumer), "fact", "list"], capture_output=True,
+                                  env=cli_env(), timeout=60, check=False, stdin=subprocess.DEVNULL)
+            listed.append(done.returncode)
+
+    looper = threading.Thread(target=loop, daemon=True)
+    looper.start()
+    try:
+        assert join.wait(timeout=300) == 0, join.describe()
+        assert serve.wait() == 0, serve.describe()
+    finally:
+        stop.set()
+        looper.join(timeout=90)
+    assert listed and set(listed) == {0}  # every `fact list` during the sync answered
+    assert stats(join)["received"]["facts"]["inserted"] == 20_000
+    assert len(export(consumer)[0].fact_records) == 20_001
