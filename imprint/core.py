@@ -30,6 +30,7 @@ from imprint.messages.store import (
     CountMemories,
     DescribeModel,
     DescribeStore,
+    DescribeVectorChecks,
     EmbedTexts,
     EndFact,
     FactCounts,
@@ -53,6 +54,7 @@ from imprint.messages.store import (
     StoreInfo,
     StoreResult,
     TrashRestored,
+    VectorChecks,
 )
 
 #: A memory's id as search and export show it.
@@ -93,8 +95,9 @@ class Core:
 
         self.settings = settings
         #: Running LocalActors lent by the caller (who keeps owning them), or ours.
+        self._last_request = time.monotonic()
         self.local = local if local is not None else LocalActors(settings, embedder=True, leftovers="background",
-                                                                 note=note or say_on_stderr)
+                                                                 note=note or say_on_stderr, quiet=self.quiet_for)
         self._owned = local is None
         #: Sync sessions under way, by a number of their own.
         self._syncs: dict[int, Any] = {}
@@ -120,9 +123,16 @@ class Core:
         if self._owned:
             self.local.stop(interrupted=interrupted)
 
+    def quiet_for(self) -> float:
+        """Seconds since the last request (0 while a sync runs): background work waits for quiet."""
+        if self.syncs_running:
+            return 0.0
+        return time.monotonic() - self._last_request
+
     def _ask(self, actor: str, message: Any, *, timeout: float | None = None) -> Any:
         from imprint.actors.base import ASK_TIMEOUT, ask
 
+        self._last_request = time.monotonic()
         return ask(self.local[actor], message, timeout=timeout or ASK_TIMEOUT)
 
     # ---------------------------------------------------------------- the model
@@ -151,6 +161,7 @@ class Core:
         from imprint.local import START_TIMEOUT, embed_and_store, given_key
 
         _refuse_dated_ahead(records)
+        self._last_request = time.monotonic()
         self._wake_storer()
         given = given or {}
         if any(given_key(r) not in given for r in records) and not self.model_loaded():
@@ -236,6 +247,10 @@ class Core:
 
     def count_facts(self) -> FactCounts:
         return self._ask("fact_store", CountFacts())
+
+    def vector_checks(self) -> VectorChecks:
+        """A peer's vectors waiting for the background check, and the peers found wrong."""
+        return self._ask("memory_store", DescribeVectorChecks())
 
     # ---------------------------------------------------------------- the trash (imprint.trash)
 

@@ -17,6 +17,7 @@ from imprint.actors.embedder import Embedder
 from imprint.actors.fact_store import FactStore
 from imprint.actors.memory_store import MemoryStore
 from imprint.actors.storer import ALL_STREAMS, Storer
+from imprint.actors.verifier import Verifier
 from imprint.config import Settings
 from imprint.errors import StoreError
 from imprint.messages.records import MemoryRecord, content_hash, winning_copies
@@ -171,8 +172,12 @@ class LocalActors:
 
     def __init__(self, settings: Settings, *, embedder: bool = False, memories: bool = True, facts: bool = True,
                  read_only: bool = False, note: Callable[[str], None] = say_on_stderr,
-                 leftovers: Literal["wait", "background"] = "wait") -> None:
+                 leftovers: Literal["wait", "background"] = "wait",
+                 quiet: Callable[[], float] | None = None) -> None:
         self.settings = settings
+        #: Seconds the owner (the service) has been quiet: given, a Verifier checks a peer's
+        #: vectors in the background while it is (imprint.actors.verifier).
+        self.quiet = quiet
         #: What an interrupted sync left in the spool: stored before the command runs ("wait"),
         #: or while it runs ("background": the service, where reads must never wait for it).
         self.leftovers = leftovers
@@ -221,6 +226,9 @@ class LocalActors:
             # The spool's store stage: it stores what sessions receive, and first what is left.
             group.start("storer", Storer, spool_path=spool_path(s.workspace_dir), memory_store=group.get("memory_store"),
                         fact_store=group["fact_store"], embedder=group.get("embedder"))
+            if self.quiet is not None and "embedder" in group:
+                group.start("verifier", Verifier, memory_store=group["memory_store"], embedder=group["embedder"],
+                            quiet=self.quiet)
             if pending.total and self.leftovers == "background":
                 self.note(f"imprint: storing {pending.total:,} records an interrupted sync received earlier "
                           "(kept in the receive spool), in the background")

@@ -81,6 +81,8 @@ class SpooledBatch:
     #: The peer's vectors for these memories (little-endian float32, None where it had none), and their model.
     vectors: tuple[bytes | None, ...] = ()
     model: str = ""
+    #: The fingerprint of the peer that sent it ("" if unknown).
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,12 +198,12 @@ class Spool:
         """The oldest batch of `datasets` waiting to be stored, or None."""
         marks = ",".join("?" * len(datasets))
         row = self._read(
-            f"SELECT id, stream, dataset, body, vectors, model FROM batches WHERE dataset IN ({marks}) "
-            "ORDER BY id LIMIT 1", datasets
+            f"SELECT b.id, b.stream, b.dataset, b.body, b.vectors, b.model, s.peer FROM batches b "
+            f"LEFT JOIN streams s ON s.stream = b.stream WHERE b.dataset IN ({marks}) ORDER BY b.id LIMIT 1", datasets
         ).fetchone()
         if row is None:
             return None
-        batch_id, stream, dataset, body, carried, model = row
+        batch_id, stream, dataset, body, carried, model, peer = row
         try:
             records = _decoders[dataset].decode(body)
             vectors = _vectors_decoder.decode(carried) if carried else ()
@@ -215,7 +217,7 @@ class Spool:
             self.remove(batch_id)
             return self.next_batch(datasets)
         return SpooledBatch(id=batch_id, stream=stream, dataset=dataset, records=records, vectors=vectors,
-                            model=model or "")
+                            model=model or "", peer=peer or "")
 
     def remove(self, batch_id: int) -> None:
         self._write("DELETE FROM batches WHERE id = ?", (batch_id,))

@@ -426,6 +426,8 @@ def test_status_reports_dir_workspace_device_model_and_counts(
         "facts_active": 1,
         "facts_ended": 0,
         "waiting_in_spool": 0,
+        "vectors_unchecked": 0,
+        "vectors_distrusted_from": [],
     }
     assert not (data_dir / "device_id.txt").exists()
 

@@ -34,6 +34,7 @@ from imprint.messages.records import (
 from imprint.messages.store import (
     CountMemories,
     DescribeStore,
+    DescribeVectorChecks,
     FacetCount,
     FacetMemories,
     FindMissing,
@@ -47,6 +48,7 @@ from imprint.messages.store import (
     NewestMemories,
     PageMemories,
     RemoveTrash,
+    ResolveUnverified,
     RetrieveMemories,
     RetrieveTombstones,
     SearchHit,
@@ -57,7 +59,10 @@ from imprint.messages.store import (
     StoreResult,
     StoreTombstones,
     SummarizeVersions,
+    TakeUnverified,
+    Unverified,
     Versions,
+    VectorChecks,
     VersionSummary,
 )
 from imprint.protocol.items import FORGOTTEN_MEMORY, MEMORY, item
@@ -67,6 +72,12 @@ from imprint.tombstones import TombstoneTable, forgets
 from imprint.trash import KEEP_DAYS, TrashTable
 
 _trash_encoder = msgspec.msgpack.Encoder()
+_CHECKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS unverified (id TEXT PRIMARY KEY, hash TEXT NOT NULL, peer TEXT NOT NULL DEFAULT '',
+                                       received_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS unverified_order ON unverified (received_at);
+CREATE TABLE IF NOT EXISTS distrusted (peer TEXT PRIMARY KEY, at REAL NOT NULL, replaced INTEGER NOT NULL DEFAULT 0);
+"""
 
 
 def open_backend(*, path: Path | None, url: str | None, collection: str) -> Backend:
@@ -169,6 +180,7 @@ class MemoryStore(ImprintActor):
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             self._tombstones = TombstoneTable(db, "forgotten", FORGOTTEN_MEMORY)
+            db.executescript(_CHECKS_SCHEMA)
             self._trash = TrashTable(db, "memories")
             expired = self._trash.expire()
             if expired:
@@ -245,6 +257,89 @@ class MemoryStore(ImprintActor):
     def _delete(self, ids: tuple[str, ...]) -> None:
         self._unindex(ids)
         self._backend.delete(ids)
+        self._mark_checked(ids)
+
+    # ------------------------------------------------------------ vectors not checked yet
+    #
+    # A peer's vectors are stored as it sent them (after a sample is checked) and listed in
+    # `unverified` until the background check (imprint.actors.verifier) has embedded their
+    # texts here and compared. Until then they never leave this machine: reads for a sync or
+    # an export get no vector for them (the other side embeds). Peers whose vectors were found
+    # wrong are in `distrusted`: nothing they send is taken as it is again.
+
+    def _checks(self) -> sqlite3.Connection | None:
+        return self._tombstones.db if self._tombstones is not None and not self.read_only else None
+
+    def _mark_unverified(self, ids: list[tuple[str, str]], peer: str) -> None:
+        db = self._checks()
+        if db is not None and ids:
+            now = time.time()
+            self._in_transaction("INSERT OR REPLACE INTO unverified (id, hash, peer, received_at) VALUES (?, ?, ?, ?)",
+                                 [(i, h, peer, now) for i, h in ids])
+
+    def _mark_checked(self, ids: tuple[str, ...] | list[str]) -> None:
+        db = self._checks()
+        if db is not None and ids:
+            self._in_transaction("DELETE FROM unverified WHERE id = ?", [(i,) for i in ids])
+
+    def _unverified_among(self, ids: list[str]) -> set[str]:
+        db = self._tombstones.db if self._tombstones is not None else None
+        if db is None or not ids or not self._has_checks(db):
+            return set()
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update(i for (i,) in db.execute(
+                f"SELECT id FROM unverified WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    @staticmethod
+    def _has_checks(db: sqlite3.Connection) -> bool:
+        return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'unverified'").fetchone() is not None
+
+    def _hide_unverified(self, memories: list[StoredMemory]) -> list[StoredMemory]:
+        """What leaves through a sync or an export: no vector for those not checked yet."""
+        hidden = self._unverified_among([m.record.id for m in memories if m.vector])
+        if not hidden:
+            return memories
+        return [StoredMemory(record=m.record) if m.record.id in hidden else m for m in memories]
+
+    def _take_unverified(self, limit: int) -> tuple[Unverified, ...]:
+        db = self._checks()
+        if db is None:
+            return ()
+        rows = db.execute("SELECT u.id, u.hash, u.peer FROM unverified u LEFT JOIN distrusted d ON d.peer = u.peer "
+                          "ORDER BY d.peer IS NULL, u.received_at, u.id LIMIT ?", (limit,)).fetchall()
+        return tuple(Unverified(id=i, hash=h, peer=p) for i, h, p in rows)
+
+    def _resolve(self, checked: tuple[str, ...], replaced: tuple[str, ...], vectors: list[list[float]],
+                 distrust: str) -> int:
+        db = self._checks()
+        if db is None:
+            return 0
+        if distrust:
+            db.execute("INSERT INTO distrusted (peer, at) VALUES (?, ?) ON CONFLICT(peer) DO NOTHING",
+                       (distrust, time.time()))
+        fixed = 0
+        if replaced:
+            ours = dict(zip(replaced, vectors))
+            found = self._backend.retrieve(replaced)
+            points = [StoredMemory(record=m.record, vector=ours[m.record.id], model=self._meta.model) for m in found]
+            self._ensure_room(sum(len(p.record.content) + 4 * len(p.vector) + 512 for p in points))
+            self._backend.upsert(points)
+            fixed = len(points)
+            if distrust:
+                db.execute("UPDATE distrusted SET replaced = replaced + ? WHERE peer = ?", (fixed, distrust))
+        self._mark_checked(list(dict.fromkeys((*checked, *replaced))))
+        return fixed
+
+    def _vector_checks(self) -> VectorChecks:
+        db = self._tombstones.db if self._tombstones is not None else None
+        if db is None or not self._has_checks(db):
+            return VectorChecks()
+        (waiting,) = db.execute("SELECT COUNT(*) FROM unverified").fetchone()
+        return VectorChecks(waiting=waiting, distrusted=tuple(p for (p,) in db.execute(
+            "SELECT peer FROM distrusted ORDER BY at")))
 
     def _finish_forgetting(self) -> None:
         """A crash between writing tombstones and deleting the copies leaves copies
@@ -348,7 +443,7 @@ class MemoryStore(ImprintActor):
                 return self._cached(message, lambda: tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where)))
             case NewestMemories(where=where, offset=offset, limit=limit):
                 return tuple(b.newest(where, offset, limit))
-            case StoreMemories() | ForgetMemories() | StoreTombstones() | RemoveTrash():
+            case StoreMemories() | ForgetMemories() | StoreTombstones() | RemoveTrash() | ResolveUnverified():
                 self._counts.clear()
                 return self._write(message)
             case SummarizeVersions():
@@ -360,14 +455,19 @@ class MemoryStore(ImprintActor):
             case RetrieveTombstones(keys=keys):
                 found = self._tombstones.get(keys) if self._tombstones is not None else {}
                 return tuple(Tombstone("memories", k, at) for k, at in found.items())
+            case TakeUnverified(limit=limit):
+                return self._take_unverified(limit)
+            case DescribeVectorChecks():
+                return self._vector_checks()
             case ListTrash(since=since, peer=peer, ids=ids, limit=limit, after=after):
                 if self._trash is None:
                     return ()
                 return tuple(self._trash.list(since=since, peer=peer, ids=ids, limit=limit, after=after))
             case RetrieveMemories(ids=ids, vectors=False):
                 return tuple(m.record for m in b.retrieve(ids)) if b is not None else ()
-            case RetrieveMemories(ids=ids, vectors=True):
+            case RetrieveMemories(ids=ids, vectors=True, unverified=unverified):
                 found = b.retrieve(ids, vectors=True) if b is not None else []
+                found = found if unverified else self._hide_unverified(found)
                 return MemoryPage(records=tuple(m.record for m in found), next_after=None,
                                   vectors=tuple(m.vector or [] for m in found), models=tuple(m.model for m in found))
             case DescribeStore():
@@ -379,8 +479,11 @@ class MemoryStore(ImprintActor):
 
     def _write(self, message: Any) -> Any:
         match message:
-            case StoreMemories(records=records, vectors=vectors, stored=stored, model=model):
-                return self._store(records, vectors, stored, model)
+            case StoreMemories(records=records, vectors=vectors, stored=stored, model=model, unverified=unverified,
+                               peer=peer):
+                return self._store(records, vectors, stored, model, unverified, peer)
+            case ResolveUnverified(checked=checked, replaced=replaced, vectors=vectors, distrust=distrust):
+                return self._resolve(checked, replaced, vectors, distrust)
             case ForgetMemories(deleted_at=deleted_at, ids=ids, where=where):
                 return self._forget(deleted_at, ids, where)
             case StoreTombstones(tombstones=tombstones, peer=peer):
@@ -412,7 +515,8 @@ class MemoryStore(ImprintActor):
                           kept=tuple(k for k in kept if k not in result), stored=stored, forgotten=tuple(forgotten))
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
-               stored: dict[str, MemoryVersion] | None, model: str | None) -> StoreResult:
+               stored: dict[str, MemoryVersion] | None, model: str | None, unverified: tuple[str, ...] = (),
+               peer: str = "") -> StoreResult:
         if len(records) != len(vectors):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
         if self._meta is None:
@@ -443,6 +547,13 @@ class MemoryStore(ImprintActor):
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points)
         self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
+        if unverified:
+            doubtful = set(unverified)
+            self._mark_unverified([(m.record.id, content_hash(m.record.content)) for m in points
+                                   if m.record.id in doubtful], peer)
+            self._mark_checked([m.record.id for m in points if m.record.id not in doubtful])
+        else:
+            self._mark_checked([m.record.id for m in points])  # our own vectors now
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
 
@@ -518,6 +629,8 @@ class MemoryStore(ImprintActor):
     def _page(self, limit: int, after: str | None, vectors: bool) -> MemoryPage:
         memories, next_after = self._backend.page(limit, after, vectors=vectors)
         records = tuple(m.record for m in memories)
+        if vectors:
+            memories = self._hide_unverified(memories)
         if not vectors:
             return MemoryPage(records=records, next_after=next_after)
         return MemoryPage(records=records, next_after=next_after, vectors=tuple(m.vector or [] for m in memories),

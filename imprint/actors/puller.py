@@ -74,19 +74,19 @@ class Puller(ImprintActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case StartPull(stream=stream, batch_size=batch_size, request=request):
-                self._start(stream, batch_size, request)
+            case StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer):
+                self._start(stream, batch_size, request, peer)
             case StreamFrame(frame=frame):
                 self._on_frame(frame)
             case _:
                 return super().handle(message)
         return None
 
-    def _start(self, stream: str, batch_size: int, request: bool) -> None:
+    def _start(self, stream: str, batch_size: int, request: bool, peer: str = "") -> None:
         self._validator = StreamValidator()
         self._stream = stream
         try:
-            self._spool.open_stream(stream)
+            self._spool.open_stream(stream, peer=peer)
             if request:
                 ask(self.relay, SendFrame(frame=Request.pull(batch_size=batch_size)), timeout=60)
         except ImprintError as exc:

@@ -51,6 +51,7 @@ from imprint.messages.session import (
 )
 from imprint.messages.store import (
     DescribeStore,
+    DescribeVectorChecks,
     EmbedTexts,
     FindMissing,
     StoreFacts,
@@ -103,6 +104,8 @@ class Storer(ImprintActor):
         #: Vectors of the batch in hand came from the peer (checked): their model.
         self._given_model: str | None = None
         self._reused = 0
+        #: Memories of the batch in hand stored with the peer's vector unchecked (not in the sample).
+        self._unverified: tuple[str, ...] = ()
         #: Streams whose vectors failed the check: everything from them is embedded here.
         self._distrusted: set[str] = set()
         self._store_info: Any = None
@@ -189,6 +192,7 @@ class Storer(ImprintActor):
 
     def _begin(self, batch: SpooledBatch) -> None:
         self._current = batch
+        self._unverified = ()
         self._todo, self._vectors, self._kept, self._stored = [], [], (), {}
         self._given_model, self._reused = None, 0
         if batch.dataset != "memories":
@@ -201,10 +205,17 @@ class Storer(ImprintActor):
         # little (random lengths padded to each chunk's longest cost a third of the time).
         self._todo = sorted(winning_copies(records, missing.ids), key=lambda r: len(r.content))
         self._kept, self._stored = missing.kept, missing.stored
-        if batch.vectors and self._todo and batch.stream not in self._distrusted:
+        if batch.vectors and self._todo and batch.stream not in self._distrusted and not self._peer_distrusted(batch):
             self._vectors = self._checked_vectors(batch)
             if self._vectors:
                 self._given_model = batch.model
+
+    def _peer_distrusted(self, batch: SpooledBatch) -> bool:
+        """A peer whose vectors the background check found wrong is never believed again."""
+        if not batch.peer or batch.peer not in ask(self.memory_store, DescribeVectorChecks()).distrusted:
+            return False
+        self._refuse(batch.stream, f"earlier vectors from device {batch.peer} were found wrong")
+        return True
 
     def _checked_vectors(self, batch: SpooledBatch) -> list[list[float]]:
         """The peer's vectors for the memories to write, if they pass the check; else []."""
@@ -226,12 +237,15 @@ class Storer(ImprintActor):
         sample = self._rng.sample(range(n), min(n, max(MIN_SAMPLE, math.ceil(n * SAMPLE_SHARE))))
         made = ask(self._embedder(), EmbedTexts(texts=tuple(self._todo[i].content for i in sample))).vectors
         for i, ours in zip(sample, made):
-            similarity = _cosine(ours, vectors[i])
+            similarity = cosine(ours, vectors[i])
             if similarity < MIN_COSINE:
                 self._refuse(batch.stream, f"a vector it sent differs from this model's (cosine {similarity:.4f})")
                 return []
             vectors[i] = ours
         self._reused += n - len(sample)
+        checked = set(sample)
+        # The rest are used at once, and checked in full later, in the background (imprint.actors.verifier).
+        self._unverified = tuple(r.id for i, r in enumerate(self._todo) if i not in checked)
         return vectors
 
     def _refuse(self, stream: str, why: str) -> None:
@@ -246,7 +260,9 @@ class Storer(ImprintActor):
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
         result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
-                                                              stored=self._stored, model=self._given_model))
+                                                      stored=self._stored, model=self._given_model,
+                                                      unverified=self._unverified if self._given_model else (),
+                                                      peer=batch.peer))
         reused, self._reused = self._reused, 0
         return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
                            kept_ids=self._kept, vectors_reused=reused)
@@ -284,7 +300,7 @@ class Storer(ImprintActor):
             pass
 
 
-def _cosine(a: list[float], b: list[float]) -> float:
+def cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return dot / norm if norm else 0.0

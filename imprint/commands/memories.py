@@ -289,6 +289,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings, out: Output) -> int
 
             for page in _memory_pages(service, vectors=True):
                 for record, vector, model in zip(page.records, page.vectors, page.models):
+                    if not vector:  # a peer's vector not checked yet: the line goes without (import embeds)
+                        write(encoder.encode(record) + b"\n")
+                        continue
                     # the record's object, with two more fields before its closing brace
                     write(encoder.encode(record)[:-1] + b',"vector":"' + vector_to_text(vector).encode()
                           + b'","vector_model":' + encoder.encode(model) + b"}\n")
@@ -455,7 +458,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
     from imprint.errors import StoreError
     from imprint.fingerprint import model_fingerprint
     from imprint.identity import read_fingerprint
-    from imprint.messages.store import CountFacts, DescribeStore, FactCounts
+    from imprint.messages.store import CountFacts, DescribeStore, DescribeVectorChecks, FactCounts, VectorChecks
     from imprint.spool import read_pending, spool_path
     from imprint.storage.legacy import LegacyStore
 
@@ -476,9 +479,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         with client:
             service_info = client.call(p.ServiceStatus(), p.ServiceInfo)
             held = client.call(p.StoreStatus(), p.StoreStatusReply | None)
+    checks = VectorChecks()
     if held is not None:
         store = held
         facts = FactCounts(active=held.facts_active, ended=held.facts_ended)
+        checks = VectorChecks(waiting=held.vectors_unchecked, distrusted=held.distrusted)
         store_exists, old_format = True, False
     else:  # no service holds this workspace's store: read it here, read-only
         from imprint.actors.base import ask
@@ -487,6 +492,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         try:
             with LocalActors(settings, memories=store_exists, facts=True, read_only=True) as local:
                 store = ask(local["memory_store"], DescribeStore()) if store_exists else None
+                checks = ask(local["memory_store"], DescribeVectorChecks()) if store_exists else checks
                 facts = ask(local["fact_store"], CountFacts())
         except StoreError as exc:
             if "another imprint process" not in str(exc):
@@ -512,6 +518,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         "facts_active": facts.active,
         "facts_ended": facts.ended,
         "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
+        "vectors_unchecked": checks.waiting,
+        "vectors_distrusted_from": list(checks.distrusted),
         "service": ({"pid": service_info.pid, "uptime": round(service_info.uptime, 1),
                      "model_loaded": settings.model in service_info.models_loaded} if service_info else None),
     }
@@ -538,6 +546,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
                         f"{'loaded' if settings.model in service_info.models_loaded else 'not loaded'}; "
                         "'imprint service status' tells more)" if service_info else "not running (the next command "
                         "that needs the store starts it)")
+    if info["vectors_unchecked"]:
+        shown["vectors_unchecked"] = (f"{info['vectors_unchecked']:,} received with their vectors, checked in the "
+                                      "background when the service is idle (not sent on until then)")
+    else:
+        del shown["vectors_unchecked"]
+    if info["vectors_distrusted_from"]:
+        shown["vectors_distrusted_from"] = (", ".join(info["vectors_distrusted_from"]) + " (sent vectors that were "
+                                            "not this model's: replaced; theirs are not used again)")
+    else:
+        del shown["vectors_distrusted_from"]
     if info["waiting_in_spool"]:
         shown["waiting_in_spool"] = (f"{info['waiting_in_spool']:,} received records, stored by the next command "
                                      "that opens the store")

@@ -195,6 +195,8 @@ class StartPull(msgspec.Struct, frozen=True):
     stream: str
     batch_size: int = 500
     request: bool = False
+    #: The peer's fingerprint, kept with the stream (whose vectors these are).
+    peer: str = ""
 
 
 class StreamFrame(msgspec.Struct, frozen=True):

@@ -98,6 +98,11 @@ class StoreMemories(msgspec.Struct, frozen=True):
     vectors: list[list[float]]
     stored: dict[str, tuple[float, str]] | None = None
     model: str | None = None
+    #: Ids whose vectors came from a peer unchecked, and that peer's fingerprint: they are
+    #: marked unverified (never sent on, never exported) until the background check
+    #: (imprint.actors.verifier) has embedded them here and compared.
+    unverified: tuple[str, ...] = ()
+    peer: str = ""
 
 
 FactIdentity = tuple[str, str, str, float]
@@ -212,6 +217,46 @@ class RetrieveMemories(msgspec.Struct, frozen=True):
 
     ids: tuple[str, ...]
     vectors: bool = False
+    #: Vectors not checked yet come too (only the background check asks for them).
+    unverified: bool = False
+
+
+class Unverified(msgspec.Struct, frozen=True):
+    """A memory whose vector came from a peer and is not checked yet."""
+
+    id: str
+    hash: str
+    peer: str
+
+
+class TakeUnverified(msgspec.Struct, frozen=True):
+    """The next memories to check, those of distrusted peers first, then the oldest.
+    Reply: tuple of :class:`Unverified`."""
+
+    limit: int = 32
+
+
+class ResolveUnverified(msgspec.Struct, frozen=True):
+    """The background check's verdict: `checked` ids are done; `replaced` ids get these
+    vectors of ours (the peer's were wrong), and `distrust` (a peer fingerprint) is not
+    believed again. Reply: int, vectors replaced."""
+
+    checked: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    vectors: list[list[float]] = []
+    distrust: str = ""
+
+
+class VectorChecks(msgspec.Struct, frozen=True):
+    """Reply of :class:`DescribeVectorChecks`: vectors waiting for a check, and the peers
+    whose vectors were found wrong (never taken again)."""
+
+    waiting: int = 0
+    distrusted: tuple[str, ...] = ()
+
+
+class DescribeVectorChecks(msgspec.Struct, frozen=True):
+    """Reply: :class:`VectorChecks`."""
 
 
 class PageMemories(msgspec.Struct, frozen=True):

@@ -308,6 +308,9 @@ class StoreStatusReply(msgspec.Struct, frozen=True):
     model: str
     facts_active: int
     facts_ended: int
+    #: A peer's vectors not checked yet (imprint.actors.verifier), and peers whose vectors were wrong.
+    vectors_unchecked: int = 0
+    distrusted: tuple[str, ...] = ()
 
 
 class ServiceInfo(msgspec.Struct, frozen=True):

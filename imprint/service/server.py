@@ -407,9 +407,11 @@ class Service:
                     return None
                 store = held.describe_store()
                 facts = held.count_facts()
+                checks = held.vector_checks()
                 return p.StoreStatusReply(location=store.location, kind=store.kind, dimension=store.dimension,
                                           count=store.count, model=store.model, facts_active=facts.active,
-                                          facts_ended=facts.ended)
+                                          facts_ended=facts.ended, vectors_unchecked=checks.waiting,
+                                          distrusted=checks.distrusted)
         core = self.core(request.scope, note=note)
         match request:
             case p.ModelOf():

@@ -303,7 +303,8 @@ class SyncSession:
             case flows.Receive(stream=stream, batch_size=batch_size, request=request):
                 self._watched.append(stream)
                 self.storer.tell(Watch(stream=stream, listener=self.listener))
-                self.stages["puller"].tell(StartPull(stream=stream, batch_size=batch_size, request=request))
+                peer = self.flow.peer.fingerprint if self.flow.peer is not None else ""
+                self.stages["puller"].tell(StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer))
             case flows.ToPuller(frame=frame):
                 self.stages["puller"].tell(StreamFrame(frame=frame))
             case flows.Push(start=start):

@@ -186,6 +186,7 @@ class Pair:
             fingerprint=self.consumer_identity.fingerprint,
             public_key=self.consumer_identity.public_key.hex(),
             protocol=PROTOCOL_VERSION,
+            items=1024,  # an empty store, said rounded up
         )
 
     def provider_peer(self) -> PeerInfo:
@@ -196,6 +197,7 @@ class Pair:
             fingerprint=self.provider_identity.fingerprint,
             public_key=self.provider_identity.public_key.hex(),
             protocol=PROTOCOL_VERSION,
+            items=1024,
         )
 
     def settle(self) -> None:

@@ -535,3 +535,41 @@ def test_memories_and_tombstones_dated_ahead_are_repaired_once_on_open(start_act
     # repairs are possible again: the text added now is newer than the clamped tombstone
     later = msgspec.structs.replace(blocker, timestamp=time.time() + 5)
     assert store(ref, [later], unit_vectors(1)).inserted == 1
+
+
+def test_a_peers_unchecked_vectors_are_listed_hidden_from_reads_and_resolved(start_actor: StartActor,
+                                                                             tmp_path: Path) -> None:
+    from imprint.messages.store import (
+        DescribeVectorChecks,
+        PageMemories,
+        ResolveUnverified,
+        StoreMemories,
+        TakeUnverified,
+    )
+
+    ref = open_forgetting(start_actor, tmp_path)
+    a, b, c = (memory(f"received note {n}") for n in "abc")
+    vectors = unit_vectors(3)
+    ref.ask(StoreMemories(records=(a, b, c), vectors=vectors, unverified=(a.id, b.id), peer="0a0a0a0a"), timeout=30)
+    assert ref.ask(DescribeVectorChecks(), timeout=30).waiting == 2
+    # a sync or an export gets no vector for them; the check does
+    page = ref.ask(PageMemories(limit=10, vectors=True), timeout=30)
+    shown = {r.id: (v, m) for r, v, m in zip(page.records, page.vectors, page.models)}
+    assert shown[a.id] == ([], "") and shown[b.id] == ([], "") and shown[c.id][1] == "fp-test"
+    hidden = ref.ask(RetrieveMemories(ids=(a.id,), vectors=True), timeout=30)
+    assert hidden.vectors == ([],)
+    full = ref.ask(RetrieveMemories(ids=(a.id,), vectors=True, unverified=True), timeout=30)
+    assert full.vectors[0] == pytest.approx(vectors[0], abs=1e-6)
+    # a distrusted peer's go first; a replaced vector is ours from then on
+    other = memory("from another")
+    ref.ask(StoreMemories(records=(other,), vectors=unit_vectors(1, seed=3), unverified=(other.id,), peer="0b0b0b0b"),
+            timeout=30)
+    ours = unit_vectors(1, seed=9)[0]
+    assert ref.ask(ResolveUnverified(replaced=(a.id,), vectors=[ours], distrust="0a0a0a0a"), timeout=30) == 1
+    assert [u.peer for u in ref.ask(TakeUnverified(limit=10), timeout=30)] == ["0a0a0a0a", "0b0b0b0b"]
+    assert ref.ask(RetrieveMemories(ids=(a.id,), vectors=True), timeout=30).vectors[0] == pytest.approx(ours, abs=1e-6)
+    checks = ref.ask(DescribeVectorChecks(), timeout=30)
+    assert checks.waiting == 2 and checks.distrusted == ("0a0a0a0a",)
+    # forgotten: no longer waiting
+    ref.ask(ForgetMemories(deleted_at=2e9, ids=(b.id,)), timeout=30)
+    assert [u.id for u in ref.ask(TakeUnverified(limit=10), timeout=30)] == [other.id]
