@@ -124,7 +124,8 @@ class Core:
             self.local.stop(interrupted=interrupted)
 
     def quiet_for(self) -> float:
-        """Seconds since the last request (0 while a sync runs): background work waits for quiet."""
+        """Seconds since the model last served a request (0 while a sync runs): background work that
+        needs the model waits for quiet. Reads that need no model (status, pages) do not count."""
         if self.syncs_running:
             return 0.0
         return time.monotonic() - self._last_request
@@ -132,7 +133,6 @@ class Core:
     def _ask(self, actor: str, message: Any, *, timeout: float | None = None) -> Any:
         from imprint.actors.base import ASK_TIMEOUT, ask
 
-        self._last_request = time.monotonic()
         return ask(self.local[actor], message, timeout=timeout or ASK_TIMEOUT)
 
     # ---------------------------------------------------------------- the model
@@ -150,6 +150,7 @@ class Core:
 
         if texts and not self.model_loaded():
             note("loading the embedding model…")
+        self._last_request = time.monotonic()
         return self._ask("embedder", EmbedTexts(texts=texts), timeout=START_TIMEOUT).vectors
 
     # ---------------------------------------------------------------- memories

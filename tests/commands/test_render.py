@@ -14,7 +14,7 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
                                     "facts": {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 1}},
                        "sent": {"memories": {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0},
                                 "facts": {"sent": 1}},
-                       "forgotten": 0, "vectors_reused": 0})
+                       "forgotten": 0, "vectors_reused": 0, "forgets_refused": 0, "forgets_kept": 0})
     event = decode_event(line)
     assert isinstance(event, Stats)
     assert json.loads(encode_event(event)) == json.loads(line)  # one encoding for --json and SSE
@@ -24,7 +24,14 @@ def test_the_human_summary_names_each_dataset_and_direction() -> None:
         "  sent:     memories 5 (4 new, 1 already there); facts 1",
     ]
     forgot = decode_event(line.replace('"forgotten": 0', '"forgotten": 7'))
-    assert format_stats(forgot).splitlines()[-1] == "  forgotten here, as on the other machine: 7"
+    assert format_stats(forgot).splitlines()[-1] == \
+        "  forgotten here, as on the other machine: 7 (kept in 'imprint trash' for 30 days)"
+    guarded = decode_event(line.replace('"forgets_refused": 0', '"forgets_refused": 5000')
+                           .replace('"forgets_kept": 0', '"forgets_kept": 150'))
+    assert format_stats(guarded).splitlines()[-2:] == [
+        "  kept, though the other machine forgot them: 150 (over --max-forget)",
+        "  tombstones refused (not the other machine's to send, or dated ahead): 5,000",
+    ]
 
 
 def test_the_summary_says_how_many_vectors_came_from_the_other_machine() -> None:

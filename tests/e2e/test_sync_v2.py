@@ -129,9 +129,15 @@ def test_an_interrupted_sync_is_completed_by_a_rerun_that_moves_only_what_is_mis
 
 
 def vectors_of(data: Path) -> dict[str, list[float]]:
+    """Every memory's vector, once the background check has checked those a peer sent
+    (until then an export leaves them out)."""
     import base64
     import struct
+    import time
 
+    deadline = time.monotonic() + 180
+    while json.loads(run(data, "--json", "status"))["vectors_unchecked"] and time.monotonic() < deadline:
+        time.sleep(0.5)  # the check runs inside the service; this count is its only outward sign
     out = {}
     for line in run(data, "export", "--vectors").splitlines():
         row = json.loads(line)
