@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from imprint.chunks import MAX_DOCUMENT_BYTES
 from imprint.config import Settings
 from imprint.errors import InputError
 from imprint.messages import events
 from imprint.messages.records import FactRecord, MemoryRecord, dated_ahead
-from imprint.trash import TrashEntry
 from imprint.messages.store import (
     AddFact,
     CountFacts,
@@ -31,10 +31,13 @@ from imprint.messages.store import (
     DescribeModel,
     DescribeStore,
     DescribeVectorChecks,
+    Document,
     EmbedTexts,
     EndFact,
+    FacetCount,
     FactCounts,
     FactPage,
+    FindMissing,
     ForgetFact,
     ForgetMemories,
     Forgotten,
@@ -44,18 +47,22 @@ from imprint.messages.store import (
     MemoryFilter,
     MemoryPage,
     ModelInfo,
+    Overview,
     PageFacts,
     PageMemories,
     RemoveTrash,
     RetrieveMemories,
     SearchHit,
     SearchMemories,
+    SplitTexts,
     StoredFact,
+    StoredText,
     StoreInfo,
     StoreResult,
     TrashRestored,
     VectorChecks,
 )
+from imprint.trash import TrashEntry
 
 #: A memory's id as search and export show it.
 MEMORY_ID = re.compile(r"[0-9a-f]{16}")
@@ -65,6 +72,10 @@ MAX_RESULTS = 1000
 SLOW_SEARCH = 0.1
 #: Most records one page of an export carries.
 MAX_PAGE = 5000
+#: Most chunks one source may be read back with.
+MAX_SOURCE_CHUNKS = 10_000
+#: The workspace's record of its last sync.
+LAST_SYNC = "last_sync.json"
 
 Note = Callable[[str], None]
 
@@ -156,12 +167,15 @@ class Core:
     # ---------------------------------------------------------------- memories
 
     def remember(self, records: tuple[MemoryRecord, ...], *, given: dict[tuple[str, str], list[float]] | None = None,
-                 note: Note = _quiet) -> StoreResult:
+                 note: Note = _quiet, chunk: bool = False) -> StoreResult:
         """Store finalized memory records; only texts not stored yet are embedded
-        (`given` vectors, of this store's model, by :func:`imprint.local.given_key`, are used as they are)."""
+        (`given` vectors, of this store's model, by :func:`imprint.local.given_key`, are used as they are).
+        With `chunk`, a record longer than the model's window is stored as its chunks (imprint.chunks)."""
         from imprint.local import START_TIMEOUT, embed_and_store, given_key
 
         _refuse_dated_ahead(records)
+        if chunk:
+            records = self._chunked(records, note=note)
         self._last_request = time.monotonic()
         self._wake_storer()
         given = given or {}
@@ -170,6 +184,106 @@ class Core:
         return embed_and_store(self.local["embedder"], self.local["memory_store"], records, given=given,
                                timeout=START_TIMEOUT)
 
+    def _split(self, texts: tuple[str, ...], *, note: Note = _quiet) -> tuple[tuple[str, ...], ...]:
+        """Each text in chunks of the model's window (texts that fit need no model)."""
+        from imprint.actors.embedder import WINDOW_FLOOR
+        from imprint.local import START_TIMEOUT
+
+        if all(len(t) <= WINDOW_FLOOR for t in texts):
+            return tuple((t,) for t in texts)
+        if not self.model_loaded():
+            note("loading the embedding model…")
+        return self._ask("embedder", SplitTexts(texts=texts), timeout=START_TIMEOUT).chunks
+
+    def _chunked(self, records: tuple[MemoryRecord, ...], *, note: Note = _quiet) -> tuple[MemoryRecord, ...]:
+        """Records as stored: one longer than the model's window becomes its chunks, which share its
+        source (`text:<hash>` if it had none), project, type, tags and times."""
+        import msgspec
+
+        from imprint.messages.records import content_hash, finalize_memory
+
+        pieces = self._split(tuple(r.content for r in records), note=note)
+        out: list[MemoryRecord] = []
+        for record, chunks in zip(records, pieces):
+            if len(chunks) == 1:
+                out.append(record)
+                continue
+            source = record.source or f"text:{content_hash(record.content)}"
+            out.extend(finalize_memory(msgspec.structs.replace(record, id="", content=c, source=source, chunk_index=i))
+                       for i, c in enumerate(chunks))
+        return tuple(out)
+
+    def store_documents(self, documents: tuple[Document, ...], *, replace: bool = False,
+                        note: Note = _quiet) -> tuple[StoredText, ...]:
+        """Store texts as memories, each chunked to the model's window, in one pass of the model.
+        With `replace`, each document's source then holds exactly its new chunks: older chunks of
+        it are forgotten (with tombstones, so every synced machine follows)."""
+        from imprint.messages.records import MemoryRecord, content_hash, finalize_memory
+
+        for d in documents:
+            if not d.content.strip():
+                raise InputError("the content is empty; nothing was stored")
+            if len(d.content.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+                raise InputError(f"a document is larger than {MAX_DOCUMENT_BYTES // 2**20} MiB; nothing was stored")
+        pieces = self._split(tuple(d.content for d in documents), note=note)
+        per_doc: list[tuple[MemoryRecord, ...]] = []
+        try:
+            for d, chunks in zip(documents, pieces):
+                source = d.source or (f"text:{content_hash(d.content)}" if len(chunks) > 1 else "")
+                per_doc.append(tuple(finalize_memory(MemoryRecord(
+                    content=c, project=d.project, type=d.type, tags=d.tags, source=source,
+                    chunk_index=i if len(chunks) > 1 else 0, source_mtime=d.source_mtime)) for i, c in enumerate(chunks)))
+        except ValueError as exc:
+            raise InputError(f"cannot store it: {exc}; nothing was stored") from None
+        everything = tuple(r for records in per_doc for r in records)
+        before = self._ask("memory_store", FindMissing(ids=tuple(r.id for r in everything),
+                                                       timestamps=tuple(r.timestamp for r in everything),
+                                                       hashes=tuple(content_hash(r.content) for r in everything)))
+        new = set(before.ids)
+        held = set(before.stored)
+        self.remember(everything, note=note)
+        out = []
+        for d, records in zip(documents, per_doc):
+            forgotten = 0
+            source = records[0].source
+            if replace and source:
+                kept = {r.id for r in records}
+                old = tuple(r.id for r in self.source_chunks(source, project=d.project) if r.id not in kept)
+                if old:
+                    forgotten = len(self.forget(ids=old).forgotten)
+            out.append(StoredText(ids=tuple(r.id for r in records), source=source,
+                                  inserted=sum(r.id in new and r.id not in held for r in records),
+                                  updated=sum(r.id in new and r.id in held for r in records), forgotten=forgotten))
+        return tuple(out)
+
+    def source_chunks(self, source: str, *, project: str | None = None, start: int = 0,
+                      end: int | None = None) -> tuple[MemoryRecord, ...]:
+        """A document's chunks (the memories of one source) in order, from `start` to `end` (inclusive)."""
+        from imprint.messages.store import NewestMemories
+
+        found = self._ask("memory_store", NewestMemories(where=MemoryFilter(project=project, source=source),
+                                                         limit=MAX_SOURCE_CHUNKS))
+        chosen = [r for r in found if r.chunk_index >= start and (end is None or r.chunk_index <= end)]
+        return tuple(sorted(chosen, key=lambda r: (r.chunk_index, r.project, r.id)))
+
+    def sources(self, *, project: str | None = None, limit: int = 50) -> tuple[FacetCount, ...]:
+        """The sources (documents) held, most chunks first."""
+        from imprint.messages.store import FacetMemories
+
+        found = self._ask("memory_store", FacetMemories(key="source", limit=limit + 1, where=MemoryFilter(project=project)))
+        return tuple(f for f in found if f.value)[:limit]
+
+    def overview(self) -> Overview:
+        """Counts, projects, model, last sync: what an agent's `status` shows."""
+        from imprint.messages.store import FacetMemories
+
+        store = self.describe_store()
+        facts = self.count_facts()
+        projects = self._ask("memory_store", FacetMemories(key="project", limit=20, where=MemoryFilter()))
+        return Overview(workspace=self.settings.workspace, memories=store.count, facts_active=facts.active,
+                        facts_ended=facts.ended, model=self.settings.model,
+                        projects=tuple((f.value, f.count) for f in projects), last_sync=read_last_sync(self.settings))
+
     def _wake_storer(self) -> None:
         """What waits in the spool (a sync stopped by a full disk, say) is tried again on each write."""
         from imprint.messages.session import Wake
@@ -177,8 +291,8 @@ class Core:
         if "storer" in self.local.group:
             self.local["storer"].tell(Wake())
 
-    def search(self, query: str, *, k: int = 5, project: str | None = None, note: Note = _quiet
-               ) -> tuple[SearchHit, ...]:
+    def search(self, query: str, *, k: int = 5, project: str | None = None, note: Note = _quiet,
+               where: MemoryFilter | None = None) -> tuple[SearchHit, ...]:
         """The `k` memories nearest in meaning to `query`, best first."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("search query is empty")
@@ -187,7 +301,7 @@ class Core:
         started = time.perf_counter()
         vector = self.embed((query,), note=note)[0]
         embedded = time.perf_counter()
-        hits = self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project)).hits
+        hits = self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project, where=where)).hits
         done = time.perf_counter()
         if done - started > SLOW_SEARCH:
             from loguru import logger
@@ -237,9 +351,9 @@ class Core:
         return self._ask("fact_store", ForgetFact(fact_id=fact_id, deleted_at=time.time()))
 
     def list_facts(self, *, subject: str | None = None, predicate: str | None = None, include_ended: bool = False,
-                   limit: int = 1000) -> tuple[StoredFact, ...]:
-        return tuple(self._ask("fact_store", ListFacts(subject=subject, predicate=predicate,
-                                                       include_ended=include_ended, limit=limit)))
+                   limit: int = 1000, object: str | None = None, as_of: float | None = None) -> tuple[StoredFact, ...]:
+        return tuple(self._ask("fact_store", ListFacts(subject=subject, predicate=predicate, object=object,
+                                                       include_ended=include_ended, limit=limit, as_of=as_of)))
 
     def fact_page(self, *, after: tuple[str, str, str, float] | None = None, limit: int = 500) -> FactPage:
         if not 1 <= limit <= MAX_PAGE:
@@ -317,11 +431,14 @@ class Core:
         from imprint.sync.runner import run_serve
 
         track, untrack = self._tracked(on_session)
+        report, peer = _watching_peer(report)
         try:
-            return run_serve(self.settings, report=report, approver=approver, local=self.local, on_session=track,
-                             **options)
+            stats = run_serve(self.settings, report=report, approver=approver, local=self.local, on_session=track,
+                              **options)
         finally:
             untrack()
+        write_last_sync(self.settings, stats, peer)
+        return stats
 
     def join(self, *, report: Callable[[events.Event], None], on_session: Callable[[Any], None],
              **options: Any) -> events.Stats:
@@ -329,10 +446,13 @@ class Core:
         from imprint.sync.runner import run_join
 
         track, untrack = self._tracked(on_session)
+        report, peer = _watching_peer(report)
         try:
-            return run_join(self.settings, report=report, local=self.local, on_session=track, **options)
+            stats = run_join(self.settings, report=report, local=self.local, on_session=track, **options)
         finally:
             untrack()
+        write_last_sync(self.settings, stats, peer)
+        return stats
 
     def _tracked(self, on_session: Callable[[Any], None]) -> tuple[Callable[[Any], None], Callable[[], None]]:
         """A session hook that counts the session as running until `untrack()`."""
@@ -355,6 +475,46 @@ class Core:
     def syncs_running(self) -> int:
         with self._lock:
             return sum(1 for s in self._syncs.values() if not getattr(s, "done", False))
+
+
+def _watching_peer(report: Callable[[events.Event], None]) -> tuple[Callable[[events.Event], None], list[str]]:
+    """`report`, noting who the peer is (for the last-sync line)."""
+    peer: list[str] = []
+
+    def watch(event: events.Event) -> None:
+        if isinstance(event, events.PeerConnected) and event.hostname:
+            peer[:] = [f"{event.hostname} ({event.fingerprint})"]
+        report(event)
+
+    return watch, peer
+
+
+def write_last_sync(settings: Settings, stats: events.Stats, peer: list[str]) -> None:
+    """Remember the last sync of a workspace (for `status` and the agents' status tool); best effort."""
+    import json
+
+    received = stats.received.memories.inserted + stats.received.facts.inserted
+    sent = stats.sent.memories.sent + stats.sent.facts.sent
+    line = {"at": time.time(), "role": stats.role, "peer": peer[0] if peer else "", "received": received,
+            "sent": sent, "forgotten": stats.forgotten}
+    try:
+        (settings.workspace_dir / LAST_SYNC).write_text(json.dumps(line))
+    except OSError:
+        pass
+
+
+def read_last_sync(settings: Settings) -> str:
+    """The last sync in one line ("" if none)."""
+    import json
+
+    try:
+        line = json.loads((settings.workspace_dir / LAST_SYNC).read_text())
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(line["at"])))
+        with_ = f" with {line['peer']}" if line.get("peer") else ""
+        return (f"{when}{with_} ({line.get('role', '?')}): received {int(line.get('received', 0)):,} new, "
+                f"sent {int(line.get('sent', 0)):,}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def trash_id(entry: TrashEntry) -> str:

@@ -131,8 +131,9 @@ def test_done_when_import_search_reimport_export(corpus: tuple[Path, Path, Any],
 
     hits = json_objects(ok(imprint_cli(data_dir, "search", PARAPHRASE, "-k", "3", "--json")).stdout)
     assert len(hits) == 3
-    assert [set(h) for h in hits] == [{"id", "score", "content", "project", "source"}] * 3
-    assert hits[0] == {**{k: TARGET[k] for k in ("content", "project", "source")}, "id": TARGET_ID, "score": hits[0]["score"]}
+    assert [set(h) for h in hits] == [{"id", "score", "content", "project", "source", "chunk_index"}] * 3
+    assert hits[0] == {**{k: TARGET[k] for k in ("content", "project", "source")}, "id": TARGET_ID, "score": hits[0]["score"],
+                       "chunk_index": 0}
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
 
@@ -309,16 +310,16 @@ def test_empty_content_on_add_is_refused(tmp_path: Path, imprint_cli: Run) -> No
     assert export_lines(imprint_cli, tmp_path) == []
 
 
-def test_content_over_1_mib_on_add_is_refused(tmp_path: Path) -> None:
+def test_content_over_8_mib_on_add_is_refused(tmp_path: Path) -> None:
     # Linux caps one argv string at 128 KiB, so the oversize text is built inside the child,
-    # which runs the real entry point with it.
+    # which runs the real entry point with it. (Up to 8 MiB a text is stored as its chunks.)
     code = (
         "import sys; from imprint.main import main; "
-        f"sys.exit(main(['--data-dir', {str(tmp_path)!r}, 'add', 'x' * (1024 * 1024 + 1)]))"
+        f"sys.exit(main(['--data-dir', {str(tmp_path)!r}, 'add', 'x ' * (4 * 1024 * 1024 + 1)]))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert "larger than 1 MiB" in one_line_error(proc)
+    assert "larger than 8 MiB" in one_line_error(proc)
     assert not (tmp_path / "qdrant").exists()  # refused before any store was opened
 
 

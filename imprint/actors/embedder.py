@@ -27,12 +27,14 @@ from imprint.errors import ConfigError, ModelError
 from imprint.models import MAX_EMBED_CHARS, resolve_model
 from imprint.messages.store import (
     Canaries,
+    Chunks,
     DescribeCanaries,
     DescribeModel,
     Embeddings,
     EmbedTexts,
     IsModelLoaded,
     ModelInfo,
+    SplitTexts,
 )
 
 #: Texts per forward pass. Callers hand texts of about one length together
@@ -153,6 +155,10 @@ def known_dimension(name: str) -> int | None:
         return None
 
 
+#: Texts this short fit any model's window whatever its tokenizer (each token covers a character or more).
+WINDOW_FLOOR = 126
+
+
 class WarmUp(msgspec.Struct, frozen=True):
     """Load the model now (the dashboard, so its first search does not wait). No reply needed."""
 
@@ -200,6 +206,18 @@ class Embedder(ImprintActor):
                 self._canaries()  # a few ms now, while loaded: a later sync need not load the model for them
         return self._model
 
+    def _split(self, text: str) -> tuple[str, ...]:
+        """`text` in chunks of the model's window (its two marker tokens left out)."""
+        from imprint.chunks import split
+
+        if len(text) <= WINDOW_FLOOR:  # a word piece covers at least a character: it fits, no tokenizer needed
+            return (text,)
+        model = self._load()
+        window = int(getattr(model, "max_seq_length", 0) or 256) - 2
+        offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                  verbose=False)["offset_mapping"]
+        return tuple(split(text, offsets, window))
+
     @property
     def model_loaded(self) -> bool:
         return self._model is not None
@@ -222,6 +240,8 @@ class Embedder(ImprintActor):
                     return Embeddings(vectors=[])
                 model = self._load()
                 return Embeddings(vectors=encode(model, texts, self.precision))
+            case SplitTexts(texts=texts):
+                return Chunks(chunks=tuple(self._split(t) for t in texts))
             case WarmUp():
                 self._load()
                 return None

@@ -183,8 +183,9 @@ class FactStore(ImprintActor):
                 return self._store(records)
             case PageFacts(limit=limit, after=after):
                 return self._page(limit, after)
-            case ListFacts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit):
-                return self._list(subject, predicate, include_ended, limit)
+            case ListFacts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
+                           object=object_, as_of=as_of):
+                return self._list(subject, predicate, include_ended, limit, object_, as_of)
             case AddFact(record=record):
                 return self._add(record)
             case EndFact(fact_id=fact_id, ended=ended):
@@ -337,8 +338,16 @@ class FactStore(ImprintActor):
         next_after = facts[-1].record.identity if len(facts) == limit else None
         return FactPage(facts=facts, next_after=next_after)
 
-    def _list(self, subject: str | None, predicate: str | None, include_ended: bool, limit: int) -> tuple[StoredFact, ...]:
+    def _list(self, subject: str | None, predicate: str | None, include_ended: bool, limit: int,
+              object_: str | None = None, as_of: float | None = None) -> tuple[StoredFact, ...]:
         clauses, params = [], []
+        if object_ is not None:
+            clauses.append("object = ?")
+            params.append(object_)
+        if as_of is not None:
+            clauses.append("valid_from <= ? AND (ended IS NULL OR ended > ?)")
+            params += [as_of, as_of]
+            include_ended = True
         if subject is not None:
             clauses.append("subject = ?")
             params.append(subject)

@@ -434,8 +434,11 @@ class MemoryStore(ImprintActor):
                 return self._to_write(ids, timestamps, hashes)
             case PageMemories(limit=limit, after=after, vectors=vectors):
                 return self._page(limit, after, vectors)
-            case SearchMemories(vector=vector, limit=limit, project=project):
-                hits = b.search(vector, limit, MemoryFilter(project=project))
+            case SearchMemories(vector=vector, limit=limit, project=project, where=where):
+                where = where or MemoryFilter()
+                if where.project is None and project is not None:
+                    where = msgspec.structs.replace(where, project=project)
+                hits = b.search(vector, limit, where)
                 return SearchHits(hits=tuple(SearchHit(score=score, record=record) for score, record in hits))
             case CountMemories(where=where):
                 return self._cached(message, lambda: b.count(where))

@@ -111,32 +111,43 @@ def _loading(text: str) -> None:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings, out: Output) -> int:
-    from imprint.messages.records import MemoryRecord, finalize_memory
-    from imprint.messages.store import StoreResult
+    from imprint.messages.records import MemoryRecord
+    from imprint.messages.store import Document, StoredText
+
+    from imprint.chunks import MAX_DOCUMENT_BYTES
 
     content = _read_stdin_text() if args.text == "-" else args.text
+    if len(content) > MAX_DOCUMENT_BYTES // 4 and len(content.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+        raise InputError(f"cannot add memory: the text is larger than {MAX_DOCUMENT_BYTES // 2**20} MiB")
     raw = {"content": content, "project": args.project, "source": args.source, "type": args.type, "tags": _parse_tags(args.tag)}
     try:
-        record = finalize_memory(msgspec.convert(raw, MemoryRecord))
+        msgspec.convert({**raw, "content": content[:1000] or content}, MemoryRecord)  # the fields, as a record has them
+        document = msgspec.convert(raw, Document)
     except msgspec.ValidationError as exc:
         raise InputError(f"cannot add memory: {exc}") from None
     with ServiceClient(settings) as service:
-        result = service.call(p.Remember(records=(record,)), StoreResult, on_note=_loading)
-    inserted, updated = bool(result.inserted), bool(result.updated)
-    shown = record.id if inserted else f"{record.id} (updated: a newer text of this memory)" if updated else \
-        f"{record.id} (already there)"
-    out.result({"id": record.id, "inserted": inserted, "updated": updated}, shown)
+        [done] = service.call(p.StoreDocuments(documents=(document,)), tuple[StoredText, ...], on_note=_loading)
+    inserted, updated = bool(done.inserted), bool(done.updated)
+    if len(done.ids) > 1:
+        shown = (f"{len(done.ids)} chunks of source {done.source!r} ({done.inserted} new); "
+                 f"'imprint show {done.source}' prints it whole")
+    else:
+        shown = done.ids[0] if inserted else f"{done.ids[0]} (updated: a newer text of this memory)" if updated else \
+            f"{done.ids[0]} (already there)"
+    out.result({"id": done.ids[0], "ids": list(done.ids), "source": done.source, "inserted": inserted,
+                "updated": updated}, shown)
     return 0
 
 
 def _read_stdin_text() -> str:
-    from imprint.messages.records import MAX_RECORD_BYTES
+    from imprint.chunks import MAX_DOCUMENT_BYTES
 
-    data = sys.stdin.buffer.read(MAX_RECORD_BYTES + 4)
+    data = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 4)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    if len(data) > MAX_RECORD_BYTES:
-        raise InputError("cannot add memory: the text on standard input is larger than 1 MiB")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise InputError(f"cannot add memory: the text on standard input is larger than "
+                         f"{MAX_DOCUMENT_BYTES // 2**20} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -180,7 +191,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
         def flush() -> None:
             nonlocal inserted, updated, skipped, flushed, batch_bytes
             if batch:
-                request = p.Remember(records=tuple(batch), given=tuple(p.Given(id=i, hash=h, vector=v)
+                request = p.Remember(records=tuple(batch), chunk=True, given=tuple(p.Given(id=i, hash=h, vector=v)
                                                                         for (i, h), v in given.items()))
                 result = service.call(request, StoreResult, on_note=_loading)
                 inserted += result.inserted
@@ -362,9 +373,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings, out: Output) -> int
         r = hit.record
         snippet = " ".join(r.content.split())
         snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
+        where = f"  {r.source}#{r.chunk_index}" if r.source else ""
         out.result(
-            {"id": r.id, "score": round(hit.score, 6), "content": r.content, "project": r.project, "source": r.source},
-            f"{hit.score:.3f}  {r.id}  [{r.project}]  {snippet}",
+            {"id": r.id, "score": round(hit.score, 6), "content": r.content, "project": r.project, "source": r.source,
+             "chunk_index": r.chunk_index},
+            f"{hit.score:.3f}  {r.id}  [{r.project}]{where}  {snippet}",
         )
     return 0
 

@@ -10,7 +10,7 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-from imprint.messages.records import FactRecord, MemoryRecord, Tombstone
+from imprint.messages.records import FactRecord, MemoryRecord, Tags, Tombstone
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -28,6 +28,19 @@ class EmbedTexts(msgspec.Struct, frozen=True):
 
 class Embeddings(msgspec.Struct, frozen=True):
     vectors: list[list[float]]
+
+
+class SplitTexts(msgspec.Struct, frozen=True):
+    """Each text as the chunks the model reads whole (imprint.chunks), cut with its own tokenizer.
+    Reply: :class:`Chunks`."""
+
+    texts: tuple[str, ...]
+
+
+class Chunks(msgspec.Struct, frozen=True):
+    """Per text, its chunks in order (a text that fits the window is its one chunk)."""
+
+    chunks: tuple[tuple[str, ...], ...]
 
 
 class DescribeModel(msgspec.Struct, frozen=True):
@@ -172,6 +185,42 @@ class RemoveTrash(msgspec.Struct, frozen=True):
     """Drop these trash entries (restored, or thrown away); all of them when `ids` is None. Reply: int."""
 
     ids: tuple[int, ...] | None = None
+
+
+class Document(msgspec.Struct, frozen=True):
+    """A text to store as memories: chunked when longer than the model's window (imprint.chunks).
+    A document without a source that needs several chunks gets `text:<hash of its text>`."""
+
+    content: str
+    project: str = "default"
+    type: str = "note"
+    tags: Tags = Tags()
+    source: str = ""
+    source_mtime: float = 0.0
+
+
+class StoredText(msgspec.Struct, frozen=True):
+    """What storing one Document did: its chunks' ids in order, the source they share, how many
+    were new, and (replacing a source) how many older chunks of it were forgotten."""
+
+    ids: tuple[str, ...]
+    source: str = ""
+    inserted: int = 0
+    #: Chunks that replaced a stored copy (a newer text of the same id: an edit past character 200).
+    updated: int = 0
+    forgotten: int = 0
+
+
+class Overview(msgspec.Struct, frozen=True):
+    """A workspace at a glance (the agents' `status` tool)."""
+
+    workspace: str
+    memories: int
+    facts_active: int
+    facts_ended: int
+    model: str
+    projects: tuple[tuple[str, int], ...] = ()
+    last_sync: str = ""
 
 
 class TrashRestored(msgspec.Struct, frozen=True):
@@ -320,6 +369,8 @@ class SearchMemories(msgspec.Struct, frozen=True):
     vector: list[float]
     limit: int = 10
     project: str | None = None
+    #: More conditions (type, source); its project, if any, wins over `project`.
+    where: MemoryFilter | None = None
 
 
 class SearchHit(msgspec.Struct, frozen=True):
@@ -389,6 +440,9 @@ class ListFacts(msgspec.Struct, frozen=True):
     predicate: str | None = None
     include_ended: bool = False
     limit: int = 1000
+    object: str | None = None
+    #: The facts true at this time (started by then, not ended by then); ended ones included.
+    as_of: float | None = None
 
 
 class AddFact(msgspec.Struct, frozen=True):

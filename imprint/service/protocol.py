@@ -27,7 +27,7 @@ from imprint.config import DEFAULT_MODEL, DEFAULT_WORKSPACE
 from imprint.errors import ImprintError
 from imprint.messages.records import FactRecord, MemoryRecord
 from imprint.messages.session import PeerInfo
-from imprint.messages.store import MemoryFilter
+from imprint.messages.store import Document, MemoryFilter
 
 #: The service protocol; any change to a request or reply moves it.
 PROTOCOL = 1
@@ -90,6 +90,36 @@ class Remember(Request, tag="remember"):
 
     records: tuple[MemoryRecord, ...]
     given: tuple[Given, ...] = ()
+    #: Store a record longer than the model's window as its chunks (`imprint import`).
+    chunk: bool = False
+
+
+class StoreDocuments(Request, tag="store_documents"):
+    """Store texts, chunked to the model's window; with `replace`, each document's source keeps
+    only its new chunks. Reply: tuple[StoredText, ...]."""
+
+    documents: tuple[Document, ...]
+    replace: bool = False
+
+
+class SourceChunks(Request, tag="source_chunks"):
+    """A document's chunks in order. Reply: tuple[MemoryRecord, ...]."""
+
+    source: str
+    project: str | None = None
+    start: int = 0
+    end: int | None = None
+
+
+class Sources(Request, tag="sources"):
+    """The sources held, most chunks first. Reply: tuple[FacetCount, ...]."""
+
+    project: str | None = None
+    limit: int = 50
+
+
+class OverviewOf(Request, tag="overview"):
+    """Reply: Overview."""
 
 
 class Search(Request, tag="search"):
@@ -98,6 +128,9 @@ class Search(Request, tag="search"):
     query: str
     k: int = 5
     project: str | None = None
+    #: (a memory's type: `type` names the request itself on the wire)
+    memory_type: str | None = None
+    source: str | None = None
 
 
 class Get(Request, tag="get"):
@@ -180,6 +213,8 @@ class FactList(Request, tag="fact_list"):
     predicate: str | None = None
     include_ended: bool = False
     limit: int = 1000
+    object: str | None = None
+    as_of: float | None = None
 
 
 class StoreStatus(Request, tag="store_status"):
@@ -246,7 +281,7 @@ class Answer(Request, tag="answer"):
 
 
 ClientFrame = Union[Hello, ModelOf, Remember, Search, Get, Count, Forget, MemoryPageOf, FactPageOf, FactAdd,
-                    FactEnd, FactForget, FactList, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
+                    FactEnd, FactForget, FactList, StoreDocuments, SourceChunks, Sources, OverviewOf, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
                     Cancel, Answer]
 
 

@@ -39,6 +39,7 @@ from loguru import logger
 
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError, InputError
+from imprint.messages.store import MemoryFilter
 from imprint.service import protocol as p
 from imprint.service.paths import lock_path, reachable, socket_path
 
@@ -416,11 +417,20 @@ class Service:
         match request:
             case p.ModelOf():
                 return core.model()
-            case p.Remember(records=records, given=given):
+            case p.Remember(records=records, given=given, chunk=chunk):
                 vectors = {(g.id, g.hash): _floats(g.vector) for g in given}
-                return core.remember(records, given=vectors, note=note)
-            case p.Search(query=query, k=k, project=project):
-                return core.search(query, k=k, project=project, note=note)
+                return core.remember(records, given=vectors, note=note, chunk=chunk)
+            case p.Search(query=query, k=k, project=project, memory_type=type_, source=source):
+                where = MemoryFilter(project=project, type=type_, source=source) if type_ or source else None
+                return core.search(query, k=k, project=project, note=note, where=where)
+            case p.StoreDocuments(documents=documents, replace=replace):
+                return core.store_documents(documents, replace=replace, note=note)
+            case p.SourceChunks(source=source, project=project, start=start, end=end):
+                return core.source_chunks(source, project=project, start=start, end=end)
+            case p.Sources(project=project, limit=limit):
+                return core.sources(project=project, limit=limit)
+            case p.OverviewOf():
+                return core.overview()
             case p.Get(ids=ids):
                 return core.get(ids)
             case p.Count(where=where):
@@ -437,8 +447,10 @@ class Service:
                 return core.end_fact(fact_id)
             case p.FactForget(fact_id=fact_id):
                 return core.forget_fact(fact_id)
-            case p.FactList(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit):
-                return core.list_facts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit)
+            case p.FactList(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
+                            object=object_, as_of=as_of):
+                return core.list_facts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
+                                       object=object_, as_of=as_of)
             case p.TrashList(since=since, peer=peer, ids=ids, limit=limit):
                 return core.trash(since=since, peer=peer, ids=ids, limit=limit)
             case p.TrashRestore(since=since, peer=peer, ids=ids):
