@@ -427,6 +427,7 @@ def test_status_reports_dir_workspace_device_model_and_counts(
         "facts_active": 1,
         "facts_ended": 0,
         "waiting_in_spool": 0,
+        "last_sync": None,
         "vectors_unchecked": 0,
         "vectors_distrusted_from": [],
     }

@@ -468,6 +468,7 @@ def _service_stopped(settings: Settings) -> Iterator[None]:
 
 def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     """Read-only: loads no model, creates nothing, works on a data dir it may not write."""
+    from imprint.core import read_last_sync
     from imprint.errors import StoreError
     from imprint.fingerprint import model_fingerprint
     from imprint.identity import read_fingerprint
@@ -531,6 +532,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
         "facts_active": facts.active,
         "facts_ended": facts.ended,
         "waiting_in_spool": read_pending(spool_path(settings.workspace_dir)).total,
+        "last_sync": read_last_sync(settings) or None,
         "vectors_unchecked": checks.waiting,
         "vectors_distrusted_from": list(checks.distrusted),
         "service": ({"pid": service_info.pid, "uptime": round(service_info.uptime, 1),
@@ -559,6 +561,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
                         f"{'loaded' if settings.model in service_info.models_loaded else 'not loaded'}; "
                         "'imprint service status' tells more)" if service_info else "not running (the next command "
                         "that needs the store starts it)")
+    if not info["last_sync"]:
+        shown["last_sync"] = "never (in this workspace)"
     if info["vectors_unchecked"]:
         shown["vectors_unchecked"] = (f"{info['vectors_unchecked']:,} received with their vectors, checked in the "
                                       "background when the service is idle (not sent on until then)")
