@@ -186,3 +186,32 @@ def test_imprint_mcp_over_stdio_two_at_once_and_the_dashboard_all_answer(tmp_pat
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+
+
+def test_the_readme_host_setups_start_the_server_they_name(tmp_path: Path) -> None:
+    """What the README tells Claude Code, Cursor and Codex to run is the installed `imprint mcp`,
+    and it answers the SDK's client (as far as this machine allows: no host is installed here)."""
+    import json
+    import re
+    import tomllib
+
+    from mcp import Client, StdioServerParameters
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "claude mcp add imprint -- imprint mcp" in readme
+    cursor = json.loads(re.search(r"```json\n(\{\"mcpServers\".*?)\n```", readme, re.S).group(1))
+    codex = tomllib.loads(re.search(r"```toml\n(\[mcp_servers\.imprint\].*?)\n```", readme, re.S).group(1))
+    commands = {(cursor["mcpServers"]["imprint"]["command"], tuple(cursor["mcpServers"]["imprint"]["args"])),
+                (codex["mcp_servers"]["imprint"]["command"], tuple(codex["mcp_servers"]["imprint"]["args"]))}
+    assert commands == {("imprint", ("mcp",))}
+    script = Path(sys.executable).parent / "imprint"  # the console script pip installed
+    assert script.exists()
+
+    async def main() -> set[str]:
+        with anyio.fail_after(120):
+            params = StdioServerParameters(command=str(script), args=["--data-dir", str(tmp_path / "d"), "mcp"],
+                                           env=cli_env())
+            async with Client(params) as client:
+                return {t.name for t in (await client.list_tools()).tools}
+
+    assert "search" in anyio.run(main)
