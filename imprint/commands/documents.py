@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
 from imprint.commands import CommandLine
 from imprint.commands.render import Output, note
 from imprint.config import Settings
@@ -169,12 +171,30 @@ def cmd_mcp(args: argparse.Namespace, settings: Settings, out: Output) -> int:
         if args.http is None:
             server.run("stdio")
             return 0
+        import uvicorn
+
         host, port = _http_address(args.http)
-        note(f"imprint: MCP over streamable HTTP at http://{host}:{port}/mcp (Ctrl-C to stop)")
-        server.run("streamable-http", host=host, port=port)
+        sock = _listen(host, port)  # bound before it is announced: a client that reads the line can connect
+        note(f"imprint: MCP over streamable HTTP at http://{host}:{sock.getsockname()[1]}/mcp (Ctrl-C to stop)")
+        app = server.streamable_http_app(host=host)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
         return 0
     finally:
         server._imprint_memory.close()
+
+
+def _listen(host: str, port: int) -> Any:
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--http: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock
 
 
 def _http_address(text: str) -> tuple[str, int]:

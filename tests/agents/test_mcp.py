@@ -215,3 +215,28 @@ def test_the_readme_host_setups_start_the_server_they_name(tmp_path: Path) -> No
                 return {t.name for t in (await client.list_tools()).tools}
 
     assert "search" in anyio.run(main)
+
+
+def test_imprint_mcp_over_streamable_http_on_loopback_only(tmp_path: Path) -> None:
+    from mcp import Client
+
+    data = tmp_path / "data"
+    refused = subprocess.run([sys.executable, "-m", "imprint", "--data-dir", str(data), "mcp", "--http",
+                              "0.0.0.0:8770"], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert refused.returncode != 0 and "loopback address only" in refused.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "imprint", "--data-dir", str(data), "mcp", "--http", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert f"http://127.0.0.1:{port}/mcp" in server.stderr.readline()  # said once its socket listens
+
+        async def main() -> str:
+            with anyio.fail_after(120):
+                async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                    await client.call_tool("store", {"content": "HTTP agents share the same store"})
+                    return text(await client.call_tool("search", {"query": "same store", "limit": 1}))
+
+        assert "HTTP agents share the same store" in anyio.run(main)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

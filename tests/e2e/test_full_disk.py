@@ -35,13 +35,23 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.timeout(600)
 def test_a_peer_filling_the_disk_stops_the_sync_with_one_line_and_breaks_nothing(
         spawn: Spawn, relay: RecordingRelay, tmp_path: Path, small_disk: Path) -> None:
+    import random
+
+    from imprint.config import Settings
+    from imprint.local import LocalActors, given_key
+    from imprint.messages.records import MemoryRecord, finalize_memory
+
     provider, victim = tmp_path / "provider", small_disk / "data"
-    # The provider holds ~64 MB of text; the victim's disk has 48 MB in all.
-    big = [{"content": f"log dump {i}: " + f"line {i} of a very long incident log. " * 26_000, "project": "logs",
-            "timestamp": 1_700_000_000.0 + i} for i in range(64)]
+    # The provider holds ~64 MB of text (whole 1 MB records, as a peer that does not chunk sends them;
+    # stored here through the real MemoryStore with vectors supplied, so nothing is embedded);
+    # the victim's disk has 48 MB in all.
+    big = tuple(finalize_memory(MemoryRecord(content=f"log dump {i}: " + " ".join(
+        f"entry-{i}-{j}" for j in range(64_000)), project="logs", timestamp=1_700_000_000.0 + i)) for i in range(64))
+    rng = random.Random(3)
+    with LocalActors(Settings(data_dir=provider).prepare(), embedder=True) as local:
+        local.store_memories(big, given={given_key(r): [rng.uniform(-1, 1) for _ in range(384)] for r in big})
     mine = [{"content": f"my own note {i}: keep the staging cluster warm", "project": "me",
              "timestamp": 1_700_000_000.0 + i} for i in range(20)]
-    run(provider, "import", str(write_jsonl(tmp_path / "big.jsonl", big)))
     run(victim, "import", str(write_jsonl(tmp_path / "mine.jsonl", mine)))
     [before] = export(victim)
 
