@@ -51,3 +51,13 @@ class CommandLine:
         p = actions.add_parser(name, parents=[self.common], help=help_, description=kw.pop("description", help_), **kw)
         p.set_defaults(handler=handler)
         return p
+
+
+def size_type(text: str) -> int:
+    """An argparse type for sizes: `2G`, `500M`, `1048576` (see imprint.spool.parse_size)."""
+    from imprint.spool import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

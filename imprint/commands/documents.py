@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imprint.commands import CommandLine
+from imprint.commands import CommandLine, size_type
 from imprint.commands.render import Output, note
 from imprint.config import Settings
 from imprint.errors import ConfigError, InputError
@@ -32,7 +32,7 @@ def register(cli: CommandLine) -> None:
     a.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     a.add_argument("--project", help="project of the memories (default: the name of each root directory)")
     a.add_argument("--type", default="document", help="type of the memories (default: document)")
-    a.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+    a.add_argument("--max-size", type=size_type, default=None, metavar="SIZE",
                    help="skip files larger than this, e.g. 4M (default 2M)")
 
     a = cli.command("show", cmd_show, "print a document (a source's chunks, in order) whole",
@@ -51,15 +51,6 @@ def register(cli: CommandLine) -> None:
     a.add_argument("--http", metavar="[HOST:]PORT", default=None,
                    help="serve streamable HTTP at http://HOST:PORT/mcp instead (HOST 127.0.0.1 by default; "
                         "loopback only)")
-
-
-def _size(text: str) -> int:
-    from imprint.spool import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- show

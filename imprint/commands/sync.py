@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from imprint.commands import CommandLine
+from imprint.commands import CommandLine, size_type
 from imprint.commands.render import (
     HumanReporter,
     Output,
@@ -190,15 +190,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _size(text: str) -> int:
-    from imprint.spool import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _forget_limit(text: str) -> str:
     from imprint.protocol.forgets import ForgetLimit
 
@@ -217,7 +208,7 @@ def _sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="give up when the peer is silent this long mid-transfer, or (join) when nobody serves "
                         "the room this long (default 120)")
-    p.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
+    p.add_argument("--spool-limit", type=size_type, default=None, metavar="SIZE",
                    help="how much received data may wait on disk to be stored, e.g. 4G "
                         "(env IMPRINT_SPOOL_LIMIT; default 2G)")
     p.add_argument("--reembed", action="store_true",
@@ -268,7 +259,7 @@ def register(cli: CommandLine) -> None:
                                 "would pass it is refused with close 1009, the others go on.")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8430, help="port (default 8430)")
-    p.add_argument("--budget", type=_size, default=512 * 1024 * 1024, metavar="SIZE",
+    p.add_argument("--budget", type=size_type, default=512 * 1024 * 1024, metavar="SIZE",
                    help="memory for frames across all rooms, e.g. 1G (default 512M)")
     p.add_argument("--max-rooms", type=int, default=1000, metavar="N", help="rooms open at once (default 1000)")
     p.add_argument("--rooms-per-address", type=int, default=16, metavar="N",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import anyio
@@ -568,6 +568,19 @@ def create_app(
             raise HTTPException(404, "no such session")
         return _stream(session, request)
 
+    def deliver(session_id: str, decide: Callable[[Any], None]) -> Any:
+        """A page's answer to its session: 404 if the session is unknown or over, 409 if it asks nothing."""
+        session = sessions.get(session_id)
+        if session is None:
+            raise HTTPException(404, "no such session")
+        try:
+            decide(session)
+        except SessionGone as exc:
+            raise HTTPException(404, str(exc)) from None
+        except DecisionRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        return session
+
     @app.post("/api/sync/approve", response_model=ApproveResult, tags=["sync"], dependencies=[Depends(same_origin)],
               responses={**REFUSED,
                          404: {"description": "unknown or finished session"},
@@ -575,15 +588,7 @@ def create_app(
     def sync_approve(body: ApproveRequest) -> ApproveResult:
         """Answer a serve's `approval_required` (accept once, trust and accept, reject) or a join's
         `confirm_required` (accept = Join, reject = Cancel)."""
-        session = sessions.get(body.session_id)
-        if session is None:
-            raise HTTPException(404, "no such session")
-        try:
-            session.decide(body.decision)
-        except SessionGone as exc:
-            raise HTTPException(404, str(exc)) from None
-        except DecisionRefused as exc:
-            raise HTTPException(409, str(exc)) from None
+        session = deliver(body.session_id, lambda s: s.decide(body.decision))
         return ApproveResult(session_id=session.id, decision=body.decision)
 
     @app.post("/api/sync/forget", response_model=ForgetAnswer, tags=["sync"], dependencies=[Depends(same_origin)],
@@ -593,15 +598,7 @@ def create_app(
     def sync_forget(body: ForgetAnswer) -> ForgetAnswer:
         """Answer `forget_confirm_required`: the other machine would make this one forget more than the
         limit. `forget: true` forgets them (they wait in the trash for 30 days); false keeps everything."""
-        session = sessions.get(body.session_id)
-        if session is None:
-            raise HTTPException(404, "no such session")
-        try:
-            session.decide_forget(body.forget)
-        except SessionGone as exc:
-            raise HTTPException(404, str(exc)) from None
-        except DecisionRefused as exc:
-            raise HTTPException(409, str(exc)) from None
+        deliver(body.session_id, lambda s: s.decide_forget(body.forget))
         return body
 
     @app.post("/api/sync/cancel", response_model=SessionRef, tags=["sync"], dependencies=[Depends(same_origin)],
