@@ -106,6 +106,8 @@ class Storer(ImprintActor):
         self._reused = 0
         #: Memories of the batch in hand stored with the peer's vector unchecked (not in the sample).
         self._unverified: tuple[str, ...] = ()
+        #: Streams whose peer the background check has not distrusted (so far: a stream is short-lived).
+        self._trusted_streams: set[str] = set()
         #: Streams whose vectors failed the check: everything from them is embedded here.
         self._distrusted: set[str] = set()
         self._store_info: Any = None
@@ -211,8 +213,11 @@ class Storer(ImprintActor):
                 self._given_model = batch.model
 
     def _peer_distrusted(self, batch: SpooledBatch) -> bool:
-        """A peer whose vectors the background check found wrong is never believed again."""
+        """A peer whose vectors the background check found wrong is never believed again (asked once a stream)."""
+        if batch.stream in self._trusted_streams:
+            return False
         if not batch.peer or batch.peer not in ask(self.memory_store, DescribeVectorChecks()).distrusted:
+            self._trusted_streams.add(batch.stream)
             return False
         self._refuse(batch.stream, f"earlier vectors from device {batch.peer} were found wrong")
         return True

@@ -454,7 +454,14 @@ class Service:
             case p.TrashList(since=since, peer=peer, ids=ids, limit=limit):
                 return core.trash(since=since, peer=peer, ids=ids, limit=limit)
             case p.TrashRestore(since=since, peer=peer, ids=ids):
-                return core.restore(core.trash(since=since, peer=peer, ids=ids, limit=10**9), note=note)
+                from imprint.core import trash_id
+
+                entries = core.trash(since=since, peer=peer, ids=ids, limit=10**9)
+                unknown = sorted({i.strip().lower() for i in ids} - {trash_id(e) for e in entries})
+                if unknown:
+                    raise InputError(f"nothing in the trash is {', '.join(unknown[:5])} (see `imprint trash`); "
+                                     "nothing was restored")
+                return core.restore(entries, note=note)
             case p.TrashEmpty():
                 return core.empty_trash()
         raise InputError(f"the service does not answer {type(request).__name__}")

@@ -5,11 +5,22 @@ and restoring it wins everywhere at the next sync. Real processes, a real relay 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import RecordingRelay, Spawn, export, run, stats, sync, write_jsonl
+from tests.conftest import cli_env
+from tests.e2e.support import (
+    IMPRINT,
+    RecordingRelay,
+    Spawn,
+    export,
+    run,
+    stats,
+    sync,
+    write_jsonl,
+)
 
 N = 150
 
@@ -47,6 +58,9 @@ def test_a_wiped_peer_asks_first_goes_to_the_trash_and_is_restored_everywhere(
     restored = json.loads(run(a, "--json", "trash", "restore", "--peer", b_fingerprint))
     assert restored == {"memories": N, "facts": 0}
     assert run(a, "--json", "trash") == ""
+    gone = subprocess.run([*IMPRINT, "--data-dir", str(a), "trash", "restore", "m1"], capture_output=True, text=True,
+                          env=cli_env(), timeout=60, check=False)
+    assert gone.returncode == 1 and "nothing in the trash is m1" in gone.stderr
     assert len(export(a)[0].memory_ids) == N
     sync(spawn, a, b, relay.url, "y")
     ea, eb = export(a, b)
