@@ -114,6 +114,7 @@ class Core:
         self._syncs: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._next_sync = 0
+        self._conversations: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -133,6 +134,17 @@ class Core:
                 pass
         if self._owned:
             self.local.stop(interrupted=interrupted)
+        if self._conversations is not None:
+            self._conversations.close()
+
+    def conversations(self) -> Any:
+        """The chat's conversations of this workspace (imprint.chat.store; opened on first use)."""
+        with self._lock:
+            if self._conversations is None:
+                from imprint.chat.store import Conversations
+
+                self._conversations = Conversations(self.settings.workspace_dir / "chat.db")
+            return self._conversations
 
     def quiet_for(self) -> float:
         """Seconds since the model last served a request (0 while a sync runs): background work that

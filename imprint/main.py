@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any
 
-from imprint.commands import CommandLine, documents, facts, memories, service, sync, trash, trust, ui
+from imprint.commands import CommandLine, chat, documents, facts, memories, service, sync, trash, trust, ui
 from imprint.commands.render import Output, note
 from imprint.config import Settings, settings_from, validate_workspace
 from imprint.errors import ImprintError
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     cli = CommandLine(sub=parser.add_subparsers(dest="command", metavar="COMMAND"), common=common)
-    for group in (memories, documents, facts, sync, trash, trust, ui, service):
+    for group in (memories, documents, chat, facts, sync, trash, trust, ui, service):
         group.register(cli)
     return parser
 

@@ -86,11 +86,12 @@ def _tool_error(message: str) -> Exception:
     return ToolError(message)
 
 
-def build_server(settings: Settings) -> Any:
-    """The MCP server, its tools bound to the service of `settings`' data dir."""
+def build_server(settings: Settings, *, memory: Any = None) -> Any:
+    """The MCP server, its tools bound to the service of `settings`' data dir — or to `memory`
+    (anything with Memory's `call`: the chat, inside the service, asks its core directly)."""
     from mcp.server.mcpserver import MCPServer
 
-    memory = Memory(settings)
+    memory = Memory(settings) if memory is None else memory
     server = MCPServer("imprint", instructions=INSTRUCTIONS)
 
     @server.tool()

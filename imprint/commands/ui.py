@@ -26,6 +26,7 @@ def register(cli: CommandLine) -> None:
 
 
 def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
+    from imprint.commands.chat import chat_endpoint
     from imprint.service import protocol as p
     from imprint.service.client import ServiceClient
     from imprint.sync.network import default_relay
@@ -47,5 +48,5 @@ def cmd_ui(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     with ServiceClient(settings) as service:
         # Ctrl-C closes the dashboard (the service lives on) and exits 130, as every command.
-        service.call(p.Dashboard(port=args.port, default_relay=default_relay()), Any, on_event=ready, on_note=lambda text: note(f"imprint: {text}"))
+        service.call(p.Dashboard(port=args.port, default_relay=default_relay(), chat=chat_endpoint()), Any, on_event=ready, on_note=lambda text: note(f"imprint: {text}"))
     return 0

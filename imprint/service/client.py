@@ -180,7 +180,8 @@ class ServiceClient:
 
     def call(self, request: p.Request, reply: Any = Any, *, on_note: Handler | None = None,
              on_event: Handler | None = None, on_ask: Callable[[Any, str], str] | None = None,
-             on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
+             on_forget: Callable[[int, int, Any], bool] | None = None,
+             on_chat: Handler | None = None) -> Any:
         """Send one request (in this client's scope) and return its reply, decoded as `reply`.
 
         Notes, events and approval prompts that come first go to the handlers. Ctrl-C
@@ -189,11 +190,12 @@ class ServiceClient:
         """
         self.open()
         request = msgspec.structs.replace(request, scope=self.scope)
-        return self._call(request, reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget)
+        return self._call(request, reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget,
+                          on_chat=on_chat)
 
     def _call(self, request: Any, reply: Any, *, on_note: Handler | None = None, on_event: Handler | None = None,
               on_ask: Callable[[Any, str], str] | None = None,
-              on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
+              on_forget: Callable[[int, int, Any], bool] | None = None, on_chat: Handler | None = None) -> Any:
         assert self.sock is not None
         try:
             with self._send_lock:
@@ -201,14 +203,15 @@ class ServiceClient:
         except OSError as exc:
             raise self._gone(exc) from None
         try:
-            return self._replies(reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget)
+            return self._replies(reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget,
+                                 on_chat=on_chat)
         except KeyboardInterrupt as interrupt:
             self._cancel(interrupt)
             raise
 
     def _replies(self, reply: Any, *, on_note: Handler | None, on_event: Handler | None,
                  on_ask: Callable[[Any, str], str] | None, until: float | None = None,
-                 on_forget: Callable[[int, int, Any], bool] | None = None) -> Any:
+                 on_forget: Callable[[int, int, Any], bool] | None = None, on_chat: Handler | None = None) -> Any:
         assert self.sock is not None
         while True:
             if until is not None:
@@ -236,6 +239,11 @@ class ServiceClient:
                         from imprint.messages.events import decode_event
 
                         on_event(decode_event(data))
+                case p.ChatOut(data=data):
+                    if on_chat is not None:
+                        import json
+
+                        on_chat(json.loads(data))
                 case p.AskApproval(peer=peer, warning=warning):
                     # The user answers on a thread: events keep coming (and printing) meanwhile.
                     threading.Thread(target=self._ask_user, args=(on_ask, peer, warning), name="approval-prompt",

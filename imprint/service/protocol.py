@@ -30,7 +30,7 @@ from imprint.messages.session import PeerInfo
 from imprint.messages.store import Document, MemoryFilter
 
 #: The service protocol; any change to a request or reply moves it.
-PROTOCOL = 1
+PROTOCOL = 2
 #: Shown by `imprint service status`.
 VERSION = "0.1.0"
 #: Largest frame either side accepts (an import batch is cut well below it).
@@ -260,12 +260,39 @@ class Join(Request, tag="join"):
     options: SyncOptions = SyncOptions()
 
 
+class ChatEndpoint(msgspec.Struct, frozen=True):
+    """The front end's chat configuration (IMPRINT_CHAT_*: the service's environment is not the
+    user's shell's). Empty base_url: the local model."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = ""
+    timeout: float = 120.0
+
+
 class Dashboard(Request, tag="dashboard"):
     """Serve the dashboard on 127.0.0.1:port until this client goes or cancels. Streams one
     EventOut (UiReady) once it listens. Reply: None."""
 
     port: int
     default_relay: str | None = None
+    chat: ChatEndpoint = ChatEndpoint()
+
+
+class ChatAsk(Request, tag="chat"):
+    """Ask the memory a question; streams ChatOut events (imprint.chat.agent). `conversation`: go on
+    with that one ("" = a new one). Reply: the conversation's id."""
+
+    question: str
+    conversation: str = ""
+    endpoint: ChatEndpoint = ChatEndpoint()
+
+
+class ChatConversations(Request, tag="chat_list"):
+    """The workspace's conversations, newest first. Reply: a list of maps (id, title, created_at,
+    updated_at, messages)."""
+
+    limit: int = 50
 
 
 class Cancel(Request, tag="cancel"):
@@ -282,7 +309,7 @@ class Answer(Request, tag="answer"):
 
 ClientFrame = Union[Hello, ModelOf, Remember, Search, Get, Count, Forget, MemoryPageOf, FactPageOf, FactAdd,
                     FactEnd, FactForget, FactList, StoreDocuments, SourceChunks, Sources, OverviewOf, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
-                    Cancel, Answer]
+                    ChatAsk, ChatConversations, Cancel, Answer]
 
 
 # ---------------------------------------------------------------- replies
@@ -330,7 +357,13 @@ class AskForget(msgspec.Struct, tag="ask_forget", frozen=True):
     peer: PeerInfo | None = None
 
 
-ServiceFrame = Union[Welcome, Done, Failed, Note, EventOut, AskApproval, AskForget]
+class ChatOut(msgspec.Struct, tag="chat_event", frozen=True):
+    """A chat event (imprint.chat.agent), as JSON."""
+
+    data: bytes
+
+
+ServiceFrame = Union[Welcome, Done, Failed, Note, EventOut, AskApproval, AskForget, ChatOut]
 
 
 class StoreStatusReply(msgspec.Struct, frozen=True):

@@ -39,7 +39,6 @@ from loguru import logger
 
 from imprint.config import Settings
 from imprint.errors import ConfigError, ImprintError, InputError
-from imprint.messages.store import MemoryFilter
 from imprint.service import protocol as p
 from imprint.service.paths import lock_path, reachable, socket_path
 
@@ -369,7 +368,7 @@ class Service:
                 conn.send(p.Failed(kind="ServiceError", message=f"this imprint service speaks protocol {p.PROTOCOL}, "
                                                                 f"the client {hello.protocol}"))
                 continue
-            if isinstance(request, (p.Serve, p.Join, p.Dashboard)):
+            if isinstance(request, (p.Serve, p.Join, p.Dashboard, p.ChatAsk)):
                 if not self._stream(conn, request):
                     return
                 continue
@@ -413,58 +412,9 @@ class Service:
                                           count=store.count, model=store.model, facts_active=facts.active,
                                           facts_ended=facts.ended, vectors_unchecked=checks.waiting,
                                           distrusted=checks.distrusted)
-        core = self.core(request.scope, note=note)
-        match request:
-            case p.ModelOf():
-                return core.model()
-            case p.Remember(records=records, given=given, chunk=chunk):
-                vectors = {(g.id, g.hash): _floats(g.vector) for g in given}
-                return core.remember(records, given=vectors, note=note, chunk=chunk)
-            case p.Search(query=query, k=k, project=project, memory_type=type_, source=source):
-                where = MemoryFilter(project=project, type=type_, source=source) if type_ or source else None
-                return core.search(query, k=k, project=project, note=note, where=where)
-            case p.StoreDocuments(documents=documents, replace=replace):
-                return core.store_documents(documents, replace=replace, note=note)
-            case p.SourceChunks(source=source, project=project, start=start, end=end):
-                return core.source_chunks(source, project=project, start=start, end=end)
-            case p.Sources(project=project, limit=limit):
-                return core.sources(project=project, limit=limit)
-            case p.OverviewOf():
-                return core.overview()
-            case p.Get(ids=ids):
-                return core.get(ids)
-            case p.Count(where=where):
-                return core.count(where)
-            case p.Forget(ids=ids, where=where):
-                return core.forget(ids=ids, where=where)
-            case p.MemoryPageOf(after=after, limit=limit, vectors=vectors):
-                return core.memory_page(after=after, limit=limit, vectors=vectors)
-            case p.FactPageOf(after=after, limit=limit):
-                return core.fact_page(after=after, limit=limit)
-            case p.FactAdd(record=record):
-                return core.add_fact(record)
-            case p.FactEnd(fact_id=fact_id):
-                return core.end_fact(fact_id)
-            case p.FactForget(fact_id=fact_id):
-                return core.forget_fact(fact_id)
-            case p.FactList(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
-                            object=object_, as_of=as_of):
-                return core.list_facts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
-                                       object=object_, as_of=as_of)
-            case p.TrashList(since=since, peer=peer, ids=ids, limit=limit):
-                return core.trash(since=since, peer=peer, ids=ids, limit=limit)
-            case p.TrashRestore(since=since, peer=peer, ids=ids):
-                from imprint.core import trash_id
+        from imprint.service.dispatch import answer
 
-                entries = core.trash(since=since, peer=peer, ids=ids, limit=10**9)
-                unknown = sorted({i.strip().lower() for i in ids} - {trash_id(e) for e in entries})
-                if unknown:
-                    raise InputError(f"nothing in the trash is {', '.join(unknown[:5])} (see `imprint trash`); "
-                                     "nothing was restored")
-                return core.restore(entries, note=note)
-            case p.TrashEmpty():
-                return core.empty_trash()
-        raise InputError(f"the service does not answer {type(request).__name__}")
+        return answer(self.core(request.scope, note=note), request, note)
 
     # ---------------------------------------------------------------- syncs and the dashboard
 
@@ -515,8 +465,10 @@ class Service:
             match request:
                 case p.Serve() | p.Join():
                     value = self._sync(conn, core, request, stream)
-                case p.Dashboard(port=port, default_relay=relay):
-                    value = self._dashboard(conn, core, port, stream, default_relay=relay or "")
+                case p.Dashboard(port=port, default_relay=relay, chat=chat):
+                    value = self._dashboard(conn, core, port, stream, default_relay=relay or "", chat=chat)
+                case p.ChatAsk():
+                    value = self._chat(conn, core, request, stream)
             conn.send(p.Done(value=msgspec.Raw(p.encode(value))))
         except BaseException as exc:
             conn.send(failure(exc, log_hint=self._hint()))
@@ -557,7 +509,27 @@ class Service:
             stats = core.join(target=request.target, pin=request.pin, default_relay=request.default_relay, **common)
         return encode_event(stats)
 
-    def _dashboard(self, conn: Connection, core: Any, port: int, stream: Streaming, *, default_relay: str) -> None:
+    def _chat(self, conn: Connection, core: Any, request: p.ChatAsk, stream: Streaming) -> str:
+        import json
+
+        from imprint.chat.agent import Chat, CoreMemory, run_turn
+
+        conversations = core.conversations()
+        if request.conversation:
+            conversation = conversations.require(request.conversation)["id"]
+        else:
+            conversation = conversations.create()["id"]
+
+        def emit(event: dict[str, Any]) -> None:
+            conn.send(p.ChatOut(data=json.dumps(event).encode()))
+
+        emit({"type": "conversation", "id": conversation})
+        chat = Chat(CoreMemory(core), endpoint_of(request.endpoint), settings=core.settings)
+        run_turn(chat, conversations, conversation, request.question, emit, stream.cancelled)
+        return conversation
+
+    def _dashboard(self, conn: Connection, core: Any, port: int, stream: Streaming, *, default_relay: str,
+                   chat: p.ChatEndpoint = p.ChatEndpoint()) -> None:
         import uvicorn
 
         from imprint.actors.embedder import WarmUp
@@ -573,7 +545,8 @@ class Service:
             self._pinned[scope] = self._pinned.get(scope, 0) + 1
         try:
             core.local["embedder"].tell(WarmUp())  # in the background: the first search then need not wait
-            app = create_app(core.settings, local=core.local, core=core, default_relay=default_relay)
+            app = create_app(core.settings, local=core.local, core=core, default_relay=default_relay,
+                             chat_endpoint=endpoint_of(chat))
             server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
                                                    timeout_graceful_shutdown=3))
             thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ui-server", daemon=True)
@@ -633,14 +606,10 @@ class Service:
                              workspaces=tuple(sorted({s.workspace for s in cores})), latency_ms=self.latency())
 
 
-def _floats(vector: bytes) -> list[float]:
-    import array
+def endpoint_of(chat: p.ChatEndpoint) -> Any:
+    from imprint.chat.models import Endpoint
 
-    values = array.array("f")
-    if len(vector) % 4:
-        raise InputError("a vector given with a record is not float32")
-    values.frombytes(vector)
-    return values.tolist()
+    return Endpoint(base_url=chat.base_url, model=chat.model, api_key=chat.api_key, timeout=chat.timeout)
 
 
 def _same_user(sock: socket.socket) -> bool:

@@ -15,6 +15,9 @@ session asks its page before any record moves, and ends when its page goes.
 
 from __future__ import annotations
 
+import json
+import queue
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -182,6 +185,58 @@ class ForgottenResult(BaseModel):
     forgotten: list[str]
 
 
+class ChatStatus(BaseModel):
+    model: str = Field(description="the chat's model, as the user configured it (IMPRINT_CHAT_*) or the local one")
+    local: bool = Field(description="true: the bundled local model, nothing leaves this machine")
+    available: bool = Field(description="false: no local model installed and no endpoint configured")
+    loaded: bool = Field(description="the local model is in memory (the first question loads it)")
+    problem: str = Field("", description="why the chat cannot answer, when it cannot")
+
+
+class Conversation(BaseModel):
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+    messages: int
+
+
+class ConversationList(BaseModel):
+    sessions: list[Conversation]
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+    citations: list[dict[str, Any]]
+    created_at: float
+
+
+class ConversationDetail(BaseModel):
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+    messages: list[ChatMessage]
+
+
+class NewConversation(BaseModel):
+    title: str = Field("New chat", max_length=500)
+
+
+class RenameConversation(BaseModel):
+    title: str = Field(min_length=1, max_length=500)
+
+
+class AskRequest(BaseModel):
+    session_id: str = Field(min_length=1, max_length=64)
+    message: str = Field(min_length=1, max_length=20_000)
+
+
+class StopChat(BaseModel):
+    session_id: str = Field(min_length=1, max_length=64)
+
+
 class TrustRemove(BaseModel):
     fingerprint: str = Field(pattern=r"^[0-9A-Fa-f]{8}$", description="the device's 8-hex id")
 
@@ -251,6 +306,7 @@ def create_app(
     extra_hosts: tuple[str, ...] = (),
     watch_grace: float = 15.0,
     default_relay: Any = None,
+    chat_endpoint: Any = None,
 ) -> FastAPI:
     """Build the dashboard app.
 
@@ -268,12 +324,19 @@ def create_app(
         watch_grace: seconds a new sync session waits for a page to watch it.
         default_relay: the relay a bare room means (the user's IMPRINT_RELAY, which the
             service passes on from `imprint ui`); by default this process's.
+        chat_endpoint: the chat's model (:class:`imprint.chat.models.Endpoint`, from the
+            IMPRINT_CHAT_* of `imprint ui`); by default the local model.
     """
+    from imprint.chat.models import Endpoint
     from imprint.sync.runner import FROM_ENVIRONMENT
 
     fallback_relay = FROM_ENVIRONMENT if default_relay is None else default_relay
     allowed_hosts = LOOPBACK_HOSTS | set(extra_hosts)
     sessions = SessionRegistry(approval_timeout=approval_timeout, watch_grace=watch_grace)
+    endpoint = chat_endpoint if chat_endpoint is not None else Endpoint()
+    #: Chat turns under way, by conversation: their stop flags (one turn per conversation at a time).
+    turns: dict[str, Any] = {}
+    turns_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -620,5 +683,141 @@ def create_app(
             raise HTTPException(404, "no such session")
         return SessionInfo(session_id=session.id, kind=session.kind, finished=session.finished,
                            events=[msgspec.to_builtins(e) for e in session.events])
+
+    # ------------------------------------------------------------ chat
+
+    def conversations() -> Any:
+        return the_core().conversations()
+
+    @app.get("/api/chat/status", response_model=ChatStatus, tags=["chat"])
+    def chat_status() -> ChatStatus:
+        """The chat's model and whether it can answer."""
+        from imprint.chat.models import LOCAL_INSTALL, LocalModel, local_model_path
+
+        if not endpoint.local:
+            return ChatStatus(model=endpoint.describe(), local=False, available=True, loaded=True)
+        installed = local_model_path() is not None
+        loaded = installed and LocalModel._instance is not None and LocalModel._instance.loaded
+        return ChatStatus(model=endpoint.describe(), local=True, available=installed, loaded=loaded,
+                          problem="" if installed else f"no local chat model: run `{LOCAL_INSTALL}`, or set "
+                                                       "IMPRINT_CHAT_BASE_URL before `imprint ui`")
+
+    @app.get("/api/chat/sessions", response_model=ConversationList, tags=["chat"])
+    def chat_sessions() -> ConversationList:
+        """This workspace's conversations, newest first."""
+        return ConversationList(sessions=[Conversation(**c) for c in conversations().list()])
+
+    @app.post("/api/chat/sessions", response_model=Conversation, status_code=201, tags=["chat"],
+              dependencies=[Depends(same_origin)], responses=REFUSED)
+    def chat_new(body: NewConversation) -> Conversation:
+        """Start a conversation (it takes its first question as its title)."""
+        return Conversation(**conversations().create(body.title))
+
+    @app.get("/api/chat/sessions/{session_id}", response_model=ConversationDetail, tags=["chat"],
+             responses={404: {"description": "no such conversation"}})
+    def chat_session(session_id: str) -> ConversationDetail:
+        """A conversation with its messages and their citations."""
+        found = conversations().get(session_id)
+        if found is None:
+            raise HTTPException(404, "no such conversation")
+        return ConversationDetail(**found)
+
+    @app.post("/api/chat/sessions/{session_id}/rename", response_model=Conversation, tags=["chat"],
+              dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no such conversation"}})
+    def chat_rename(session_id: str, body: RenameConversation) -> Conversation:
+        """Rename a conversation."""
+        store = conversations()
+        if not body.title.strip():
+            raise HTTPException(422, "a title cannot be empty")
+        if not store.rename(session_id, body.title):
+            raise HTTPException(404, "no such conversation")
+        found = next(c for c in store.list(limit=10_000) if c["id"] == session_id)
+        return Conversation(**found)
+
+    @app.post("/api/chat/sessions/{session_id}/delete", response_model=Removed, tags=["chat"],
+              dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no such conversation"}})
+    def chat_delete(session_id: str) -> Removed:
+        """Delete a conversation and its messages (the memories it cited stay)."""
+        if not conversations().delete(session_id):
+            raise HTTPException(404, "no such conversation")
+        return Removed(removed=session_id)
+
+    @app.post("/api/chat", response_class=StreamingResponse, tags=["chat"], dependencies=[Depends(same_origin)],
+              responses={**REFUSED, 404: {"description": "no such conversation"},
+                         409: {"description": "this conversation is answering already"},
+                         200: {"description": "Server-sent events, one JSON object per `data:` line: citations, "
+                                              "status, token, tool_call, tool_result, assistant_message, error, done "
+                                              "(last)", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    def chat_ask(body: AskRequest, request: Request) -> StreamingResponse:
+        """Ask in a conversation: the memories found come first (`citations`), then the answer token by
+        token. Closing the stream, or `/api/chat/stop`, stops the answer; what came so far is kept."""
+        from imprint.chat.agent import Chat, CoreMemory, run_turn
+
+        core = the_core()
+        store = conversations()
+        if store.get(body.session_id) is None:
+            raise HTTPException(404, "no such conversation")
+        if not body.message.strip():
+            raise HTTPException(422, "the question is empty")
+        stop = threading.Event()
+        with turns_lock:
+            if body.session_id in turns:
+                raise HTTPException(409, "this conversation is still answering: stop it or wait")
+            turns[body.session_id] = stop
+        events: queue.Queue[dict[str, Any]] = queue.Queue()
+
+        def work() -> None:
+            try:
+                run_turn(Chat(CoreMemory(core), endpoint, settings=settings), store, body.session_id, body.message,
+                         events.put, stop)
+            finally:
+                with turns_lock:
+                    turns.pop(body.session_id, None)
+
+        threading.Thread(target=work, name="chat-turn", daemon=True).start()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                while True:
+                    try:
+                        event = await anyio.to_thread.run_sync(events.get, True, 0.5)
+                    except queue.Empty:
+                        if await request.is_disconnected():
+                            return
+                        continue
+                    yield f"data: {json.dumps(event)}\n\n"
+                    if event["type"] == "done":
+                        return
+            finally:
+                stop.set()  # the page went (or the turn is over): an answer under way stops
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.post("/api/chat/stop", response_model=StopChat, tags=["chat"], dependencies=[Depends(same_origin)],
+              responses={**REFUSED, 404: {"description": "nothing is answering in that conversation"}})
+    def chat_stop(body: StopChat) -> StopChat:
+        """Stop the answer under way in a conversation (what came so far is kept)."""
+        with turns_lock:
+            stop = turns.get(body.session_id)
+        if stop is None:
+            raise HTTPException(404, "nothing is answering in that conversation")
+        stop.set()
+        return body
+
+    @app.get("/api/memories/{memory_id}", response_model=Memory, tags=["memories"],
+             responses={404: {"description": "no memory with that id"}})
+    def memory_by_id(memory_id: str) -> Memory:
+        """One memory, whole (what a chat citation opens)."""
+        from imprint.core import check_memory_ids
+
+        try:
+            ids = check_memory_ids([memory_id])
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        found = the_core().get(ids)
+        if not found:
+            raise HTTPException(404, "no such memory (forgotten?)")
+        return _memory(found[0])
 
     return app
