@@ -13,6 +13,7 @@ names what is wrong) and leaves stored data untouched when it refuses.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -447,9 +448,14 @@ class Core:
         try:
             stats = run_serve(self.settings, report=report, approver=approver, local=self.local, on_session=track,
                               **options)
+        except BaseException as exc:
+            if peer:  # a serve nobody joined is not a sync
+                record_sync(self.settings, "serve", peer, error=exc)
+            raise
         finally:
             untrack()
         write_last_sync(self.settings, stats, peer)
+        record_sync(self.settings, "serve", peer, stats=stats)
         return stats
 
     def join(self, *, report: Callable[[events.Event], None], on_session: Callable[[Any], None],
@@ -461,9 +467,13 @@ class Core:
         report, peer = _watching_peer(report)
         try:
             stats = run_join(self.settings, report=report, local=self.local, on_session=track, **options)
+        except BaseException as exc:
+            record_sync(self.settings, "join", peer, error=exc)
+            raise
         finally:
             untrack()
         write_last_sync(self.settings, stats, peer)
+        record_sync(self.settings, "join", peer, stats=stats)
         return stats
 
     def _tracked(self, on_session: Callable[[Any], None]) -> tuple[Callable[[Any], None], Callable[[], None]]:
@@ -513,6 +523,73 @@ def write_last_sync(settings: Settings, stats: events.Stats, peer: list[str]) ->
         (settings.workspace_dir / LAST_SYNC).write_text(json.dumps(line))
     except OSError:
         pass
+
+
+#: The workspace's sync history (JSON lines, newest last), and how many entries it keeps.
+SYNC_HISTORY = "sync_history.jsonl"
+SYNC_HISTORY_KEEP = 500
+_history_lock = threading.Lock()
+
+
+def record_sync(settings: Settings, role: str, peer: list[str], *, stats: events.Stats | None = None,
+                error: BaseException | None = None) -> None:
+    """Add a sync, finished or failed, to the workspace's history (the dashboard's Sync tab); best effort."""
+
+    try:
+        _record_sync(settings, role, peer, stats, error)
+    except Exception:  # the history is a convenience: it never fails a sync
+        from loguru import logger
+
+        logger.exception("could not record the sync in the history")
+
+
+def _record_sync(settings: Settings, role: str, peer: list[str], stats: events.Stats | None,
+                 error: BaseException | None) -> None:
+    import json
+
+    entry: dict[str, Any] = {"at": time.time(), "role": role, "peer": peer[0] if peer else ""}
+    if stats is not None:
+        r, t = stats.received, stats.sent
+        entry.update(mode=stats.mode, received={"memories": r.memories.inserted, "facts": r.facts.inserted,
+                                                "updated": r.memories.updated},
+                     sent={"memories": t.memories.sent, "facts": t.facts.sent}, forgotten=stats.forgotten,
+                     forgets_kept=stats.forgets_kept, forgets_refused=stats.forgets_refused,
+                     vectors_reused=stats.vectors_reused)
+    if error is not None:
+        entry["error"] = (str(error).splitlines() or [type(error).__name__])[0][:300] or type(error).__name__
+    path = settings.workspace_dir / SYNC_HISTORY
+    try:
+        with _history_lock:
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            if path.stat().st_size > SYNC_HISTORY_KEEP * 2 * 400:  # now and then, keep the newest
+                lines = path.read_text(encoding="utf-8").splitlines()[-SYNC_HISTORY_KEEP:]
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def read_sync_history(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
+    """The workspace's syncs, newest first (unreadable lines skipped)."""
+    import json
+
+    try:
+        lines = (settings.workspace_dir / SYNC_HISTORY).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("at"), (int, float)):
+            found.append(entry)
+        if len(found) >= limit:
+            break
+    return found
 
 
 def read_last_sync(settings: Settings) -> str:

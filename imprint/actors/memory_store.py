@@ -444,8 +444,8 @@ class MemoryStore(ImprintActor):
                 return self._cached(message, lambda: b.count(where))
             case FacetMemories(key=key, limit=limit, where=where):
                 return self._cached(message, lambda: tuple(FacetCount(value=v, count=n) for v, n in b.facet(key, limit, where)))
-            case NewestMemories(where=where, offset=offset, limit=limit):
-                return tuple(b.newest(where, offset, limit))
+            case NewestMemories(where=where, offset=offset, limit=limit, oldest_first=oldest_first):
+                return tuple(b.newest(where, offset, limit, oldest_first))
             case StoreMemories() | ForgetMemories() | StoreTombstones() | RemoveTrash() | ResolveUnverified():
                 self._counts.clear()
                 return self._write(message)

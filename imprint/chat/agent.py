@@ -35,8 +35,10 @@ MIN_SCORE = 0.15
 #: Characters of a memory given to the model (the local model's context is small).
 LOCAL_SNIPPET = 500
 REMOTE_SNIPPET = 2000
-#: Earlier turns of the conversation given to the model.
+#: Earlier turns of the conversation given to the model (the small local one gets lost in more than one:
+#: it starts citing the numbers of earlier answers).
 HISTORY_TURNS = 6
+LOCAL_HISTORY_TURNS = 1
 #: Open facts looked through for ones that share words with the question.
 FACT_SCAN = 5000
 #: The MCP tools the chat's model may call: those that only read.
@@ -204,7 +206,8 @@ class Chat:
         prompt = (f"Memories and facts:\n{context_of(items, LOCAL_SNIPPET if local else REMOTE_SNIPPET)}\n\n"
                   f"Question: {question}")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        messages += [m for m in history if m.get("role") in ("user", "assistant")][-HISTORY_TURNS * 2:]
+        turns = LOCAL_HISTORY_TURNS if local else HISTORY_TURNS
+        messages += [m for m in history if m.get("role") in ("user", "assistant")][-turns * 2:]
         messages.append({"role": "user", "content": prompt})
         tools = None if local else self.tools()
         answer_text = ""

@@ -330,11 +330,19 @@ FacetKey: TypeAlias = Literal["project", "type", "source"]
 
 
 class MemoryFilter(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Memories whose fields equal these (None: any)."""
+    """Memories whose fields equal these (None: any), whose content holds `text` (case as typed), and
+    whose timestamp is in [after, before)."""
 
     project: str | None = None
     type: str | None = None
     source: str | None = None
+    text: str | None = None
+    after: float | None = None
+    before: float | None = None
+
+    def narrowed(self) -> bool:
+        """Whether anything besides equal fields narrows it."""
+        return bool(self.text) or self.after is not None or self.before is not None
 
     def conditions(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in (("project", self.project), ("type", self.type), ("source", self.source))
@@ -356,11 +364,13 @@ class FacetCount(msgspec.Struct, frozen=True):
 
 
 class NewestMemories(msgspec.Struct, frozen=True):
-    """Matching memories, newest first, from ``offset``. Reply: tuple of MemoryRecord."""
+    """Matching memories, newest first (oldest first with `oldest_first`), from ``offset``.
+    Reply: tuple of MemoryRecord."""
 
     where: MemoryFilter = MemoryFilter()
     offset: int = 0
     limit: int = 50
+    oldest_first: bool = False
 
 
 class SearchMemories(msgspec.Struct, frozen=True):

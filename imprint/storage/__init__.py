@@ -118,8 +118,8 @@ class Backend(Protocol):
     def facet(self, key: FacetKey, limit: int, where: MemoryFilter) -> list[tuple[str, int]]:
         """The most frequent values of `key` among matching memories, with counts."""
 
-    def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
-        """Matching memories, newest first, from `offset`."""
+    def newest(self, where: MemoryFilter, offset: int, limit: int, oldest_first: bool = False) -> list[MemoryRecord]:
+        """Matching memories, newest first (or oldest first), from `offset`."""
 
     def close(self) -> None:
         """Release the store (and its lock)."""

@@ -59,10 +59,15 @@ def _edge() -> Any:
 
 
 def _where(where: MemoryFilter | None) -> Any:
-    if where is None or not where.conditions():
+    if where is None or not (where.conditions() or where.narrowed()):
         return None
     q = _edge()
-    return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchValue(v)) for k, v in where.conditions()])
+    must = [q.FieldCondition(key=k, match=q.MatchValue(v)) for k, v in where.conditions()]
+    if where.text:
+        must.append(q.FieldCondition(key="content", match=q.MatchSubstring(where.text)))
+    if where.after is not None or where.before is not None:
+        must.append(q.FieldCondition(key=ORDER_FIELD, range=q.RangeFloat(gte=where.after, lt=where.before)))
+    return q.Filter(must=must)
 
 
 def read_meta(path: Path) -> StoreMeta | None:
@@ -209,12 +214,13 @@ class EdgeBackend:
         # An exact facet still lists a value whose points were all deleted, with count 0.
         return [(str(h.value), int(h.count)) for h in response.hits if h.count]
 
-    def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
+    def newest(self, where: MemoryFilter, offset: int, limit: int, oldest_first: bool = False) -> list[MemoryRecord]:
         if self._shard is None:
             return []
         q = _edge()
+        direction = q.Direction.Asc if oldest_first else q.Direction.Desc
         points = self._shard.query(q.QueryRequest(
-            limit=limit, offset=offset, query=q.OrderBy(key=ORDER_FIELD, direction=q.Direction.Desc),
+            limit=limit, offset=offset, query=q.OrderBy(key=ORDER_FIELD, direction=direction),
             filter=_where(where), with_payload=True))
         return [_record(p.payload) for p in points]
 

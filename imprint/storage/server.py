@@ -41,10 +41,14 @@ META_KEY = "imprint"
 def _where(where: MemoryFilter | None) -> Any:
     from qdrant_client import models
 
-    if where is None or not where.conditions():
+    if where is None or not (where.conditions() or where.narrowed()):
         return None
-    return models.Filter(must=[models.FieldCondition(key=k, match=models.MatchValue(value=v))
-                               for k, v in where.conditions()])
+    must = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in where.conditions()]
+    if where.text:
+        must.append(models.FieldCondition(key="content", match=models.MatchText(text=where.text)))
+    if where.after is not None or where.before is not None:
+        must.append(models.FieldCondition(key=ORDER_FIELD, range=models.Range(gte=where.after, lt=where.before)))
+    return models.Filter(must=must)
 
 
 class ServerBackend:
@@ -171,13 +175,14 @@ class ServerBackend:
         response = self._client.facet(self.collection, key=key, facet_filter=_where(where), limit=limit, exact=True)
         return [(str(h.value), int(h.count)) for h in response.hits]
 
-    def newest(self, where: MemoryFilter, offset: int, limit: int) -> list[MemoryRecord]:
+    def newest(self, where: MemoryFilter, offset: int, limit: int, oldest_first: bool = False) -> list[MemoryRecord]:
         from qdrant_client import models
 
         if not self._exists:
             return []
+        direction = "asc" if oldest_first else "desc"
         result = self._client.query_points(
-            self.collection, query=models.OrderByQuery(order_by=models.OrderBy(key=ORDER_FIELD, direction="desc")),
+            self.collection, query=models.OrderByQuery(order_by=models.OrderBy(key=ORDER_FIELD, direction=direction)),
             query_filter=_where(where), limit=limit, offset=offset, with_payload=True)
         return [_record(p.payload) for p in result.points]
 

@@ -16,6 +16,7 @@ session asks its page before any record moves, and ends when its page goes.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 from contextlib import asynccontextmanager
@@ -102,6 +103,12 @@ class Count(BaseModel):
     count: int
 
 
+class Period(BaseModel):
+    start: float = Field(description="Unix time the period starts")
+    label: str
+    count: int = Field(description="memories dated in the period (their timestamp: written, or last changed)")
+
+
 class Stats(BaseModel):
     memories: int
     by_project: list[Count]
@@ -109,6 +116,59 @@ class Stats(BaseModel):
     by_source: list[Count]
     facts_active: int
     facts_ended: int
+    over_time: list[Period] = Field(default_factory=list, description="memories per month, the last 12 months")
+    disk_bytes: int = Field(0, description="bytes the workspace takes on disk (store, facts, chat, spool)")
+    model: str | None = None
+    model_fingerprint: str | None = None
+    last_sync: str = Field("", description="the last sync in one line, as `imprint status` says it")
+
+
+class NewMemory(BaseModel):
+    content: str = Field(min_length=1, max_length=8 * 1024 * 1024)
+    project: str = Field("default", max_length=200)
+    type: str = Field("note", max_length=100)
+    tags: str = Field("", max_length=2000, description="comma-separated topics, or key=value (lang, layer, kind, domain)")
+    source: str = Field("", max_length=1000)
+
+
+class StoredResult(BaseModel):
+    ids: list[str]
+    inserted: int
+    updated: int
+
+
+class NewFact(BaseModel):
+    subject: str = Field(min_length=1, max_length=1000)
+    predicate: str = Field(min_length=1, max_length=1000)
+    object: str = Field(min_length=1, max_length=1000)
+    source: str = Field("", max_length=1000)
+
+
+class SyncEntry(BaseModel):
+    at: float
+    role: str
+    peer: str = ""
+    mode: str = ""
+    received: dict[str, int] = Field(default_factory=dict)
+    sent: dict[str, int] = Field(default_factory=dict)
+    forgotten: int = 0
+    forgets_kept: int = 0
+    forgets_refused: int = 0
+    vectors_reused: int = 0
+    error: str = ""
+
+
+class KnownPeer(BaseModel):
+    name: str = Field(description="hostname (fingerprint)")
+    fingerprint: str = ""
+    trusted: bool
+    last_sync: float | None = None
+    syncs: int = 0
+
+
+class SyncHistory(BaseModel):
+    syncs: list[SyncEntry]
+    peers: list[KnownPeer]
 
 
 class Status(BaseModel):
@@ -281,6 +341,48 @@ def _facet(store: Any, key: FacetKey) -> list[Count]:
 
 def _values(store: Any, key: FacetKey) -> list[str]:
     return sorted(c.name for c in _facet(store, key))
+
+
+def _months(store: Any, count: int = 12) -> list[Period]:
+    """Memories per calendar month, the last `count` months (one count query each, on the order index)."""
+    import time
+
+    now = time.localtime()
+    starts = []
+    year, month = now.tm_year, now.tm_mon
+    for _ in range(count + 1):
+        starts.append((year, month))
+        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    starts.reverse()  # oldest first; the last one is the month after this one's start
+    edges = [time.mktime((y, m, 1, 0, 0, 0, 0, 0, -1)) for y, m in starts[1:]]
+    nxt = (now.tm_year + 1, 1) if now.tm_mon == 12 else (now.tm_year, now.tm_mon + 1)
+    edges.append(time.mktime((*nxt, 1, 0, 0, 0, 0, 0, -1)))
+    periods = []
+    for (y, m), start, end in zip(starts[1:], edges, edges[1:]):
+        n = ask(store, CountMemories(where=MemoryFilter(after=start, before=end)))
+        periods.append(Period(start=start, label=f"{y}-{m:02d}", count=n))
+    return periods
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _tags_of(text: str) -> Any:
+    """Tags as the page gives them (as MCP's `store`): comma-separated topics, or key=value."""
+    from imprint.mcp_server import _tags
+
+    try:
+        return _tags(text)
+    except Exception as exc:  # the tool's ToolError: one line
+        raise HTTPException(422, str(exc)) from None
 
 
 def _host_of(value: str) -> tuple[str, int | None]:
@@ -456,16 +558,19 @@ def create_app(
         project: str | None = Query(None, description="only this project"),
         type: str | None = Query(None, description="only this type"),
         source: str | None = Query(None, description="only this source"),
+        q: str | None = Query(None, max_length=200, description="only memories whose content holds this text"),
+        sort: str = Query("newest", pattern="^(newest|oldest)$", description="newest or oldest first"),
         offset: int = Query(0, ge=0),
         limit: int = Query(50, ge=1, le=500),
         local: Any = Depends(actors),
     ) -> MemoryList:
-        """Browse memories, newest first, with filters and paging (answered by the store's
-        count, facets and order index: no request reads every memory)."""
+        """Browse memories, newest (or oldest) first, with filters, a text filter and paging (answered by
+        the store's count, facets and order index)."""
         store = local["memory_store"]
-        where = MemoryFilter(project=project, type=type, source=source)
+        where = MemoryFilter(project=project, type=type, source=source, text=(q or "").strip() or None)
         total = ask(store, CountMemories(where=where))
-        items = ask(store, NewestMemories(where=where, offset=offset, limit=limit)) if offset < total else ()
+        items = ask(store, NewestMemories(where=where, offset=offset, limit=limit,
+                                          oldest_first=sort == "oldest")) if offset < total else ()
         return MemoryList(
             total=total, offset=offset, limit=limit, items=[_memory(r) for r in items],
             projects=_values(store, "project"), types=_values(store, "type"), sources=_values(store, "source"),
@@ -494,8 +599,48 @@ def create_app(
         if unsourced:
             by_source = sorted([*by_source, Count(name="(none)", count=unsourced)], key=lambda c: (-c.count, c.name))
         facts = ask(local["fact_store"], CountFacts())
+        from imprint.core import read_last_sync
+
+        model = getattr(local, "model", None)
         return Stats(memories=total, by_project=_facet(store, "project"), by_type=_facet(store, "type"),
-                     by_source=by_source, facts_active=facts.active, facts_ended=facts.ended)
+                     by_source=by_source, facts_active=facts.active, facts_ended=facts.ended,
+                     over_time=_months(store) if total else [], disk_bytes=_disk_bytes(settings.workspace_dir),
+                     model=model.name if model else None, model_fingerprint=model.fingerprint if model else None,
+                     last_sync=read_last_sync(settings))
+
+    @app.post("/api/memories", response_model=StoredResult, status_code=201, tags=["memories"],
+              dependencies=[Depends(same_origin)], responses=REFUSED)
+    def add_memory(body: NewMemory, core: Any = Depends(the_core)) -> StoredResult:
+        """Store a memory (a long one as its chunks), as `imprint add` does; it syncs to your other machines."""
+        from imprint.messages.store import Document
+
+        if not body.content.strip():
+            raise HTTPException(422, "the memory is empty: nothing was stored")
+        try:
+            document = Document(content=body.content, project=body.project.strip() or "default",
+                                type=body.type.strip() or "note", tags=_tags_of(body.tags), source=body.source.strip())
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        [done] = core.store_documents((document,))
+        return StoredResult(ids=list(done.ids), inserted=done.inserted, updated=done.updated)
+
+    @app.post("/api/facts", response_model=Fact, status_code=201, tags=["facts"],
+              dependencies=[Depends(same_origin)], responses=REFUSED)
+    def add_fact(body: NewFact, core: Any = Depends(the_core)) -> Fact:
+        """Add a fact, true from now (`imprint fact add`)."""
+        import time
+
+        from imprint.messages.records import FactRecord
+
+        try:
+            record = FactRecord(subject=body.subject.strip(), predicate=body.predicate.strip(),
+                                object=body.object.strip(), valid_from=time.time(), source=body.source.strip())
+        except ValueError as exc:
+            raise HTTPException(422, f"not a fact: {exc}") from None
+        if not (record.subject and record.predicate and record.object):
+            raise HTTPException(422, "a fact needs a subject, a predicate and an object")
+        done = core.add_fact(record)
+        return Fact(id=done.fact_id, **msgspec.to_builtins(done.record))
 
     # ------------------------------------------------------------ facts, trust
 
@@ -630,6 +775,28 @@ def create_app(
         if session is None:
             raise HTTPException(404, "no such session")
         return _stream(session, request)
+
+    @app.get("/api/sync/history", response_model=SyncHistory, tags=["sync"])
+    def sync_history(limit: int = Query(100, ge=1, le=500)) -> SyncHistory:
+        """Past syncs of this workspace, newest first (finished or failed, from the CLI, agents or this page),
+        and the peers known: trusted devices and those synced with."""
+        from imprint.core import read_sync_history
+
+        syncs = [SyncEntry(**{k: v for k, v in e.items() if k in SyncEntry.model_fields}) for e in
+                 read_sync_history(settings, limit)]
+        peers: dict[str, KnownPeer] = {}
+        for d in TrustList(settings.trust_path).load():
+            name = f"{d.hostname} ({d.fingerprint})"
+            peers[name] = KnownPeer(name=name, fingerprint=d.fingerprint, trusted=True)
+        for e in syncs:
+            if not e.peer:
+                continue
+            known = peers.setdefault(e.peer, KnownPeer(name=e.peer, fingerprint=e.peer.rpartition("(")[2].rstrip(")"),
+                                                       trusted=False))
+            known.syncs += 1
+            known.last_sync = max(known.last_sync or 0.0, e.at)
+        ordered = sorted(peers.values(), key=lambda k: (-(k.last_sync or 0.0), k.name))
+        return SyncHistory(syncs=syncs, peers=ordered)
 
     def deliver(session_id: str, decide: Callable[[Any], None]) -> Any:
         """A page's answer to its session: 404 if the session is unknown or over, 409 if it asks nothing."""

@@ -63,15 +63,20 @@ def test_openapi_schema_is_valid_and_lists_every_endpoint(client: TestClient) ->
         "/api/status", "/api/memories", "/api/search", "/api/stats", "/api/facts", "/api/trust",
         "/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/forget", "/api/sync/cancel",
         "/api/sync/sessions/{session_id}", "/api/sync/sessions/{session_id}/events",
-        "/api/memories/forget", "/api/facts/forget",
+        "/api/memories/forget", "/api/facts/forget", "/api/sync/history", "/api/memories/{memory_id}",
+        "/api/chat/status", "/api/chat/sessions", "/api/chat/sessions/{session_id}", "/api/chat/sessions/{session_id}/rename",
+        "/api/chat/sessions/{session_id}/delete", "/api/chat", "/api/chat/stop",
     }
     events = schema["paths"]["/api/sync/sessions/{session_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     # Whatever changes something is a POST; a GET only reads or watches.
     for path, operations in schema["paths"].items():
         changing = path in ("/api/trust/remove", "/api/sync/serve", "/api/sync/join", "/api/sync/approve", "/api/sync/forget",
-                            "/api/sync/cancel", "/api/memories/forget", "/api/facts/forget")
-        assert set(operations) == ({"post"} if changing else {"get"}), path
+                            "/api/sync/cancel", "/api/memories/forget", "/api/facts/forget", "/api/chat",
+                            "/api/chat/stop", "/api/chat/sessions/{session_id}/rename",
+                            "/api/chat/sessions/{session_id}/delete")
+        both = path in ("/api/memories", "/api/facts", "/api/chat/sessions")  # list (GET) and add (POST)
+        assert set(operations) == ({"get", "post"} if both else {"post"} if changing else {"get"}), path
     assert client.get("/openapi.json").json() == schema
 
 
@@ -421,6 +426,16 @@ def test_serve_approve_and_join_through_two_dashboards(tmp_path: Path, relay: in
         contents_b = {m["content"] for m in httpx.get(f"{b_url}/api/memories").json()["items"]}
         assert contents_a == contents_b == {c for c, *_ in MEMORIES + BETA}
         assert TrustList(a.settings.trust_path).load() == []  # accepted once, not trusted
+
+        # Both Sync tabs list the sync, with the peer and what moved each way; the peers are known.
+        a_history = httpx.get(f"{a_url}/api/sync/history").json()
+        [entry] = a_history["syncs"]
+        assert entry["role"] == "serve" and load_identity(b.settings.data_dir).fingerprint in entry["peer"]
+        assert entry["received"]["memories"] == 1 and entry["sent"]["memories"] == a_stats["sent"]["memories"]["sent"] > 0
+        assert not entry.get("error")
+        assert [p["syncs"] for p in a_history["peers"]] == [1] and not a_history["peers"][0]["trusted"]
+        [b_entry] = httpx.get(f"{b_url}/api/sync/history").json()["syncs"]
+        assert b_entry["role"] == "join" and b_entry["received"]["memories"] == 2
 
 
 def test_cancelling_a_join_at_the_confirmation_moves_nothing(tmp_path: Path, relay: int) -> None:

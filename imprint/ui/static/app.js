@@ -51,7 +51,7 @@ window.addEventListener("hashchange", show);
 
 // ------------------------------------------------------------------ memories
 
-const memState = { offset: 0, limit: 25 };
+const memState = { offset: 0, limit: 50 };
 
 function forgetButton(what, path, body, after) {
   return h("button", { type: "button", class: "danger small", onclick: async () => {
@@ -79,26 +79,54 @@ function fillSelect(sel, values) {
 }
 
 loaders.memories = async () => {
-  const params = new URLSearchParams({ offset: memState.offset, limit: memState.limit });
+  memState.limit = Number($("#mem-limit").value) || 50;
+  const params = new URLSearchParams({ offset: memState.offset, limit: memState.limit, sort: $("#mem-sort").value });
   for (const key of ["project", "type", "source"]) {
     const sel = $(`#mem-${key}`);
     if (sel.value !== "") params.set(key, sel.value);
   }
+  const text = $("#mem-q").value.trim();
+  if (text) params.set("q", text);
   const data = await api(`/api/memories?${params}`);
   fillSelect($("#mem-project"), data.projects);
   fillSelect($("#mem-type"), data.types);
   fillSelect($("#mem-source"), data.sources);
   $("#mem-list").replaceChildren(...data.items.map((m) => memoryCard(m)));
   const last = Math.min(data.offset + data.items.length, data.total);
-  $("#mem-summary").textContent = `${data.total} memories`;
-  $("#mem-page").textContent = data.total ? `${data.offset + 1}–${last} of ${data.total}` : "none";
+  $("#mem-summary").textContent = `${fmt(data.total)} memories` + (text ? ` containing “${text}”` : "");
+  $("#mem-page").textContent = data.total ? `${fmt(data.offset + 1)}–${fmt(last)} of ${fmt(data.total)}` : "none";
   $("#mem-prev").disabled = data.offset === 0;
   $("#mem-next").disabled = last >= data.total;
 };
 
-for (const key of ["project", "type", "source"]) {
+for (const key of ["project", "type", "source", "sort", "limit"]) {
   $(`#mem-${key}`).addEventListener("change", () => { memState.offset = 0; loaders.memories(); });
 }
+let memTyping = null;
+$("#mem-q").addEventListener("input", () => {
+  clearTimeout(memTyping);
+  memTyping = setTimeout(() => { memState.offset = 0; loaders.memories(); }, 250);
+});
+$("#mem-filters").addEventListener("submit", (ev) => { ev.preventDefault(); memState.offset = 0; loaders.memories(); });
+
+$("#mem-add-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const status = $("#add-status");
+  status.className = "status";
+  status.textContent = "storing…";
+  try {
+    const done = await post("/api/memories", { content: $("#add-content").value, project: $("#add-project").value,
+      type: $("#add-type").value, tags: $("#add-tags").value });
+    status.className = "status done";
+    status.textContent = done.ids.length === 1 ? `stored ${done.ids[0]}` : `stored ${fmt(done.ids.length)} chunks`;
+    $("#add-content").value = "";
+    memState.offset = 0;
+    loaders.memories();
+  } catch (err) {
+    status.className = "status error";
+    status.textContent = `error: ${err.message}`;
+  }
+});
 $("#mem-prev").addEventListener("click", () => { memState.offset = Math.max(0, memState.offset - memState.limit); loaders.memories(); });
 $("#mem-next").addEventListener("click", () => { memState.offset += memState.limit; loaders.memories(); });
 
@@ -129,7 +157,7 @@ function barChart(counts) {
     const label = c.name.length > 20 ? c.name.slice(0, 19) + "…" : c.name;
     svg.append(s("text", { x: labelW - 6, y: y + 16, "text-anchor": "end" }, label));
     svg.append(s("rect", { x: labelW, y: y + 4, width: Math.max(2, (c.count / max) * barW), height: rowH - 8, rx: 3, fill: "#3656d6" }));
-    svg.append(s("text", { x: labelW + (c.count / max) * barW + 6, y: y + 16 }, c.count));
+    svg.append(s("text", { x: labelW + (c.count / max) * barW + 6, y: y + 16 }, fmt(c.count)));
   });
   if (!counts.length) svg.append(s("text", { x: 6, y: 16 }, "no data"));
   return svg;
@@ -149,17 +177,46 @@ function donut(parts) {
       offset += len;
     }
     svg.append(s("rect", { x: 150, y: 40 + i * 28, width: 14, height: 14, fill: p.color }));
-    svg.append(s("text", { x: 172, y: 52 + i * 28 }, `${p.name}: ${p.count}`));
+    svg.append(s("text", { x: 172, y: 52 + i * 28 }, `${p.name}: ${fmt(p.count)}`));
   });
-  svg.append(s("text", { x: cx, y: cy + 5, "text-anchor": "middle" }, total));
+  svg.append(s("text", { x: cx, y: cy + 5, "text-anchor": "middle" }, fmt(total)));
   return svg;
+}
+
+function columnChart(periods) {
+  const width = 420, height = 160, base = 130, left = 10;
+  const max = Math.max(1, ...periods.map((p) => p.count));
+  const step = (width - left) / Math.max(1, periods.length);
+  const svg = s("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, role: "img" });
+  periods.forEach((p, i) => {
+    const x = left + i * step, hgt = (p.count / max) * (base - 20);
+    const bar = s("rect", { x: x + 3, y: base - hgt, width: step - 6, height: Math.max(1, hgt), rx: 2, fill: "#3656d6" });
+    bar.append(s("title", {}, `${p.label}: ${fmt(p.count)}`));
+    svg.append(bar);
+    if (p.count) svg.append(s("text", { x: x + step / 2, y: base - hgt - 4, "text-anchor": "middle" }, fmt(p.count)));
+    const month = new Date(p.start * 1000).toLocaleString("en-US", { month: "short" });
+    svg.append(s("text", { x: x + step / 2, y: base + 16, "text-anchor": "middle" }, month));
+  });
+  if (!periods.length) svg.append(s("text", { x: 6, y: 16 }, "no data"));
+  return svg;
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
 }
 
 loaders.stats = async () => {
   const st = await api("/api/stats");
-  const tile = (label, value) => h("div", { class: "tile" }, h("b", {}, value), label);
+  const tile = (label, value) => h("div", { class: "tile" }, h("b", {}, fmt(value)), label);
   $("#stats-cards").replaceChildren(tile("memories", st.memories), tile("projects", st.by_project.length),
     tile("facts active", st.facts_active), tile("facts ended", st.facts_ended));
+  $("#chart-time").replaceChildren(columnChart(st.over_time));
+  const about = [["disk", bytes(st.disk_bytes)], ["model", st.model || "—"], ["model fingerprint", st.model_fingerprint || "—"],
+    ["last sync", st.last_sync || "never"]];
+  $("#stats-about").replaceChildren(...about.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   $("#chart-project").replaceChildren(barChart(st.by_project));
   $("#chart-type").replaceChildren(barChart(st.by_type));
   $("#chart-facts").replaceChildren(donut([{ name: "active", count: st.facts_active, color: "#1e8e5a" }, { name: "ended", count: st.facts_ended, color: "#c0392b" }]));
@@ -180,11 +237,30 @@ function factGraph(facts) {
   marker.append(s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#6b7385" }));
   defs.append(marker);
   svg.append(defs);
+  // Several facts between the same two nodes (an ended one and its successor, say) bend apart,
+  // each its own curve and label: ended ones dashed and grey, open ones solid.
+  const pairs = new Map();
+  for (const f of facts) {
+    const key = [f.subject, f.object].sort().join("\u0000");
+    pairs.set(key, (pairs.get(key) || 0) + 1);
+  }
+  const seen = new Map();
   for (const f of facts) {
     const a = pos.get(f.subject), b = pos.get(f.object);
-    svg.append(s("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: f.ended ? "#c9cdd6" : "#6b7385", "stroke-width": 1.5,
-      "stroke-dasharray": f.ended ? "4 3" : "", "marker-end": "url(#arrow)" }));
-    svg.append(s("text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 4, "text-anchor": "middle", fill: "#3656d6" }, f.predicate));
+    const key = [f.subject, f.object].sort().join("\u0000");
+    const i = seen.get(key) || 0;
+    seen.set(key, i + 1);
+    const n = pairs.get(key);
+    const bend = n > 1 ? (i - (n - 1) / 2) * 40 : 0;
+    const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
+    const mx = (a.x + b.x) / 2 - (dy / len) * bend, my = (a.y + b.y) / 2 + (dx / len) * bend;
+    const edge = s("path", { d: `M ${a.x} ${a.y} Q ${mx} ${my} ${b.x} ${b.y}`, fill: "none",
+      stroke: f.ended ? "#c9cdd6" : "#6b7385", "stroke-width": f.ended ? 1.2 : 1.8,
+      "stroke-dasharray": f.ended ? "4 3" : "", "marker-end": "url(#arrow)", class: f.ended ? "edge ended" : "edge open" });
+    edge.append(s("title", {}, `${f.subject} ${f.predicate} ${f.object}${f.ended ? " (ended " + when(f.ended) + ")" : ""}`));
+    svg.append(edge);
+    svg.append(s("text", { x: (a.x + 2 * mx + b.x) / 4, y: (a.y + 2 * my + b.y) / 4 - 4, "text-anchor": "middle",
+      fill: f.ended ? "#9aa1b0" : "#3656d6", "font-style": f.ended ? "italic" : "normal" }, f.ended ? `${f.predicate} (ended)` : f.predicate));
   }
   for (const [name, p] of pos) {
     svg.append(s("circle", { cx: p.x, cy: p.y, r: 14, fill: "#fff", stroke: "#3656d6", "stroke-width": 2 }));
@@ -203,6 +279,21 @@ loaders.facts = async () => {
     h("td", {}, forgetButton(`fact ${f.id}`, "/api/facts/forget", { id: f.id }, () => loaders.facts())))));
 };
 $("#facts-ended").addEventListener("change", () => loaders.facts());
+$("#fact-add-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const status = $("#fact-status");
+  try {
+    const f = await post("/api/facts", { subject: $("#fact-subject").value, predicate: $("#fact-predicate").value,
+      object: $("#fact-object").value });
+    status.className = "status done";
+    status.textContent = `added fact ${f.id}`;
+    for (const k of ["subject", "predicate", "object"]) $(`#fact-${k}`).value = "";
+    loaders.facts();
+  } catch (err) {
+    status.className = "status error";
+    status.textContent = `error: ${err.message}`;
+  }
+});
 
 // ------------------------------------------------------------------ trust
 
@@ -380,8 +471,13 @@ $("#serve-form").addEventListener("submit", (ev) => {
       case "forget_confirm_required":
         askForget(e, id);
         break;
-      case "peer_connected": case "stats": case "error":
+      case "peer_connected":
         $("#approval").hidden = true;
+        break;
+      case "stats": case "error":
+        $("#approval").hidden = true;
+        $("#serve-room").hidden = true;  // the PIN is spent: never show it once the session is over
+        loaders.sync();
         break;
     }
   });
@@ -419,6 +515,7 @@ $("#join-form").addEventListener("submit", (ev) => {
       case "stats": case "error":
         $("#join-confirm").hidden = true;
         $("#forget-confirm").hidden = true;
+        loaders.sync();
         break;
     }
   });
@@ -436,7 +533,240 @@ document.querySelectorAll("#join-confirm button").forEach((button) => button.add
   }
 }));
 
-loaders.sync = async () => {};
+function moved(x) {
+  const parts = [];
+  if (x && x.memories) parts.push(`${fmt(x.memories)} memories`);
+  if (x && x.facts) parts.push(`${fmt(x.facts)} facts`);
+  return parts.join(", ") || "—";
+}
+
+loaders.sync = async () => {
+  const data = await api("/api/sync/history");
+  $("#sync-history-empty").hidden = data.syncs.length > 0;
+  $("#sync-history tbody").replaceChildren(...data.syncs.map((e) => h("tr", { class: e.error ? "failed" : "" },
+    h("td", {}, when(e.at)), h("td", {}, e.role), h("td", {}, e.peer || "—"), h("td", {}, moved(e.received)),
+    h("td", {}, moved(e.sent)), h("td", {}, e.forgotten ? fmt(e.forgotten) : "—"),
+    h("td", { class: e.error ? "status error" : "status done" }, e.error ? `failed: ${e.error}` : "done"))));
+  $("#sync-peers-empty").hidden = data.peers.length > 0;
+  $("#sync-peers tbody").replaceChildren(...data.peers.map((p) => h("tr", {},
+    h("td", {}, p.name), h("td", {}, p.trusted ? "yes" : "no"), h("td", {}, p.last_sync ? when(p.last_sync) : "—"),
+    h("td", {}, fmt(p.syncs)))));
+};
+
+// ------------------------------------------------------------------ detail (what a citation opens)
+
+async function openCitation(c) {
+  const body = $("#detail-body");
+  if (c.kind === "fact") {
+    $("#detail-title").textContent = `Fact ${c.id}`;
+    body.replaceChildren(h("p", { class: "content" }, `${c.subject} → ${c.predicate} → ${c.object}`),
+      h("p", { class: "muted" }, `since ${when(c.valid_from)}${c.ended ? ", ended " + when(c.ended) : ""}`));
+  } else {
+    $("#detail-title").textContent = `Memory ${c.id}`;
+    body.replaceChildren(h("p", { class: "muted" }, "loading…"));
+    try {
+      const m = await api(`/api/memories/${encodeURIComponent(c.id)}`);
+      body.replaceChildren(memoryCard(m));
+    } catch (err) {
+      body.replaceChildren(h("p", { class: "status error" }, err.message));
+    }
+  }
+  const dialog = $("#detail");
+  if (!dialog.open) dialog.showModal();
+}
+
+// ------------------------------------------------------------------ chat
+
+const chat = { current: null, controller: null, busy: false };
+
+// The answer's text, with each [n] that names a citation made a link that opens it.
+function renderAnswer(el, text, citations) {
+  const byN = new Map((citations || []).map((c) => [String(c.n), c]));
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(/\[(\d+)\]/g)) {
+    const c = byN.get(m[1]);
+    if (!c) continue;
+    parts.push(text.slice(last, m.index));
+    parts.push(h("a", { href: "#chat", class: "cite", "data-n": c.n, onclick: (ev) => { ev.preventDefault(); openCitation(c); } }, `[${c.n}]`));
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last));
+  el.replaceChildren(...parts);
+}
+
+function citationList(citations) {
+  const list = h("ol", { class: "citations" });
+  for (const c of citations || []) {
+    const label = c.kind === "fact" ? `fact: ${c.subject} → ${c.predicate} → ${c.object}`
+      : `${c.project}${c.source ? " · " + c.source : ""} — ${c.content.length > 120 ? c.content.slice(0, 119) + "…" : c.content}`;
+    list.append(h("li", { value: c.n }, h("a", { href: "#chat", class: "citation", "data-n": c.n, "data-id": c.id,
+      onclick: (ev) => { ev.preventDefault(); openCitation(c); } }, label)));
+  }
+  return list;
+}
+
+function chatMessage(role, content, citations) {
+  const text = h("div", { class: "text" });
+  const box = h("div", { class: `msg ${role}` }, h("div", { class: "who" }, role === "user" ? "You" : "imprint"), text);
+  if (role === "assistant") {
+    renderAnswer(text, content, citations);
+    if (citations && citations.length) box.append(h("div", { class: "sources" }, h("span", { class: "muted" }, "Found in your memory:"), citationList(citations)));
+  } else {
+    text.textContent = content;
+  }
+  return box;
+}
+
+async function loadConversations() {
+  const data = await api("/api/chat/sessions");
+  $("#chat-sessions").replaceChildren(...data.sessions.map((c) => h("li", { class: c.id === chat.current ? "active" : "" },
+    h("a", { href: "#chat", "data-id": c.id, onclick: (ev) => { ev.preventDefault(); if (!chat.busy) openConversation(c.id); } }, c.title),
+    h("span", { class: "muted" }, ` ${fmt(c.messages)}`))));
+  return data.sessions;
+}
+
+async function openConversation(id) {
+  chat.current = id;
+  const log = $("#chat-log");
+  $("#chat-rename").hidden = $("#chat-delete").hidden = !id;
+  if (!id) {
+    $("#chat-title").textContent = "Chat";
+    log.replaceChildren(h("p", { class: "muted" }, "Ask about anything you or your agents stored: the answer cites the memories it comes from."));
+    await loadConversations();
+    return;
+  }
+  const conv = await api(`/api/chat/sessions/${encodeURIComponent(id)}`);
+  $("#chat-title").textContent = conv.title;
+  log.replaceChildren(...conv.messages.map((m) => chatMessage(m.role, m.content, m.citations)));
+  log.scrollTop = log.scrollHeight;
+  await loadConversations();
+}
+
+loaders.chat = async () => {
+  const st = await api("/api/chat/status");
+  $("#chat-model").textContent = st.available
+    ? `Model: ${st.model}${st.local ? " — on this machine, nothing leaves it" : " — the question and the memories found are sent there"}${st.local && !st.loaded ? " (loads on the first question)" : ""}`
+    : st.problem;
+  const sessions = await loadConversations();
+  if (chat.current === null && sessions.length) await openConversation(sessions[0].id);
+  else await openConversation(chat.current);
+  $("#chat-q").focus();
+};
+
+// Read a POST's SSE body: one JSON event per `data:` line.
+async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of block.split("\n")) if (line.startsWith("data: ")) yield JSON.parse(line.slice(6));
+    }
+  }
+}
+
+function chatBusy(busy) {
+  chat.busy = busy;
+  $("#chat-send").disabled = busy;
+  $("#chat-stop").hidden = !busy;
+  $("#chat-new").disabled = busy;
+}
+
+async function ask(question) {
+  if (!chat.current) {
+    const conv = await post("/api/chat/sessions", {});
+    chat.current = conv.id;
+    $("#chat-log").replaceChildren();
+  }
+  const log = $("#chat-log");
+  log.append(chatMessage("user", question));
+  const answer = chatMessage("assistant", "", []);
+  answer.classList.add("pending");
+  log.append(answer);
+  const textEl = answer.querySelector(".text");
+  const status = $("#chat-status");
+  let text = "", citations = [];
+  chatBusy(true);
+  status.textContent = "searching your memory…";
+  chat.controller = new AbortController();
+  try {
+    const res = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ session_id: chat.current, message: question }), signal: chat.controller.signal });
+    if (!res.ok) {
+      const body = await res.json().catch(() => ({}));
+      throw new Error(typeof body.detail === "string" ? body.detail : `${res.status} ${res.statusText}`);
+    }
+    for await (const ev of sseEvents(res)) {
+      switch (ev.type) {
+        case "citations":
+          citations = ev.items;
+          if (citations.length) answer.append(h("div", { class: "sources" }, h("span", { class: "muted" }, "Found in your memory:"), citationList(citations)));
+          status.textContent = citations.length ? "answering…" : "nothing in the memory matches; answering…";
+          break;
+        case "status": status.textContent = ev.text; break;
+        case "token":
+          text += ev.text;
+          renderAnswer(textEl, text, citations);
+          log.scrollTop = log.scrollHeight;
+          break;
+        case "tool_call": status.textContent = `looking further: ${ev.name}(${Object.values(ev.args || {}).join(", ")})`; break;
+        case "error": answer.append(h("p", { class: "status error" }, ev.error)); break;
+        case "done":
+          status.textContent = ev.stopped ? "stopped" : "";
+          if (ev.stopped) answer.append(h("p", { class: "muted" }, "(stopped)"));
+          break;
+      }
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") answer.append(h("p", { class: "status error" }, err.message));
+    else status.textContent = "stopped";
+  } finally {
+    answer.classList.remove("pending");
+    chat.controller = null;
+    chatBusy(false);
+    loadConversations().then(() => {
+      const active = document.querySelector("#chat-sessions li.active a");
+      if (active) $("#chat-title").textContent = active.textContent;
+    }).catch(() => {});
+  }
+}
+
+$("#chat-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const question = $("#chat-q").value.trim();
+  if (!question || chat.busy) return;
+  $("#chat-q").value = "";
+  ask(question);
+});
+$("#chat-q").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("#chat-form").requestSubmit(); }
+});
+$("#chat-stop").addEventListener("click", async () => {
+  const id = chat.current;
+  try { await post("/api/chat/stop", { session_id: id }); } catch (err) { /* already over */ }
+  // If the answer does not end promptly, drop the stream (the server stops it when the page goes).
+  setTimeout(() => { if (chat.controller) chat.controller.abort(); }, 3000);
+});
+$("#chat-new").addEventListener("click", () => { chat.current = ""; openConversation(""); $("#chat-q").focus(); });
+$("#chat-rename").addEventListener("click", async () => {
+  const title = prompt("Name this conversation", $("#chat-title").textContent);
+  if (!title || !title.trim()) return;
+  await post(`/api/chat/sessions/${encodeURIComponent(chat.current)}/rename`, { title });
+  await openConversation(chat.current);
+});
+$("#chat-delete").addEventListener("click", async () => {
+  if (!confirm("Delete this conversation? The memories it cited stay.")) return;
+  await post(`/api/chat/sessions/${encodeURIComponent(chat.current)}/delete`, {});
+  chat.current = "";
+  await openConversation("");
+});
 
 // ------------------------------------------------------------------ start
 
