@@ -195,8 +195,9 @@ class Chat:
         question = question.strip()
         if not question:
             raise ChatError("the question is empty")
+        started = time.perf_counter()
         items = retrieve(self.memory, question)
-        emit({"type": "citations", "items": items})
+        emit({"type": "citations", "items": items, "ms": round((time.perf_counter() - started) * 1000, 1)})
         model = self.model()
         if isinstance(model, LocalModel) and not model.loaded:
             emit({"type": "status", "text": "loading the local chat model (the first question only)…"})

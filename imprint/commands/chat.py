@@ -45,6 +45,9 @@ def cmd_chat(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     from imprint.service.client import ServiceClient
 
     endpoint = chat_endpoint()
+    question = (args.question or "").strip()
+    if not question and not args.list:
+        raise InputError("say what to ask: imprint chat \"which port does staging use?\" (or --list)")
     with ServiceClient(settings) as service:
         if args.list:
             found = service.call(p.ChatConversations(limit=200), list[dict[str, Any]])
@@ -54,9 +57,6 @@ def cmd_chat(args: argparse.Namespace, settings: Settings, out: Output) -> int:
             if not found:
                 note("imprint: no conversations yet: imprint chat \"a question\"")
             return 0
-        question = (args.question or "").strip()
-        if not question:
-            raise InputError("say what to ask: imprint chat \"which port does staging use?\" (or --list)")
         conversation = args.conversation or ""
         if args.continue_ and not conversation:
             found = service.call(p.ChatConversations(limit=1), list[dict[str, Any]])

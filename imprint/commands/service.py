@@ -68,6 +68,7 @@ def cmd_service_status(args: argparse.Namespace, settings: Settings, out: Output
         "uptime": _duration(info.uptime),
         "memory": _mib(info.rss_bytes),
         "model loaded": ", ".join(info.models_loaded) or "no (loads with the first text to embed)",
+        "chat model": "loaded" if info.chat_model_loaded else "not loaded (loads with the first question)",
         "workspaces open": ", ".join(info.workspaces) or "none",
         "clients": str(max(0, info.clients - 1)) + " (besides this command)",
         "syncs running": str(info.syncs),

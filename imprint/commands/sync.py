@@ -184,7 +184,29 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, out: Output) -> int:
     out.event(events.DemoResult(identical=same, memories=len(mems_a), facts=len(facts_a)))
     out.line(f"\nBoth machines now hold {len(mems_a)} memories and {len(facts_a)} facts; exports identical: "
              f"{'yes' if same else 'NO'}")
+    if same and not getattr(args, "no_keep", False):
+        kept = _keep_for_chat(settings, mems_b)
+        if kept:
+            note(f"imprint: your memory was empty, so the demo's {kept} memories are now in it (project \"demo\"): "
+                 "try `imprint ui` (its Chat tab) or `imprint chat \"who owns billing?\"`; "
+                 "`imprint forget --project demo` removes them")
     return 0 if same else 1
+
+
+def _keep_for_chat(settings: Settings, memories: list[bytes]) -> int:
+    """On a fresh install, the demo's memories become the user's (project "demo"), through the data
+    dir's service; a memory that holds anything is left alone. Returns how many were stored."""
+    from imprint.messages.records import MemoryRecord, finalize_memory
+    from imprint.messages.store import StoreResult
+    from imprint.service.client import ServiceClient
+
+    records = tuple(finalize_memory(msgspec.structs.replace(msgspec.json.decode(m, type=MemoryRecord), project="demo",
+                                                            id="")) for m in memories)
+    with ServiceClient(settings.prepare()) as service:
+        if service.call(p.Count(), int):
+            return 0
+        done = service.call(p.Remember(records=records), StoreResult)
+    return done.inserted
 
 
 # ---------------------------------------------------------------- parser
@@ -266,5 +288,12 @@ def register(cli: CommandLine) -> None:
                    help="rooms one client address may have open (default 16)")
     p.set_defaults(no_data_dir=True)
 
-    p = cli.command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge")
-    p.set_defaults(no_data_dir=True)  # it works in temporary dirs only
+    p = cli.command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge",
+                    description="Seed two temporary data dirs, sync them through a relay on 127.0.0.1 and compare "
+                                "their exports. If your own memory (the data dir's workspace) is still empty, the "
+                                "merged memories are then stored in it under project \"demo\", so the dashboard "
+                                "and `imprint chat` have something to answer from (`imprint forget --project demo` "
+                                "removes them); --no-keep leaves it empty.")
+    p.add_argument("--no-keep", action="store_true",
+                   help="do not store the demo's memories in your (empty) memory afterwards")
+    p.set_defaults(no_data_dir=True)  # its sync runs in temporary dirs

@@ -399,6 +399,8 @@ class ServiceInfo(msgspec.Struct, frozen=True):
     workspaces: tuple[str, ...] = ()
     #: Per request kind, over the last requests: (count, p50 ms, p99 ms) inside the service.
     latency_ms: dict[str, tuple[int, float, float]] = {}
+    #: The local chat model is in memory (it loads with the first question, ~0.6 GB).
+    chat_model_loaded: bool = False
 
 
 # ---------------------------------------------------------------- framing

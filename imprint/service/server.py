@@ -263,6 +263,13 @@ class Service:
             clients = list(self._clients)
         for stream in streams:
             stream.cancel("the imprint service is stopping")
+        for conn in clients:
+            # A client that is only connected (an agent's MCP server, idle) waits in a read: end the read
+            # side so its thread returns now; a stream's worker can still send its last frame.
+            try:
+                conn.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         deadline = time.monotonic() + CANCEL_WAIT
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -603,7 +610,16 @@ class Service:
                              uptime=time.time() - self.started, rss_bytes=psutil.Process().memory_info().rss,
                              socket=str(self.socket_path), clients=clients, syncs=syncs, dashboards=dashboards,
                              idle_exit=self.idle, models_loaded=tuple(sorted(set(loaded))),
-                             workspaces=tuple(sorted({s.workspace for s in cores})), latency_ms=self.latency())
+                             workspaces=tuple(sorted({s.workspace for s in cores})), latency_ms=self.latency(),
+                             chat_model_loaded=_chat_model_loaded())
+
+
+def _chat_model_loaded() -> bool:
+    if "imprint.chat.models" not in sys.modules:
+        return False
+    from imprint.chat.models import LocalModel
+
+    return LocalModel._instance is not None and LocalModel._instance.loaded
 
 
 def endpoint_of(chat: p.ChatEndpoint) -> Any:

@@ -22,6 +22,8 @@ class Reply:
     status: int = 200
     error: str = ""
     hang: bool = False
+    #: Seconds between two pieces of text (a slow model).
+    delay: float = 0.0
 
 
 class Endpoint:
@@ -87,6 +89,8 @@ def endpoint(replies: list[Reply], **kwargs: Any) -> Iterator[Endpoint]:
                 for i in range(0, len(reply.text), 7):
                     self.wfile.write(_chunk({"content": reply.text[i:i + 7]}))
                     self.wfile.flush()
+                    if reply.delay and state.release.wait(reply.delay):
+                        return
                 for index, (name, args) in enumerate(reply.tool_calls):
                     encoded = json.dumps(args)
                     half = len(encoded) // 2  # arguments arrive in pieces, as real endpoints send them

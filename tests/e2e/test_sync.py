@@ -539,6 +539,10 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     result = demo.events[-1]
     assert result["event"] == "demo" and result["identical"] is True, demo.describe()
     assert (result["memories"], result["facts"]) == (8, 3)
+    # The data dir's memory was empty: it now holds the demo's memories, for the dashboard and the chat.
+    assert "the demo's 8 memories are now in it" in demo.stderr
+    kept = [json.loads(line) for line in run(tmp_path, "export").splitlines()]
+    assert len(kept) == 8 and {m["project"] for m in kept} == {"demo"}
     # The numbers a person reads are right: one memory and one fact were on both machines.
     provider, consumer = (next(e for e in demo.events if e["event"] == "stats" and e["role"] == role)
                           for role in ("provider", "consumer"))

@@ -87,6 +87,12 @@ def test_sync_approved_in_the_browser_merges_both_sides(tmp_path: Path, relay: i
             expect(stats).to_contain_text("memories 2 new")
             out, err = joiner.communicate(timeout=60)
             assert joiner.returncode == 0, err.decode(errors="replace")
+            expect(page.locator("#serve-room")).to_be_hidden()  # the PIN is spent: not shown once the session is over
+            history = page.locator("#sync-history tbody tr")
+            expect(history).to_have_count(1)
+            expect(history.first).to_contain_text(other_fingerprint)
+            expect(history.first).to_contain_text("2 memories")
+            expect(page.locator("#sync-peers")).to_contain_text(other_fingerprint)
             page.screenshot(path=str(ARTIFACTS / "dashboard-sync.png"), full_page=True)
 
             page.goto(f"{url}/#memories")
@@ -118,6 +124,12 @@ def test_sync_approved_in_the_browser_merges_both_sides(tmp_path: Path, relay: i
                 joiner.wait(timeout=10)
             browser.close()
     assert [d.fingerprint for d in TrustList(home.settings.trust_path).load()] == [other_fingerprint]
+    # The joining side ran its sync from the CLI: its history holds it too.
+    from imprint.config import Settings
+    from imprint.core import read_sync_history
+
+    [joined] = read_sync_history(Settings(data_dir=other_dir))
+    assert joined["role"] == "join" and joined["received"]["memories"] == 2 and "error" not in joined
 
 
 def test_join_from_the_browser_asks_before_anything_moves_and_a_link_starts_nothing(tmp_path: Path, relay: int) -> None:

@@ -358,6 +358,16 @@ function peerLine(e) {
   return `${e.hostname} (${e.fingerprint}), user ${e.user}, ${e.os}`;
 }
 
+// The history gets its line once the session has ended: wait for that (bounded), then reload it.
+async function historyWhenDone(id) {
+  for (let i = 0; i < 40; i += 1) {
+    const info = await api(`/api/sync/sessions/${encodeURIComponent(id)}`).catch(() => ({ finished: true }));
+    if (info.finished) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  loaders.sync().catch(() => {});
+}
+
 // Start a session with a POST, then watch it: one EventSource per session, closed
 // on stats or error so it never reconnects. Closing the page ends the session.
 async function runSession(prefix, path, body, onEvent) {
@@ -382,7 +392,7 @@ async function runSession(prefix, path, body, onEvent) {
   const source = new EventSource(`/api/sync/sessions/${encodeURIComponent(id)}/events`);
   stop.hidden = false;
   stop.onclick = () => post("/api/sync/cancel", { session_id: id }).catch(() => {});
-  const end = () => { source.close(); start.disabled = false; stop.hidden = true; };
+  const end = () => { source.close(); start.disabled = false; stop.hidden = true; historyWhenDone(id); };
   source.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
     switch (ev.event) {
@@ -477,7 +487,6 @@ $("#serve-form").addEventListener("submit", (ev) => {
       case "stats": case "error":
         $("#approval").hidden = true;
         $("#serve-room").hidden = true;  // the PIN is spent: never show it once the session is over
-        loaders.sync();
         break;
     }
   });
@@ -515,7 +524,6 @@ $("#join-form").addEventListener("submit", (ev) => {
       case "stats": case "error":
         $("#join-confirm").hidden = true;
         $("#forget-confirm").hidden = true;
-        loaders.sync();
         break;
     }
   });
