@@ -56,20 +56,13 @@ LENGTH = 16
 def model_dir(name: str) -> Path | None:
     """The local directory of a model name (the bundled default, a path, or the
     Hugging Face cache, offline), or None if it cannot be found without a download."""
-    target = Path(resolve_model(name))
-    if target.is_dir():
-        return target
-    try:
-        from huggingface_hub import snapshot_download
+    from imprint.errors import ModelError
 
-        for repo in (name, f"sentence-transformers/{name}"):
-            try:
-                return Path(snapshot_download(repo, local_files_only=True))
-            except Exception:
-                continue
-    except ImportError:
-        pass
-    return None
+    try:
+        target = Path(resolve_model(name))  # the bundled one, a directory, or the Hugging Face cache
+    except ModelError:
+        return None
+    return target if target.is_dir() else None
 
 
 def _files(directory: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from typing import Any
 from imprint.commands import CommandLine, chat, documents, facts, memories, service, sync, trash, trust, ui
 from imprint.commands.render import Output, note
 from imprint.config import Settings, settings_from, validate_workspace
-from imprint.errors import ImprintError
+from imprint.errors import ImprintError, InputError
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         settings = settings_from(data_dir=args.data_dir, workspace=args.workspace, model=args.model, qdrant_url=args.qdrant_url)
+        if getattr(args, "reads", False) and not settings.data_dir.exists():
+            # A command that only reads does not create a store where a mistyped --data-dir points.
+            raise InputError(f"there is no imprint data dir at {settings.data_dir} (nothing was created there): "
+                             "check --data-dir / IMPRINT_DATA_DIR; `imprint add` or `imprint import` starts one")
         if getattr(args, "read_only", False):
             validate_workspace(settings.workspace)
         elif not getattr(args, "no_data_dir", False):

@@ -78,3 +78,40 @@ def test_the_dashboard_port_in_use_is_one_line(tmp_path: Path, imprint_cli) -> N
         proc = imprint_cli(tmp_path / "data", "ui", "--no-browser", "--port", str(port), timeout=60)
     assert proc.returncode == 1, proc
     assert "cannot serve the dashboard" in one_line(proc)
+
+
+def test_an_unknown_model_fails_at_once_naming_what_is_installed(tmp_path: Path, imprint_cli) -> None:
+    import time
+
+    started = time.monotonic()
+    done = imprint_cli(tmp_path / "data", "--model", "all-mpnet-base-v2", "add", "hello")
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    assert "'all-mpnet-base-v2' is not on this machine" in done.stderr and "all-MiniLM-L6-v2" in done.stderr
+    assert "Traceback" not in done.stderr
+    # It used to try the model hub for over a minute; a bound, not a benchmark (the service starts too).
+    assert took < 20, took
+
+
+@pytest.mark.parametrize("args", [("search", "x"), ("export",), ("fact", "list"), ("show", "a.md")])
+def test_reading_a_data_dir_that_does_not_exist_creates_nothing(tmp_path: Path, imprint_cli, args: tuple[str, ...]) -> None:
+    missing = tmp_path / "mistyped"
+    done = imprint_cli(missing, *args)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"imprint: error: there is no imprint data dir at {missing} (nothing was created "
+                                   "there): check --data-dir / IMPRINT_DATA_DIR; `imprint add` or `imprint import` "
+                                   "starts one")
+    assert not missing.exists()
+
+
+def test_import_errors_name_the_line_in_plain_words(tmp_path: Path, imprint_cli) -> None:
+    path = tmp_path / "notes.jsonl"
+    path.write_text('{"content": "a good line"}\n{"content": "cut short\n[1, 2]\n{"project": "x"}\nnot json at all\n')
+    done = imprint_cli(tmp_path / "data", "import", str(path))
+    assert done.returncode == 1 and "inserted 1" in done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith("imprint: line")]
+    assert lines[0].startswith("imprint: line 2: rejected: not JSON: it ends before the record is complete"), lines
+    assert lines[1] == "imprint: line 3: rejected: a record is a JSON object ({…}), not `array`", lines
+    assert lines[2].startswith("imprint: line 4: rejected: the record has no field `content`"), lines
+    assert lines[3].startswith("imprint: line 5: rejected: not JSON ("), lines
+    assert "truncated" not in done.stderr and "malformed" not in done.stderr

@@ -41,6 +41,7 @@ def register(cli: CommandLine) -> None:
     a.add_argument("source", help="the source, e.g. docs/runbook.md")
     a.add_argument("--project", default=None, help="only the chunks of this project")
     a.add_argument("--chunks", action="store_true", help="print each chunk with its index and id instead")
+    a.set_defaults(reads=True)
 
     a = cli.command("mcp", cmd_mcp, "serve the memory to AI agents over MCP (stdio, or --http)",
                     description="An MCP server for agent hosts (Claude Code, Cursor, Codex…): tools search, store, "

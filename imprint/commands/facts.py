@@ -25,6 +25,7 @@ def register(cli: CommandLine) -> None:
     p.add_argument("object")
     p.add_argument("--source", default="", help="where the fact came from")
     p = cli.action(actions, "list", cmd_fact_list, "list facts (open ones unless --all)")
+    p.set_defaults(reads=True)
     p.add_argument("--subject")
     p.add_argument("--predicate")
     p.add_argument("--all", action="store_true", help="include ended facts")

@@ -52,6 +52,7 @@ def register(cli: CommandLine) -> None:
                         "file's vectors come from another model)")
 
     p = cli.command("export", cmd_export, "print every record as JSONL (what sync sends)")
+    p.set_defaults(reads=True)
     p.add_argument("--dataset", choices=("memories", "facts"), default="memories", help="which records (default: memories)")
     p.add_argument("--vectors", action="store_true",
                    help="add each memory's vector (base64 float32) and its model's fingerprint, so 'imprint import' "
@@ -71,6 +72,7 @@ def register(cli: CommandLine) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
 
     p = cli.command("search", cmd_search, "semantic search over memories, best first")
+    p.set_defaults(reads=True)
     p.add_argument("query", help="what to look for")
     p.add_argument("-k", type=int, default=5, metavar="N", help="how many results (default 5)")
     p.add_argument("--project", default=None, help="only memories of this project")
@@ -84,7 +86,7 @@ def register(cli: CommandLine) -> None:
                                 "do not change.")
 
     p = cli.command("status", cmd_status, "show data dir, workspace, device id, model and counts (read-only, fast)")
-    p.set_defaults(read_only=True)
+    p.set_defaults(read_only=True)  # on a data dir that does not exist: zeros, and nothing is created
 
 
 def _parse_tags(pairs: list[str]) -> dict[str, Any]:
@@ -155,14 +157,34 @@ def _read_stdin_text() -> str:
 
 
 def _jsonl_lines(path: str) -> tuple[Iterator[bytes], int | None]:
+    """The file's lines, and how many there are (None for standard input)."""
     if path == "-":
         return iter(sys.stdin.buffer), None
     p = Path(path)
     try:
         fh = p.open("rb")
+        count = 0
+        last = b"\n"
+        with p.open("rb") as counting:  # a first pass, at disk speed: the bar then counts records
+            while chunk := counting.read(1 << 20):
+                count += chunk.count(b"\n")
+                last = chunk[-1:]
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return iter(fh), p.stat().st_size
+    return iter(fh), count + (last != b"\n")
+
+
+def plain_json_error(exc: Exception) -> str:
+    """What is wrong with a JSONL line, in words a person reads (msgspec's own, reworded)."""
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        text = text.replace("Object missing required field", "the record has no field")
+        return text.replace("Expected `object`, got", "a record is a JSON object ({…}), not")
+    if "truncated" in text:
+        return "not JSON: it ends before the record is complete (a missing closing brace or quote?)"
+    if "malformed" in text:
+        return f"not JSON ({text.replace('JSON is malformed: ', '')}): each line must be one JSON object"
+    return f"not a JSON record: {text}"
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int:
@@ -178,74 +200,82 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: Output) -> int
     )
     from imprint.messages.store import ModelInfo, StoreResult
 
-    lines, total_bytes = _jsonl_lines(args.file)
+    lines, total_lines = _jsonl_lines(args.file)
     inserted = updated = skipped = rejected = reused = 0
     batch: list = []
     batch_bytes = 0
     given: dict[tuple[str, str], bytes] = {}
     now = time.time()
-    with ServiceClient(settings) as service, _progress(total=total_bytes, unit="B", unit_scale=True, desc="import") as bar:
-        model = service.call(p.ModelOf(), ModelInfo)
-        flushed = False
+    number = 0
+    interrupted = True
+    try:
+        with ServiceClient(settings) as service, _progress(total=total_lines, unit=" lines", desc="import") as bar:
+            model = service.call(p.ModelOf(), ModelInfo)
+            flushed = False
 
-        def flush() -> None:
-            nonlocal inserted, updated, skipped, flushed, batch_bytes
-            if batch:
-                request = p.Remember(records=tuple(batch), chunk=True, given=tuple(p.Given(id=i, hash=h, vector=v)
-                                                                        for (i, h), v in given.items()))
-                result = service.call(request, StoreResult, on_note=_loading)
-                inserted += result.inserted
-                updated += result.updated
-                skipped += result.skipped - result.updated
-                batch.clear()
-                given.clear()
-                batch_bytes = 0
-                flushed = True
+            def flush() -> None:
+                nonlocal inserted, updated, skipped, flushed, batch_bytes
+                if batch:
+                    request = p.Remember(records=tuple(batch), chunk=True, given=tuple(p.Given(id=i, hash=h, vector=v)
+                                                                            for (i, h), v in given.items()))
+                    result = service.call(request, StoreResult, on_note=_loading)
+                    inserted += result.inserted
+                    updated += result.updated
+                    skipped += result.skipped - result.updated
+                    batch.clear()
+                    given.clear()
+                    batch_bytes = 0
+                    flushed = True
 
-        def reject(number: int, reason: str) -> None:
-            nonlocal rejected
-            rejected += 1
-            if rejected <= MAX_REPORTED_LINES:
-                note(f"imprint: line {number}: rejected: {reason}")
+            def reject(number: int, reason: str) -> None:
+                nonlocal rejected
+                rejected += 1
+                if rejected <= MAX_REPORTED_LINES:
+                    note(f"imprint: line {number}: rejected: {reason}")
 
-        for number, line in enumerate(lines, start=1):
-            bar.update(len(line))
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte order mark, as some editors write
-            if not line.strip():
-                continue
-            try:
-                line = line.rstrip(b"\r\n")
-                record = finalize_memory(decode_memory_input(line), now=now)
-                carried = None if args.reembed else carried_vector_decoder.decode(line)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
-                reject(number, "not UTF-8 text" if _not_utf8(line) else str(exc))
-                continue
-            if carried is not None and carried.vector is not None and carried.vector_model:
-                if carried.vector_model != model.fingerprint:
-                    why = (f"its vector comes from another model (fingerprint {carried.vector_model}; "
-                           f"{model.name} here is {model.fingerprint})")
-                    if not flushed and not rejected:
-                        raise ModelError(f"{args.file}: line {number}: {why}; nothing was imported. Run again with "
-                                         "--reembed to embed the texts with this model instead")
-                    reject(number, why + "; use --reembed")
+            for number, line in enumerate(lines, start=1):
+                bar.update(1)
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]  # a UTF-8 byte order mark, as some editors write
+                if not line.strip():
                     continue
                 try:
-                    vector = vector_from_field(carried.vector, model.dimension)
-                except ValueError as exc:
-                    reject(number, str(exc))
+                    line = line.rstrip(b"\r\n")
+                    record = finalize_memory(decode_memory_input(line), now=now)
+                    carried = None if args.reembed else carried_vector_decoder.decode(line)
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    # msgspec raises UnicodeDecodeError for bad bytes inside a JSON string.
+                    reject(number, "not UTF-8 text" if _not_utf8(line) else plain_json_error(exc))
                     continue
-                key = (record.id, content_hash(record.content))
-                if key not in given:
-                    given[key] = array.array("f", vector).tobytes()
-                    batch_bytes += 4 * len(vector)
-                reused += 1
-            batch.append(record)
-            batch_bytes += len(line)
-            if len(batch) >= IMPORT_BATCH or batch_bytes >= IMPORT_BATCH_BYTES:
-                flush()
-        flush()
+                if carried is not None and carried.vector is not None and carried.vector_model:
+                    if carried.vector_model != model.fingerprint:
+                        why = (f"its vector comes from another model (fingerprint {carried.vector_model}; "
+                               f"{model.name} here is {model.fingerprint})")
+                        if not flushed and not rejected:
+                            raise ModelError(f"{args.file}: line {number}: {why}; nothing was imported. Run again with "
+                                             "--reembed to embed the texts with this model instead")
+                        reject(number, why + "; use --reembed")
+                        continue
+                    try:
+                        vector = vector_from_field(carried.vector, model.dimension)
+                    except ValueError as exc:
+                        reject(number, str(exc))
+                        continue
+                    key = (record.id, content_hash(record.content))
+                    if key not in given:
+                        given[key] = array.array("f", vector).tobytes()
+                        batch_bytes += 4 * len(vector)
+                    reused += 1
+                batch.append(record)
+                batch_bytes += len(line)
+                if len(batch) >= IMPORT_BATCH or batch_bytes >= IMPORT_BATCH_BYTES:
+                    flush()
+            flush()
+            interrupted = False
+    finally:
+        if interrupted:  # Ctrl-C or an error: say what is stored, so nobody wonders whether to start over
+            note(f"imprint: stopped at line {number:,}: {inserted:,} new and {updated:,} updated memories are "
+                 "stored; running the same import again skips them")
     if rejected > MAX_REPORTED_LINES:
         note(f"imprint: … and {rejected - MAX_REPORTED_LINES} more rejected lines")
     out.result(

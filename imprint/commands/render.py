@@ -259,8 +259,14 @@ def stdin_approver(peer: PeerInfo, warning: str) -> str:
         f"  user:        {clip(peer.user, 64)}",
         f"  os:          {clip(peer.os, 64)}",
         f"  fingerprint: {clip(peer.fingerprint, 16)}",
-        "Allow? [y]es / [n]o / [t]rust (accept and remember): ",
     ]
+    if peer.verification:
+        lines += [f"  verification code: {peer.verification}",
+                  "Check that the other machine shows this same code (it printed it when it connected);",
+                  "if it shows another one, answer n: someone is between you."]
+    else:
+        lines.append("  (plaintext: no verification code; anyone with the PIN on this relay could be asking)")
+    lines.append("Allow? [y]es / [n]o / [t]rust (accept and remember): ")
     sys.stderr.write("\n".join(lines))
     sys.stderr.flush()
     try:

@@ -46,6 +46,8 @@ class ApprovalRequired(msgspec.Struct, frozen=True, tag_field="event", tag="appr
     os: str
     fingerprint: str
     warning: str = ""
+    #: The code the other machine shows too (encrypted mode; "" in plaintext): compare before deciding.
+    verification: str = ""
 
 
 class ConfirmRequired(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="event", tag="confirm_required"):

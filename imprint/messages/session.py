@@ -52,6 +52,9 @@ class PeerInfo(msgspec.Struct, frozen=True):
     canaries: bytes = b""
     #: How many reconciliation items it says it holds, rounded up (protocol 2; 0 if it did not say).
     items: int = 0
+    #: This session's verification code (encrypted mode): both machines show the same one, or someone
+    #: is in the middle. Derived from the session's keys, not said by the peer.
+    verification: str = ""
 
 
 class StageFailed(msgspec.Struct, frozen=True):

@@ -84,7 +84,7 @@ from imprint.messages.wire import (
     SyncStats,
 )
 from imprint.protocol.forgets import Entitlement, ForgetLimit, would_forget
-from imprint.protocol.items import Selection, counts, select
+from imprint.protocol.items import FORGOTTEN_FACT, Selection, select
 from imprint.protocol.reconcile import (
     AGREED,
     Reconciler,
@@ -451,7 +451,11 @@ class Flow:
         """The conversation is over: report it, send the peer the tombstones it lacks."""
         r = self.reconciler
         self.selection = select(r.have, r.need)
-        self._report(events.Reconciled(send=counts(r.have), receive=counts(r.need), round_trips=self.round_trips))
+        # What will move, not what differs: a copy that loses to the other side's is sent by neither (the
+        # merge rules decide alike on both sides), and a record the other side forgot is not sent to it.
+        theirs = select(r.need, r.have)
+        self._report(events.Reconciled(send=_moving(self.selection, r.need), receive=_moving(theirs, r.have),
+                                       round_trips=self.round_trips))
         tombstones = self.selection.tombstones
         for start in range(0, len(tombstones), MAX_BATCH_SIZE):
             self._do(Send(frame=Forgets(tombstones=tuple(tombstones[start:start + MAX_BATCH_SIZE]))))
@@ -576,7 +580,8 @@ class ProviderFlow(Flow):
             case ApprovalRequired(peer=peer, warning=warning):
                 self.wait = "approval"
                 self._report(events.ApprovalRequired(hostname=peer.hostname, user=peer.user, os=peer.os,
-                                                     fingerprint=peer.fingerprint, warning=warning))
+                                                     fingerprint=peer.fingerprint, warning=warning,
+                                                     verification=peer.verification))
             case AutoAccepted(peer=peer):
                 self._report(events.AutoAccepted(hostname=peer.hostname, fingerprint=peer.fingerprint))
             case HandshakeSucceeded():
@@ -758,6 +763,14 @@ class ConsumerFlow(Flow):
     def _pull(self) -> None:
         self.phase = "pull"
         self._receive(request=True, batch_size=self.batch_size)
+
+
+def _moving(selection: Selection, other: list[bytes]) -> dict[str, int]:
+    """What a selection will deliver: a fact the other side has forgotten is not counted (its tombstone
+    removes it here before it is read, or there when it arrives)."""
+    forgotten = {raw[1:9].hex() for raw in other if raw[:1] == FORGOTTEN_FACT}
+    facts = sum(1 for key in selection.facts if key not in forgotten)
+    return {"memories": len(selection.memories), "facts": facts, "forgotten": len(selection.tombstones)}
 
 
 def _peer_fields(peer: PeerInfo | None) -> dict[str, str]:

@@ -294,7 +294,8 @@ class Handshake:
                               public_key=public_key, protocol=hello.protocol if self._channel is not None else 0,
                               model=hello.model if self._channel is not None else "",
                               canaries=hello.canaries if self._channel is not None else b"",
-                              items=hello.items if self._channel is not None else 0)
+                              items=hello.items if self._channel is not None else 0,
+                              verification=self._channel.verification if self._channel is not None else "")
         self.step = "await-decision"
         self._out.append(AskApproval(peer=self._peer))
 
@@ -384,7 +385,8 @@ class Handshake:
             raise ProtocolError("the provider's identity signature is invalid")
         return PeerInfo(hostname=claimed.hostname, user=claimed.user, os=claimed.os,
                         fingerprint=claimed.fingerprint, public_key=claimed.public_key, protocol=claimed.protocol,
-                        model=claimed.model, canaries=claimed.canaries, items=claimed.items)
+                        model=claimed.model, canaries=claimed.canaries, items=claimed.items,
+                        verification=self._channel.verification)
 
 
 def announced(items: int) -> int:

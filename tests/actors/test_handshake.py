@@ -178,8 +178,9 @@ class Pair:
         if "consumer" in self.__dict__:
             self.consumer.handshake.tell(StartHandshake())
 
-    def consumer_peer(self) -> PeerInfo:
-        return PeerInfo(
+    def consumer_peer(self, verification: str = "") -> PeerInfo:
+        """Who the provider sees (with this session's code, which it shows before approving)."""
+        return PeerInfo(verification=verification,
             hostname=CONSUMER_HOST.hostname,
             user=CONSUMER_HOST.user,
             os=CONSUMER_HOST.os,
@@ -189,8 +190,8 @@ class Pair:
             items=1024,  # an empty store, said rounded up
         )
 
-    def provider_peer(self) -> PeerInfo:
-        return PeerInfo(
+    def provider_peer(self, verification: str = "") -> PeerInfo:
+        return PeerInfo(verification=verification,
             hostname=PROVIDER_HOST.hostname,
             user=PROVIDER_HOST.user,
             os=PROVIDER_HOST.os,
@@ -253,13 +254,15 @@ def test_encrypted_handshake_succeeds_on_both_sides_and_the_relay_learns_nothing
     assert isinstance(provider, HandshakeSucceeded) and isinstance(consumer, HandshakeSucceeded)
     assert provider.verification == consumer.verification
     assert len(provider.verification) == 14 and provider.verification.count("-") == 2
-    assert provider == HandshakeSucceeded(peer=p.consumer_peer(), verification=provider.verification)
+    code = provider.verification
+    assert provider == HandshakeSucceeded(peer=p.consumer_peer(code), verification=code)
     # The provider's answer says who it is, signed over this session: the consumer can show it.
-    assert consumer == HandshakeSucceeded(peer=p.provider_peer(), verification=consumer.verification)
-    assert p.provider.listener.messages == [PeerArrived(), ApprovalRequired(peer=p.consumer_peer(), warning=""), provider]
+    assert consumer == HandshakeSucceeded(peer=p.provider_peer(code), verification=code)
+    # The provider's user is asked with the code in hand (the peer's own claim plays no part in it).
+    assert p.provider.listener.messages == [PeerArrived(), ApprovalRequired(peer=p.consumer_peer(code), warning=""), provider]
     # The consumer says when its HELLO is out (with the code to compare), then the outcome.
     assert p.consumer.listener.messages == [PeerArrived(), HelloSent(verification=consumer.verification), consumer]
-    assert p.approver.calls == [(p.consumer_peer(), "")]
+    assert p.approver.calls == [(p.consumer_peer(code), "")]
 
     # Each side: PAKE and confirm (text), then one sealed frame (binary), nothing else.
     # The two confirms may cross; the sealed HELLO and its answer come last.
@@ -292,7 +295,8 @@ def test_trust_is_remembered_and_the_next_session_is_auto_accepted(pair: Callabl
 
     provider, consumer = second.provider.outcome(), second.consumer.outcome()
     assert isinstance(provider, HandshakeSucceeded) and isinstance(consumer, HandshakeSucceeded)
-    assert second.provider.listener.messages == [PeerArrived(), AutoAccepted(peer=second.consumer_peer()), provider]
+    assert second.provider.listener.messages == [PeerArrived(), AutoAccepted(peer=second.consumer_peer(provider.verification)),
+                                                 provider]
     assert second.approver.calls == []
 
 

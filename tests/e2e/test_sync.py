@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,26 @@ def test_trusted_device_resyncs_without_prompt_and_inserts_nothing(spawn: Spawn,
     assert consumer["sent"]["memories"]["sent"] == provider["received"]["memories"]["skipped"] == 0
     a2, b2 = export(dirs.a, dirs.b)
     assert a2 == b2 and len(a2.memory_ids) == union and len(a2.fact_records) == 5
+
+
+@pytest.mark.timeout(240)
+def test_the_verification_code_is_shown_before_the_question_on_both_sides(spawn: Spawn, relay: RecordingRelay,
+                                                                         dirs: DataDirs) -> None:
+    serve, room = start_serve(spawn, dirs.a, relay.url)
+    join = start_join(spawn, dirs.b, room)
+    waiting = join.next_event("waiting", where=lambda e: e["for"] == "approval")
+    code = re.search(r"Verification code ([0-9a-f-]+):", waiting["message"]).group(1)
+    asked = serve.next_event("approval_required")
+    assert asked["verification"] == code
+    # The terminal prompt: the code with the device, and what to compare, before the question.
+    deadline = time.monotonic() + WAIT
+    while not any("shows this same code" in line for line in serve.stderr_lines):
+        assert serve._stderr.get(timeout=max(0.1, deadline - time.monotonic())) is not None, serve.describe()
+    serve.answer("y")
+    assert serve.wait() == 0 and join.wait() == 0, (serve.describe(), join.describe())
+    prompt = serve.stderr
+    assert prompt.index(f"verification code: {code}") < prompt.index("Allow?"), prompt
+    assert next(e for e in serve.events if e["event"] == "peer_connected")["verification"] == code
 
 
 @pytest.mark.timeout(240)
@@ -553,3 +574,11 @@ def test_demo_ends_with_identical_exports(spawn: Spawn, tmp_path: Path) -> None:
     # What B had just received from A is not counted as "already there" on A.
     assert provider["received"]["memories"] == {"inserted": 3, "skipped": 0, "rejected": 0, "updated": 0}
     assert provider["sent"]["memories"] == {"sent": 5, "inserted": 4, "skipped": 1, "rejected": 0, "updated": 1}
+    # The compare line says what will move, and it moves: "to send 3" on B, not the 4 that differ
+    # (B's older copy of the shared memory loses to A's and travels nowhere).
+    moved = sorted([provider["sent"]["memories"]["sent"], consumer["sent"]["memories"]["sent"]])
+    reconciled = [e for e in demo.events if e["event"] == "reconciled"]
+    assert sorted(r["send"]["memories"] for r in reconciled) == moved == [3, 5]
+    assert sorted(r["receive"]["memories"] for r in reconciled) == moved
+    assert sorted(r["send"]["facts"] for r in reconciled) == [provider["sent"]["facts"]["sent"],
+                                                              consumer["sent"]["facts"]["sent"]]

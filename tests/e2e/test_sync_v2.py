@@ -47,8 +47,7 @@ def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spaw
     long_head = rows[1]["content"] + ", a note long enough that its first two hundred characters stay put" * 3
     rows[1]["content"] = long_head + " (first draft)"
     run_parallel([(a, ("import", str(write_jsonl(tmp_path / "a.jsonl", rows[:3])))),
-                  (b, ("import", str(write_jsonl(tmp_path / "b.jsonl", rows[3:])))),
-                  (c, ("status",))])
+                  (b, ("import", str(write_jsonl(tmp_path / "b.jsonl", rows[3:]))))])
     run(a, "fact", "add", "alice", "works_at", "acme")
 
     sync(spawn, a, b, relay.url, "y")
@@ -64,6 +63,10 @@ def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spaw
 
     serve, join, _ = sync(spawn, a, b, relay.url, "y")
     assert reconciled(join)["receive"]["forgotten"] == 2  # B learnt both tombstones from A
+    # What the compare line says B sends is what it sends: not its copy of the memory A forgot, nor (in
+    # the count) its copy of the fact A forgot, which A would refuse.
+    assert reconciled(join)["send"] == {"memories": 0, "facts": 0, "forgotten": 0}
+    assert stats(join)["sent"]["memories"]["sent"] == 0
     assert stats(join)["forgotten"] == 2  # and removed its copies
     serve, join, _ = sync(spawn, b, c, relay.url, "y")
     assert stats(join)["forgotten"] == 2

@@ -48,12 +48,13 @@ def sent(commands: list) -> list[bytes | str]:
     return [c.data for c in commands if isinstance(c, SendRaw)]
 
 
-def peer(identity: DeviceIdentity, host: HostInfo, *, with_key: bool = True) -> PeerInfo:
+def peer(identity: DeviceIdentity, host: HostInfo, *, with_key: bool = True, code: str = "") -> PeerInfo:
     # The encrypted mode says which sync protocol each side speaks, and how many items it holds (rounded up:
-    # an empty store says 1024); the plaintext HELLO is SPEC's and says nothing.
+    # an empty store says 1024); the plaintext HELLO is SPEC's and says nothing. `code`: the session's
+    # verification code, which each side shows with the peer (the provider before its user decides).
     return PeerInfo(hostname=host.hostname, user=host.user, os=host.os, fingerprint=identity.fingerprint,
                     public_key=identity.public_key.hex() if with_key else "", protocol=PROTOCOL_VERSION if with_key else 0,
-                    items=1024 if with_key else 0)
+                    items=1024 if with_key else 0, verification=code)
 
 
 def test_the_encrypted_handshake_step_by_step() -> None:
@@ -73,18 +74,18 @@ def test_the_encrypted_handshake_step_by_step() -> None:
     assert isinstance(sealed_hello, bytes) and len(code) == 14
 
     assert provider.receive(confirm_c) == []
-    assert provider.receive(sealed_hello) == [AskApproval(peer=peer(CONSUMER, CONSUMER_HOST))]
+    assert provider.receive(sealed_hello) == [AskApproval(peer=peer(CONSUMER, CONSUMER_HOST, code=code))]
 
     out = provider.decide("accept")
     assert [type(c) for c in out] == [InstallCodec, Succeeded, SendFrame]
     assert isinstance(out[0].codec, SecureCodec)
-    assert out[1] == Succeeded(peer=peer(CONSUMER, CONSUMER_HOST), verification=code)
+    assert out[1] == Succeeded(peer=peer(CONSUMER, CONSUMER_HOST, code=code), verification=code)
     answer = out[0].codec.encode(out[2].frame)  # what goes on the wire: sealed
 
     out = consumer.receive(answer)
     assert [type(c) for c in out] == [InstallCodec, Succeeded]
     # The provider said who it is, signed over this session: the consumer can show it.
-    assert out[1] == Succeeded(peer=peer(PROVIDER, PROVIDER_HOST), verification=code)
+    assert out[1] == Succeeded(peer=peer(PROVIDER, PROVIDER_HOST, code=code), verification=code)
     assert provider.finished and consumer.finished
     assert provider.receive(b"anything") == [] and consumer.receive(b"anything") == []
 

@@ -408,6 +408,7 @@ def test_serve_approve_and_join_through_two_dashboards(tmp_path: Path, relay: in
         confirm = join.next("confirm_required")
         assert confirm["fingerprint"] == load_identity(a.settings.data_dir).fingerprint
         assert confirm["verification"] == serve.next("peer_connected")["verification"]
+        assert asked["verification"] == confirm["verification"] != ""  # shown on the serving page before the choice
         assert not any(e["event"] == "progress" for e in join.seen + serve.seen)
         assert approve(b_url, join_id, "trust").status_code == 409  # a join is joined or cancelled
         assert approve(b_url, join_id, "accept").json() == {"session_id": join_id, "decision": "accept"}

@@ -78,6 +78,8 @@ def test_sync_approved_in_the_browser_merges_both_sides(tmp_path: Path, relay: i
             trust_button = page.get_by_role("button", name="Trust & accept")
             expect(trust_button).to_be_visible(timeout=WAIT_MS)
             expect(page.locator("#approval-fingerprint")).to_have_text(other_fingerprint)
+            expect(page.locator("#approval-verification")).to_have_text(re.compile(r"^[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$"))
+            expect(page.locator("#approval-compare")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "dashboard-approval.png"), full_page=True)
             trust_button.click()
 

@@ -27,7 +27,8 @@ def test_chat_tab_cites_stops_and_keeps_conversations(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     replies = [Reply(text="Run ops/deploy.sh with AWS credentials [1]."),
                Reply(text="counting " * 400, delay=0.05)]
-    with machine(tmp_path / "home", MEMORIES, [("alice", "reviews", "billing", None)]) as home, \
+    facts = [("alice", "reviews", "billing", 1_700_000_500.0), ("alice", "reviews", "billing", None)]  # ended, then again
+    with machine(tmp_path / "home", MEMORIES, facts) as home, \
             endpoint(replies) as ep, sync_playwright() as pw:
         chat_endpoint = Endpoint(base_url=ep.url, timeout=30)
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
@@ -92,6 +93,16 @@ def test_chat_tab_cites_stops_and_keeps_conversations(tmp_path: Path) -> None:
                 page.fill("#search-q", "which port does staging's database use?")
                 page.get_by_role("button", name="Search").click()
                 expect(page.locator("#search-results .card").first).to_contain_text("port 5433")
+
+                # An ended fact and the open one between the same pair are two curves, the ended one dashed.
+                page.goto(f"{url}/#facts")
+                page.check("#facts-ended")
+                edges = page.locator("#facts-graph path.edge")
+                expect(edges).to_have_count(2)
+                paths = {edges.nth(i).get_attribute("d") for i in range(2)}
+                assert len(paths) == 2, paths
+                expect(page.locator("#facts-graph path.edge.ended")).to_have_attribute("stroke-dasharray", "4 3")
+                expect(page.locator("#facts-graph")).to_contain_text("reviews (ended)")
 
                 # 420 px: every tab of the navigation is on the screen.
                 narrow = browser.new_page(viewport={"width": 420, "height": 800})

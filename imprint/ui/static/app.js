@@ -469,6 +469,8 @@ $("#serve-form").addEventListener("submit", (ev) => {
         break;
       case "approval_required":
         for (const k of ["hostname", "user", "os", "fingerprint"]) $(`#approval-${k}`).textContent = e[k];
+        $("#approval-verification").textContent = e.verification || "none (plaintext: anyone with the PIN could be asking)";
+        $("#approval-compare").hidden = !e.verification;
         $("#approval-warning").textContent = e.warning ? `WARNING: ${e.warning}` : "";
         $("#approval-warning").hidden = !e.warning;
         document.querySelectorAll("#approval button").forEach((b) => (b.disabled = false));
