@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C: unwind through every `finally`, so stores close and peers are told.
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # Ctrl-C always stops what this command started, even when the process that started it had
+        # SIGINT ignored or blocked at that moment (C's system() ignores it in the caller while its
+        # child runs, and a child inherits that): Python would then never raise KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     settings: Settings | None = None
     interrupted = False
     try:

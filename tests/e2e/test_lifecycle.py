@@ -139,3 +139,29 @@ def test_stopping_either_side_mid_sync_is_prompt_keeps_whole_batches_and_tells_t
     assert a == b and len(a.memory_ids) == MANY
     # Compared first: the rerun moved only what the consumer still lacked.
     assert stats(join)["received"]["memories"] == {"inserted": MANY - len(received), "skipped": 0, "rejected": 0, "updated": 0}
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_serve_even_when_its_parent_had_sigint_ignored(relay: RecordingRelay, tmp_path: Path) -> None:
+    """A process started while its parent ignores SIGINT (C's system() does that while its child runs;
+    a shell does it for background jobs) inherits the ignore, and Python then never raises
+    KeyboardInterrupt: imprint sets Ctrl-C back, so what it started always stops."""
+    import subprocess
+
+    from tests.conftest import cli_env
+    from tests.e2e.support import IMPRINT
+
+    proc = subprocess.Popen([*IMPRINT, "--data-dir", str(tmp_path / "a"), "serve", "--relay", relay.url, "--json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "room", first
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr is not None and proc.stderr.read().strip().endswith("imprint: interrupted")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
