@@ -23,10 +23,10 @@ from imprint.diskspace import ensure_room
 from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import (
     MemoryRecord,
-    latest_allowed,
     MemoryVersion,
     Tombstone,
     content_hash,
+    latest_allowed,
     replaces,
     stored_time,
     vector_to_bytes,
@@ -61,8 +61,8 @@ from imprint.messages.store import (
     SummarizeVersions,
     TakeUnverified,
     Unverified,
-    Versions,
     VectorChecks,
+    Versions,
     VersionSummary,
 )
 from imprint.protocol.items import FORGOTTEN_MEMORY, MEMORY, item
@@ -163,6 +163,11 @@ class MemoryStore(ImprintActor):
         self._finish_forgetting()
         self._check_versions()
         self._repair_dates()
+        if not self.read_only and hasattr(self._backend, "ensure_text_index"):
+            try:
+                self._backend.ensure_text_index()
+            except Exception as exc:  # the text filter then reads more; nothing else depends on it
+                logger.warning("could not index the memories' text for the filter: {}", exc)
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path

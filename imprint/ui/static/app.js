@@ -93,7 +93,7 @@ loaders.memories = async () => {
   fillSelect($("#mem-source"), data.sources);
   $("#mem-list").replaceChildren(...data.items.map((m) => memoryCard(m)));
   const last = Math.min(data.offset + data.items.length, data.total);
-  $("#mem-summary").textContent = `${fmt(data.total)} memories` + (text ? ` containing “${text}”` : "");
+  $("#mem-summary").textContent = `${fmt(data.total)} memories` + (text ? ` with “${text}”` : "");
   $("#mem-page").textContent = data.total ? `${fmt(data.offset + 1)}–${fmt(last)} of ${fmt(data.total)}` : "none";
   $("#mem-prev").disabled = data.offset === 0;
   $("#mem-next").disabled = last >= data.total;
@@ -270,8 +270,11 @@ function factGraph(facts) {
   return svg;
 }
 
+let factsAsked = 0;
 loaders.facts = async () => {
+  const asked = ++factsAsked;
   const facts = await api(`/api/facts?include_ended=${$("#facts-ended").checked}`);
+  if (asked !== factsAsked) return;  // a later request (the box ticked meanwhile) draws instead
   $("#facts-graph").replaceChildren(factGraph(facts));
   $("#facts-table tbody").replaceChildren(...facts.map((f) => h("tr", { class: f.ended ? "ended" : "" },
     h("td", {}, f.id), h("td", {}, f.subject), h("td", {}, f.predicate), h("td", {}, f.object),
