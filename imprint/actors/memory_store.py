@@ -163,11 +163,6 @@ class MemoryStore(ImprintActor):
         self._finish_forgetting()
         self._check_versions()
         self._repair_dates()
-        if not self.read_only and hasattr(self._backend, "ensure_text_index"):
-            try:
-                self._backend.ensure_text_index()
-            except Exception as exc:  # the text filter then reads more; nothing else depends on it
-                logger.warning("could not index the memories' text for the filter: {}", exc)
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path

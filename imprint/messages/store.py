@@ -330,8 +330,8 @@ FacetKey: TypeAlias = Literal["project", "type", "source"]
 
 
 class MemoryFilter(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Memories whose fields equal these (None: any), whose content has every word of `text` (any
-    order, any case), and whose timestamp is in [after, before)."""
+    """Memories whose fields equal these (None: any), whose content holds `text` (as typed), and
+    whose timestamp is in [after, before)."""
 
     project: str | None = None
     type: str | None = None

@@ -47,8 +47,6 @@ from imprint.storage import (
 )
 
 META_FILE = "imprint-store.json"
-#: Present once the content's full-text index exists (stores made before it get it on first open).
-TEXT_INDEX_MARK = "text-index"
 #: Points per scroll when reading only ids and timestamps.
 VERSION_PAGE = 5000
 _meta_decoder = msgspec.json.Decoder(StoreMeta)
@@ -65,8 +63,8 @@ def _where(where: MemoryFilter | None) -> Any:
         return None
     q = _edge()
     must = [q.FieldCondition(key=k, match=q.MatchValue(v)) for k, v in where.conditions()]
-    if where.text:  # every word of it, in any order, any case (the content's full-text index)
-        must.append(q.FieldCondition(key="content", match=q.MatchText(where.text)))
+    if where.text:
+        must.append(q.FieldCondition(key="content", match=q.MatchSubstring(where.text)))
     if where.after is not None or where.before is not None:
         must.append(q.FieldCondition(key=ORDER_FIELD, range=q.RangeFloat(gte=where.after, lt=where.before)))
     return q.Filter(must=must)
@@ -114,16 +112,6 @@ class EdgeBackend:
         except Exception as exc:
             raise _open_error(self.path, exc) from None
 
-    def ensure_text_index(self) -> None:
-        """Stores made before the dashboard's text filter get the content's full-text index, once
-        (~1.5 s at 100,000 memories): the filter then answers from it instead of reading every memory."""
-        if self._shard is None or (self.path / TEXT_INDEX_MARK).exists():
-            return
-        q = _edge()
-        self._shard.update(q.UpdateOperation.create_field_index("content", q.PayloadSchemaType.Text))
-        self._shard.flush()
-        (self.path / TEXT_INDEX_MARK).touch()
-
     def meta(self) -> StoreMeta | None:
         return self._meta
 
@@ -144,9 +132,7 @@ class EdgeBackend:
             for field in KEYWORD_FIELDS:
                 shard.update(q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Keyword))
             shard.update(q.UpdateOperation.create_field_index(ORDER_FIELD, q.PayloadSchemaType.Float))
-            shard.update(q.UpdateOperation.create_field_index("content", q.PayloadSchemaType.Text))
             shard.flush()
-            (staging / TEXT_INDEX_MARK).touch()
         finally:
             shard.close()
         write_meta(staging, meta)

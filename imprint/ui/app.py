@@ -558,14 +558,14 @@ def create_app(
         project: str | None = Query(None, description="only this project"),
         type: str | None = Query(None, description="only this type"),
         source: str | None = Query(None, description="only this source"),
-        q: str | None = Query(None, max_length=200, description="only memories whose content has every word of this (any order, any case)"),
+        q: str | None = Query(None, max_length=200, description="only memories whose content holds this text (as typed)"),
         sort: str = Query("newest", pattern="^(newest|oldest)$", description="newest or oldest first"),
         offset: int = Query(0, ge=0),
         limit: int = Query(50, ge=1, le=500),
         local: Any = Depends(actors),
     ) -> MemoryList:
-        """Browse memories, newest (or oldest) first, with filters, a word filter and paging (answered by
-        the store's count, facets, order and full-text indexes)."""
+        """Browse memories, newest (or oldest) first, with filters, a text filter and paging (answered by
+        the store's count, facets and order index; the text filter reads the contents)."""
         store = local["memory_store"]
         where = MemoryFilter(project=project, type=type, source=source, text=(q or "").strip() or None)
         total = ask(store, CountMemories(where=where))

@@ -88,7 +88,7 @@ def test_chat_tab_cites_stops_and_keeps_conversations(tmp_path: Path) -> None:
                 expect(page.locator("#add-status")).to_have_text(re.compile(r"^stored [0-9a-f]{16}$"))
                 expect(page.locator("#mem-list")).to_contain_text("port 5433")
                 page.fill("#mem-q", "5433")
-                expect(page.locator("#mem-summary")).to_have_text("1 memories with “5433”")
+                expect(page.locator("#mem-summary")).to_have_text("1 memories containing “5433”")
                 page.goto(f"{url}/#search")
                 page.fill("#search-q", "which port does staging's database use?")
                 page.get_by_role("button", name="Search").click()

@@ -93,7 +93,7 @@ loaders.memories = async () => {
   fillSelect($("#mem-source"), data.sources);
   $("#mem-list").replaceChildren(...data.items.map((m) => memoryCard(m)));
   const last = Math.min(data.offset + data.items.length, data.total);
-  $("#mem-summary").textContent = `${fmt(data.total)} memories` + (text ? ` with “${text}”` : "");
+  $("#mem-summary").textContent = `${fmt(data.total)} memories` + (text ? ` containing “${text}”` : "");
   $("#mem-page").textContent = data.total ? `${fmt(data.offset + 1)}–${fmt(last)} of ${fmt(data.total)}` : "none";
   $("#mem-prev").disabled = data.offset === 0;
   $("#mem-next").disabled = last >= data.total;
