@@ -20,7 +20,7 @@ import json
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from imprint.chat.models import ChatError, Endpoint, LocalModel, RemoteModel
 from imprint.errors import ImprintError
@@ -272,22 +272,3 @@ def run_turn(chat: Chat, conversations: Any, conversation_id: str, question: str
         emit({"type": "error", "error": f"the chat failed: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"})
     finally:
         emit({"type": "done", "stopped": stopped})
-
-
-def events_of(chat: Chat, conversations: Any, conversation_id: str, question: str,
-              stop: threading.Event) -> Iterator[dict[str, Any]]:
-    """`run_turn` as an iterator (on a worker thread; the consumer stopping sets `stop`)."""
-    import queue
-
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
-    worker = threading.Thread(target=run_turn, args=(chat, conversations, conversation_id, question, events.put, stop),
-                              name="chat-turn", daemon=True)
-    worker.start()
-    try:
-        while True:
-            event = events.get()
-            yield event
-            if event["type"] == "done":
-                return
-    finally:
-        stop.set() if worker.is_alive() else None

@@ -898,8 +898,8 @@ def create_app(
             raise HTTPException(422, "a title cannot be empty")
         if not store.rename(session_id, body.title):
             raise HTTPException(404, "no such conversation")
-        found = next(c for c in store.list(limit=10_000) if c["id"] == session_id)
-        return Conversation(**found)
+        found = store.get(session_id) or {}
+        return Conversation(**{**found, "messages": len(found.get("messages", []))})
 
     @app.post("/api/chat/sessions/{session_id}/delete", response_model=Removed, tags=["chat"],
               dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no such conversation"}})
