@@ -100,7 +100,7 @@ def end_facts(data: Path, count: int, seed: int) -> None:
     try:
         open_facts = store.ask(ListFacts(limit=10_000_000), timeout=600)
         for f in random.Random(seed).sample(list(open_facts), count):
-            store.ask(EndFact(fact_id=f.fact_id, ended=time.time()), timeout=60)
+            store.ask(EndFact(fact=f.key, ended=time.time()), timeout=60)
     finally:
         store.stop()
 

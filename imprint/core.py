@@ -55,6 +55,7 @@ from imprint.messages.store import (
     RetrieveMemories,
     SearchHit,
     SearchMemories,
+    ShowFact,
     SplitTexts,
     StoredFact,
     StoredText,
@@ -357,11 +358,17 @@ class Core:
         _refuse_dated_ahead((record,))
         return self._ask("fact_store", AddFact(record=record))
 
-    def end_fact(self, fact_id: int) -> StoredFact:
-        return self._ask("fact_store", EndFact(fact_id=fact_id, ended=time.time()))
+    def end_fact(self, ref: str) -> StoredFact:
+        """End the fact ``ref`` names (its id, a unique prefix, or its old local number)."""
+        return self._ask("fact_store", EndFact(fact=str(ref), ended=time.time()))
 
-    def forget_fact(self, fact_id: int) -> StoredFact:
-        return self._ask("fact_store", ForgetFact(fact_id=fact_id, deleted_at=time.time()))
+    def show_fact(self, ref: str) -> StoredFact:
+        """The fact ``ref`` names, as :meth:`end_fact` finds it."""
+        return self._ask("fact_store", ShowFact(fact=str(ref)))
+
+    def forget_fact(self, ref: str) -> StoredFact:
+        """Forget the fact ``ref`` names, as :meth:`end_fact`."""
+        return self._ask("fact_store", ForgetFact(fact=str(ref), deleted_at=time.time()))
 
     def list_facts(self, *, subject: str | None = None, predicate: str | None = None, include_ended: bool = False,
                    limit: int = 1000, object: str | None = None, as_of: float | None = None) -> tuple[StoredFact, ...]:

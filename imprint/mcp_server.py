@@ -177,7 +177,7 @@ def build_server(settings: Settings, *, memory: Any = None) -> Any:
         return "\n".join(_fact_line(f) for f in facts)
 
     @server.tool()
-    def kg_edit(op: str = "add", subject: str = "", predicate: str = "", object: str = "", fact_id: int = 0,
+    def kg_edit(op: str = "add", subject: str = "", predicate: str = "", object: str = "", fact_id: str | int = "",
                 source: str = "", workspace: str = "") -> str:
         """Add a fact (op="add": subject, predicate, object; valid from now) or end one (op="end": fact_id from
         kg_query; it stays as history). Facts sync to the user's other machines."""
@@ -185,9 +185,9 @@ def build_server(settings: Settings, *, memory: Any = None) -> Any:
         from imprint.messages.store import StoredFact
 
         if op == "end":
-            if fact_id <= 0:
-                raise _tool_error('op="end" needs fact_id (the id kg_query shows)')
-            done = memory.call(workspace, p.FactEnd(fact_id=fact_id), StoredFact)
+            if not str(fact_id).strip() or str(fact_id).strip() == "0":
+                raise _tool_error('op="end" needs fact_id (the id kg_query shows in brackets)')
+            done = memory.call(workspace, p.FactEnd(fact=str(fact_id)), StoredFact)
             return "ended " + _fact_line(done)
         if op != "add":
             raise _tool_error('op is "add" or "end"')
@@ -288,7 +288,7 @@ def _fact_line(f: Any) -> str:
     r = f.record
     since = time.strftime("%Y-%m-%d", time.localtime(r.valid_from))
     ended = f", ended {time.strftime('%Y-%m-%d', time.localtime(r.ended))}" if r.ended is not None else ""
-    return f"[{f.fact_id}] {r.subject} → {r.predicate} → {r.object} (since {since}{ended})"
+    return f"[{f.short_id}] {r.subject} → {r.predicate} → {r.object} (since {since}{ended})"
 
 
 def _parse_time(text: str) -> float:

@@ -366,21 +366,26 @@ def test_fact_add_list_end_and_export(tmp_path: Path, imprint_cli: Run) -> None:
     [tea] = json_objects(ok(imprint_cli(tmp_path, "--json", "fact", "add", "alice", "likes", "tea", "--source", "chat")).stdout)
     assert set(tea) == {"id", "subject", "predicate", "object", "valid_from", "ended", "source"}
     assert (tea["subject"], tea["predicate"], tea["object"], tea["ended"], tea["source"]) == ("alice", "likes", "tea", None, "chat")
+    assert re.fullmatch(r"[0-9a-f]{16}", tea["id"])  # the id every machine gives this fact
     coffee_id = ok(imprint_cli(tmp_path, "fact", "add", "alice", "likes", "coffee")).stdout.strip()
-    assert coffee_id.isdigit() and int(coffee_id) != tea["id"]
+    assert re.fullmatch(r"[0-9a-f]{8}", coffee_id) and not tea["id"].startswith(coffee_id)
     ok(imprint_cli(tmp_path, "fact", "add", "bob", "works_at", "Acme"))
 
     listed = ok(imprint_cli(tmp_path, "fact", "list", "--subject", "alice")).stdout.splitlines()
     assert len(listed) == 2 and "alice —likes→ tea" in listed[0] and "alice —likes→ coffee" in listed[1]
+    assert listed[0].startswith(tea["id"][:8] + "  ") and listed[1].startswith(coffee_id + "  ")
 
-    assert ok(imprint_cli(tmp_path, "fact", "end", str(tea["id"]))).stdout.strip() == f"ended fact {tea['id']}"
+    # the number older versions printed (tea is row 1) still works this release, with a note
+    old = ok(imprint_cli(tmp_path, "fact", "end", "1"))
+    assert old.stdout.strip() == f"ended fact {tea['id'][:8]}"
+    assert f"this fact's id is {tea['id'][:8]}, the same on every machine" in old.stderr
     open_facts = json_objects(ok(imprint_cli(tmp_path, "--json", "fact", "list", "--predicate", "likes")).stdout)
     assert [f["object"] for f in open_facts] == ["coffee"]
     every = json_objects(ok(imprint_cli(tmp_path, "fact", "list", "--all", "--json")).stdout)
     assert [(f["object"], f["ended"] is not None) for f in every] == [("tea", True), ("coffee", False), ("Acme", False)]
     assert ok(imprint_cli(tmp_path, "fact", "list", "--subject", "nobody")).stdout == "no facts\n"
 
-    assert f"fact {tea['id']} already ended" in one_line_error(imprint_cli(tmp_path, "fact", "end", str(tea["id"])))
+    assert f"fact {tea['id'][:8]} already ended" in one_line_error(imprint_cli(tmp_path, "fact", "end", tea["id"][:5]))
     failed = imprint_cli(tmp_path, "--json", "fact", "end", "999")
     assert "no fact with id 999" in one_line_error(failed)
     assert json_objects(failed.stdout) == [{"event": "error", "message": "no fact with id 999"}]

@@ -7,6 +7,7 @@ interrupted sync leaves whole batches only.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from imprint.messages.store import (
     RemoveTrash,
     RetrieveFacts,
     RetrieveTombstones,
+    ShowFact,
     StoredFact,
     StoreFacts,
     StoreResult,
@@ -66,6 +68,9 @@ CREATE INDEX IF NOT EXISTS facts_open ON facts (ended, subject);
 KEY_COLUMN = "ALTER TABLE facts ADD COLUMN key TEXT"
 KEY_INDEX = "CREATE INDEX IF NOT EXISTS facts_key ON facts (key)"
 _COLUMNS = "id, subject, predicate, object, valid_from, ended, source"
+#: What a fact id typed by a user may look like: hex digits (a key or a prefix of one)
+#: or, for one release, the local number older versions printed.
+FACT_REF = re.compile(r"[0-9a-f]{1,16}")
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -188,10 +193,12 @@ class FactStore(ImprintActor):
                 return self._list(subject, predicate, include_ended, limit, object_, as_of)
             case AddFact(record=record):
                 return self._add(record)
-            case EndFact(fact_id=fact_id, ended=ended):
-                return self._end(fact_id, ended)
-            case ForgetFact(fact_id=fact_id, deleted_at=deleted_at):
-                return self._forget(fact_id, deleted_at)
+            case EndFact(fact=ref, ended=ended):
+                return self._end(ref, ended)
+            case ShowFact(fact=ref):
+                return _row_to_fact(self._find(ref))
+            case ForgetFact(fact=ref, deleted_at=deleted_at):
+                return self._forget(ref, deleted_at)
             case StoreTombstones(tombstones=tombstones, peer=peer):
                 return self._store_tombstones(tombstones, peer)
             case ListTrash(since=since, peer=peer, ids=ids, limit=limit, after=after):
@@ -270,12 +277,34 @@ class FactStore(ImprintActor):
             raise StoreError("the fact store was opened read-only")
         return self._tombstones
 
-    def _forget(self, fact_id: int, deleted_at: float) -> StoredFact:
+    def _find(self, ref: str) -> tuple:
+        """The row of the fact ``ref`` names: its key or a unique prefix of it (4+ hex
+        digits), else, for one release, the local number older versions printed."""
+        ref = ref.strip().lower()
+        if not FACT_REF.fullmatch(ref):
+            raise InputError(f"{ref!r} is not a fact id: a fact id is 4 to 16 hex digits, as 'fact list' shows")
+        if len(ref) >= 4:
+            rows = self._db.execute(f"SELECT {_COLUMNS}, key FROM facts WHERE key >= ? AND key < ? LIMIT 6",
+                                    (ref, ref + "g")).fetchall()
+            if len(rows) == 1:
+                return rows[0][:-1]
+            if len(rows) > 1:
+                shown = ", ".join(r[-1][:len(ref) + 4] for r in rows[:5])
+                raise InputError(f"fact id {ref} matches {'more than 5' if len(rows) > 5 else len(rows)} facts "
+                                 f"({shown}…): type more of it")
+        elif not ref.isdigit():
+            raise InputError(f"fact id {ref} is too short: type at least 4 of its hex digits")
+        if ref.isdigit():
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (int(ref),)).fetchone()
+            if row is not None:
+                return row
+        raise InputError(f"no fact with id {ref}")
+
+    def _forget(self, ref: str, deleted_at: float) -> StoredFact:
         """Delete a fact and leave its tombstone, in one transaction."""
         table = self._writable_tombstones()
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,)).fetchone()
-        if row is None:
-            raise InputError(f"no fact with id {fact_id}")
+        row = self._find(ref)
+        fact_id = row[0]
         fact = _row_to_fact(row)
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -373,11 +402,10 @@ class FactStore(ImprintActor):
                              "add it with a later start time")
         return _row_to_fact(row)
 
-    def _end(self, fact_id: int, ended: float) -> StoredFact:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,)).fetchone()
-        if row is None:
-            raise InputError(f"no fact with id {fact_id}")
+    def _end(self, ref: str, ended: float) -> StoredFact:
+        row = self._find(ref)
+        fact_id = row[0]
         if row[5] is not None:
-            raise InputError(f"fact {fact_id} already ended")
+            raise InputError(f"fact {_row_to_fact(row).short_id} already ended")
         self._db.execute(f"UPDATE facts SET ended = ?, {summaries.STALE} WHERE id = ?", (ended, fact_id))
         return _row_to_fact((*row[:5], ended, row[6]))

@@ -107,7 +107,7 @@ def retrieve(memory: Any, question: str) -> list[dict[str, Any]]:
                 scored.append((-overlap, -r.valid_from, f))
         for _, _, f in sorted(scored, key=lambda s: s[:2])[:MAX_FACTS]:
             r = f.record
-            items.append({"n": len(items) + 1, "kind": "fact", "id": f.fact_id, "subject": r.subject,
+            items.append({"n": len(items) + 1, "kind": "fact", "id": f.short_id, "subject": r.subject,
                           "predicate": r.predicate, "object": r.object, "valid_from": r.valid_from,
                           "ended": r.ended, "content": f"{r.subject} {r.predicate} {r.object}"})
     return items

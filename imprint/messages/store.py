@@ -10,7 +10,10 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-from imprint.messages.records import FactRecord, MemoryRecord, Tags, Tombstone
+from imprint.messages.records import FactRecord, MemoryRecord, Tags, Tombstone, fact_key
+
+#: How many hex digits of a fact's key lists show (any unique prefix of 4 or more is accepted).
+SHORT_FACT_ID = 8
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -432,10 +435,21 @@ class PageFacts(msgspec.Struct, frozen=True):
 
 
 class StoredFact(msgspec.Struct, frozen=True):
-    """A fact with its local row id (the id `imprint fact end` takes)."""
+    """A fact with its local row number (``fact_id``, this machine's only) and its
+    :attr:`key`, the id every machine shares."""
 
     fact_id: int
     record: FactRecord
+
+    @property
+    def key(self) -> str:
+        """The fact's id on every machine: :func:`fact_key` of its identity (16 hex)."""
+        return fact_key(self.record.identity)
+
+    @property
+    def short_id(self) -> str:
+        """What lists show: the first :data:`SHORT_FACT_ID` hex digits of :attr:`key`."""
+        return self.key[:SHORT_FACT_ID]
 
 
 class FactPage(msgspec.Struct, frozen=True):
@@ -464,15 +478,25 @@ class AddFact(msgspec.Struct, frozen=True):
 class EndFact(msgspec.Struct, frozen=True):
     """Set `ended` on an open fact. Reply: :class:`StoredFact`; raises if unknown or already ended."""
 
-    fact_id: int
+    #: The fact's id (its key, or a unique prefix of 4+ hex digits) or, for one release,
+    #: its local number as older versions printed it.
+    fact: str
     ended: float
+
+
+class ShowFact(msgspec.Struct, frozen=True):
+    """Reply: the :class:`StoredFact` an id names (as :attr:`EndFact.fact`); raises if none
+    or more than one."""
+
+    fact: str
 
 
 class ForgetFact(msgspec.Struct, frozen=True):
     """Delete a fact and leave its tombstone. Reply: the :class:`StoredFact` forgotten;
     raises if unknown."""
 
-    fact_id: int
+    #: As :attr:`EndFact.fact`.
+    fact: str
     deleted_at: float
 
 

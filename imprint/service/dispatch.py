@@ -45,10 +45,12 @@ def answer(core: Any, request: Any, note: Callable[[str], None]) -> Any:
             return core.fact_page(after=after, limit=limit)
         case p.FactAdd(record=record):
             return core.add_fact(record)
-        case p.FactEnd(fact_id=fact_id):
-            return core.end_fact(fact_id)
-        case p.FactForget(fact_id=fact_id):
-            return core.forget_fact(fact_id)
+        case p.FactEnd(fact=ref):
+            return core.end_fact(ref)
+        case p.FactShow(fact=ref):
+            return core.show_fact(ref)
+        case p.FactForget(fact=ref):
+            return core.forget_fact(ref)
         case p.FactList(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,
                         object=object_, as_of=as_of):
             return core.list_facts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit,

@@ -30,7 +30,7 @@ from imprint.messages.session import PeerInfo
 from imprint.messages.store import Document, MemoryFilter
 
 #: The service protocol; any change to a request or reply moves it.
-PROTOCOL = 2
+PROTOCOL = 3
 #: Shown by `imprint service status`.
 VERSION = "0.1.0"
 #: Largest frame either side accepts (an import batch is cut well below it).
@@ -176,13 +176,21 @@ class FactAdd(Request, tag="fact_add"):
 class FactEnd(Request, tag="fact_end"):
     """Reply: StoredFact."""
 
-    fact_id: int
+    #: The fact's id (its key or a unique prefix), or its old local number.
+    fact: str
+
+
+class FactShow(Request, tag="fact_show"):
+    """Reply: StoredFact, the one fact an id names (see :attr:`FactEnd.fact`)."""
+
+    fact: str
 
 
 class FactForget(Request, tag="fact_forget"):
     """Reply: StoredFact."""
 
-    fact_id: int
+    #: As :attr:`FactEnd.fact`.
+    fact: str
 
 
 class TrashList(Request, tag="trash_list"):
@@ -308,7 +316,7 @@ class Answer(Request, tag="answer"):
 
 
 ClientFrame = Union[Hello, ModelOf, Remember, Search, Get, Count, Forget, MemoryPageOf, FactPageOf, FactAdd,
-                    FactEnd, FactForget, FactList, StoreDocuments, SourceChunks, Sources, OverviewOf, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
+                    FactEnd, FactShow, FactForget, FactList, StoreDocuments, SourceChunks, Sources, OverviewOf, TrashList, TrashRestore, TrashEmpty, StoreStatus, ServiceStatus, StopService, Serve, Join, Dashboard,
                     ChatAsk, ChatConversations, Cancel, Answer]
 
 

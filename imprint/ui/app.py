@@ -182,7 +182,7 @@ class Status(BaseModel):
 
 
 class Fact(BaseModel):
-    id: int
+    id: str = Field(description="the fact's id, the same on every machine (16 hex digits; lists show the first 8)")
     subject: str
     predicate: str
     object: str
@@ -238,7 +238,8 @@ class ForgetMemoriesRequest(BaseModel):
 
 
 class ForgetFactRequest(BaseModel):
-    id: int = Field(ge=1, description="the fact's id as /api/facts shows it")
+    id: str = Field(min_length=1, max_length=16, description="the fact's id as /api/facts shows it (or a unique "
+                    "prefix of 4+ hex digits)")
 
 
 class ForgottenResult(BaseModel):
@@ -640,7 +641,7 @@ def create_app(
         if not (record.subject and record.predicate and record.object):
             raise HTTPException(422, "a fact needs a subject, a predicate and an object")
         done = core.add_fact(record)
-        return Fact(id=done.fact_id, **msgspec.to_builtins(done.record))
+        return Fact(id=done.key, **msgspec.to_builtins(done.record))
 
     # ------------------------------------------------------------ facts, trust
 
@@ -654,7 +655,7 @@ def create_app(
     ) -> list[Fact]:
         """Facts (open ones unless include_ended), as the graph's edges."""
         stored = ask(local["fact_store"], ListFacts(subject=subject, predicate=predicate, include_ended=include_ended, limit=limit))
-        return [Fact(id=f.fact_id, **msgspec.to_builtins(f.record)) for f in stored]
+        return [Fact(id=f.key, **msgspec.to_builtins(f.record)) for f in stored]
 
     @app.post("/api/memories/forget", response_model=ForgottenResult, tags=["memories"],
               dependencies=[Depends(same_origin)], responses={**REFUSED, 404: {"description": "no memory with that id"}})
@@ -678,10 +679,10 @@ def create_app(
         import time
 
         try:
-            ask(local["fact_store"], ForgetFact(fact_id=body.id, deleted_at=time.time()))
+            done = ask(local["fact_store"], ForgetFact(fact=body.id, deleted_at=time.time()))
         except InputError as exc:
             raise HTTPException(404, str(exc)) from None
-        return ForgottenResult(forgotten=[str(body.id)])
+        return ForgottenResult(forgotten=[done.key])
 
     @app.get("/api/trust", response_model=list[TrustedDevice], tags=["trust"])
     def trust_list() -> list[TrustedDevice]:

@@ -141,17 +141,59 @@ def test_add_returns_the_stored_fact_and_the_existing_one_on_repeat(fact_store: 
 
 def test_end_fact_and_its_errors(fact_store: pykka.ActorRef[Any]) -> None:
     stored = fact_store.ask(AddFact(record=fact("alice", "likes", "tea")), timeout=10)
-    ended = fact_store.ask(EndFact(fact_id=stored.fact_id, ended=500.0), timeout=10)
+    ended = fact_store.ask(EndFact(fact=stored.short_id, ended=500.0), timeout=10)
     assert ended == StoredFact(fact_id=stored.fact_id, record=fact("alice", "likes", "tea", ended=500.0))
+    assert ended.key == stored.key  # ending a fact keeps its id
     assert listed(fact_store) == []
     assert listed(fact_store, include_ended=True) == [ended.record]
 
-    with pytest.raises(InputError, match=f"fact {stored.fact_id} already ended"):
-        fact_store.ask(EndFact(fact_id=stored.fact_id, ended=600.0), timeout=10)
+    with pytest.raises(InputError, match=f"fact {stored.short_id} already ended"):
+        fact_store.ask(EndFact(fact=stored.key, ended=600.0), timeout=10)
     with pytest.raises(InputError, match="no fact with id 4242"):
-        fact_store.ask(EndFact(fact_id=4242, ended=600.0), timeout=10)
+        fact_store.ask(EndFact(fact="4242", ended=600.0), timeout=10)
+    with pytest.raises(InputError, match="not a fact id"):
+        fact_store.ask(EndFact(fact="fact-1; DROP", ended=600.0), timeout=10)
+    with pytest.raises(InputError, match="too short"):
+        fact_store.ask(EndFact(fact="abc", ended=600.0), timeout=10)
     # the failed ends changed nothing and the actor still answers
     assert listed(fact_store, include_ended=True)[0].ended == 500.0
+
+
+def test_a_fact_is_named_by_its_key_a_unique_prefix_or_for_now_its_old_number(fact_store: pykka.ActorRef[Any]) -> None:
+    from imprint.messages.records import fact_key
+    from imprint.messages.store import ShowFact
+
+    records = [fact(f"s{i}", "p", "o", valid_from=float(i + 1)) for i in range(300)]
+    store(fact_store, *records)
+    stored = {f.key: f for f in fact_store.ask(ListFacts(limit=1000), timeout=10)}
+    assert set(stored) == {fact_key(r.identity) for r in records}  # the id is derived from the fact alone
+    one = stored[fact_key(records[7].identity)]
+    assert one.short_id == one.key[:8] and len(one.key) == 16
+    for ref in (one.key, one.short_id, one.key[:6].upper(), f" {one.key[:12]} "):
+        assert fact_store.ask(ShowFact(fact=ref), timeout=10) == one
+    absent = next(f"{n:04x}" for n in range(65536) if not any(k.startswith(f"{n:04x}") for k in stored)
+                  and not f"{n:04x}".isdigit())
+    with pytest.raises(InputError, match=f"no fact with id {absent}"):
+        fact_store.ask(ShowFact(fact=absent), timeout=10)
+    # the local number older versions printed still names its fact (when no key starts with it)
+    assert fact_store.ask(ShowFact(fact=str(one.fact_id)), timeout=10) == one
+
+
+def test_a_prefix_that_names_several_facts_is_refused_with_what_it_matches(fact_store: pykka.ActorRef[Any]) -> None:
+    from imprint.messages.records import fact_key
+
+    # find two facts whose keys share their first 4 digits
+    seen: dict[str, FactRecord] = {}
+    for i in range(100_000):
+        record = fact("twin", "p", str(i))
+        prefix = fact_key(record.identity)[:4]
+        if prefix in seen:
+            break
+        seen[prefix] = record
+    store(fact_store, seen[prefix], record)
+    with pytest.raises(InputError, match=f"fact id {prefix} matches 2 facts .*type more of it"):
+        fact_store.ask(EndFact(fact=prefix, ended=600.0), timeout=10)
+    assert len(listed(fact_store)) == 2  # nothing ended
 
 
 def test_a_batch_is_one_transaction(fact_store: pykka.ActorRef[Any], facts_path: Path) -> None:
@@ -207,13 +249,13 @@ def test_forgetting_a_fact_deletes_it_and_refuses_older_copies(fact_store: pykka
     fact_store.ask(StoreFacts(records=(keep, gone)), timeout=10)
     stored = fact_store.ask(ListFacts(subject="alice", predicate="works_at"), timeout=10)[0]
 
-    forgotten = fact_store.ask(ForgetFact(fact_id=stored.fact_id, deleted_at=500.0), timeout=10)
+    forgotten = fact_store.ask(ForgetFact(fact=stored.key, deleted_at=500.0), timeout=10)
     assert forgotten.record == gone
     assert [f.record for f in fact_store.ask(ListFacts(include_ended=True), timeout=10)] == [keep]
     assert fact_store.ask(RetrieveTombstones(keys=(fact_key(gone.identity),)), timeout=10) == (
         Tombstone("facts", fact_key(gone.identity), 500.0),)
     with pytest.raises(InputError, match="no fact with id"):
-        fact_store.ask(ForgetFact(fact_id=stored.fact_id, deleted_at=600.0), timeout=10)
+        fact_store.ask(ForgetFact(fact=stored.key, deleted_at=600.0), timeout=10)
 
     # offered again (not newer): skipped as forgotten; ended after the forget: lives again
     result = fact_store.ask(StoreFacts(records=(gone,)), timeout=10)
@@ -281,12 +323,12 @@ def test_the_kept_summary_follows_every_write(fact_store: pykka.ActorRef[Any], f
     facts = [FactRecord(subject=f"s{i}", predicate="p", object="o", valid_from=float(i)) for i in range(6)]
     fact_store.ask(StoreFacts(records=tuple(facts)), timeout=10)
     check()
-    ids = {f.record.subject: f.fact_id for f in fact_store.ask(ListFacts(include_ended=True), timeout=10)}
-    fact_store.ask(EndFact(fact_id=ids["s0"], ended=50.0), timeout=10)  # an end by id
+    ids = {f.record.subject: f.key for f in fact_store.ask(ListFacts(include_ended=True), timeout=10)}
+    fact_store.ask(EndFact(fact=ids["s0"], ended=50.0), timeout=10)  # an end by id
     ended = FactRecord(subject="s1", predicate="p", object="o", valid_from=1.0, ended=60.0)
     fact_store.ask(StoreFacts(records=(ended,)), timeout=10)  # an end from a peer
     check()
-    fact_store.ask(ForgetFact(fact_id=ids["s2"], deleted_at=70.0), timeout=10)
+    fact_store.ask(ForgetFact(fact=ids["s2"], deleted_at=70.0), timeout=10)
     fact_store.ask(StoreTombstones(tombstones=(Tombstone("facts", fact_key(facts[3].identity), 80.0),
                                                Tombstone("facts", fact_key(facts[2].identity), 90.0))), timeout=10)
     check()  # a new tombstone, and a later time for one held

@@ -109,7 +109,7 @@ def test_facts_add_query_as_of_and_end(settings: Settings) -> None:
     async def steps(client: Any) -> list[str]:
         added = text(await client.call_tool("kg_edit", {"subject": "alice", "predicate": "works_on",
                                                         "object": "billing"}))
-        fact_id = int(added.split("[")[1].split("]")[0])
+        fact_id = added.split("[")[1].split("]")[0]
         return [added,
                 text(await client.call_tool("kg_query", {"subject": "alice"})),
                 text(await client.call_tool("kg_query", {"subject": "alice", "as_of": "2001-01-01"})),

@@ -55,10 +55,14 @@ def test_forgetting_reaches_every_machine_and_nothing_brings_it_back(spawn: Spaw
     a1, b1, c1 = export(a, b, c)
     assert a1 == b1 == c1 and len(a1.memory_ids) == 4 and len(a1.fact_records) == 1
 
-    # Forget one memory and one fact on A.
+    # A fact has one id on every machine: A ends the fact by the id B printed.
+    fact_id = next(line.split()[0] for line in run(b, "fact", "list").splitlines() if "alice" in line)
+    assert fact_id == next(line.split()[0] for line in run(a, "fact", "list").splitlines() if "alice" in line)
+    assert run(a, "fact", "end", fact_id).strip() == f"ended fact {fact_id}"
+
+    # Forget one memory and that fact on A.
     victim = next(r for r in a1.memory_records if "fox" in r["content"])
     run(a, "forget", victim["id"], "--yes")
-    fact_id = next(line.split()[0] for line in run(a, "fact", "list").splitlines() if "alice" in line)
     run(a, "fact", "forget", fact_id, "--yes")
 
     serve, join, _ = sync(spawn, a, b, relay.url, "y")

@@ -277,9 +277,9 @@ loaders.facts = async () => {
   if (asked !== factsAsked) return;  // a later request (the box ticked meanwhile) draws instead
   $("#facts-graph").replaceChildren(factGraph(facts));
   $("#facts-table tbody").replaceChildren(...facts.map((f) => h("tr", { class: f.ended ? "ended" : "" },
-    h("td", {}, f.id), h("td", {}, f.subject), h("td", {}, f.predicate), h("td", {}, f.object),
+    h("td", { class: "id", title: f.id }, f.id.slice(0, 8)), h("td", {}, f.subject), h("td", {}, f.predicate), h("td", {}, f.object),
     h("td", {}, when(f.valid_from)), h("td", {}, when(f.ended)), h("td", {}, f.source),
-    h("td", {}, forgetButton(`fact ${f.id}`, "/api/facts/forget", { id: f.id }, () => loaders.facts())))));
+    h("td", {}, forgetButton(`fact ${f.id.slice(0, 8)}`, "/api/facts/forget", { id: f.id }, () => loaders.facts())))));
 };
 $("#facts-ended").addEventListener("change", () => loaders.facts());
 $("#fact-add-form").addEventListener("submit", async (ev) => {
@@ -289,7 +289,7 @@ $("#fact-add-form").addEventListener("submit", async (ev) => {
     const f = await post("/api/facts", { subject: $("#fact-subject").value, predicate: $("#fact-predicate").value,
       object: $("#fact-object").value });
     status.className = "status done";
-    status.textContent = `added fact ${f.id}`;
+    status.textContent = `added fact ${f.id.slice(0, 8)}`;
     for (const k of ["subject", "predicate", "object"]) $(`#fact-${k}`).value = "";
     loaders.facts();
   } catch (err) {
