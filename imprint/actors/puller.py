@@ -18,7 +18,7 @@ from loguru import logger
 
 from imprint.actors.base import ImprintActor, ask
 from imprint.errors import DiskFullError, ImprintError, ProtocolError
-from imprint.messages.records import finalize_memory
+from imprint.messages.records import fact_key, finalize_memory
 from imprint.messages.session import (
     BatchSpooled,
     FrameHandled,
@@ -29,6 +29,7 @@ from imprint.messages.session import (
     TransferFailed,
     Wake,
 )
+from imprint.messages.store import FindMissing, RetrieveFacts
 from imprint.messages.wire import FactBatch, MemoryBatch, Meta, Request
 from imprint.protocol.stream import StreamValidator
 from imprint.spool import DEFAULT_MAX_BYTES, Spool
@@ -50,12 +51,17 @@ class Puller(ImprintActor):
     """
 
     def __init__(
-        self, *, relay: Any, listener: Any, storer: Any, spool_path: Path, spool_max_bytes: int = DEFAULT_MAX_BYTES
+        self, *, relay: Any, listener: Any, storer: Any, spool_path: Path, spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        memory_store: Any = None, fact_store: Any = None,
     ) -> None:
         super().__init__(boss=listener)
         self.relay = relay
         self.listener = listener
         self.storer = storer
+        #: Asked which received records are already here (StartPull.count_known).
+        self.memory_store = memory_store
+        self.fact_store = fact_store
+        self._count_known = False
         self.spool_path = spool_path
         self.spool_max_bytes = spool_max_bytes
         self._spool: Spool | None = None
@@ -74,7 +80,8 @@ class Puller(ImprintActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer):
+            case StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer, count_known=count_known):
+                self._count_known = count_known and self.memory_store is not None and self.fact_store is not None
                 self._start(stream, batch_size, request, peer)
             case StreamFrame(frame=frame):
                 self._on_frame(frame)
@@ -124,12 +131,24 @@ class Puller(ImprintActor):
             records: tuple[Any, ...] = tuple(finalize_memory(r) for r in batch.records)
         else:
             records = batch.records
+        already = 0
         if records:
             carried = {"vectors": batch.vectors, "model": batch.model} if isinstance(batch, MemoryBatch) else {}
             self._spool.append(self._stream, batch.dataset, records, **carried)
             self.storer.tell(Wake())
+            if self._count_known:
+                already = self._already_here(batch.dataset, records)
         self.listener.tell(BatchSpooled(stream=self._stream, dataset=batch.dataset, received=batch.size,
-                                        refused=batch.refused, refusals=batch.refusals))
+                                        refused=batch.refused, refusals=batch.refusals, already=already))
+
+    def _already_here(self, dataset: str, records: tuple[Any, ...]) -> int:
+        """How many of these records this machine holds already (by id; any version)."""
+        if dataset == "memories":
+            found = ask(self.memory_store, FindMissing(ids=tuple({r.id: None for r in records})), timeout=120)
+            return sum(1 for r in records if r.id in found.stored)
+        keys = [fact_key(r.identity) for r in records]
+        held = {fact_key(f.identity) for f in ask(self.fact_store, RetrieveFacts(keys=tuple(set(keys))), timeout=120)}
+        return sum(1 for k in keys if k in held)
 
     def _fail(self, message: str) -> None:
         # Once only; a frame after a finished stream is a failure too.

@@ -200,6 +200,9 @@ class StartPull(msgspec.Struct, frozen=True):
     request: bool = False
     #: The peer's fingerprint, kept with the stream (whose vectors these are).
     peer: str = ""
+    #: Count, per batch, the records this machine already holds (by id): what an early
+    #: answer to a push can tell before everything is stored (see BatchSpooled.already).
+    count_known: bool = False
 
 
 class StreamFrame(msgspec.Struct, frozen=True):
@@ -257,6 +260,9 @@ class BatchSpooled(msgspec.Struct, frozen=True):
     received: int
     refused: int = 0
     refusals: tuple[str, ...] = ()
+    #: Of the records spooled, how many this machine already holds (a memory's id, a
+    #: fact's key), when the pull was started with ``count_known``.
+    already: int = 0
 
 
 class StreamSpooled(msgspec.Struct, frozen=True):

@@ -131,6 +131,8 @@ class Receive(msgspec.Struct, frozen=True):
     stream: str
     batch_size: int
     request: bool = False
+    #: Count what is already here as it is spooled (for an answer before it is all stored).
+    count_known: bool = False
 
 
 class ToPuller(msgspec.Struct, frozen=True):
@@ -214,6 +216,10 @@ class Incoming:
     same_ids: set[str] = field(default_factory=set)
     same_facts: set[FactIdentity] = field(default_factory=set)
     spooled: bool = False
+    #: Of what was spooled, the records already here by id (counted only when asked).
+    already: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DATASETS, 0))
+    #: The answer sent once it was all spooled, before it was all stored (plaintext push).
+    answered_early: SyncStats | None = None
 
     def total(self, dataset: str) -> int:
         return self.announced[dataset] if self.announced is not None else 0
@@ -224,6 +230,17 @@ class Incoming:
                                   rejected=self.refused["memories"], updated=self.updated),
             facts=FactStats(inserted=self.inserted["facts"], skipped=self.skipped["facts"],
                             rejected=self.refused["facts"], ended=self.ended),
+        )
+
+    def foreseen(self) -> SyncStats:
+        """What can be told once all is spooled, before it is stored: new vs already here, by id."""
+        def new(dataset: str) -> int:
+            return max(0, self.received[dataset] - self.refused[dataset] - self.already[dataset])
+
+        return SyncStats(
+            memories=MemoryStats(inserted=new("memories"), skipped=self.already["memories"],
+                                 rejected=self.refused["memories"]),
+            facts=FactStats(inserted=new("facts"), skipped=self.already["facts"], rejected=self.refused["facts"]),
         )
 
 
@@ -294,7 +311,7 @@ class Flow:
     @property
     def holding(self) -> bool:
         """Everything was exchanged; only this side's forgetting (or its user's answer about it) is left."""
-        return self._ending is not None
+        return self._ending is not None or (self.incoming is not None and self.incoming.answered_early is not None)
 
     @property
     def encrypted(self) -> bool:
@@ -388,9 +405,10 @@ class Flow:
     def _for_incoming(self, event: object) -> bool:
         return self.incoming is not None and getattr(event, "stream", None) == self.incoming.stream
 
-    def _receive(self, *, request: bool, batch_size: int) -> None:
+    def _receive(self, *, request: bool, batch_size: int, count_known: bool = False) -> None:
         self.incoming = Incoming(stream=uuid.uuid4().hex)
-        self._do(Receive(stream=self.incoming.stream, batch_size=batch_size, request=request))
+        self._do(Receive(stream=self.incoming.stream, batch_size=batch_size, request=request,
+                         count_known=count_known))
 
     def _incoming_frame(self, frame: StreamFrame) -> None:
         if isinstance(frame, Meta):
@@ -402,15 +420,17 @@ class Flow:
     def _on_incoming(self, event: BatchSpooled | StreamSpooled | BatchStored) -> None:
         tally = self.incoming
         match event:
-            case BatchSpooled(dataset=dataset, received=received, refused=refused):
+            case BatchSpooled(dataset=dataset, received=received, refused=refused, already=already):
                 tally.received[dataset] += received
                 tally.refused[dataset] += refused
+                tally.already[dataset] += already
                 tally.processed[dataset] += refused  # refused records need no storing
                 self._progress("receive", dataset, tally.received[dataset], tally.total(dataset))
                 if refused:
                     self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))
             case StreamSpooled():
                 tally.spooled = True
+                self._spooled()
             case BatchStored(dataset=dataset, count=count, result=result, same_ids=same_ids, same_facts=same_facts):
                 tally.processed[dataset] += count
                 tally.inserted[dataset] += result.inserted
@@ -422,6 +442,9 @@ class Flow:
                 tally.same_facts.update(same_facts)
                 self._progress("store", dataset, tally.processed[dataset], tally.total(dataset))
         self._ack()
+
+    def _spooled(self) -> None:
+        """The peer's whole stream is safe in the spool (storing goes on)."""
 
     def _ack(self, *, final: bool = False) -> None:
         """Tell the sender how far we got (encrypted mode; at most every ACK_INTERVAL, and always the last)."""
@@ -621,8 +644,25 @@ class ProviderFlow(Flow):
                     self.unacknowledged = 0
             case StreamStored(stream=stream) if self.incoming is not None and stream == self.incoming.stream:
                 received = self.incoming.stats()
+                if self.incoming.answered_early is not None:  # the peer has its answer (and may be gone)
+                    self._end(received=received, sent_stats=self.outgoing.peer_stats)
+                    return
                 self._do(Send(frame=Response.with_stats(received)))
                 self._end(received=received, sent_stats=self.outgoing.peer_stats, linger=True)
+
+    def _spooled(self) -> None:
+        """Imprint's own clients wait 300 s for the answer to a push, then give up: answer a
+        plaintext push once it is safe in the spool, with what can be told by id, and
+        store the rest after (a push that is already stored gets the exact answer)."""
+        tally = self.incoming
+        if self.encrypted or tally is None or sum(tally.processed.values()) >= sum(tally.received.values()):
+            return
+        tally.answered_early = tally.foreseen()
+        self._do(Send(frame=Response.with_stats(tally.answered_early)))
+        waiting = sum(tally.received.values()) - sum(tally.processed.values())
+        self._report(events.Notice(message=(
+            f"everything the other machine sent is safe here; it has its answer, {waiting:,} records are still "
+            "being stored")))
 
     def _answer(self, message: ReconcileMessage) -> None:
         answer = self.reconciler.receive(message)
@@ -640,7 +680,7 @@ class ProviderFlow(Flow):
             self._do(Push(start=self._only(StartPush(batch_size=batch_size))))
         elif request.method == "POST" and request.path == "/sync/push" and self.incoming is None:
             self.unacknowledged = 0
-            self._receive(request=False, batch_size=batch_size)
+            self._receive(request=False, batch_size=batch_size, count_known=not self.encrypted)
         else:
             self._do(Send(frame=Response.not_found()))
 

@@ -218,7 +218,8 @@ class SyncSession:
         handshake = self.stages.start("handshake", Handshake, handshake=machine, relay=self.relay,
                                       listener=listener, trust_gate=trust_gate)
         self.stages.start("puller", Puller, relay=self.relay, listener=listener, storer=self.storer,
-                          spool_path=c.spool_path, spool_max_bytes=c.spool_max_bytes)
+                          spool_path=c.spool_path, spool_max_bytes=c.spool_max_bytes,
+                          memory_store=self.local["memory_store"], fact_store=self.local["fact_store"])
         self.stages.start("pusher", Pusher, relay=self.relay, listener=listener,
                           memory_store=self.local["memory_store"], fact_store=self.local["fact_store"])
         self.stages.start("inventory", Inventory, memory_store=self.local["memory_store"],
@@ -300,11 +301,12 @@ class SyncSession:
                 self.relay.tell(SendFrame(frame=frame, quiet=True))
             case flows.Send(frame=frame):
                 ask(self.relay, SendFrame(frame=frame), timeout=60)
-            case flows.Receive(stream=stream, batch_size=batch_size, request=request):
+            case flows.Receive(stream=stream, batch_size=batch_size, request=request, count_known=count_known):
                 self._watched.append(stream)
                 self.storer.tell(Watch(stream=stream, listener=self.listener))
                 peer = self.flow.peer.fingerprint if self.flow.peer is not None else ""
-                self.stages["puller"].tell(StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer))
+                self.stages["puller"].tell(StartPull(stream=stream, batch_size=batch_size, request=request, peer=peer,
+                                                     count_known=count_known))
             case flows.ToPuller(frame=frame):
                 self.stages["puller"].tell(StreamFrame(frame=frame))
             case flows.Push(start=start):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from imprint.actors.puller import Puller
@@ -261,3 +262,37 @@ def test_a_full_spool_fails_the_transfer_with_a_clear_message(tmp_path: Path) ->
     assert isinstance(failed, TransferFailed)
     assert "receive spool is full" in failed.message and "--spool-limit" in failed.message
     assert [len(records) for _, records in rig.spool()] == [1]
+
+
+def test_asked_to_count_it_tells_how_many_of_each_batch_are_already_here(tmp_path: Path) -> None:
+    """What an early answer to a plaintext push says: new vs already here, by id (real stores)."""
+    from imprint.actors.fact_store import FactStore
+    from imprint.actors.memory_store import MemoryStore
+    from imprint.messages.store import StoreFacts, StoreMemories
+
+    memories = MemoryStore.start(collection="c", path=tmp_path / "edge", dimension=4, model="fp", model_name="m")
+    facts = FactStore.start(path=tmp_path / "facts.db")
+    held, new = finalize_memory(mem("held here")), finalize_memory(mem("new here"))
+    memories.ask(StoreMemories(records=(held,), vectors=[[1.0, 0.0, 0.0, 0.0]]), timeout=60)
+    facts.ask(StoreFacts(records=(fact("held"),)), timeout=30)
+    listener = Recorder("session")
+    puller = Puller.start(relay=Recorder("relay"), listener=listener, storer=Recorder("storer"),
+                          spool_path=tmp_path / "spool.db", memory_store=memories, fact_store=facts)
+    puller.tell(StartPull(stream=STREAM, count_known=True))
+    # another copy of a held memory (same id, another time) is "here" too: by id
+    edited = msgspec.structs.replace(held, timestamp=T0 + 5)
+    for frame in (meta(3, 2), mb(1, held, new, edited), fb(1, fact("held"), fact("new")), Done()):
+        puller.tell(StreamFrame(frame=frame))
+    assert puller.ask(Ping(), timeout=30) is True
+    said = [m for m in listener.messages if isinstance(m, BatchSpooled)]
+    assert [(s.dataset, s.received, s.already) for s in said] == [("memories", 3, 2), ("facts", 2, 1)]
+
+    # without being asked it counts nothing (and asks no store)
+    listener = Recorder("session")
+    puller = Puller.start(relay=Recorder("relay"), listener=listener, storer=Recorder("storer"),
+                          spool_path=tmp_path / "spool2.db")
+    puller.tell(StartPull(stream=STREAM, count_known=True))
+    for frame in (meta(1, 0), mb(1, held), Done()):
+        puller.tell(StreamFrame(frame=frame))
+    assert puller.ask(Ping(), timeout=30) is True
+    assert [s.already for s in listener.messages if isinstance(s, BatchSpooled)] == [0]

@@ -138,6 +138,50 @@ def test_provider_plaintext_shows_what_left_the_socket_and_refuses_acks() -> Non
     assert isinstance(fail, Fail) and isinstance(fail.error, ProtocolError)
 
 
+def test_a_plaintext_push_is_answered_once_spooled_with_what_is_new_by_id_and_stored_after() -> None:
+    """Imprint's own clients give up 300 s after their push: answer once it is safe in the spool."""
+    flow = ProviderFlow(mode="plaintext")
+    flow.handle(AutoAccepted(peer=PEER))
+    flow.handle(HandshakeSucceeded(peer=PEER))
+    [receive] = flow.handle(FrameReceived(frame=Request.push()))
+    assert receive.count_known  # the Puller counts what is already here as it spools
+    flow.handle(FrameReceived(frame=Meta(datasets=counts(5, 2))))
+    flow.handle(BatchSpooled(stream=receive.stream, dataset="memories", received=5, refused=1, already=2))
+    flow.handle(BatchSpooled(stream=receive.stream, dataset="facts", received=2, already=0))
+    flow.handle(BatchStored(stream=receive.stream, dataset="facts", count=2, result=StoreResult(inserted=2)))
+    assert not flow.holding
+    out = flow.handle(StreamSpooled(stream=receive.stream))
+    told = SyncStats(memories=MemoryStats(inserted=2, skipped=2, rejected=1), facts=FactStats(inserted=2))
+    assert out[0] == Send(frame=Response.with_stats(told))
+    assert isinstance(out[1].event, events.Notice) and "4 records are still being stored" in out[1].event.message
+    assert flow.holding  # the peer leaving now is the normal end
+
+    out = flow.handle(StreamStored(stream=receive.stream))
+    assert not only(out, Send)  # it has its answer already
+    [finish] = only(out, Finish)
+    assert finish.linger is False and finish.stats.received.facts.inserted == 2
+
+
+def test_an_encrypted_push_or_one_stored_by_the_time_it_is_spooled_gets_the_exact_answer() -> None:
+    flow = ProviderFlow(mode="plaintext")
+    flow.handle(AutoAccepted(peer=PEER))
+    flow.handle(HandshakeSucceeded(peer=PEER))
+    [receive] = flow.handle(FrameReceived(frame=Request.push()))
+    flow.handle(BatchSpooled(stream=receive.stream, dataset="memories", received=1, already=1))
+    flow.handle(BatchStored(stream=receive.stream, dataset="memories", count=1, result=StoreResult(skipped=1)))
+    assert flow.handle(StreamSpooled(stream=receive.stream)) == []
+    assert only(flow.handle(StreamStored(stream=receive.stream)), Send) == [
+        Send(frame=Response.with_stats(SyncStats(memories=MemoryStats(skipped=1))))]
+
+    flow = ProviderFlow(mode="encrypted")
+    flow.handle(AutoAccepted(peer=PEER))
+    flow.handle(HandshakeSucceeded(peer=PEER))
+    [receive] = flow.handle(FrameReceived(frame=Request.push()))
+    assert not receive.count_known
+    flow.handle(BatchSpooled(stream=receive.stream, dataset="memories", received=3))
+    assert not only(flow.handle(StreamSpooled(stream=receive.stream)), Send) and not flow.holding
+
+
 def test_provider_answers_an_unknown_request_with_404_and_a_second_pull_too() -> None:
     flow = ProviderFlow(mode="encrypted")
     flow.handle(HandshakeSucceeded(peer=PEER))
