@@ -10,6 +10,7 @@ never obeyed.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable, TextIO
 
 import msgspec
@@ -98,18 +99,49 @@ def say(text: str) -> None:
 # ---------------------------------------------------------------- a sync's events
 
 
+#: Without bars (output piped or redirected), a progress line per direction and dataset
+#: at most this often, and one when it completes.
+PLAIN_INTERVAL = 5.0
+
+
+def _terminals() -> bool:
+    """Bars only where a person watches both streams (stdout piped or redirected: lines)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class HumanReporter:
     """Turns a sync's events into terminal lines and progress bars (stderr).
 
     Two bars per direction at most: what comes from the other machine
     (stored here, with received as a note) and what goes to it (what it
-    stored, with what it confirmed, or what left, as a note).
+    stored, with what it confirmed, or what left, as a note). Lines printed
+    while bars are up go through tqdm, which lifts the bars and puts them back
+    below, so a line never lands inside a bar (tmux, narrow terminals). When
+    stdout or stderr is not a terminal there are no bars: a plain progress line
+    at most every :data:`PLAIN_INTERVAL` seconds, and one when a dataset is done.
     """
 
-    def __init__(self, *, prefix: str = "") -> None:
+    def __init__(self, *, prefix: str = "", bars: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.prefix = prefix
+        self.use_bars = _terminals() if bars is None else bars
+        self.clock = clock
         self.bars: dict[tuple[str, str], Any] = {}
         self.notes: dict[tuple[str, str], dict[str, str]] = {}
+        self._printed: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def _write(self, text: str, *, stdout: bool = False) -> None:
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(visible(text), file=sys.stdout if stdout else sys.stderr)
+        elif stdout:
+            say(text)
+        else:
+            note(text)
 
     def __call__(self, event: Event) -> None:
         p = self.prefix
@@ -117,51 +149,44 @@ class HumanReporter:
             case Progress():
                 self._progress(event)
             case Room():
-                say(f"{p}On the other machine, run:\n\n    imprint sync {event.target} --pin {event.pin}\n")
-                say(f"{p}This device: {clip(event.hostname, 64)} (id: {event.fingerprint})")
+                self._write(f"{p}On the other machine, run:\n\n    imprint sync {event.target} --pin {event.pin}\n",
+                            stdout=True)
+                self._write(f"{p}This device: {clip(event.hostname, 64)} (id: {event.fingerprint})", stdout=True)
                 if event.mode == "plaintext":
-                    note(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
-                note(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
+                    self._write(f"{p}WARNING: --plaintext: the relay can read the PIN and every record of this sync")
+                self._write(f"{p}Waiting for the other machine… (Ctrl-C to stop)")
             case Waiting(message=message):
-                note(f"{p}{message}")
+                self._write(f"{p}{message}")
             case AutoAccepted():
-                note(f"{p}Trusted device {clip(event.hostname, 64)} ({clip(event.fingerprint, 16)}) accepted")
+                self._write(f"{p}Trusted device {clip(event.hostname, 64)} ({clip(event.fingerprint, 16)}) accepted")
             case ApprovalRequired() | ConfirmRequired() | ForgetConfirmRequired():
                 pass  # the prompt itself shows the peer
             case PeerConnected():
                 who = f"{clip(event.hostname, 64)} ({clip(event.fingerprint, 16)})" if event.hostname else "the other machine"
                 verify = f"; verification code {event.verification}" if event.verification else ""
-                note(f"{p}Connected to {who}, {event.mode}{verify}")
+                self._write(f"{p}Connected to {who}, {event.mode}{verify}")
             case Reconciled(send=send, receive=receive, round_trips=trips):
                 def what(c: dict[str, int]) -> str:
                     parts = [f"{c.get(k, 0):,} {k}" for k in ("memories", "facts", "forgotten") if c.get(k)]
                     return ", ".join(parts) or "nothing"
-                note(f"{p}Compared in {trips} round trip{'s' if trips != 1 else ''}: to send {what(send)}; "
-                     f"to receive {what(receive)}")
+                self._write(f"{p}Compared in {trips} round trip{'s' if trips != 1 else ''}: to send {what(send)}; "
+                            f"to receive {what(receive)}")
             case Notice(message=message):
-                note(f"{p}{message}")
+                self._write(f"{p}{message}")
             case Stats():
                 self.close()
                 say(p + format_stats(event).replace("\n", "\n" + p))
 
     def _progress(self, event: Progress) -> None:
-        from tqdm import tqdm
-
         way = "in" if event.direction in ("receive", "store") else "out"
         key = (way, event.dataset)
-        bar = self.bars.get(key)
-        if bar is None:
+        if key not in self.notes:
             if not event.total:
                 return  # nothing of this dataset moves this way
-            desc = f"{self.prefix}{'receiving' if way == 'in' else 'sending'} {event.dataset}"
-            bar = tqdm(total=event.total, desc=desc, unit="rec", file=sys.stderr, disable=None, dynamic_ncols=True,
-                       leave=True)
-            self.bars[key] = bar
-            self.notes[key] = {}
+            self.notes[key] = {"done": "0"}
         notes = self.notes[key]
-        bar.total = event.total
         if event.direction in ("store", "peer_store"):
-            bar.n = event.done
+            notes["done"] = f"{event.done:,}"
             notes["stored"] = "stored" if event.direction == "store" else "stored there"
         elif event.direction == "receive":
             notes["received"] = f"received {event.done:,}"
@@ -169,8 +194,35 @@ class HumanReporter:
             notes["received"] = f"received there {event.done:,}"
         else:
             notes["received"] = f"sent {event.done:,}"
-        bar.set_postfix_str(", ".join(notes.values()), refresh=False)
+        after = ", ".join(v for k, v in notes.items() if k != "done")
+        desc = f"{self.prefix}{'receiving' if way == 'in' else 'sending'} {event.dataset}"
+        if self.use_bars:
+            self._bar(key, desc, event, after)
+        else:
+            stored = f"{notes['stored']} {notes['done']} of {event.total:,}" if "stored" in notes else ""
+            self._line(key, desc, event, ", ".join(t for t in (notes.get("received", ""), stored) if t))
+
+    def _bar(self, key: tuple[str, str], desc: str, event: Progress, after: str) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(key)
+        if bar is None:
+            bar = tqdm(total=event.total, desc=desc, unit="rec", file=sys.stderr, dynamic_ncols=True, leave=True)
+            self.bars[key] = bar
+        bar.total = event.total
+        if event.direction in ("store", "peer_store"):
+            bar.n = event.done
+        bar.set_postfix_str(after, refresh=False)
         bar.refresh()
+
+    def _line(self, key: tuple[str, str], desc: str, event: Progress, text: str) -> None:
+        now = self.clock()
+        last, said = self._printed.get(key, (float("-inf"), ""))
+        complete = event.direction in ("store", "peer_store") and event.done >= event.total
+        if said == text or (not complete and now - last < PLAIN_INTERVAL):
+            return
+        self._printed[key] = (now, text)
+        note(f"{desc}: {text}")
 
     def close(self) -> None:
         for bar in self.bars.values():
