@@ -55,6 +55,9 @@ class Settings:
     workspace: str = DEFAULT_WORKSPACE
     model: str = DEFAULT_MODEL
     qdrant_url: str | None = None
+    #: The data dir cannot be written (read-only media): a command that only reads runs
+    #: its requests in its own process, reading only (no service: it could not listen there).
+    read_only: bool = False
 
     @property
     def collection(self) -> str:

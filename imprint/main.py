@@ -8,6 +8,7 @@ usage error); Ctrl-C and SIGTERM stop a command within seconds (130, 143).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from imprint.commands import CommandLine, chat, documents, facts, memories, serv
 from imprint.commands.render import Output, note
 from imprint.config import Settings, settings_from, validate_workspace
 from imprint.errors import ImprintError, InputError
+from imprint.readonly import read_only_media
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                              "check --data-dir / IMPRINT_DATA_DIR; `imprint add` or `imprint import` starts one")
         if getattr(args, "read_only", False):
             validate_workspace(settings.workspace)
+        elif getattr(args, "reads", False) and read_only_media(settings.data_dir):
+            # A backup on read-only media: read it here, in this process, creating nothing.
+            validate_workspace(settings.workspace)
+            settings = dataclasses.replace(settings, read_only=True)
+            setup_logging(verbose=bool(args.verbose), log_dir=None)
         elif not getattr(args, "no_data_dir", False):
             settings.prepare()
             setup_logging(verbose=bool(args.verbose), log_dir=settings.log_dir)

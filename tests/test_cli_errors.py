@@ -115,3 +115,71 @@ def test_import_errors_name_the_line_in_plain_words(tmp_path: Path, imprint_cli)
     assert lines[2].startswith("imprint: line 4: rejected: the record has no field `content`"), lines
     assert lines[3].startswith("imprint: line 5: rejected: not JSON ("), lines
     assert "truncated" not in done.stderr and "malformed" not in done.stderr
+
+
+def _read_only_mount_works(tmp_path: Path) -> str:
+    """Why a read-only bind mount cannot be made here ("" when it can)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return "no `unshare` on this machine (util-linux)"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {tmp_path} {tmp_path} && "
+                            f"mount -o remount,bind,ro {tmp_path} && ! touch {tmp_path}/probe"],
+                           capture_output=True, text=True, timeout=30)
+    return "" if probe.returncode == 0 else f"no read-only bind mount in a user namespace: {probe.stderr.strip()}"
+
+
+@pytest.mark.timeout(240)
+def test_a_data_dir_on_read_only_media_is_read_and_left_untouched(tmp_path: Path, imprint_cli) -> None:
+    """A backup on read-only media: reading commands work (from a private copy where Qdrant
+    Edge or SQLite's log cannot be read in place), writing ones say why not, nothing changes."""
+    import hashlib
+    import sys
+    import tempfile
+
+    from tests.conftest import cli_env, stop_services
+
+    if why := _read_only_mount_works(tmp_path):
+        pytest.skip(why)
+    src, backup = tmp_path / "src", tmp_path / "backup"
+    assert imprint_cli(src, "add", "the deploy needs AWS credentials", "--project", "ops").returncode == 0
+    assert imprint_cli(src, "fact", "add", "alice", "works_at", "acme").returncode == 0
+    # copied while the service runs: the new fact may still be in SQLite's log (facts.db-wal)
+    subprocess.run(["cp", "-a", str(src), str(backup)], check=True)
+    stop_services(tmp_path)
+    for leftover in ("service.sock", "service.lock"):
+        (backup / leftover).unlink(missing_ok=True)
+
+    def fingerprint() -> dict[str, str]:
+        return {str(f.relative_to(backup)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(backup.rglob("*")) if f.is_file()}
+
+    before = fingerprint()
+    copies = set(Path(tempfile.gettempdir()).glob("imprint-read-only-*"))
+
+    def ro(*args: str) -> subprocess.CompletedProcess[str]:
+        inner = " ".join(["exec", sys.executable, "-m", "imprint", "--data-dir", str(backup), *map(_quote, args)])
+        script = f"mount --bind {backup} {backup} && mount -o remount,bind,ro {backup} && {inner}"
+        return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=180,
+                              env=cli_env())
+
+    status = ro("status")
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    assert "data dir is read-only" in status.stdout and "facts active             1" in status.stdout, status.stdout
+    found = ro("search", "deployment credentials")
+    assert found.returncode == 0 and "the deploy needs AWS credentials" in found.stdout, found.stderr
+    exported = ro("export")
+    assert [json.loads(line)["content"] for line in exported.stdout.splitlines()] == ["the deploy needs AWS credentials"]
+    listed = ro("--json", "fact", "list")
+    assert [json.loads(line)["object"] for line in listed.stdout.splitlines()] == ["acme"], listed.stderr
+    refused = ro("add", "one more")
+    assert refused.returncode == 2 and one_line(refused).startswith(f"imprint: error: data dir {backup} is not "
+                                                                    "writable")
+    assert fingerprint() == before  # not a byte changed
+    assert set(Path(tempfile.gettempdir()).glob("imprint-read-only-*")) == copies  # its copies are gone
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)

@@ -73,17 +73,26 @@ _COLUMNS = "id, subject, predicate, object, valid_from, ended, source"
 FACT_REF = re.compile(r"[0-9a-f]{1,16}")
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    """Open for reading only, creating nothing; an absent database reads as empty."""
+def _open_read_only(path: Path) -> tuple[sqlite3.Connection, Any]:
+    """Open for reading only, creating nothing; an absent database reads as empty. Returns the
+    connection and the :class:`~imprint.readonly.Snapshot` it reads (read-only media), if any."""
+    from imprint.readonly import Snapshot, read_only_media
+
     if not path.exists():
         db = sqlite3.connect(":memory:", isolation_level=None)
         db.executescript(SCHEMA)
-        return db
-    if Path(f"{path}-wal").exists():
+        return db, None
+    wal = Path(f"{path}-wal")
+    if wal.exists() and read_only_media(path):
+        if wal.stat().st_size:
+            # Facts wait in the log, and SQLite cannot read a log where it cannot write: read a copy.
+            snapshot = Snapshot([path, wal], what=f"the fact store at {path}")
+            return sqlite3.connect(snapshot.path(path), timeout=30, isolation_level=None), snapshot
+    elif wal.exists():
         # Another process has it open (or left a log behind): read through its WAL.
-        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None), None
     # Fully checkpointed: read the file as it is, without even a -shm file beside it.
-    return sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True, isolation_level=None)
+    return sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True, isolation_level=None), None
 
 
 def _row_to_fact(row: tuple) -> StoredFact:
@@ -103,6 +112,7 @@ class FactStore(ImprintActor):
         self._db: sqlite3.Connection | None = None
         self._tombstones: TombstoneTable | None = None
         self._trash: TrashTable | None = None
+        self._snapshot: Any = None
 
     def _add_keys(self) -> None:
         db = self._db
@@ -123,7 +133,7 @@ class FactStore(ImprintActor):
     def start_up(self) -> None:
         try:
             if self.read_only:
-                self._db = _open_read_only(self.path)
+                self._db, self._snapshot = _open_read_only(self.path)
                 self._trash = TrashTable(self._db, "facts", create=False)
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +185,9 @@ class FactStore(ImprintActor):
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
     def handle(self, message: Any) -> Any:
         try:

@@ -137,12 +137,23 @@ class MemoryStore(ImprintActor):
         self._tombstones: TombstoneTable | None = None
         self._trash: TrashTable | None = None
         self._counts: dict[Any, Any] = {}
+        #: Read-only media: the store is read from a private copy (imprint.readonly).
+        self._snapshot: Any = None
 
     @property
     def location(self) -> str:
         return self._backend.location if self._backend is not None else (self.url or str(self.path))
 
     def start_up(self) -> None:
+        if self.read_only and self.url is None and self.path is not None and self.path.exists():
+            from imprint.readonly import Snapshot, read_only_media
+
+            if read_only_media(self.path):
+                extra = [self.forgotten_path, Path(f"{self.forgotten_path}-wal")] if self.forgotten_path else []
+                self._snapshot = Snapshot([self.path, *extra], what=f"the memory store at {self.path}")
+                self.path = self._snapshot.path(self.path)
+                if self.forgotten_path is not None:
+                    self.forgotten_path = self._snapshot.path(self.forgotten_path)
         try:
             self._backend = open_backend(path=self.path, url=self.url, collection=self.collection)
             self._meta = self._backend.meta()
@@ -409,6 +420,9 @@ class MemoryStore(ImprintActor):
                 backend.close()
             except Exception:  # closing is best effort; the lock goes with the process
                 logger.debug("closing the memory store failed", exc_info=True)
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
     def handle(self, message: Any) -> Any:
         try:

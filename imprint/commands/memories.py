@@ -503,6 +503,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
     from imprint.fingerprint import model_fingerprint
     from imprint.identity import read_fingerprint
     from imprint.messages.store import CountFacts, DescribeStore, DescribeVectorChecks, FactCounts, VectorChecks
+    from imprint.readonly import read_only_media
     from imprint.spool import read_pending, spool_path
     from imprint.storage.legacy import LegacyStore
 
@@ -591,6 +592,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings, out: Output) -> int
                         f"{'loaded' if settings.model in service_info.models_loaded else 'not loaded'}; "
                         "'imprint service status' tells more)" if service_info else "not running (the next command "
                         "that needs the store starts it)")
+    if read_only_media(settings.data_dir):
+        shown["service"] = "none: the data dir is read-only (search, export, show and fact list read it; nothing " \
+                           "can be added or changed)"
     if not info["last_sync"]:
         shown["last_sync"] = "never (in this workspace)"
     if info["vectors_unchecked"]:

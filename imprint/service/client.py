@@ -69,6 +69,8 @@ class ServiceClient:
         self.sock: socket.socket | None = None
         self.welcome: p.Welcome | None = None
         self._send_lock = threading.Lock()
+        #: Read-only media (Settings.read_only): the requests are answered in this process.
+        self._here: InProcess | None = None
 
     # ---------------------------------------------------------------- connecting
 
@@ -80,7 +82,10 @@ class ServiceClient:
         self.close()
 
     def open(self) -> ServiceClient:
-        if self.sock is not None:
+        if self.sock is not None or self._here is not None:
+            return self
+        if self.settings.read_only:
+            self._here = InProcess(self.settings)
             return self
         sock = self._connect_or_start()
         welcome = self._hello(sock)
@@ -170,6 +175,9 @@ class ServiceClient:
         return self._spawn_and_connect()
 
     def close(self) -> None:
+        if self._here is not None:
+            here, self._here = self._here, None
+            here.close()
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -189,6 +197,8 @@ class ServiceClient:
         raised once the service says it stopped, or after CANCEL_WAIT seconds.
         """
         self.open()
+        if self._here is not None:
+            return self._here.call(request, reply, on_note=on_note)
         request = msgspec.structs.replace(request, scope=self.scope)
         return self._call(request, reply, on_note=on_note, on_event=on_event, on_ask=on_ask, on_forget=on_forget,
                           on_chat=on_chat)
@@ -303,3 +313,41 @@ def _last_line(path: Any) -> str:
     except OSError:
         return "no message"
     return lines[-1][:300] if lines else "no message"
+
+
+#: What a command may ask of a data dir on read-only media (reads; the rest would write).
+READS = (p.ModelOf, p.Search, p.SourceChunks, p.Sources, p.OverviewOf, p.Get, p.Count, p.MemoryPageOf, p.FactPageOf,
+         p.FactList, p.FactShow)
+
+
+class InProcess:
+    """The answers of a service, computed in this process, reading only: for a data dir on
+    read-only media, where no service can listen (its socket lives in the data dir) and
+    nothing may be written. Started on the first request (the model only if it needs it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.local: Any = None
+        self.core: Any = None
+
+    def call(self, request: Any, reply: Any, *, on_note: Handler | None = None) -> Any:
+        from imprint.errors import ConfigError
+        from imprint.service.dispatch import answer
+
+        if not isinstance(request, READS):
+            raise ConfigError(f"data dir {self.settings.data_dir} is read-only: only reading commands work on it")
+        if self.core is None:
+            from imprint.core import Core
+            from imprint.local import LocalActors
+
+            needs_model = isinstance(request, (p.ModelOf, p.Search))
+            self.local = LocalActors(self.settings, embedder=needs_model, read_only=True).__enter__()
+            self.core = Core(self.settings, local=self.local)
+        value = answer(self.core, request, on_note or (lambda _text: None))
+        # As the service would send it: the reply type the caller asked for, and no shared objects.
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(value), type=reply)
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.stop()
+            self.local = None
