@@ -297,6 +297,43 @@ def test_non_utf8_and_oversize_lines_are_named_and_nothing_is_lost(
     assert "a new line in good UTF-8 ✓" in {json.loads(line)["content"] for line in after}
 
 
+def test_an_interrupted_import_says_what_is_stored_and_the_rerun_skips_it(tmp_path: Path, imprint_cli: Run) -> None:
+    import signal
+    import time
+
+    from tests.conftest import cli_env
+
+    rows = [{"content": f"note {i}: " + " ".join(f"{w}{(i * 13 + j) % 101}" for j, w in enumerate(OBJECTS)),
+             "project": "bulk"} for i in range(800)]
+    path = tmp_path / "bulk.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "data"
+    assert imprint_cli(data, "add", "warm the service up").returncode == 0
+
+    def stored() -> int:
+        return json.loads(ok(imprint_cli(data, "--json", "status")).stdout)["memories"] - 1
+
+    importing = subprocess.Popen([sys.executable, "-m", "imprint", "--data-dir", str(data), "import", str(path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.monotonic() + 120
+    while stored() == 0:  # a first batch is in: stop it there, as Ctrl-C would
+        assert importing.poll() is None and time.monotonic() < deadline, importing.communicate()
+        time.sleep(0.2)
+    importing.send_signal(signal.SIGINT)
+    _, err = importing.communicate(timeout=60)
+    assert importing.returncode == 130, err
+    said = re.search(r"imprint: stopped at line ([\d,]+): ([\d,]+) new and 0 updated memories are stored; running the "
+                     r"same import again skips them", err)
+    assert said, err
+    told = int(said[2].replace(",", ""))
+    held = stored()
+    assert 0 < told <= held < len(rows)  # what it says is stored is (at least) what is there
+
+    rerun = json.loads(ok(imprint_cli(data, "--json", "import", str(path), timeout=300)).stdout)
+    assert rerun["skipped"] == held and rerun["inserted"] == len(rows) - held
+    assert stored() == len(rows)
+
+
 def test_a_missing_import_file_is_a_one_line_error(tmp_path: Path, imprint_cli: Run) -> None:
     assert "cannot read" in one_line_error(imprint_cli(tmp_path, "import", str(tmp_path / "nope.jsonl")))
 
