@@ -647,6 +647,7 @@ class ProviderFlow(Flow):
                 if self.incoming.answered_early is not None:  # the peer has its answer (and may be gone)
                     self._end(received=received, sent_stats=self.outgoing.peer_stats)
                     return
+                self._ack(final=True)  # so the peer's "stored there" ends where its summary will
                 self._do(Send(frame=Response.with_stats(received)))
                 self._end(received=received, sent_stats=self.outgoing.peer_stats, linger=True)
 

@@ -209,3 +209,50 @@ def test_same_model_peers_send_their_vectors_and_a_sample_catches_wrong_ones(spa
         [notice] = [e for e in side.events if e["event"] == "notice"]
         assert "canary sentences differ" in notice["message"]
     assert {k: cosine(v, reference[k]) > 0.999 for k, v in vectors_of(wary).items()} == dict.fromkeys(reference, True)
+
+
+@pytest.mark.timeout(300)
+def test_every_number_of_a_sync_agrees_with_what_moved(spawn: Spawn, relay: RecordingRelay, tmp_path: Path) -> None:
+    """The compare line, the progress and each line of both summaries, against the records that moved."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [{"content": f"numbers {i}: the {w} is kept where everyone can find it", "project": "n",
+             "timestamp": 1_700_000_000.0 + i} for i, w in enumerate(["key", "map", "log", "plan", "lamp", "rope", "book"])]
+    # A: 0-4; B: 3-6 (3 and 4 are the same records on both)
+    run_parallel([(a, ("import", str(write_jsonl(tmp_path / "a.jsonl", rows[:5])))),
+                  (b, ("import", str(write_jsonl(tmp_path / "b.jsonl", rows[3:]))))])
+    for subject in ("ann", "bob"):
+        run(a, "fact", "add", subject, "likes", "tea")
+    run(b, "fact", "add", "cyd", "likes", "tea")
+    a0, b0 = export(a, b)
+
+    serve, join, _ = sync(spawn, a, b, relay.url, "y")
+    a1, b1 = export(a, b)
+    assert a1 == b1
+    came_to_b = set(b1.memory_ids) - set(b0.memory_ids)
+    came_to_a = set(a1.memory_ids) - set(a0.memory_ids)
+    assert (len(came_to_b), len(came_to_a)) == (3, 2)
+
+    # the compare line: what will move, both ways
+    assert reconciled(join)["receive"] == {"memories": 3, "facts": 2, "forgotten": 0}
+    assert reconciled(join)["send"] == {"memories": 2, "facts": 1, "forgotten": 0}
+    # the progress: each bar ends where the summary says
+    last = {(e["direction"], e["dataset"]): (e["done"], e["total"]) for e in join.events if e["event"] == "progress"}
+    assert last[("store", "memories")] == (3, 3) and last[("store", "facts")] == (2, 2)
+    assert last[("peer_store", "memories")] == (2, 2) and last[("peer_store", "facts")] == (1, 1)
+    # "received:" of each side: new here = what its export gained
+    j, s = stats(join), stats(serve)
+    assert j["received"]["memories"] == {"inserted": len(came_to_b), "skipped": 0, "rejected": 0, "updated": 0}
+    assert j["received"]["facts"] == {"inserted": 2, "skipped": 0, "rejected": 0, "ended": 0}
+    assert s["received"]["memories"] == {"inserted": len(came_to_a), "skipped": 0, "rejected": 0, "updated": 0}
+    assert s["received"]["facts"] == {"inserted": 1, "skipped": 0, "rejected": 0, "ended": 0}
+    # "sent:" of each side: what it sent is what the other received, and what the other says it stored
+    assert j["sent"]["memories"] == {"sent": 2, "inserted": 2, "skipped": 0, "rejected": 0, "updated": 0}
+    assert j["sent"]["facts"]["sent"] == 1 and j["sent"]["facts"]["inserted"] == 1
+    assert s["sent"]["memories"]["sent"] == 3 and s["sent"]["facts"]["sent"] == 2
+    # the other lines: nothing forgotten, kept or refused; same model, so the vectors travelled
+    for side in (j, s):
+        assert (side["forgotten"], side["forgets_kept"], side["forgets_refused"]) == (0, 0, 0)
+    # (a sample of each batch is embedded here to check the peer's: those are not counted as taken)
+    from imprint.actors.storer import MIN_SAMPLE
+
+    assert (j["vectors_reused"], s["vectors_reused"]) == (max(0, 3 - MIN_SAMPLE), max(0, 2 - MIN_SAMPLE))

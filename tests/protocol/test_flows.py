@@ -123,7 +123,9 @@ def test_provider_from_approval_to_stats_encrypted() -> None:
     received = SyncStats(memories=MemoryStats(inserted=2), facts=FactStats())
     stats = events.Stats(role="provider", mode="encrypted", received=received,
                          sent=events.SentStats.of({"memories": 3, "facts": 0}, final))
-    assert out == [Send(frame=Response.with_stats(received)), Report(event=stats), Finish(stats=stats, linger=True)]
+    final_ack = Ack(received=counts(2, 0), stored=counts(2, 0), stats=received)
+    assert out == [Send(frame=final_ack, quiet=True), Send(frame=Response.with_stats(received)), Report(event=stats),
+                   Finish(stats=stats, linger=True)]
 
 
 def test_provider_plaintext_shows_what_left_the_socket_and_refuses_acks() -> None:
