@@ -9,7 +9,14 @@ import sys
 import pytest
 
 from imprint.commands.render import HumanReporter, format_stats
-from imprint.messages.events import Notice, Progress, Reconciled, Stats, decode_event, encode_event
+from imprint.messages.events import (
+    Notice,
+    Progress,
+    Reconciled,
+    Stats,
+    decode_event,
+    encode_event,
+)
 
 
 def test_the_human_summary_names_each_dataset_and_direction() -> None:
