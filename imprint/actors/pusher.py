@@ -217,7 +217,9 @@ class Pusher(ImprintActor):
         done = 0
         for chunk in split_by_bytes(records, extra=vectors):
             self._seq[dataset] += 1
-            carried = {"vectors": vectors[done:done + len(chunk)], "model": self._vectors} if vectors else {}
+            mine = vectors[done:done + len(chunk)]
+            # A run with no vector to give (none checked yet, say) goes as a plain batch.
+            carried = {"vectors": mine, "model": self._vectors} if any(v is not None for v in mine) else {}
             done += len(chunk)
             self._send(EncodedBatch(dataset=dataset, seq=self._seq[dataset], records=chunk, **carried))
             self._sent[dataset] += len(chunk)

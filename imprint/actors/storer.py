@@ -11,17 +11,17 @@ It also stores what an interrupted sync left in the spool: the command that
 opens the store wakes it first (see :class:`imprint.local.LocalActors`).
 
 Vectors a peer sent with its memories (protocol 2, same model fingerprint)
-are stored as they are, after a check: a random sample of each batch (1 %,
-at least 2) is embedded here and compared. One vector off (cosine below
-:data:`MIN_COSINE`), unreadable or missing, and nothing more from that
-stream is taken as it is: everything is embedded here, and the watcher is
-told (:class:`VectorsRefused`).
+are stored as they are, marked unverified; the Verifier embeds them all
+again in the background, replaces any that are off and distrusts their
+sender (:mod:`imprint.actors.verifier`). A vector that is unreadable (not
+float32, wrong size, not finite, all zeros) or missing, and nothing more from
+that stream is taken as it is: everything is embedded here, and the watcher
+is told (:class:`VectorsRefused`).
 """
 
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from imprint.messages.records import (
     MemoryRecord,
     MemoryVersion,
     content_hash,
-    vector_from_field,
+    vectors_from_bytes,
     winning_copies,
 )
 from imprint.messages.session import (
@@ -65,9 +65,6 @@ ALL_STREAMS = ""
 #: Texts embedded per message: small enough that a stop waits at most a few
 #: hundred milliseconds, big enough to keep the model's batches efficient.
 EMBED_CHUNK = 32
-#: Share of a batch's received vectors embedded here to check them, and the least.
-SAMPLE_SHARE = 0.01
-MIN_SAMPLE = 2
 #: A received vector this close (cosine) to ours is the same model's.
 MIN_COSINE = 0.999
 
@@ -111,7 +108,6 @@ class Storer(ImprintActor):
         #: Streams whose vectors failed the check: everything from them is embedded here.
         self._distrusted: set[str] = set()
         self._store_info: Any = None
-        self._rng = random.Random()
 
     def start_up(self) -> None:
         self._spool = Spool(self.spool_path)
@@ -223,35 +219,28 @@ class Storer(ImprintActor):
         return True
 
     def _checked_vectors(self, batch: SpooledBatch) -> list[list[float]]:
-        """The peer's vectors for the memories to write, if they pass the check; else []."""
+        """The peer's vectors for the memories to write, if they are readable and of our
+        model; else [] (the batch is embedded here). They are used at once and checked in
+        full later, in the background (:mod:`imprint.actors.verifier`), so nothing on the
+        way in needs the model: loading it and embedding a sample cost more than the rest
+        of a same-model sync."""
         if self._store_info is None:
             self._store_info = ask(self.memory_store, DescribeStore())
         info = self._store_info
         if not info.model or batch.model != info.model or not info.dimension:
             return []  # another model's vectors (or no store yet): embed here, as always
         sent = {(r.id, content_hash(r.content)): v for r, v in zip(batch.records, batch.vectors)}
-        texts = [sent.get((r.id, content_hash(r.content))) for r in self._todo]
-        if any(t is None for t in texts):
+        carried = [sent.get((r.id, content_hash(r.content))) for r in self._todo]
+        if any(v is None for v in carried):
             return []  # the peer had no vector of this model for some: embed the batch here
         try:
-            vectors = [vector_from_field(t, info.dimension) for t in texts]
+            matrix = vectors_from_bytes(carried, info.dimension)
         except ValueError as exc:
             self._refuse(batch.stream, f"a vector it sent is unreadable ({exc})")
             return []
-        n = len(vectors)
-        sample = self._rng.sample(range(n), min(n, max(MIN_SAMPLE, math.ceil(n * SAMPLE_SHARE))))
-        made = ask(self._embedder(), EmbedTexts(texts=tuple(self._todo[i].content for i in sample))).vectors
-        for i, ours in zip(sample, made):
-            similarity = cosine(ours, vectors[i])
-            if similarity < MIN_COSINE:
-                self._refuse(batch.stream, f"a vector it sent differs from this model's (cosine {similarity:.4f})")
-                return []
-            vectors[i] = ours
-        self._reused += n - len(sample)
-        checked = set(sample)
-        # The rest are used at once, and checked in full later, in the background (imprint.actors.verifier).
-        self._unverified = tuple(r.id for i, r in enumerate(self._todo) if i not in checked)
-        return vectors
+        self._reused += len(carried)
+        self._unverified = tuple(r.id for r in self._todo)
+        return matrix.tolist()
 
     def _refuse(self, stream: str, why: str) -> None:
         self._distrusted.add(stream)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -308,6 +308,24 @@ def vector_to_text(vector: list[float]) -> str:
     import base64
 
     return base64.b64encode(vector_to_bytes(vector)).decode("ascii")
+
+
+def vectors_from_bytes(values: list[bytes] | tuple[bytes, ...], dimension: int) -> Any:
+    """Vectors as a peer sends them (little-endian float32 each), as one float32 matrix
+    (numpy, a row each), checked as :func:`vector_from_field` checks one.
+
+    Raises:
+        ValueError: with the reason, for the user.
+    """
+    import numpy as np
+
+    for value in values:
+        if len(value) != 4 * dimension:
+            raise ValueError(f"`vector` has {len(value) / 4:g} dimensions, the store's model gives {dimension}")
+    matrix = np.frombuffer(b"".join(values), dtype="<f4").reshape(len(values), dimension)
+    if not np.isfinite(matrix).all() or not matrix.any(axis=1).all():
+        raise ValueError("`vector` holds a non-finite number or only zeros")
+    return matrix
 
 
 def vector_from_field(value: list[float] | str | bytes, dimension: int) -> list[float]:

@@ -1,5 +1,5 @@
 """A peer's vectors are used at once and checked in full in the background: one planted
-vector the sample missed is replaced, its peer is distrusted, and until checked no vector
+vector is replaced, its peer is distrusted, and until checked no vector
 of it leaves the machine. Real processes, a real relay on 127.0.0.1, the real model."""
 
 from __future__ import annotations
@@ -58,21 +58,16 @@ def test_a_planted_vector_is_replaced_in_the_background_and_never_forwarded(
     planted["vector"] = query_vector
     run(liar, "import", str(write_jsonl(tmp_path / "poisoned.jsonl", lines)))
 
-    # The victim takes the liar's vectors; its background check waits (a busy service, say).
-    for attempt in range(3):  # the 1 % sample catches the planted one 1 time in 100: then try again
-        victim = tmp_path / f"victim{attempt}"
-        serve, room = start_serve(spawn, liar, relay.url)
-        join = spawn(victim, "join", room["target"], "--pin", room["pin"], "--json",
-                     env=cli_env(IMPRINT_VERIFY_IDLE="3600", USER=CONSUMER_USER))
-        serve.next_event("approval_required")
-        serve.answer("y")
-        assert join.wait() == 0 and serve.wait() == 0, join.describe()
-        if stats(join)["vectors_reused"]:
-            break
-    else:
-        pytest.fail("the sample caught the planted vector three times running (1 in a million)")
+    # The victim takes the liar's vectors at once; its background check waits (a busy service, say).
+    victim = tmp_path / "victim"
+    serve, room = start_serve(spawn, liar, relay.url)
+    join = spawn(victim, "join", room["target"], "--pin", room["pin"], "--json",
+                 env=cli_env(IMPRINT_VERIFY_IDLE="3600", USER=CONSUMER_USER))
+    serve.next_event("approval_required")
+    serve.answer("y")
+    assert join.wait() == 0 and serve.wait() == 0, join.describe()
     waiting = status(victim)["vectors_unchecked"]
-    assert waiting == stats(join)["vectors_reused"] > N - 20
+    assert waiting == stats(join)["vectors_reused"] == N  # nothing was embedded on the way in
 
     # Not checked yet: none of those vectors leaves the victim (a third machine embeds them itself).
     third = tmp_path / "third"
