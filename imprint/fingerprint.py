@@ -145,24 +145,43 @@ def _runtime() -> str:
     return ",".join(out)
 
 
-def cached_canaries(fingerprint: str, cache_dir: Path | None) -> bytes:
+#: Canaries of the bundled model as this release's libraries compute them (keyed as the cache
+#: is: by fingerprint and library versions), so a new machine's first sync need not load the
+#: model to show them. Remade by ``python -m imprint.fingerprint``; tests/test_fingerprint.py
+#: checks them against the model.
+PACKAGED_CANARIES = Path(__file__).with_name("canaries.json")
+
+
+def canary_key(fingerprint: str) -> str:
+    return f"{fingerprint}|{_runtime()}"
+
+
+def cached_canaries(fingerprint: str, cache_dir: Path | None, *, packaged: bool = True) -> bytes:
     """The canary vectors cached for `fingerprint` run by the installed libraries
-    (little-endian float32, one after another), or b"" when none are."""
+    (little-endian float32, one after another), else (with `packaged`) those packaged
+    for the same, or b"" when none are."""
     import base64
     import binascii
 
-    try:
-        value = _read_cache(cache_dir, _CANARY_FILE).get(f"{fingerprint}|{_runtime()}", "")
-        return base64.b64decode(value, validate=True) if isinstance(value, str) else b""
-    except (binascii.Error, ValueError):
-        return b""
+    key = canary_key(fingerprint)
+    found = [_read_cache(cache_dir, _CANARY_FILE).get(key)]
+    if packaged:
+        found.append(_read_cache(PACKAGED_CANARIES.parent, PACKAGED_CANARIES.name).get(key))
+    for value in found:
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return b""
 
 
 def cache_canaries(fingerprint: str, vectors: bytes, cache_dir: Path | None) -> None:
     import base64
 
     cache = _read_cache(cache_dir, _CANARY_FILE)
-    cache[f"{fingerprint}|{_runtime()}"] = base64.b64encode(vectors).decode()
+    cache[canary_key(fingerprint)] = base64.b64encode(vectors).decode()
     _write_cache(cache_dir, cache, _CANARY_FILE)
 
 
@@ -181,3 +200,30 @@ def canary_agreement(ours: bytes, theirs: bytes) -> float:
     if not norms.all():
         return -1.0
     return float(((a * b).sum(axis=1) / norms).min())
+
+
+def _package_canaries() -> None:
+    """Compute the bundled model's canaries with the installed libraries and keep them in the
+    package (:data:`PACKAGED_CANARIES`), beside those of other library versions."""
+    import base64
+
+    import numpy as np
+
+    from imprint.actors.embedder import (
+        encode,
+        load_model,
+        precision_setting,
+        resolve_precision,
+    )
+    from imprint.config import DEFAULT_MODEL
+
+    fingerprint = model_fingerprint(DEFAULT_MODEL, write_cache=False)
+    vectors = encode(load_model(DEFAULT_MODEL), CANARIES, resolve_precision(precision_setting()))
+    packaged = _read_cache(PACKAGED_CANARIES.parent, PACKAGED_CANARIES.name)
+    packaged[canary_key(fingerprint)] = base64.b64encode(np.asarray(vectors, dtype="<f4").tobytes()).decode()
+    PACKAGED_CANARIES.write_text(json.dumps(packaged, indent=1, sort_keys=True) + "\n")
+    print(f"{PACKAGED_CANARIES}: {canary_key(fingerprint)}")
+
+
+if __name__ == "__main__":
+    _package_canaries()

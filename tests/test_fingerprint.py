@@ -80,3 +80,34 @@ def test_read_only_use_writes_no_cache(tmp_path: Path) -> None:
 def test_the_bundled_model_is_found_offline_and_an_unknown_name_is_marked() -> None:
     assert model_dir("all-MiniLM-L6-v2") is not None
     assert model_fingerprint("no-such-model-anywhere").startswith("name-")
+
+
+@pytest.mark.timeout(180)
+def test_the_packaged_canaries_are_what_the_bundled_model_computes_with_these_libraries() -> None:
+    """A new machine's first sync shows these without loading the model: they must be the model's."""
+    import base64
+
+    import numpy as np
+
+    from imprint.actors.embedder import (
+        encode,
+        load_model,
+        precision_setting,
+        resolve_precision,
+    )
+    from imprint.config import DEFAULT_MODEL
+    from imprint.fingerprint import (
+        CANARIES,
+        PACKAGED_CANARIES,
+        canary_agreement,
+        canary_key,
+    )
+
+    packaged = json.loads(PACKAGED_CANARIES.read_text())
+    key = canary_key(model_fingerprint(DEFAULT_MODEL, write_cache=False))
+    assert all(k.startswith(key.split("|")[0] + "|") for k in packaged), "canaries of another model are packaged"
+    if key not in packaged:
+        pytest.skip(f"no canaries packaged for these library versions ({key}): the first sync loads the model "
+                    "for them; `python -m imprint.fingerprint` adds them")
+    ours = np.asarray(encode(load_model(DEFAULT_MODEL), CANARIES, resolve_precision(precision_setting())), "<f4")
+    assert canary_agreement(ours.tobytes(), base64.b64decode(packaged[key])) > 0.99999

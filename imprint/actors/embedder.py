@@ -203,7 +203,9 @@ class Embedder(ImprintActor):
             self.precision = resolve_precision(self.precision)
             logger.debug("model {} loaded ({} matrix products)", self.model_name, self.precision)
             if self.cache_dir is not None:
-                self._canaries()  # a few ms now, while loaded: a later sync need not load the model for them
+                # A few ms now, while loaded: this machine's own, which a later sync shows without
+                # loading the model (until then the packaged ones of the bundled model stand in).
+                self._canaries(computed=True)
         return self._model
 
     def _split(self, text: str) -> tuple[str, ...]:
@@ -222,12 +224,15 @@ class Embedder(ImprintActor):
     def model_loaded(self) -> bool:
         return self._model is not None
 
-    def _canaries(self) -> bytes:
+    def _canaries(self, *, computed: bool = False) -> bytes:
+        """Our model's vectors of the canary sentences: cached ones (this data dir's, else those
+        packaged with imprint for the bundled model), or computed (and cached) with the model;
+        with `computed`, this data dir's own or computed now."""
         import numpy as np
 
         from imprint.fingerprint import CANARIES, cache_canaries, cached_canaries
 
-        vectors = cached_canaries(self.fingerprint, self.cache_dir)
+        vectors = cached_canaries(self.fingerprint, self.cache_dir, packaged=not computed)
         if len(vectors) != 4 * self.dimension * len(CANARIES):
             vectors = np.asarray(encode(self._load(), CANARIES, self.precision), dtype="<f4").tobytes()
             cache_canaries(self.fingerprint, vectors, self.cache_dir)

@@ -61,23 +61,40 @@ def test_vectors_have_the_model_dimension_are_normalized_and_in_order(embedder: 
 
 
 def test_canaries_are_the_model_vectors_of_the_fixed_sentences_and_are_cached(
-        embedder: pykka.ActorRef[Any], start_actor: Any, tmp_path: Any) -> None:
-    first = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path)
-    canaries = first.ask(DescribeCanaries(), timeout=120)
-    assert isinstance(canaries, Canaries) and len(canaries.vectors) == 4 * 384 * len(CANARIES)
+        embedder: pykka.ActorRef[Any], start_actor: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import json
+
     import numpy as np
 
+    from imprint import fingerprint
+
     expected = np.asarray(embed(embedder, *CANARIES), dtype="<f4").tobytes()
+    monkeypatch.setattr(fingerprint, "PACKAGED_CANARIES", tmp_path / "none-packaged.json")
+    first = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "a")
+    canaries = first.ask(DescribeCanaries(), timeout=120)
+    assert isinstance(canaries, Canaries) and len(canaries.vectors) == 4 * 384 * len(CANARIES)
     assert canary_agreement(canaries.vectors, expected) > 0.9999
+    assert first.proxy().model_loaded.get(timeout=10) is True  # nothing cached or packaged: computed
     # Another embedder on the same cache answers from it: no model loaded (an unchanged re-sync needs none).
-    second = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path)
+    second = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "a")
     assert second.ask(DescribeCanaries(), timeout=30).vectors == canaries.vectors
     assert second.proxy().model_loaded.get(timeout=10) is False
-    # An embedder that loads its model anyway (to embed memories) caches them then.
-    embedding = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "other")
-    embed(embedding, "a memory")
-    later = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "other")
-    assert later.ask(DescribeCanaries(), timeout=30).vectors == canaries.vectors
+
+    # Packaged with imprint (the bundled model's, for these library versions): a new data dir shows
+    # them without loading the model, as a new machine's first sync does.
+    packaged = tmp_path / "canaries.json"
+    key = fingerprint.canary_key(model_fingerprint("all-MiniLM-L6-v2", write_cache=False))
+    packaged.write_text(json.dumps({key: base64.b64encode(b"\x01" * len(expected)).decode()}))
+    monkeypatch.setattr(fingerprint, "PACKAGED_CANARIES", packaged)
+    fresh = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "b")
+    assert fresh.ask(DescribeCanaries(), timeout=30).vectors == b"\x01" * len(expected)
+    assert fresh.proxy().model_loaded.get(timeout=10) is False
+    # An embedder that loads its model anyway (to embed memories) computes and caches its own,
+    # which then stand instead of the packaged ones.
+    embed(fresh, "a memory")
+    later = start_actor(Embedder, model_name="all-MiniLM-L6-v2", cache_dir=tmp_path / "b")
+    assert canary_agreement(later.ask(DescribeCanaries(), timeout=30).vectors, expected) > 0.9999
     assert later.proxy().model_loaded.get(timeout=10) is False
 
 
