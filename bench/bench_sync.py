@@ -1,20 +1,25 @@
-"""Benchmark: a full sync of N memories + N facts through a local relay.
+"""Benchmark: a first sync to an empty machine through a local relay, same model and not.
 
 Run by hand (not a test):
 
-    python bench/bench_sync.py            # N = 2000 and 20000
-    python bench/bench_sync.py --n 2000   # one size
+    python bench/bench_sync.py                       # N = 100000 same-model, and 20000 short notes
+    python bench/bench_sync.py --n 20000 --runs 1    # one size, one run
 
-For each N: a provider data dir holds N memories (embedded there by the
-model: genuine vectors) and N facts; two empty consumers sync from it in
-turn, one running the same model (the provider's vectors travel, a checked
-sample is embedded) and one with `--reembed` (everything embedded where it
-arrives, as between peers with different models). `imprint relay`, `imprint
-serve` and `imprint join` run as real processes on 127.0.0.1. Prints, per
-leg, end-to-end memories/s (join start → both exited) and peak RSS (sampled
-every 50 ms); the Embedder's own texts/s on the same texts in this run; and
-the issue's ratios: same-model / re-embedding (target >= 5) and
-re-embedding / embedder (target >= 0.9).
+A provider data dir holds N memories with genuine vectors (embedded by imprint
+itself from generated notes) and N/10 facts. It is made once with the product
+and kept outside the repository (``--fixtures``, default
+``~/.cache/imprint-bench``), so a run spends its time on the sync. Each run
+syncs it to a new, empty data dir (`imprint relay`, `imprint serve` and
+`imprint join` as real processes on 127.0.0.1, no service running before:
+what a new machine's first sync pays), stopping both machines' services after.
+
+Prints, per leg, the wall time from starting `join` until both `serve` and
+`join` have exited (median of ``--runs``), what moved and at what MB/s, the
+peak RSS of each side's service, and in the same run the relay's own
+forwarding rate between two websocket clients (1 MiB frames). Targets (issue
+"A same-model first sync at the speed of the store"): 100k same-model in
+<= 20 s; sync MB/s >= 0.05 of the relay's; 20k short notes same-model >= 5x
+the re-embedding leg; the receiver's peak RSS <= 1.5 GB at 100k.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,11 +45,13 @@ WORDS = (
     "relay session review release branch merge config secret rotate backup restore latency budget owner "
     "incident runbook alert metric dashboard service api client server network storage index search"
 ).split()
+MIB = 1024 * 1024
 
 
-def text(i: int, rng: random.Random) -> str:
-    """A memory of 8 to 60 words (about 10 to 75 tokens): real notes vary in length."""
-    return f"Note {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60))) + "."
+def note(i: int, rng: random.Random, *, short: bool) -> str:
+    """A note of 8 to 60 words (~10 to 75 tokens), or of ~15 tokens when `short`."""
+    words = 10 if short else rng.randint(8, 60)
+    return f"Note {i}: " + " ".join(rng.choice(WORDS) for _ in range(words)) + "."
 
 
 def free_port() -> int:
@@ -51,167 +60,219 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PeakRss(threading.Thread):
-    """Samples a process's RSS (children included) until it exits."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(proc.pid)
-        self.peak = 0
-
-    def run(self) -> None:
-        while True:
-            try:
-                rss = self.proc.memory_info().rss
-            except psutil.Error:
-                return
-            self.peak = max(self.peak, rss)
-            time.sleep(0.05)  # sampling interval, not synchronisation
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("IMPRINT_")}
+    out.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return out
 
 
-def imprint(*args: str, data_dir: Path | None = None) -> list[str]:
+def imprint(data_dir: Path | None, *args: str) -> list[str]:
     cmd = [sys.executable, "-m", "imprint"]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     return cmd + list(args)
 
 
-def seed(data_dir: Path, n: int, rng: random.Random) -> list[str]:
-    texts = [text(i, rng) for i in range(n)]
-    src = data_dir.parent / f"{data_dir.name}-seed.jsonl"
-    with src.open("w") as fh:
-        for i, t in enumerate(texts):
-            fh.write(json.dumps({"content": t, "project": "bench", "source": f"bench/{i // 100}.md", "chunk_index": i % 100}) + "\n")
-    subprocess.run(imprint("import", str(src), data_dir=data_dir), check=True, stdout=subprocess.DEVNULL)
+class PeakRss(threading.Thread):
+    """Samples the RSS of the imprint service of a data dir (once it runs) until told to stop."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.data_dir = data_dir
+        self.peak = 0
+        self.done = threading.Event()
+
+    def _service(self) -> psutil.Process | None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "service" in cmd and "run" in cmd and str(self.data_dir) in cmd:
+                return proc
+        return None
+
+    def run(self) -> None:
+        proc = None
+        while not self.done.is_set():
+            try:
+                proc = proc or self._service()
+                if proc is not None:
+                    self.peak = max(self.peak, proc.memory_info().rss)
+            except psutil.Error:
+                proc = None
+            self.done.wait(0.05)  # the sampling interval, not synchronisation
+
+
+def stop_service(data_dir: Path) -> None:
+    subprocess.run(imprint(data_dir, "service", "stop"), env=env(), capture_output=True, timeout=120)
+
+
+def fixture(root: Path, n: int, *, short: bool) -> Path:
+    """The provider's data dir: made once with the product (`imprint import` embeds every note)."""
+    kind = "short" if short else "notes"
+    data = root / f"provider-{kind}-{n}"
+    if (data / "ready").exists():
+        return data
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    rng = random.Random(n)
+    rows = data.parent / f"{data.name}.jsonl"
+    with rows.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"content": note(i, rng, short=short), "project": "bench",
+                                 "source": f"bench/{i // 100}.md", "chunk_index": i % 100,
+                                 "timestamp": 1.7e9 + i}) + "\n")
+    print(f"making the fixture {data} ({n:,} memories, embedded here; once)…", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    subprocess.run(imprint(data, "import", str(rows)), check=True, env=env(), stdout=subprocess.DEVNULL)
+    _seed_facts(data, max(1, n // 10))  # through the CLI, one at a time, they would take minutes
+    stop_service(data)
+    rows.unlink()
+    (data / "ready").write_text(f"{time.perf_counter() - started:.0f} s to make\n")
+    return data
+
+
+def _seed_facts(data: Path, count: int) -> None:
     from imprint.actors.fact_store import FactStore
     from imprint.config import Settings
     from imprint.messages.records import FactRecord
     from imprint.messages.store import StoreFacts
 
-    settings = Settings(data_dir=data_dir)
-    store = FactStore.start(path=settings.facts_path)
+    stop_service(data)  # the fact store is the service's while it runs
+    store = FactStore.start(path=Settings(data_dir=data).facts_path)
     try:
-        facts = tuple(
-            FactRecord(subject=f"service-{i % 500}", predicate="depends_on", object=f"lib-{i}", valid_from=1.7e9 + i)
-            for i in range(n)
-        )
-        store.ask(StoreFacts(records=facts), timeout=300)
+        records = tuple(FactRecord(subject=f"service-{i % 500}", predicate="depends_on", object=f"lib-{i}",
+                                   valid_from=1.7e9 + i) for i in range(count))
+        store.ask(StoreFacts(records=records), timeout=600)
     finally:
         store.stop()
-    return texts
 
 
-def embedder_rate(texts: list[str]) -> tuple[float, str]:
-    """The Embedder's own texts/s on these texts, as imprint runs it (its batch size and
-    the precision it picks on this CPU), and that precision."""
-    from imprint.actors.embedder import (
-        encode,
-        load_model,
-        precision_setting,
-        resolve_precision,
-    )
-
-    model = load_model("all-MiniLM-L6-v2")
-    precision = resolve_precision(precision_setting())
-    sample = texts[: min(len(texts), 2000)]
-    encode(model, sample[:64], precision)  # warm
-    start = time.perf_counter()
-    encode(model, sample, precision)
-    return len(sample) / (time.perf_counter() - start), precision
-
-
-def start_relay(port: int) -> tuple[subprocess.Popen, PeakRss]:
-    relay = subprocess.Popen(imprint("relay", "--host", "127.0.0.1", "--port", str(port)), stderr=subprocess.PIPE, text=True)
-    rss = PeakRss(relay)
-    rss.start()
+def start_relay(port: int) -> subprocess.Popen:
+    relay = subprocess.Popen(imprint(None, "relay", "--host", "127.0.0.1", "--port", str(port)),
+                             stderr=subprocess.PIPE, text=True, env=env())
     relay.stderr.readline()  # "relay listening on …"
-    return relay, rss
+    return relay
 
 
-def sync(a: Path, b: Path, port: int, tmp: Path, *join_args: str) -> dict:
-    """One full sync A → B through the relay on `port`: seconds, peak RSS, what B says."""
-    serve = subprocess.Popen(
-        imprint("serve", "--relay", f"ws://127.0.0.1:{port}", "--json", data_dir=a),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(tmp / "serve.err").open("w"), text=True,
-    )
-    serve_rss = PeakRss(serve)
-    serve_rss.start()
+def relay_rate(port: int, *, frames: int = 256, size: int = MIB) -> float:
+    """MB/s the relay forwards from one websocket client to another (1 MiB binary frames)."""
+    import websocket
+
+    room = f"bench{random.randrange(10**9)}"
+    provider = websocket.create_connection(f"ws://127.0.0.1:{port}/{room}?role=provider", timeout=60)
+    consumer = websocket.create_connection(f"ws://127.0.0.1:{port}/{room}?role=consumer", timeout=60)
+    payload = os.urandom(size)
+    received = 0
+
+    def read() -> None:
+        nonlocal received
+        while received < frames * size:
+            received += len(consumer.recv())
+
+    reader = threading.Thread(target=read, daemon=True)
+    started = time.perf_counter()
+    reader.start()
+    for _ in range(frames):
+        provider.send(payload, opcode=websocket.ABNF.OPCODE_BINARY)
+    reader.join(timeout=300)
+    elapsed = time.perf_counter() - started
+    provider.close()
+    consumer.close()
+    return received / MIB / elapsed
+
+
+def written(relay: subprocess.Popen) -> int:
+    """Bytes the relay process has written (sockets included: Linux's wchar)."""
+    return psutil.Process(relay.pid).io_counters().write_chars
+
+
+def sync(provider: Path, relay: subprocess.Popen, port: int, work: Path, *join_args: str) -> dict:
+    """One first sync from `provider` to a new empty data dir: wall seconds, RSS, what moved."""
+    consumer = Path(tempfile.mkdtemp(prefix="consumer-", dir=work))
+    rss = {"provider": PeakRss(provider), "consumer": PeakRss(consumer)}
+    for sampler in rss.values():
+        sampler.start()
+    serve = subprocess.Popen(imprint(provider, "serve", "--relay", f"ws://127.0.0.1:{port}", "--json"),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(work / "serve.err").open("w"),
+                             text=True, env=env())
     room = next(e for e in map(json.loads, serve.stdout) if e["event"] == "room")
     serve.stdin.write("y\n")
     serve.stdin.flush()
-    start = time.perf_counter()
-    join = subprocess.Popen(
-        imprint("join", f"ws://127.0.0.1:{port}/{room['room']}", "--pin", room["pin"], "--json", *join_args,
-                data_dir=b),
-        stdout=subprocess.PIPE, stderr=(tmp / "join.err").open("w"), text=True,
-    )
-    join_rss = PeakRss(join)
-    join_rss.start()
+    before = written(relay)
+    started = time.perf_counter()
+    join = subprocess.Popen(imprint(consumer, "join", room["target"], "--pin", room["pin"], "--json", *join_args),
+                            stdout=subprocess.PIPE, stderr=(work / "join.err").open("w"), text=True, env=env())
     out, _ = join.communicate(timeout=3600)
-    serve.wait(timeout=120)
-    elapsed = time.perf_counter() - start
-    events = [json.loads(line) for line in out.splitlines()]
-    stats = [e for e in events if e["event"] == "stats"]
-    errors = {}
-    for side in ("serve", "join"):
-        lines = [line for line in (tmp / f"{side}.err").read_text().splitlines() if "error" in line.lower()]
-        if lines:
-            errors[side] = lines[-1][-300:]
-    for t in (serve_rss, join_rss):
-        t.join(timeout=5)
-    return {
-        "join_exit": join.returncode,
-        "serve_exit": serve.returncode,
-        "sync_s": round(elapsed, 1),
-        "peak_rss_mb": {"provider": round(serve_rss.peak / 2**20), "consumer": round(join_rss.peak / 2**20)},
-        "consumer_received": stats[0]["received"] if stats else None,
-        "vectors_reused": stats[0].get("vectors_reused", 0) if stats else None,
-        "notices": [e["message"] for e in events if e["event"] == "notice"],
-        "errors": errors,
-    }
+    serve.communicate(timeout=600)
+    elapsed = time.perf_counter() - started
+    relayed = written(relay) - before
+    for sampler in rss.values():
+        sampler.done.set()
+        sampler.join(timeout=5)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    [stats] = [e for e in events if e["event"] == "stats"] or [None]
+    moved = sum(p["done"] for p in events if p["event"] == "progress" and p["direction"] == "receive"
+                and p["done"] == p["total"])
+    stop_service(consumer)
+    stop_service(provider)
+    size = sum(f.stat().st_size for f in consumer.rglob("*") if f.is_file())
+    shutil.rmtree(consumer, ignore_errors=True)
+    if join.returncode or serve.returncode or stats is None:
+        raise SystemExit(f"sync failed (join {join.returncode}, serve {serve.returncode}): "
+                         f"{(work / 'join.err').read_text()[-800:]}")
+    return {"s": elapsed, "received": stats["received"], "vectors_reused": stats.get("vectors_reused", 0),
+            "records": moved, "relayed_mb": round(relayed / MIB, 1), "consumer_mb_on_disk": round(size / MIB, 1),
+            "peak_rss_mb": {k: round(v.peak / MIB) for k, v in rss.items()}}
 
 
-def run(n: int) -> dict:
-    """Seed A with N memories (embedded there) and N facts, then a full sync to an empty
-    same-model B (A's vectors travel, B checks a sample) and to an empty C that
-    re-embeds everything (`--reembed`, as a peer with another model would)."""
-    rng = random.Random(n)
-    with tempfile.TemporaryDirectory(prefix="imprint-bench-") as tmp:
-        work = Path(tmp)
-        a = work / "provider"
-        t0 = time.perf_counter()
-        texts = seed(a, n, rng)
-        seed_s = time.perf_counter() - t0
-        port = free_port()
-        relay, relay_rss = start_relay(port)
-        legs = {"same_model": sync(a, work / "same", port, work),
-                "reembed": sync(a, work / "reembed", port, work, "--reembed")}
-        relay.terminate()
-        relay.wait(timeout=30)
-        relay_rss.join(timeout=5)
-        rate, precision = embedder_rate(texts)
-        for leg in legs.values():
-            leg["memories_per_s"] = round(n / leg["sync_s"], 1)
-        same, again = legs["same_model"]["memories_per_s"], legs["reembed"]["memories_per_s"]
-        return {
-            "n": n,
-            "seed_s": round(seed_s, 1),
-            **legs,
-            "relay_peak_rss_mb": round(relay_rss.peak / 2**20),
-            "embedder_texts_per_s": round(rate, 1),
-            "embedder_precision": precision,
-            "same/reembed": round(same / again, 2),
-            "reembed/embedder": round(again / rate, 2),
-        }
+def legs(provider: Path, relay: subprocess.Popen, port: int, work: Path, runs: int, names: list[str]
+         ) -> dict[str, dict]:
+    """`runs` of each leg, interleaved (same-model, re-embed, same-model…): medians."""
+    args = {"same_model": (), "reembed": ("--reembed",)}
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(runs):
+        for name in names:
+            results[name].append(sync(provider, relay, port, work, *args[name]))
+    out = {}
+    for name, runs_ in results.items():
+        times = sorted(r["s"] for r in runs_)
+        median = statistics.median(times)
+        chosen = min(runs_, key=lambda r: abs(r["s"] - median))
+        out[name] = {**chosen, "s": round(median, 1), "all_s": [round(t, 1) for t in times],
+                     "sync_mb_s": round(chosen["relayed_mb"] / median, 2)}
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, action="append", help="records per dataset (repeatable; default 2000 and 20000)")
+    parser.add_argument("--n", type=int, default=100_000, help="memories of the same-model leg (default 100000)")
+    parser.add_argument("--short-n", type=int, default=20_000,
+                        help="short notes of the same-model vs re-embedding legs (default 20000; 0: skip)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each leg; medians are printed (default 3)")
+    parser.add_argument("--fixtures", type=Path, default=Path.home() / ".cache" / "imprint-bench",
+                        help="where the provider data dirs are made once and kept (outside the repository)")
     args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for n in args.n or [2000, 20000]:
-        print(json.dumps(run(n)), flush=True)
+    args.fixtures.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="imprint-bench-sync-"))
+    port = free_port()
+    relay = start_relay(port)
+    try:
+        report: dict = {"relay_mb_s": [round(relay_rate(port), 1) for _ in range(3)]}
+        relay_mb_s = statistics.median(report["relay_mb_s"])
+        if args.n:
+            provider = fixture(args.fixtures, args.n, short=False)
+            big = legs(provider, relay, port, work, args.runs, ["same_model"])["same_model"]
+            report[f"same_model_{args.n}"] = big
+            report["sync_mb_s/relay_mb_s"] = round(big["sync_mb_s"] / relay_mb_s, 3)
+        if args.short_n:
+            provider = fixture(args.fixtures, args.short_n, short=True)
+            short = legs(provider, relay, port, work, args.runs, ["same_model", "reembed"])
+            report[f"short_{args.short_n}"] = short
+            report["short: reembed_s/same_model_s"] = round(short["reembed"]["s"] / short["same_model"]["s"], 2)
+        print(json.dumps(report, indent=1), flush=True)
+    finally:
+        relay.terminate()
+        relay.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
