@@ -130,6 +130,19 @@ def record_of(payload: dict[str, Any] | None) -> MemoryRecord:
     return msgspec.convert(payload or {}, MemoryRecord)
 
 
+def stored_of_all(points: list[Any], vectors: bool) -> list[StoredMemory]:
+    """:func:`stored_of` of many points, their payloads converted in one call."""
+    payloads = [point.payload or {} for point in points]
+    records = msgspec.convert(payloads, list[MemoryRecord])
+    out = []
+    for point, payload, record in zip(points, payloads, records):
+        vector = None
+        if vectors:
+            vector = (point.vector or {}).get(VECTOR_NAME) if isinstance(point.vector, dict) else point.vector
+        out.append(StoredMemory(record=record, vector=vector, model=str(payload.get(MODEL_KEY) or "")))
+    return out
+
+
 def stored_of(point: Any, vectors: bool) -> StoredMemory:
     """A point (as either engine returns it) as a StoredMemory; its vector only if asked for."""
     payload = point.payload or {}

@@ -26,9 +26,11 @@ from typing import Any
 import msgspec
 
 from imprint.errors import StoreError
-from imprint.messages.records import MemoryRecord, MemoryVersion, point_id
+from imprint.messages.records import MemoryRecord, MemoryVersion, content_hash, point_id
 from imprint.storage import (
+    HASH_KEY,
     KEYWORD_FIELDS,
+    MODEL_KEY,
     ORDER_FIELD,
     VECTOR_NAME,
     VERSION_PAYLOAD,
@@ -36,14 +38,11 @@ from imprint.storage import (
     MemoryFilter,
     StoredMemory,
     StoreMeta,
-    payload_of,
     read_versions,
+    stored_of_all,
 )
 from imprint.storage import (
     record_of as _record,
-)
-from imprint.storage import (
-    stored_of as _stored,
 )
 
 META_FILE = "imprint-store.json"
@@ -68,6 +67,28 @@ def _where(where: MemoryFilter | None) -> Any:
     if where.after is not None or where.before is not None:
         must.append(q.FieldCondition(key=ORDER_FIELD, range=q.RangeFloat(gte=where.after, lt=where.before)))
     return q.Filter(must=must)
+
+
+#: Payload fields left out when they hold their default (read back as it): Edge converts a
+#: payload field by field, ~3 µs each and ~20 µs for the tags, the most of writing a point.
+#: None of them is filtered or faceted on (imprint.storage.KEYWORD_FIELDS, ORDER_FIELD).
+_DEFAULTED = {"chunk_index": 0, "source_mtime": 0.0}
+
+
+def slim_payloads(memories: list[StoredMemory]) -> list[dict[str, Any]]:
+    """The payloads of these memories (:func:`~imprint.storage.payload_of`, built in one go),
+    without the fields and tags that hold their defaults."""
+    payloads = msgspec.to_builtins([m.record for m in memories])
+    for memory, payload in zip(memories, payloads):
+        for key, default in _DEFAULTED.items():
+            if payload.get(key) == default:
+                del payload[key]
+        tags = {k: v for k, v in payload.pop("tags").items() if v}
+        if tags:
+            payload["tags"] = tags
+        payload[MODEL_KEY] = memory.model
+        payload[HASH_KEY] = content_hash(memory.record.content)
+    return payloads
 
 
 def read_meta(path: Path) -> StoreMeta | None:
@@ -155,8 +176,8 @@ class EdgeBackend:
 
     def upsert(self, memories: list[StoredMemory]) -> None:
         q = _edge()
-        points = [q.Point(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector},
-                          payload=payload_of(m)) for m in memories]
+        points = [q.Point(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector}, payload=payload)
+                  for m, payload in zip(memories, slim_payloads(memories))]
         if points:
             self._shard.update(q.UpdateOperation.upsert_points(points))
             self._shard.flush()
@@ -184,7 +205,7 @@ class EdgeBackend:
             return []
         found = self._shard.retrieve([point_id(i) for i in ids], with_payload=True,
                                      with_vector=[VECTOR_NAME] if vectors else False)
-        return [_stored(p, vectors) for p in found]
+        return stored_of_all(found, vectors)
 
     def page(self, limit: int, after: str | None, *, vectors: bool = False) -> tuple[list[StoredMemory], str | None]:
         if self._shard is None:
@@ -192,7 +213,7 @@ class EdgeBackend:
         q = _edge()
         points, next_offset = self._shard.scroll(q.ScrollRequest(
             offset=after, limit=limit, with_payload=True, with_vector=[VECTOR_NAME] if vectors else False))
-        return [_stored(p, vectors) for p in points], (str(next_offset) if next_offset is not None else None)
+        return stored_of_all(points, vectors), (str(next_offset) if next_offset is not None else None)
 
     def search(self, vector: list[float], limit: int, where: MemoryFilter) -> list[tuple[float, MemoryRecord]]:
         if self._shard is None:
