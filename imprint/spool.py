@@ -83,6 +83,12 @@ class SpooledBatch:
     model: str = ""
     #: The fingerprint of the peer that sent it ("" if unknown).
     peer: str = ""
+    #: Every spooled batch it holds (see :meth:`Spool.next_batch`'s `join`); () means just `id`.
+    ids: tuple[int, ...] = ()
+
+    @property
+    def batch_ids(self) -> tuple[int, ...]:
+        return self.ids or (self.id,)
 
 
 @dataclass(frozen=True)
@@ -194,15 +200,52 @@ class Spool:
 
     # ---------------------------------------------------------------- store side
 
-    def next_batch(self, datasets: tuple[Dataset, ...] = ("memories", "facts")) -> SpooledBatch | None:
-        """The oldest batch of `datasets` waiting to be stored, or None."""
+    def next_batch(self, datasets: tuple[Dataset, ...] = ("memories", "facts"), *, join: int = 0
+                   ) -> SpooledBatch | None:
+        """The oldest batch of `datasets` waiting to be stored, or None. With `join`, memory
+        batches with vectors that follow it in the same stream (same model) are joined to it
+        up to about `join` records: one store call, one flush, for all of them."""
+        first = self._next_batch(datasets)
+        if first is None or not join or first.dataset != "memories" or not first.vectors:
+            return first
+        joined = [first]
+        count = len(first.records)
+        after = first.id
+        while count < join:
+            nxt = self._next_batch(("memories",), after=after, stream=first.stream)
+            if (nxt is None or nxt.stream != first.stream or not nxt.vectors or nxt.model != first.model
+                    or count + len(nxt.records) > join):
+                break
+            joined.append(nxt)
+            count += len(nxt.records)
+            after = nxt.id
+        if len(joined) == 1:
+            return first
+        return SpooledBatch(id=first.id, stream=first.stream, dataset="memories",
+                            records=tuple(r for b in joined for r in b.records),
+                            vectors=tuple(v for b in joined for v in b.vectors), model=first.model, peer=first.peer,
+                            ids=tuple(b.id for b in joined))
+
+    def _next_batch(self, datasets: tuple[Dataset, ...], *, after: int = 0, stream: str | None = None
+                    ) -> SpooledBatch | None:
         marks = ",".join("?" * len(datasets))
+        if after:
+            row = self._read(
+                "SELECT b.id, b.stream, b.dataset, b.body, b.vectors, b.model, s.peer FROM batches b "
+                "LEFT JOIN streams s ON s.stream = b.stream WHERE b.id > ? ORDER BY b.id LIMIT 1", (after,)
+            ).fetchone()
+            if row is None or row[1] != stream or row[2] not in datasets:
+                return None
+            return self._decoded(row, datasets)
         row = self._read(
             f"SELECT b.id, b.stream, b.dataset, b.body, b.vectors, b.model, s.peer FROM batches b "
             f"LEFT JOIN streams s ON s.stream = b.stream WHERE b.dataset IN ({marks}) ORDER BY b.id LIMIT 1", datasets
         ).fetchone()
         if row is None:
             return None
+        return self._decoded(row, datasets)
+
+    def _decoded(self, row: tuple, datasets: tuple[Dataset, ...]) -> SpooledBatch | None:
         batch_id, stream, dataset, body, carried, model, peer = row
         try:
             records = _decoders[dataset].decode(body)
@@ -215,12 +258,14 @@ class Spool:
 
             logger.error("dropping unreadable spool batch {} ({}): {}", batch_id, dataset, exc)
             self.remove(batch_id)
-            return self.next_batch(datasets)
+            return self._next_batch(datasets)
         return SpooledBatch(id=batch_id, stream=stream, dataset=dataset, records=records, vectors=vectors,
                             model=model or "", peer=peer or "")
 
-    def remove(self, batch_id: int) -> None:
-        self._write("DELETE FROM batches WHERE id = ?", (batch_id,))
+    def remove(self, batch_id: int | tuple[int, ...]) -> None:
+        """Remove a stored batch (or those of a joined one), in one transaction."""
+        ids = batch_id if isinstance(batch_id, tuple) else (batch_id,)
+        self._write(f"DELETE FROM batches WHERE id IN ({','.join('?' * len(ids))})", ids)
 
     def stream_done(self, stream: str) -> bool:
         """True when the stream is complete and none of its batches waits any more."""

@@ -93,3 +93,35 @@ def test_a_batch_that_would_leave_the_disk_below_its_floor_is_refused_and_nothin
     with pytest.raises(ConfigError, match="IMPRINT_MIN_DISK_FREE"):
         spool.append("s", "facts", facts)
     spool.close()
+
+
+def test_memory_batches_with_vectors_are_joined_up_to_a_size_within_one_stream_and_model(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    for stream in ("a", "b"):
+        spool.open_stream(stream)
+    v = b"\x00\x00\x80\x3f" * 4
+
+    def add(stream: str, *texts: str, vectors: bool = True, model: str = "fp") -> int:
+        records = tuple(mem(t) for t in texts)
+        return spool.append(stream, "memories", records, vectors=(v,) * len(records) if vectors else (), model=model)
+
+    one = add("a", "1", "2")
+    two = add("a", "3", "4")
+    three = add("a", "5", "6")  # past the size asked for
+    four = add("b", "7")  # another stream
+    five = add("b", "8", vectors=False)  # no vectors: never joined
+    six = add("b", "9", model="other")
+
+    joined = spool.next_batch(join=4)
+    assert joined.batch_ids == (one, two) and [r.content for r in joined.records] == ["1", "2", "3", "4"]
+    assert joined.vectors == (v,) * 4 and joined.model == "fp" and joined.stream == "a"
+    spool.remove(joined.batch_ids)
+    assert spool.next_batch(join=4).batch_ids == (three,)  # stops at the stream's end
+    spool.remove(three)
+    assert spool.next_batch(join=4).batch_ids == (four,)  # stops before a batch without vectors
+    spool.remove(four)
+    assert spool.next_batch(join=4).batch_ids == (five,)
+    spool.remove(five)
+    assert spool.next_batch(join=4).batch_ids == (six,)
+    assert spool.next_batch().batch_ids == (six,)  # without join: one batch, as always
+    spool.close()
