@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS batches (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL
 );
+-- what pending() sums, without reading the batches' rows (their bodies are megabytes)
+CREATE INDEX IF NOT EXISTS batches_pending ON batches (dataset, count, size);
 CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY,
     peer TEXT NOT NULL DEFAULT '',
