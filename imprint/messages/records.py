@@ -149,9 +149,18 @@ def memory_id(project: str, source: str, content: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
 def point_id(memory_id_: str) -> str:
-    """SPEC Qdrant point id: uuid5(NAMESPACE_URL, "imprint::" + id)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "imprint::" + memory_id_))
+    """SPEC Qdrant point id: uuid5(NAMESPACE_URL, "imprint::" + id), as :func:`uuid.uuid5`
+    makes it (a test holds them equal), in a third of its time: a sync computes one per
+    memory on each side."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + ("imprint::" + memory_id_).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def stored_time(ts: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 
 import msgspec
@@ -181,3 +182,10 @@ def test_a_typed_or_imported_memory_dated_ahead_is_refused_and_a_day_of_skew_is_
     # a client writing milliseconds instead of seconds is caught the same way
     with pytest.raises(msgspec.ValidationError, match="ahead"):
         decode_memory_input(msgspec.json.encode({"content": "x", "timestamp": now * 1000}))
+
+
+def test_point_ids_are_exactly_uuid5_for_any_id() -> None:
+    """point_id computes SPEC's uuid5 itself (for speed): it must never differ from uuid.uuid5."""
+    rng = random.Random(26)
+    ids = [f"{rng.getrandbits(64):016x}" for _ in range(5000)] + ["", "not-hex é ✓", "0" * 16, "f" * 16]
+    assert [point_id(i) for i in ids] == [str(uuid.uuid5(uuid.NAMESPACE_URL, "imprint::" + i)) for i in ids]
