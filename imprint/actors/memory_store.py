@@ -272,7 +272,7 @@ class MemoryStore(ImprintActor):
 
     # ------------------------------------------------------------ vectors not checked yet
     #
-    # A peer's vectors are stored as it sent them (after a sample is checked) and listed in
+    # A peer's vectors are stored as it sent them and listed in
     # `unverified` until the background check (imprint.actors.verifier) has embedded their
     # texts here and compared. Until then they never leave this machine: reads for a sync or
     # an export get no vector for them (the other side embeds). Peers whose vectors were found

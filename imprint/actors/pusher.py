@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pykka
 from loguru import logger
 
-from imprint.actors.base import ImprintActor, ask
+from imprint.actors.base import ASK_TIMEOUT, ImprintActor, ask
 from imprint.errors import ImprintError
 from imprint.messages.events import Progress
 from imprint.messages.records import fact_key, point_id, vector_to_bytes
@@ -114,6 +115,8 @@ class Pusher(ImprintActor):
         #: The model fingerprint whose vectors go with the memories ("": none).
         self._vectors = ""
         self._offset = 0
+        #: The next page of selected memories, asked of the store ahead: (its offset, the future).
+        self._ahead: tuple[int, Any] | None = None
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -183,17 +186,41 @@ class Pusher(ImprintActor):
                 return
         self.actor_ref.tell(_Next())
 
+    def _memories_of(self, offset: int) -> Any:
+        """The store's answer for the selected memories from `offset` (asked ahead: see below)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == offset:
+            future = ahead[1]
+        else:
+            future = self._retrieve(offset)
+        # Ask for the next page now: the store reads it while this one is encoded and sent.
+        if offset + self._batch_size < len(self._only["memories"]):
+            self._ahead = (offset + self._batch_size, self._retrieve(offset + self._batch_size))
+        try:
+            return future.get(timeout=ASK_TIMEOUT)
+        except pykka.ActorDeadError:
+            raise ImprintError("internal error: the memory store stopped unexpectedly") from None
+        except pykka.Timeout:
+            raise ImprintError(f"the memory store did not answer within {ASK_TIMEOUT:.0f}s") from None
+
+    def _retrieve(self, offset: int) -> Any:
+        keys = self._only["memories"][offset:offset + self._batch_size]
+        try:
+            return self.memory_store.ask(RetrieveMemories(ids=keys, vectors=bool(self._vectors)), block=False)
+        except pykka.ActorDeadError:
+            raise ImprintError("internal error: the memory store stopped unexpectedly") from None
+
     def _next_selected(self) -> None:
         keys = self._only[self._dataset][self._offset:self._offset + self._batch_size]
         if keys:
             if self._dataset == "memories" and self._vectors:
-                page = ask(self.memory_store, RetrieveMemories(ids=keys, vectors=True))
+                page = self._memories_of(self._offset)
                 found = {r.id: (r, v, m) for r, v, m in zip(page.records, page.vectors or (), page.models or ())}
                 chosen = [found[i] for i in keys if i in found]
                 vectors = tuple(vector_to_bytes(v) if m == self._vectors and v else None for _, v, m in chosen)
                 self._send_records("memories", tuple(r for r, _, _ in chosen), vectors=vectors)
             elif self._dataset == "memories":
-                found = {r.id: r for r in ask(self.memory_store, RetrieveMemories(ids=keys))}
+                found = {r.id: r for r in self._memories_of(self._offset)}
                 self._send_records("memories", tuple(found[i] for i in keys if i in found))
             else:
                 self._send_records("facts", ask(self.fact_store, RetrieveFacts(keys=keys)))

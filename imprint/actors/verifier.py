@@ -1,9 +1,8 @@
 """Verifier: checks in the background every vector a peer sent that was stored unchecked.
 
-A same-model peer's vectors are used as they arrive (the Storer embeds a
-sample of each batch to check them), so a sync costs no embedding here. But
-a sample misses a few planted vectors: one memory carrying the vector of
-"how do we deploy?" among thousands would rank first for that question. So
+A same-model peer's vectors are used as they arrive, so a sync costs no
+embedding here. But one memory carrying the vector of "how do we deploy?"
+among thousands would rank first for that question. So
 every such vector is listed as unverified (:class:`~imprint.actors.memory_store.MemoryStore`
 keeps the list; until checked, a vector never leaves this machine), and this
 actor, whenever the service has been quiet for :data:`IDLE` seconds and no
