@@ -17,7 +17,7 @@ from typing import Any
 
 from imprint.commands import CommandLine, chat, documents, facts, memories, service, sync, trash, trust, ui
 from imprint.commands.render import Output, note
-from imprint.config import Settings, settings_from, validate_workspace
+from imprint.config import DEFAULT_MODEL, Settings, settings_from, validate_workspace
 from imprint.errors import ImprintError, InputError
 from imprint.readonly import read_only_media
 
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             # A command that only reads does not create a store where a mistyped --data-dir points.
             raise InputError(f"there is no imprint data dir at {settings.data_dir} (nothing was created there): "
                              "check --data-dir / IMPRINT_DATA_DIR; `imprint add` or `imprint import` starts one")
+        if settings.model != DEFAULT_MODEL and not getattr(args, "read_only", False):
+            from imprint.models import resolve_model
+
+            resolve_model(settings.model)  # a model not on this machine fails now, before a service starts for it
         if getattr(args, "read_only", False):
             validate_workspace(settings.workspace)
         elif getattr(args, "reads", False) and read_only_media(settings.data_dir):

@@ -89,8 +89,10 @@ def test_an_unknown_model_fails_at_once_naming_what_is_installed(tmp_path: Path,
     assert done.returncode == 1
     assert "'all-mpnet-base-v2' is not on this machine" in done.stderr and "all-MiniLM-L6-v2" in done.stderr
     assert "Traceback" not in done.stderr
-    # It used to try the model hub for over a minute; a bound, not a benchmark (the service starts too).
+    # It used to try the model hub for over a minute; a bound, not a benchmark. It is checked before
+    # anything else: no service started for it, no data dir made.
     assert took < 20, took
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("args", [("search", "x"), ("export",), ("fact", "list"), ("show", "a.md")])
