@@ -497,8 +497,8 @@ class MemoryStore(ImprintActor):
     def _write(self, message: Any) -> Any:
         match message:
             case StoreMemories(records=records, vectors=vectors, stored=stored, model=model, unverified=unverified,
-                               peer=peer):
-                return self._store(records, vectors, stored, model, unverified, peer)
+                               peer=peer, flush=flush):
+                return self._store(records, vectors, stored, model, unverified, peer, flush=flush)
             case ResolveUnverified(checked=checked, replaced=replaced, vectors=vectors, distrust=distrust):
                 return self._resolve(checked, replaced, vectors, distrust)
             case ForgetMemories(deleted_at=deleted_at, ids=ids, where=where):
@@ -533,7 +533,7 @@ class MemoryStore(ImprintActor):
 
     def _store(self, records: tuple[MemoryRecord, ...], vectors: list[list[float]],
                stored: dict[str, MemoryVersion] | None, model: str | None, unverified: tuple[str, ...] = (),
-               peer: str = "") -> StoreResult:
+               peer: str = "", *, flush: bool = True) -> StoreResult:
         if len(records) != len(vectors):
             raise StoreError(f"{len(records)} records but {len(vectors)} vectors")
         if self._meta is None:
@@ -562,7 +562,7 @@ class MemoryStore(ImprintActor):
             seen.add(record.id)
             points.append(StoredMemory(record=record, vector=vector, model=model))
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
-        self._backend.upsert(points)
+        self._backend.upsert(points, flush=flush)
         self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
         if unverified:
             doubtful = set(unverified)

@@ -69,6 +69,8 @@ EMBED_CHUNK = 32
 #: joins consecutive ones): one Edge upsert, flush and index transaction for all, where those
 #: of each 500-record batch took as long as building its points.
 JOIN_RECORDS = 5000
+#: Records per store message: what a search that comes meanwhile may wait behind (~60 ms).
+STORE_PART = 1000
 #: A received vector this close (cosine) to ours is the same model's.
 MIN_COSINE = 0.999
 
@@ -257,13 +259,21 @@ class Storer(ImprintActor):
         n = len(batch.records)
         if not self._todo:
             return StoreResult(skipped=n, kept_ids=self._kept)
-        result = ask(self.memory_store, StoreMemories(records=tuple(self._todo), vectors=self._vectors,
-                                                      stored=self._stored, model=self._given_model,
-                                                      unverified=self._unverified if self._given_model else (),
-                                                      peer=batch.peer))
+        # In parts, each its own message: a search waits behind one part, not behind the whole
+        # joined batch (Edge holds the GIL while it writes); flushed once, with the last part.
+        inserted = updated = 0
+        todo = tuple(self._todo)
+        for start in range(0, len(todo), STORE_PART):
+            result = ask(self.memory_store, StoreMemories(
+                records=todo[start:start + STORE_PART], vectors=self._vectors[start:start + STORE_PART],
+                stored=self._stored, model=self._given_model,
+                unverified=self._unverified if self._given_model else (), peer=batch.peer,
+                flush=start + STORE_PART >= len(todo)))
+            inserted += result.inserted
+            updated += result.updated
         reused, self._reused = self._reused, 0
-        return StoreResult(inserted=result.inserted, skipped=n - result.inserted, updated=result.updated,
-                           kept_ids=self._kept, vectors_reused=reused)
+        return StoreResult(inserted=inserted, skipped=n - inserted, updated=updated, kept_ids=self._kept,
+                           vectors_reused=reused)
 
     def _embedder(self) -> Any:
         if self.embedder is None:

@@ -119,6 +119,9 @@ class StoreMemories(msgspec.Struct, frozen=True):
     #: (imprint.actors.verifier) has embedded them here and compared.
     unverified: tuple[str, ...] = ()
     peer: str = ""
+    #: False: the embedded store may keep the write unflushed (a later StoreMemories of the
+    #: same batch flushes it; the caller keeps the batch in its spool until then).
+    flush: bool = True
 
 
 FactIdentity = tuple[str, str, str, float]

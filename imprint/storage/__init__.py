@@ -93,8 +93,9 @@ class Backend(Protocol):
     def stored_versions(self, ids: tuple[str, ...]) -> dict[str, MemoryVersion]:
         """Memory id → stored (timestamp, content hash), for those of `ids` that are stored."""
 
-    def upsert(self, memories: list[StoredMemory]) -> None:
-        """Write these memories (each with its vector and model), replacing same ids."""
+    def upsert(self, memories: list[StoredMemory], *, flush: bool = True) -> None:
+        """Write these memories (each with its vector and model), replacing same ids; durable
+        on return unless `flush` is False (a server's writes always are)."""
 
     def delete(self, ids: tuple[str, ...]) -> None:
         """Remove these memories (ids not stored are ignored)."""

@@ -174,12 +174,13 @@ class EdgeBackend:
     def _contents(self, point_ids: list[str]) -> list[Any]:
         return self._shard.retrieve(point_ids, with_payload=["content"], with_vector=False)
 
-    def upsert(self, memories: list[StoredMemory]) -> None:
+    def upsert(self, memories: list[StoredMemory], *, flush: bool = True) -> None:
         q = _edge()
         points = [q.Point(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector}, payload=payload)
                   for m, payload in zip(memories, slim_payloads(memories))]
         if points:
             self._shard.update(q.UpdateOperation.upsert_points(points))
+        if flush:
             self._shard.flush()
 
     def delete(self, ids: tuple[str, ...]) -> None:

@@ -117,7 +117,7 @@ class ServerBackend:
     def _contents(self, point_ids: list[str]) -> list[Any]:
         return self._client.retrieve(self.collection, ids=point_ids, with_payload=["content"], with_vectors=False)
 
-    def upsert(self, memories: list[StoredMemory]) -> None:
+    def upsert(self, memories: list[StoredMemory], *, flush: bool = True) -> None:
         from qdrant_client import models
 
         points = [models.PointStruct(id=point_id(m.record.id), vector={VECTOR_NAME: m.vector},
