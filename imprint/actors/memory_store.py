@@ -139,6 +139,8 @@ class MemoryStore(ImprintActor):
         self._counts: dict[Any, Any] = {}
         #: Read-only media: the store is read from a private copy (imprint.readonly).
         self._snapshot: Any = None
+        #: Statements of the write in hand, committed together (one fsync, not one per table).
+        self._grouped: list[tuple[str, list[tuple[Any, ...]]]] | None = None
 
     @property
     def location(self) -> str:
@@ -243,10 +245,19 @@ class MemoryStore(ImprintActor):
             self._in_transaction("DELETE FROM memory_versions WHERE id = ?", [(i,) for i in ids])
 
     def _in_transaction(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self._grouped is not None:  # one transaction for a whole write (see _store)
+            self._grouped.append((sql, rows))
+            return
+        self._commit([(sql, rows)])
+
+    def _commit(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        if not statements:
+            return
         db = self._tombstones.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(sql, rows)
+            for sql, rows in statements:
+                db.executemany(sql, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -563,14 +574,19 @@ class MemoryStore(ImprintActor):
             points.append(StoredMemory(record=record, vector=vector, model=model))
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points, flush=flush)
-        self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
-        if unverified:
-            doubtful = set(unverified)
-            self._mark_unverified([(m.record.id, content_hash(m.record.content)) for m in points
-                                   if m.record.id in doubtful], peer)
-            self._mark_checked([m.record.id for m in points if m.record.id not in doubtful])
-        else:
-            self._mark_checked([m.record.id for m in points])  # our own vectors now
+        self._grouped = []
+        try:
+            self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
+            if unverified:
+                doubtful = set(unverified)
+                self._mark_unverified([(m.record.id, content_hash(m.record.content)) for m in points
+                                       if m.record.id in doubtful], peer)
+                self._mark_checked([m.record.id for m in points if m.record.id not in doubtful])
+            else:
+                self._mark_checked([m.record.id for m in points])  # our own vectors now
+        finally:
+            grouped, self._grouped = self._grouped, None
+        self._commit(grouped)
         inserted = len(points) - updated
         return StoreResult(inserted=inserted, skipped=len(records) - inserted, updated=updated, forgotten=forgotten)
 
