@@ -267,7 +267,7 @@ def format_stats(event: Stats) -> str:
         lines.append(f"  tombstones refused (not the other machine's to send, or dated ahead): "
                      f"{event.forgets_refused:,}")
     if event.vectors_reused:
-        lines.append(f"  vectors taken from the other machine (same model, checked): {event.vectors_reused:,}")
+        lines.append(f"  vectors taken from the other machine (same model; each checked here in the background): {event.vectors_reused:,}")
     return "\n".join(lines)
 
 

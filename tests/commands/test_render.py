@@ -51,7 +51,7 @@ def test_the_summary_says_how_many_vectors_came_from_the_other_machine() -> None
                                     "facts": {"inserted": 0, "skipped": 0, "rejected": 0, "ended": 0}},
                        "sent": {"memories": {"sent": 0}, "facts": {"sent": 0}}, "forgotten": 0, "vectors_reused": 38})
     assert format_stats(decode_event(line)).splitlines()[-1] == \
-        "  vectors taken from the other machine (same model, checked): 38"
+        "  vectors taken from the other machine (same model; each checked here in the background): 38"
     notice = decode_event(json.dumps({"event": "notice", "message": "the other machine's vectors are not used"}))
     assert json.loads(encode_event(notice)) == {"event": "notice", "message": "the other machine's vectors are not used"}
 

@@ -334,7 +334,7 @@ function formatStats(ev) {
   if (ev.forgotten) lines.push(`  forgotten here, as on the other machine: ${ev.forgotten} (kept in the trash for 30 days)`);
   if (ev.forgets_kept) lines.push(`  kept, though the other machine forgot them: ${ev.forgets_kept}`);
   if (ev.forgets_refused) lines.push(`  tombstones refused (not the other machine's to send, or dated ahead): ${ev.forgets_refused}`);
-  if (ev.vectors_reused) lines.push(`  vectors taken from the other machine (same model, checked): ${ev.vectors_reused}`);
+  if (ev.vectors_reused) lines.push(`  vectors taken from the other machine (same model; each checked here in the background): ${ev.vectors_reused}`);
   return lines.join("\n");
 }
 
