@@ -189,7 +189,7 @@ def loopback_bytes() -> int:
     return psutil.net_io_counters(pernic=True)["lo"].bytes_sent
 
 
-def sync(provider: Path, relay: subprocess.Popen, port: int, work: Path, *join_args: str) -> dict:
+def sync(provider: Path, port: int, work: Path, *join_args: str) -> dict:
     """One first sync from `provider` to a new empty data dir: wall seconds, RSS, what moved."""
     consumer = Path(tempfile.mkdtemp(prefix="consumer-", dir=work))
     rss = {"provider": PeakRss(provider), "consumer": PeakRss(consumer)}
@@ -228,14 +228,13 @@ def sync(provider: Path, relay: subprocess.Popen, port: int, work: Path, *join_a
             "peak_rss_mb": {k: round(v.peak / MIB) for k, v in rss.items()}}
 
 
-def legs(provider: Path, relay: subprocess.Popen, port: int, work: Path, runs: int, names: list[str]
-         ) -> dict[str, dict]:
+def legs(provider: Path, port: int, work: Path, runs: int, names: list[str]) -> dict[str, dict]:
     """`runs` of each leg, interleaved (same-model, re-embed, same-model…): medians."""
     args = {"same_model": (), "reembed": ("--reembed",)}
     results: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(runs):
         for name in names:
-            results[name].append(sync(provider, relay, port, work, *args[name]))
+            results[name].append(sync(provider, port, work, *args[name]))
     out = {}
     for name, runs_ in results.items():
         times = sorted(r["s"] for r in runs_)
@@ -264,12 +263,12 @@ def main() -> int:
         relay_mb_s = statistics.median(report["relay_mb_s"])
         if args.n:
             provider = fixture(args.fixtures, args.n, short=False)
-            big = legs(provider, relay, port, work, args.runs, ["same_model"])["same_model"]
+            big = legs(provider, port, work, args.runs, ["same_model"])["same_model"]
             report[f"same_model_{args.n}"] = big
             report["sync_mb_s/relay_mb_s"] = round(big["sync_mb_s"] / relay_mb_s, 3)
         if args.short_n:
             provider = fixture(args.fixtures, args.short_n, short=True)
-            short = legs(provider, relay, port, work, args.runs, ["same_model", "reembed"])
+            short = legs(provider, port, work, args.runs, ["same_model", "reembed"])
             report[f"short_{args.short_n}"] = short
             report["short: reembed_s/same_model_s"] = round(short["reembed"]["s"] / short["same_model"]["s"], 2)
         print(json.dumps(report, indent=1), flush=True)

@@ -574,13 +574,14 @@ class MemoryStore(ImprintActor):
             points.append(StoredMemory(record=record, vector=vector, model=model))
         # Durable when upsert returns: the batch is whole on disk before we report it stored.
         self._backend.upsert(points, flush=flush)
+        hashes = [content_hash(m.record.content) for m in points]
         self._grouped = []
         try:
-            self._index([(m.record.id, m.record.timestamp, content_hash(m.record.content)) for m in points])
+            self._index([(m.record.id, m.record.timestamp, h) for m, h in zip(points, hashes)])
             if unverified:
                 doubtful = set(unverified)
-                self._mark_unverified([(m.record.id, content_hash(m.record.content)) for m in points
-                                       if m.record.id in doubtful], peer)
+                self._mark_unverified([(m.record.id, h) for m, h in zip(points, hashes) if m.record.id in doubtful],
+                                      peer)
                 self._mark_checked([m.record.id for m in points if m.record.id not in doubtful])
             else:
                 self._mark_checked([m.record.id for m in points])  # our own vectors now
