@@ -153,6 +153,8 @@ def _close_reason(frame: Any) -> str:
     if len(data) >= 2:
         code = struct.unpack("!H", data[:2])[0]
         reason = data[2:].decode("utf-8", "replace").strip()
+        if code == 1012:  # drained for a restart: nothing is lost, the next run reaches a relay that is up
+            return "the relay is restarting (1012): run the same command again"
         return f"relay closed the connection ({code}{': ' + reason if reason else ''})"
     return "relay closed the connection"
 

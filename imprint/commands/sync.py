@@ -80,8 +80,11 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be between 0 and 65535")
+    if args.drain_timeout <= 0:
+        raise ConfigError("--drain-timeout must be positive")
     return run_relay(host=args.host, port=args.port, budget_bytes=args.budget, max_rooms=args.max_rooms,
-                     max_rooms_per_address=args.rooms_per_address)
+                     max_rooms_per_address=args.rooms_per_address, trusted_proxies=args.trusted_proxy,
+                     metrics=args.metrics, drain_timeout=args.drain_timeout)
 
 
 # ---------------------------------------------------------------- demo
@@ -286,6 +289,16 @@ def register(cli: CommandLine) -> None:
     p.add_argument("--max-rooms", type=int, default=1000, metavar="N", help="rooms open at once (default 1000)")
     p.add_argument("--rooms-per-address", type=int, default=16, metavar="N",
                    help="rooms one client address may have open (default 16)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="a proxy (address or CIDR, repeatable) whose PROXY protocol header or X-Forwarded-For "
+                        "names the real client, so per-address limits apply to users, not to the proxy; "
+                        "ignored from any other address")
+    p.add_argument("--metrics", action="store_true",
+                   help="answer GET /metrics on the relay's port in Prometheus' text format (no room ids)")
+    p.add_argument("--drain-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="on SIGTERM, stop opening rooms and let syncs under way finish for this long before "
+                        "closing them with 'relay restarting' (default 300); a second SIGTERM or Ctrl-C stops "
+                        "at once")
     p.set_defaults(no_data_dir=True)
 
     p = cli.command("demo", cmd_demo, "sync two temporary data dirs on this machine and show the merge",

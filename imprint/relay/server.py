@@ -31,7 +31,18 @@ Rules, in the order a connection meets them:
   frames already accepted from the leaver have been delivered.
 * A room expires ``room_ttl`` seconds (default one hour) after it was
   created: both sides are closed with ``4410`` ("room expired").
-* Stopping the relay closes every connection with ``1001``.
+* Stopping the relay closes every connection with ``1001``; draining it
+  (SIGTERM, :meth:`RelayServer.drain`) refuses new rooms and closes waiting
+  ones with ``1012`` at once, lets syncs under way finish for up to
+  ``drain_timeout`` seconds, then closes the rest with ``1012``. ``/health``
+  answers ``503`` {"status": "draining"} meanwhile.
+* ``GET /metrics`` (with ``metrics=True``) answers Prometheus' text format.
+* Behind a proxy listed in ``trusted_proxies`` the per-address limits apply
+  to the address the proxy reports (PROXY protocol or X-Forwarded-For, see
+  :mod:`imprint.relay.proxy`).
+
+The rules themselves (rooms, roles, holds, limits, counters) live in
+:mod:`imprint.relay.rooms` without I/O; this module does the I/O.
 
 Forwarding awaits ``send`` on the receiving connection, so a slow reader
 slows its sender down through TCP instead of filling a queue in the relay.
@@ -48,6 +59,7 @@ Close codes::
     1001  relay shutting down
     1009  frame too big            (sent by websockets)
     1011  relay error              the frame hook failed
+    1012  relay restarting         drained for a restart; run the sync again
     1013  relay full               max_rooms reached; try again later
     4409  role already connected   another client holds this role in the room
     4410  room expired             room_ttl elapsed since the room was created
@@ -57,7 +69,6 @@ Close codes::
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import gc
@@ -67,7 +78,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -87,17 +98,44 @@ from imprint.relay.limits import (
     DEFAULT_ROOMS_PER_ADDRESS,
     SMALL_FRAME_BYTES,
     AddressLimits,
+    BudgetExceeded,
     MemoryBudget,
     Meter,
     release_memory,
     scrub,
     set_frame_cap,
+    tune_allocator,
+)
+from imprint.relay.proxy import (
+    V2_MAX_BODY,
+    ProxyHeaderError,
+    TrustedProxies,
+    parse_proxy_header,
+)
+from imprint.relay.rooms import (
+    CLOSE_PEER_DISCONNECTED,
+    CLOSE_RELAY_ERROR,
+    CLOSE_RELAY_FULL,
+    CLOSE_RESTARTING,
+    CLOSE_ROLE_TAKEN,
+    CLOSE_ROOM_EXPIRED,
+    CLOSE_SHUTTING_DOWN,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_HELD,
+    CLOSE_TOO_MANY_ROOMS,
+    RESTARTING_REASON,
+    ROLES,
+    Refused,
+    Room,
+    RoomTable,
+    other,
 )
 
 __all__ = [
     "CLOSE_PEER_DISCONNECTED",
     "CLOSE_RELAY_ERROR",
     "CLOSE_RELAY_FULL",
+    "CLOSE_RESTARTING",
     "CLOSE_ROLE_TAKEN",
     "CLOSE_ROOM_EXPIRED",
     "CLOSE_SHUTTING_DOWN",
@@ -120,24 +158,10 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024 + 64 * 1024
 #: Keepalive: ping every PING_INTERVAL s, drop a peer silent for PING_TIMEOUT s.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 300.0
-ROLES = ("provider", "consumer")
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-CLOSE_PEER_DISCONNECTED = 1000
-CLOSE_SHUTTING_DOWN = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_RELAY_ERROR = 1011
-CLOSE_RELAY_FULL = 1013
-CLOSE_ROLE_TAKEN = 4409
-CLOSE_ROOM_EXPIRED = 4410
-CLOSE_TOO_MANY_HELD = 4413
-CLOSE_TOO_MANY_ROOMS = 4429
 
 FrameHook = Callable[[str, str, str | bytes], list[str | bytes]]
 """``frame_hook(room, sender_role, frame)`` returns the frames to forward instead."""
-
-# A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
-_MAX_CLOSE_REASON_BYTES = 123
 
 
 def parse_target(path: str) -> tuple[str, str]:
@@ -164,58 +188,79 @@ def parse_target(path: str) -> tuple[str, str]:
     return room, roles[0]
 
 
-def _other(role: str) -> str:
-    return "consumer" if role == "provider" else "provider"
-
-
 def _frame_size(frame: str | bytes) -> int:
     return len(frame.encode("utf-8")) if isinstance(frame, str) else len(frame)
 
 
-def _close_reason(text: str) -> str:
-    """Trim ``text`` so it fits in a close frame."""
-    data = text.encode("utf-8")
-    if len(data) <= _MAX_CLOSE_REASON_BYTES:
-        return text
-    return data[:_MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
-
-
-def _address(ws: ServerConnection) -> str:
+def _peer_address(ws: ServerConnection) -> str:
     remote = ws.remote_address
     return str(remote[0]) if isinstance(remote, tuple) and remote else "?"
 
 
-class _Refusal(Exception):
-    """Ends one connection with a close code; raised inside the relay only."""
+#: The address each connection is limited as (its own, or the one a trusted proxy gave).
+_client_addresses: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = _close_reason(reason)
+#: Refusal reasons always present on /metrics (at 0 until one happens).
+REFUSAL_REASONS = ("bad_request", "unknown_room", "connections", "connection_rate", "relay_full",
+                   "rooms_per_address", "role_taken", "too_many_held", "too_big", "budget", "room_expired",
+                   "draining", "restart", "relay_error", "proxy_header")
+
+
+def _respond(connection: ServerConnection, status: HTTPStatus, body: str, content_type: str) -> Response:
+    response = connection.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+class _ProxiedConnection(ServerConnection):
+    """A connection that reads a PROXY protocol header (v1 or v2) first, when its
+    peer is a trusted proxy; from anyone else the bytes go to HTTP untouched."""
+
+    proxies: TrustedProxies = TrustedProxies()
+    on_bad_header: Callable[[], None] = staticmethod(lambda: None)
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.proxied_address: str | None = None
+        self._proxy_pending = bool(peer) and self.proxies.trusts(str(peer[0]))
+        self._proxy_buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._proxy_pending:
+            self._proxy_buffer += data
+            try:
+                result = parse_proxy_header(self._proxy_buffer)
+                if result is None and len(self._proxy_buffer) > 16 + V2_MAX_BODY:
+                    raise ProxyHeaderError("PROXY header too long")
+            except ProxyHeaderError as exc:
+                logger.warning("relay: dropped a connection from a trusted proxy: {}", exc)
+                type(self).on_bad_header()
+                self.transport.abort()
+                return
+            if result is None:
+                return
+            self.proxied_address, used = result
+            self._proxy_pending = False
+            data, self._proxy_buffer = self._proxy_buffer[used:], b""
+            if not data:
+                return
+        super().data_received(data)
 
 
 @dataclass(eq=False)
-class _Room:
-    """The two sides of one room and the frames held for a side not yet there.
+class _RoomIO:
+    """The server's per-room I/O state, kept on :attr:`Room.io`.
 
-    ``held``, ``held_bytes`` and ``locks`` are keyed by the *sender's* role.
     A sender's lock is held while its frames are sent to the peer or while
     the peer drains the frames held for it, which keeps them in order.
     """
 
-    room_id: str
-    created: float = field(default_factory=time.monotonic)
-    sides: dict[str, ServerConnection] = field(default_factory=dict)
-    held: dict[str, collections.deque[tuple[str | bytes, int, int]]] = field(
-        default_factory=lambda: {role: collections.deque() for role in ROLES}
-    )
-    owner: str = ""
-    held_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     locks: dict[str, asyncio.Lock] = field(
         default_factory=lambda: {role: asyncio.Lock() for role in ROLES}
     )
     expiry: asyncio.TimerHandle | None = None
-    closed: bool = False
 
 
 class RelayServer:
@@ -267,6 +312,9 @@ class RelayServer:
         rooms: frozenset[str] | set[str] | None = None,
         max_connections: int | None = None,
         connection_burst: int = CONNECTION_BURST,
+        trusted_proxies: Iterable[str] = (),
+        metrics: bool = False,
+        drain_timeout: float = 300.0,
     ) -> None:
         for name, value in (
             ("room_ttl", room_ttl),
@@ -277,6 +325,7 @@ class RelayServer:
             ("budget_bytes", budget_bytes),
             ("max_rooms_per_address", max_rooms_per_address),
             ("connections_per_second", connections_per_second),
+            ("drain_timeout", drain_timeout),
         ):
             if value <= 0:
                 raise ConfigError(f"relay {name} must be positive, not {value}")
@@ -287,12 +336,15 @@ class RelayServer:
         self.room_ttl = room_ttl
         self.max_rooms = max_rooms
         self.max_frame_bytes = max_frame_bytes
-        self.max_pending_frames = max_pending_frames
-        self.max_pending_bytes = max_pending_bytes
         self.frame_hook = frame_hook
         self.budget = MemoryBudget(budget_bytes)
         self.allowed_rooms = frozenset(rooms) if rooms is not None else None
-        self._limits = AddressLimits(rate=connections_per_second, burst=connection_burst, rooms=max_rooms_per_address)
+        self._limits = AddressLimits(rate=connections_per_second, burst=connection_burst)
+        self.table = RoomTable(max_rooms=max_rooms, rooms_per_address=max_rooms_per_address,
+                               max_pending_frames=max_pending_frames, max_pending_bytes=max_pending_bytes)
+        self.proxies = TrustedProxies(trusted_proxies)
+        self.metrics = metrics
+        self.drain_timeout = drain_timeout
         self.max_connections = max_connections or 2 * max_rooms
         self._meters: weakref.WeakKeyDictionary[ServerConnection, Meter] = weakref.WeakKeyDictionary()
         self._trimmed_at = 0.0
@@ -301,10 +353,10 @@ class RelayServer:
         # peer is closed anyway; also websockets' closing-handshake timeout.
         self.close_timeout = 10.0
 
-        self._rooms: dict[str, _Room] = {}
         #: Notified whenever a room opens or closes (for callers on other threads).
         self._rooms_changed = threading.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drained: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._stop_signal: asyncio.Event | None = None
@@ -316,14 +368,16 @@ class RelayServer:
     @property
     def room_count(self) -> int:
         """Rooms currently open (safe to read from any thread)."""
-        return len(self._rooms)
+        return len(self.table)
 
     def wait_for_rooms(self, count: int, timeout: float) -> bool:
         """Wait (from another thread) until exactly `count` rooms are open; False on timeout."""
         with self._rooms_changed:
-            return self._rooms_changed.wait_for(lambda: len(self._rooms) == count, timeout)
+            return self._rooms_changed.wait_for(lambda: len(self.table) == count, timeout)
 
     def _rooms_did_change(self) -> None:
+        if self._drained is not None and not len(self.table):
+            self._drained.set()
         with self._rooms_changed:
             self._rooms_changed.notify_all()
 
@@ -439,6 +493,7 @@ class RelayServer:
                     ping_interval=PING_INTERVAL,
                     ping_timeout=PING_TIMEOUT,
                     close_timeout=self.close_timeout,
+                    create_connection=self._connection_class(),
                 )
             except OSError as exc:
                 raise RelayError(self._bind_error(exc)) from exc
@@ -462,15 +517,22 @@ class RelayServer:
             self._stopped.set()
 
     async def _shutdown(self, server: Server) -> None:
-        logger.info("relay stopping ({} rooms open)", len(self._rooms))
+        logger.info("relay stopping ({} rooms open)", len(self.table))
         server.close(code=CLOSE_SHUTTING_DOWN, reason="relay shutting down")
         await server.wait_closed()
         # Every room had a connection whose handler retired it; this is a net.
-        for room in list(self._rooms.values()):
+        for room in list(self.table.rooms.values()):
             self._retire(room, "relay stopped")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         logger.info("relay stopped")
+
+    def _connection_class(self) -> type[ServerConnection] | None:
+        if not self.proxies:
+            return None
+        table = self.table
+        return type("ProxiedConnection", (_ProxiedConnection,),
+                    {"proxies": self.proxies, "on_bad_header": staticmethod(lambda: table.refuse("proxy_header"))})
 
     def _bind_error(self, exc: OSError) -> str:
         in_use = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
@@ -484,30 +546,72 @@ class RelayServer:
     # --------------------------------------------------------------- handshake
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer ``/health`` and reject bad targets before the upgrade."""
-        if urlsplit(request.path).path == "/health":
-            body = json.dumps({"status": "ok", "rooms": len(self._rooms)})
-            response = connection.respond(HTTPStatus.OK, body)
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "application/json"
-            return response
+        """Answer ``/health`` and ``/metrics``; reject bad targets before the upgrade."""
+        path = urlsplit(request.path).path
+        if path == "/health":
+            status = "draining" if self.table.draining else "ok"
+            body = json.dumps({"status": status, "rooms": len(self.table)})
+            # 503 while draining: a load balancer's health check takes this relay out at once.
+            code = HTTPStatus.SERVICE_UNAVAILABLE if self.table.draining else HTTPStatus.OK
+            return _respond(connection, code, body, "application/json")
+        if path == "/metrics" and self.metrics:
+            return _respond(connection, HTTPStatus.OK, self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
+        address = self.proxies.client_address(connection, request)
+        _client_addresses[connection] = address
         try:
             room_id, _ = parse_target(request.path)
         except ValueError as exc:
             logger.debug("relay refused {}: {}", request.path[:100], exc)
+            self.table.refuse("bad_request")
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
         if self.allowed_rooms is not None and room_id not in self.allowed_rooms:
+            self.table.refuse("unknown_room")
             return connection.respond(HTTPStatus.NOT_FOUND, "no such room on this relay\n")
-        address = _address(connection)
         if len(self._meters) >= self.max_connections:
             logger.warning("relay full: {} connections", len(self._meters))
+            self.table.refuse("connections")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "relay full; try again later\n")
         if not self._limits.connection_allowed(address):
             logger.warning("relay: too many connections from {}", address)
+            self.table.refuse("connection_rate")
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                       "too many new connections from your address; slow down\n")
         self._meters[connection] = Meter(self.budget, connection)
+        self.table.counters.connections_accepted += 1
         return None
+
+    def metrics_text(self) -> str:
+        """The relay's figures in Prometheus' text format (no room ids, no addresses)."""
+        counters = self.table.counters
+        held_frames, held_bytes = self.table.held_totals()
+        waiting = len(self.table.waiting())
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, int]]) -> None:
+            lines.append(f"# HELP imprint_relay_{name} {help_}")
+            lines.append(f"# TYPE imprint_relay_{name} {kind}")
+            lines.extend(f"imprint_relay_{name}{labels} {int(value)}" for labels, value in samples)
+
+        metric("rooms_open", "gauge", "Rooms open now.", [("", len(self.table))])
+        metric("rooms_waiting", "gauge", "Rooms with one side only (waiting for the peer).", [("", waiting)])
+        metric("rooms_opened_total", "counter", "Rooms opened since start.", [("", counters.rooms_opened)])
+        metric("connections", "gauge", "WebSocket connections open now.", [("", len(self._meters))])
+        metric("connections_accepted_total", "counter", "Connections accepted since start.",
+               [("", counters.connections_accepted)])
+        metric("frames_forwarded_total", "counter", "Frames (or fragments) forwarded.",
+               [("", counters.frames_forwarded)])
+        metric("bytes_forwarded_total", "counter", "Payload bytes forwarded.", [("", counters.bytes_forwarded)])
+        metric("frames_held", "gauge", "Frames held for a side that has not joined.", [("", held_frames)])
+        metric("bytes_held", "gauge", "Bytes held for a side that has not joined.", [("", held_bytes)])
+        metric("budget_bytes_used", "gauge", "Memory budget in use (frames read, held, in flight).",
+               [("", self.budget.used)])
+        metric("budget_bytes_limit", "gauge", "Memory budget (--budget).", [("", self.budget.limit)])
+        metric("budget_bytes_peak", "gauge", "Highest budget use since start.", [("", self.budget.peak)])
+        metric("draining", "gauge", "1 while draining for a restart.", [("", int(self.table.draining))])
+        reasons = sorted(set(REFUSAL_REASONS) | set(counters.refusals))
+        metric("refusals_total", "counter", "Connections refused or closed by the relay, by reason.",
+               [(f'{{reason="{reason}"}}', counters.refusals[reason]) for reason in reasons])
+        return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------- connection
 
@@ -517,6 +621,9 @@ class RelayServer:
         meter = self._meters.get(ws) or Meter(self.budget, ws)
         try:
             await self._serve_connection(ws, meter)
+        except BudgetExceeded:
+            self.table.refuse("budget")
+            raise
         finally:
             scrub(ws)
             meter.close()
@@ -525,28 +632,17 @@ class RelayServer:
 
     async def _serve_connection(self, ws: ServerConnection, meter: Meter) -> None:
         room_id, role = parse_target(ws.request.path)
-        address = _address(ws)
-        room = self._rooms.get(room_id)
-        if room is None:
-            if len(self._rooms) >= self.max_rooms:
-                logger.warning("relay full ({} rooms): refused {} of room {}", len(self._rooms), role, room_id)
-                await ws.close(CLOSE_RELAY_FULL, "relay full")
-                return
-            if self._limits.open_rooms[address] >= self._limits.rooms:
-                logger.warning("relay: {} already has {} rooms open; refused room {}", address,
-                               self._limits.open_rooms[address], room_id)
-                await ws.close(CLOSE_TOO_MANY_ROOMS,
-                               _close_reason(f"too many rooms open from your address ({self._limits.rooms}); "
-                                             "close some or try later"))
-                return
-            room = self._open_room(room_id, owner=address)
-        elif role in room.sides:
-            logger.warning("room {}: refused a second {}", room_id, role)
-            await ws.close(CLOSE_ROLE_TAKEN, _close_reason(f"a {role} is already connected to room {room_id}"))
+        address = _client_addresses.get(ws) or _peer_address(ws)
+        try:
+            room, opened = self.table.join(room_id, role, address, ws)
+        except Refused as refusal:
+            logger.warning("room {}: refused a {} from {}: {}", room_id, role, address, refusal.reason)
+            await ws.close(refusal.code, refusal.reason)
             return
+        if opened:
+            self._opened(room)
         # From here to the first await of _deliver_held nothing yields, so the
         # frames held for this role go out before any sent after it joined.
-        room.sides[role] = ws
         logger.info("room {}: {} joined ({} of 2)", room_id, role, len(room.sides))
         if len(room.sides) == 2:
             # A sync can begin: its frames may now be big (Imprint's own clients send 10-80 MB).
@@ -555,7 +651,7 @@ class RelayServer:
         try:
             await self._deliver_held(room, to_role=role, ws=ws)
             await self._relay_messages(room, role, ws, meter)
-        except _Refusal as refusal:
+        except Refused as refusal:
             logger.warning("room {}: closing {}: {}", room_id, role, refusal.reason)
             # Forget the room first, so it is gone by the time the client
             # reads the close frame.
@@ -567,10 +663,12 @@ class RelayServer:
         except ConnectionClosed as exc:
             # Our own side failed (e.g. 1009 frame too big or over budget, or keepalive).
             logger.info("room {}: {} connection lost: {}", room_id, role, exc)
+            if exc.rcvd is None and exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+                self.table.refuse("too_big")
         finally:
             await self._leave(room, role)
 
-    async def _relay_messages(self, room: _Room, role: str, ws: ServerConnection, meter: Meter) -> None:
+    async def _relay_messages(self, room: Room, role: str, ws: ServerConnection, meter: Meter) -> None:
         """Forward every message of `role`; a fragmented one fragment by fragment.
 
         websockets reads an unfragmented frame whole before handing it over, so
@@ -592,10 +690,9 @@ class RelayServer:
             claims.append(meter.claim(_frame_size(second)))
             await self._forward_fragments(room, role, first, second, fragments, claims, meter)
 
-    async def _forward_fragments(self, room: _Room, sender: str, first: str | bytes, second: str | bytes,
+    async def _forward_fragments(self, room: Room, sender: str, first: str | bytes, second: str | bytes,
                                  rest: Any, claims: list[int], meter: Meter) -> None:
-        receiver = _other(sender)
-        peer = room.sides.get(receiver)
+        peer = room.sides.get(other(sender))
         if peer is None or room.held[sender] or self.frame_hook is not None or room.closed:
             # Nobody to stream to yet (or a test hook that wants whole frames): gather
             # it. Before the room has both sides a message is small (SMALL_FRAME_BYTES).
@@ -606,20 +703,24 @@ class RelayServer:
             whole: str | bytes = "".join(parts) if isinstance(first, str) else b"".join(parts)  # type: ignore[arg-type]
             await self._forward(room, sender, whole, sum(claims))
             return
+        table = self.table
 
         async def stream() -> Any:
             yield first
+            table.forwarded(_frame_size(first))
             self.budget.release(claims.pop(0))
             yield second
+            table.forwarded(_frame_size(second))
             self.budget.release(claims.pop(0))
             async for fragment in rest:
                 claim = meter.claim(_frame_size(fragment))
                 try:
                     yield fragment
+                    table.forwarded(_frame_size(fragment))
                 finally:
                     self.budget.release(claim)
 
-        async with room.locks[sender]:
+        async with room.io.locks[sender]:
             try:
                 await peer.send(stream())
             except ConnectionClosed:
@@ -638,104 +739,91 @@ class RelayServer:
         except TimeoutError:
             ws.transport.abort()
 
-    def _open_room(self, room_id: str, *, owner: str = "") -> _Room:
-        room = _Room(room_id, owner=owner)
-        self._rooms[room_id] = room
+    def _opened(self, room: Room) -> None:
+        room.io = _RoomIO()
         self._rooms_did_change()
-        self._limits.open_rooms[owner] += 1
         assert self._loop is not None
-        room.expiry = self._loop.call_later(self.room_ttl, self._expire, room)
-        logger.info("room {} opened ({} rooms)", room_id, len(self._rooms))
-        return room
+        room.io.expiry = self._loop.call_later(self.room_ttl, self._expire, room)
+        logger.info("room {} opened ({} rooms)", room.room_id, len(self.table))
 
-    async def _deliver_held(self, room: _Room, *, to_role: str, ws: ServerConnection) -> None:
+    async def _deliver_held(self, room: Room, *, to_role: str, ws: ServerConnection) -> None:
         """Send ``to_role`` the frames its peer sent before it joined."""
-        sender = _other(to_role)
-        async with room.locks[sender]:
-            held = room.held[sender]
-            if held:
-                logger.debug("room {}: delivering {} held frames to {}", room.room_id, len(held), to_role)
-            while held:
-                frame, size, claim = held.popleft()
-                room.held_bytes[sender] -= size
+        sender = other(to_role)
+        async with room.io.locks[sender]:
+            if room.held[sender]:
+                logger.debug("room {}: delivering {} held frames to {}", room.room_id, len(room.held[sender]),
+                             to_role)
+            while (item := self.table.take_held(room, sender)) is not None:
+                frame, size, claim = item
                 try:
                     await ws.send(frame)
+                    self.table.forwarded(size)
                 finally:
                     self.budget.release(claim)
 
-    async def _forward(self, room: _Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
+    async def _forward(self, room: Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
         """Forward one received frame to the peer, or hold it until it joins.
 
         `claim` is the frame's share of the memory budget; it goes back when
         the frame has left (or is dropped), or travels with it when held.
         """
         frames = self._apply_hook(room, sender, frame)
-        receiver = _other(sender)
-        async with room.locks[sender]:
+        receiver = other(sender)
+        async with room.io.locks[sender]:
             try:
                 for item in frames:
                     if room.closed:
                         return
-                    peer = room.sides.get(receiver)
-                    if peer is None or room.held[sender]:
-                        self._hold(room, sender, item, claim)
+                    if self.table.must_hold(room, sender):
+                        if not room.held[sender]:
+                            logger.debug("room {}: holding frames from {} until the {} joins", room.room_id,
+                                         sender, receiver)
+                        self.table.hold(room, sender, item, _frame_size(item), claim)
                         claim = 0
                         continue
                     try:
-                        await peer.send(item)
+                        await room.sides[receiver].send(item)
                     except ConnectionClosed:
                         return  # the peer left; its handler closes this side
+                    self.table.forwarded(_frame_size(item))
             finally:
                 self.budget.release(claim)
 
-    def _apply_hook(self, room: _Room, sender: str, frame: str | bytes) -> list[str | bytes]:
+    def _apply_hook(self, room: Room, sender: str, frame: str | bytes) -> list[str | bytes]:
         if self.frame_hook is None:
             return [frame]
         try:
             frames = list(self.frame_hook(room.room_id, sender, frame))
         except Exception:
             logger.exception("room {}: frame_hook failed on a frame from {}", room.room_id, sender)
-            raise _Refusal(CLOSE_RELAY_ERROR, "relay error") from None
+            raise Refused(CLOSE_RELAY_ERROR, "relay error", "relay_error") from None
         if not all(isinstance(item, (str, bytes)) for item in frames):
             logger.error("room {}: frame_hook returned something other than str or bytes", room.room_id)
-            raise _Refusal(CLOSE_RELAY_ERROR, "relay error")
+            raise Refused(CLOSE_RELAY_ERROR, "relay error", "relay_error")
         return frames
 
-    def _hold(self, room: _Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
-        held = room.held[sender]
-        size = _frame_size(frame)
-        if len(held) + 1 > self.max_pending_frames or room.held_bytes[sender] + size > self.max_pending_bytes:
-            raise _Refusal(
-                CLOSE_TOO_MANY_HELD,
-                f"too many frames held before the {_other(sender)} joined "
-                f"(limit {self.max_pending_frames} frames, {self.max_pending_bytes} bytes)",
-            )
-        if not held:
-            logger.debug("room {}: holding frames from {} until the {} joins", room.room_id, sender, _other(sender))
-        held.append((frame, size, claim))
-        room.held_bytes[sender] += size
-
-    async def _leave(self, room: _Room, role: str) -> None:
+    async def _leave(self, room: Room, role: str) -> None:
         """Remove the room after ``role`` left and close the other side."""
         logger.info("room {}: {} left", room.room_id, role)
         if not room.closed:
             self._retire(room, f"{role} left")
         await self._close_peer(room, role)
 
-    async def _close_peer(self, room: _Room, role: str) -> None:
+    async def _close_peer(self, room: Room, role: str, code: int = CLOSE_PEER_DISCONNECTED,
+                          reason: str = "peer disconnected") -> None:
         """Close the side opposite ``role`` with "peer disconnected"."""
-        peer = room.sides.get(_other(role))
+        peer = room.sides.get(other(role))
         if peer is None or peer.state is State.CLOSED:
             return  # alone in the room, or the peer left first and closed us
         # Frames already accepted from the leaver (held ones the peer is
         # draining, say) reach the peer before the close frame does.
         try:
             async with asyncio.timeout(self.close_timeout):
-                async with room.locks[role]:
+                async with room.io.locks[role]:
                     pass
         except TimeoutError:
             logger.warning("room {}: gave up delivering the {}'s last frames", room.room_id, role)
-        await peer.close(CLOSE_PEER_DISCONNECTED, "peer disconnected")
+        await peer.close(code, reason)
 
     def _maybe_trim(self) -> None:
         """Give freed memory back to the OS once the relay holds little (at most once a second)."""
@@ -745,44 +833,81 @@ class RelayServer:
             gc.collect()  # finished connections sit in reference cycles
             release_memory()
 
-    def _expire(self, room: _Room) -> None:
+    def _expire(self, room: Room) -> None:
         if room.closed:
             return
         self._retire(room, f"expired after {self.room_ttl:g} s")
+        self.table.refuse("room_expired")
+        self._close_all(room, CLOSE_ROOM_EXPIRED, "room expired")
+
+    def _close_all(self, room: Room, code: int, reason: str) -> None:
         for ws in list(room.sides.values()):
-            task = asyncio.get_running_loop().create_task(ws.close(CLOSE_ROOM_EXPIRED, "room expired"))
+            task = asyncio.get_running_loop().create_task(ws.close(code, reason))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _retire(self, room: _Room, why: str) -> None:
+    def _retire(self, room: Room, why: str) -> None:
         """Mark ``room`` closed and forget it; a new client starts a new room."""
-        room.closed = True
-        if self._rooms.get(room.room_id) is room:
-            del self._rooms[room.room_id]
+        had = room.room_id in self.table.rooms
+        dropped, claims = self.table.retire(room)
+        if had and room.room_id not in self.table.rooms:
             self._rooms_did_change()
-        if room.expiry is not None:
-            room.expiry.cancel()
-        # Frames held for a side that is present are still being delivered
-        # (see _close_peer); those held for a side that never came are lost.
-        if room.owner:  # once per room: the owner is cleared below
-            self._limits.open_rooms[room.owner] -= 1
-            if self._limits.open_rooms[room.owner] <= 0:
-                del self._limits.open_rooms[room.owner]
-            room.owner = ""
-        dropped = 0
-        for sender, frames in room.held.items():
-            if _other(sender) not in room.sides:
-                dropped += len(frames)
-                for _, _, claim in frames:
-                    self.budget.release(claim)
-                frames.clear()
+        if room.io is not None and room.io.expiry is not None:
+            room.io.expiry.cancel()
+        for claim in claims:
+            self.budget.release(claim)
         logger.info(
-            "room {} closed: {} ({} held frames dropped, {} rooms left)", room.room_id, why, dropped, len(self._rooms)
+            "room {} closed: {} ({} held frames dropped, {} rooms left)", room.room_id, why, dropped, len(self.table)
         )
+
+    # ------------------------------------------------------------------ drain
+
+    def start_drain(self, timeout: float | None = None) -> Any:
+        """:meth:`drain` from another thread; returns its concurrent future."""
+        if self._loop is None:
+            raise RelayError("the relay is not running")
+        return asyncio.run_coroutine_threadsafe(self.drain(timeout), self._loop)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop opening rooms, let the rooms under way finish, then stop.
+
+        Rooms still waiting for their second side are closed at once with 1012
+        (nothing has moved in them; run again, they reach another relay); a
+        room whose sync is under way may finish for up to `timeout` seconds
+        (default :attr:`drain_timeout`), after which the rest are closed with
+        1012 too. ``/health`` answers 503 meanwhile.
+        """
+        timeout = self.drain_timeout if timeout is None else timeout
+        self.table.draining = True
+        waiting = self.table.waiting()
+        logger.info("relay draining: {} rooms under way, {} waiting closed; up to {:g} s",
+                    len(self.table) - len(waiting), len(waiting), timeout)
+        print(f"relay draining: {len(self.table) - len(waiting)} syncs under way (up to {timeout:g} s); "
+              "no new rooms", file=sys.stderr, flush=True)
+        for room in waiting:
+            self._restart(room)
+        self._drained = asyncio.Event()
+        if not len(self.table):
+            self._drained.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        for room in list(self.table.rooms.values()):
+            self._restart(room)
+        self.stop()
+
+    def _restart(self, room: Room) -> None:
+        self._retire(room, "relay restarting")
+        self.table.refuse("restart")
+        self._close_all(room, CLOSE_RESTARTING, RESTARTING_REASON)
 
 
 def run_relay(*, host: str, port: int, **limits: Any) -> int:
     """Run a relay in the foreground until Ctrl-C or SIGTERM.
+
+    SIGTERM (systemd's stop, a rolling restart) drains: no new rooms, rooms
+    under way finish for up to ``drain_timeout`` seconds, the rest are closed
+    with 1012. A second SIGTERM, or Ctrl-C (SIGINT), stops at once (1001).
 
     Prints ``relay listening on ws://HOST:PORT`` to stderr once bound.
 
@@ -797,6 +922,7 @@ def run_relay(*, host: str, port: int, **limits: Any) -> int:
     """
     import signal
 
+    tune_allocator()
     relay = RelayServer(host=host, port=port, **limits)
 
     def on_ready(_port: int) -> None:
@@ -804,10 +930,18 @@ def run_relay(*, host: str, port: int, **limits: Any) -> int:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            # Not on Windows nor off the main thread; KeyboardInterrupt still works.
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, relay.stop)
+        draining: list[asyncio.Task[None]] = []
+
+        def on_term() -> None:
+            if draining:
+                relay.stop()
+            else:
+                draining.append(loop.create_task(relay.drain()))
+
+        # Not on Windows nor off the main thread; KeyboardInterrupt still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, relay.stop)
+            loop.add_signal_handler(signal.SIGTERM, on_term)
         await relay._serve(on_ready=on_ready)
 
     try:

@@ -1,0 +1,3 @@
+"""Fixtures of the relay tests: the relays themselves come from tests/test_relay.py."""
+
+from tests.test_relay import make_relay  # noqa: F401 - a fixture, shared
