@@ -41,6 +41,8 @@ import uuid
 from pathlib import Path
 
 MIB = 1024 * 1024
+#: CPU seconds the last receiver used (its whole process).
+RECEIVER_CPU = 0.0
 #: Peers on websockets' asyncio client instead of websocket-client (--fast).
 FAST = os.environ.get("BENCH_RELAY_FAST") == "1"
 HERE = Path(__file__).resolve().parent
@@ -168,14 +170,16 @@ def print_figures(first: float | None, last: float, size: int, count: int, lat: 
     span = max(last - (first or last), 1e-9)
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
-    print(f"figures {size * (count - 1) / span / MIB:.3f} {p99 * 1000:.3f}", flush=True)
+    print(f"figures {size * (count - 1) / span / MIB:.3f} {p99 * 1000:.3f} {time.process_time():.3f}", flush=True)
 
 
 def figures(proc: subprocess.Popen) -> tuple[float, float]:
     out, _ = proc.communicate(timeout=900)
     for line in out.splitlines():
         if line.startswith("figures "):
-            _, mbs, p99 = line.split()
+            _, mbs, p99, cpu = line.split()
+            global RECEIVER_CPU
+            RECEIVER_CPU = float(cpu)
             return float(mbs), float(p99)
     raise SystemExit(f"no figures from the receiver: {out!r}")
 
@@ -202,6 +206,12 @@ class Relay:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss
+
+    def cpu(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -236,14 +246,20 @@ def forwarding(mib: int, runs: int) -> None:
         print(f"forwarding {mib} MiB per run, median of {runs} (direct and relayed runs alternate)")
         for size in (MIB, 64 * 1024):
             count = mib * MIB // size
-            d, r = [], []
+            d, r, relay_cpu, receiver_cpu = [], [], [], []
             for _ in range(runs):
                 d.append(direct(size, count))
+                before = relay.cpu()
                 r.append(relayed(relay, size, count))
+                relay_cpu.append(relay.cpu() - before)
+                receiver_cpu.append(RECEIVER_CPU)
             dm, rm = statistics.median(d), statistics.median(r)
             print(f"  {size // 1024:>5} KiB frames: direct {dm:7.1f} MB/s  relay {rm:7.1f} MB/s  "
                   f"ratio {rm / dm:.2f}   (direct {', '.join(f'{x:.0f}' for x in d)}; "
                   f"relay {', '.join(f'{x:.0f}' for x in r)})")
+            gib = mib / 1024
+            print(f"             CPU per GiB forwarded: relay {statistics.median(relay_cpu) / gib:.2f} s, "
+                  f"receiving peer {statistics.median(receiver_cpu) / gib:.2f} s (its whole process)")
         print(f"  relay RSS after: {relay.rss() / MIB:.0f} MB")
     finally:
         relay.stop()
