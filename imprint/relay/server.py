@@ -882,8 +882,6 @@ class RelayServer:
         waiting = self.table.waiting()
         logger.info("relay draining: {} rooms under way, {} waiting closed; up to {:g} s",
                     len(self.table) - len(waiting), len(waiting), timeout)
-        print(f"relay draining: {len(self.table) - len(waiting)} syncs under way (up to {timeout:g} s); "
-              "no new rooms", file=sys.stderr, flush=True)
         for room in waiting:
             self._restart(room)
         self._drained = asyncio.Event()
@@ -935,8 +933,11 @@ def run_relay(*, host: str, port: int, **limits: Any) -> int:
         def on_term() -> None:
             if draining:
                 relay.stop()
-            else:
-                draining.append(loop.create_task(relay.drain()))
+                return
+            busy = len(relay.table) - len(relay.table.waiting())
+            print(f"relay draining: {busy} syncs under way (up to {relay.drain_timeout:g} s); no new rooms; "
+                  "SIGTERM again to stop now", file=sys.stderr, flush=True)
+            draining.append(loop.create_task(relay.drain()))
 
         # Not on Windows nor off the main thread; KeyboardInterrupt still works.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
