@@ -114,15 +114,7 @@ def fast_receiver(url: str, size: int, count: int) -> None:
 
     async def main() -> None:
         async with connect(url, max_size=None, compression=None, open_timeout=60, max_queue=4) as ws:
-            await ws.send("go")
-            first, lat = None, []
-            for _ in range(count):
-                frame = await ws.recv()
-                now = time.time()
-                first = first or now
-                lat.append(now - struct.unpack_from("<d", frame, 0)[0])
-            print_figures(first, time.time(), size, count, lat)
-            await ws.send("done")
+            await receive_async(ws, size, count)
 
     asyncio.run(main())
 
@@ -134,15 +126,7 @@ def run_receiver_server(port: int, size: int, count: int) -> None:
     from websockets.asyncio.server import serve
 
     async def handler(ws) -> None:
-        await ws.send("go")
-        first, lat = None, []
-        for _ in range(count):
-            frame = await ws.recv()
-            now = time.time()
-            first = first or now
-            lat.append(now - struct.unpack_from("<d", frame, 0)[0])
-        print_figures(first, time.time(), size, count, lat)
-        await ws.send("done")
+        await receive_async(ws, size, count)
         done.set()
 
     async def main() -> None:
@@ -153,6 +137,19 @@ def run_receiver_server(port: int, size: int, count: int) -> None:
 
     done = asyncio.Event()
     asyncio.run(main())
+
+
+async def receive_async(ws, size: int, count: int) -> None:
+    """Say "go", read `count` frames, print the figures, say "done" (asyncio peers)."""
+    await ws.send("go")
+    first, lat = None, []
+    for _ in range(count):
+        frame = await ws.recv()
+        now = time.time()
+        first = first or now
+        lat.append(now - struct.unpack_from("<d", frame, 0)[0])
+    print_figures(first, time.time(), size, count, lat)
+    await ws.send("done")
 
 
 def report(recv, size: int, count: int) -> None:

@@ -117,6 +117,8 @@ class Core:
         self._lock = threading.Lock()
         self._next_sync = 0
         self._conversations: Any = None
+        #: The model's QueryEncoder once the model is loaded; False when the model has none.
+        self._query_encoder: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -177,6 +179,20 @@ class Core:
             note("loading the embedding model…")
         self._last_request = time.monotonic()
         return self._ask("embedder", EmbedTexts(texts=texts), timeout=START_TIMEOUT).vectors
+
+    def embed_query(self, query: str, *, note: Note = _quiet) -> list[float]:
+        """The vector of a search query: through the model's traced query encoder once the model
+        is loaded (no queue, no GIL held through the model: see QueryEncoder), else the Embedder."""
+        from imprint.actors.embedder import GetQueryEncoder
+
+        if self._query_encoder is None:
+            vector = self.embed((query,), note=note)[0]  # loads the model if need be
+            self._query_encoder = self._ask("embedder", GetQueryEncoder()) or False
+            return vector
+        self._last_request = time.monotonic()
+        if self._query_encoder is False:
+            return self.embed((query,), note=note)[0]
+        return self._query_encoder.encode((query,))[0]
 
     # ---------------------------------------------------------------- memories
 
@@ -313,7 +329,7 @@ class Core:
         if not 1 <= k <= MAX_RESULTS:
             raise InputError(f"-k must be between 1 and {MAX_RESULTS}")
         started = time.perf_counter()
-        vector = self.embed((query,), note=note)[0]
+        vector = self.embed_query(query, note=note)
         embedded = time.perf_counter()
         hits = self._ask("memory_store", SearchMemories(vector=vector, limit=k, project=project, where=where)).hits
         done = time.perf_counter()

@@ -69,8 +69,10 @@ EMBED_CHUNK = 32
 #: joins consecutive ones): one Edge upsert, flush and index transaction for all, where those
 #: of each 500-record batch took as long as building its points.
 JOIN_RECORDS = 5000
-#: Records per store message: what a search that comes meanwhile may wait behind (~60 ms).
-STORE_PART = 1000
+#: Records per store message: what a search that comes meanwhile may wait behind. With 1,000
+#: the store half of a search during a sync reached 110-230 ms under bench_service's load;
+#: with 250 it stays under ~100 ms.
+STORE_PART = 250
 #: A received vector this close (cosine) to ours is the same model's.
 MIN_COSINE = 0.999
 

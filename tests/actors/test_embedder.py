@@ -132,3 +132,40 @@ def test_an_unknown_precision_setting_is_a_one_line_config_error(monkeypatch: py
         precision_setting()
     monkeypatch.setenv("IMPRINT_EMBED_PRECISION", " Float32 ")
     assert precision_setting() == "float32"
+
+
+def test_the_traced_query_encoder_gives_the_models_own_vectors_for_any_length_and_batch(start_actor) -> None:
+    """Searches embed through a TorchScript trace of the model (no GIL held through the model):
+    the trace was recorded on one short example, so other lengths, a batch with padding and a
+    text past the model's window must still give the eager float32 pass's vectors."""
+    from imprint.actors.embedder import GetQueryEncoder, encode, load_model
+    from imprint.config import DEFAULT_MODEL
+
+    embedder = start_actor(Embedder, model_name=DEFAULT_MODEL)
+    assert embedder.ask(GetQueryEncoder(), timeout=60) is None  # nothing before the model loads
+    embed(embedder, "load it")
+    lane = embedder.ask(GetQueryEncoder(), timeout=60)
+    assert lane is not None
+    model = load_model(DEFAULT_MODEL)  # the eager reference, loaded apart
+    texts = ("hi", "where does the deploy script keep its credentials",
+             "a longer note about deploying the replica after the migration " * 40)
+    for text in texts:
+        (mine,) = lane.encode((text,))
+        (eager,) = encode(model, [text], "float32")
+        assert cosine(mine, eager) > 0.99999, text[:40]
+        assert abs(math.hypot(*mine) - 1.0) < 1e-5
+    together = lane.encode(texts)  # padded to the longest: pooling must ignore the padding
+    for text, vector in zip(texts, together):
+        assert cosine(vector, encode(model, [text], "float32")[0]) > 0.99999
+
+
+def test_a_model_of_another_layout_gets_no_query_encoder() -> None:
+    from imprint.actors.embedder import QueryEncoder, load_model
+
+    model = load_model("all-MiniLM-L6-v2")
+    pooling = model[1]
+    if isinstance(getattr(pooling, "pooling_mode", None), str):
+        pooling.pooling_mode = "cls"
+    else:
+        pooling.pooling_mode_mean_tokens, pooling.pooling_mode_cls_token = False, True
+    assert QueryEncoder.of(model) is None
