@@ -98,7 +98,6 @@ from imprint.relay.limits import (
     DEFAULT_ROOMS_PER_ADDRESS,
     SMALL_FRAME_BYTES,
     AddressLimits,
-    BudgetExceeded,
     MemoryBudget,
     Meter,
     release_memory,
@@ -621,9 +620,6 @@ class RelayServer:
         meter = self._meters.get(ws) or Meter(self.budget, ws)
         try:
             await self._serve_connection(ws, meter)
-        except BudgetExceeded:
-            self.table.refuse("budget")
-            raise
         finally:
             scrub(ws)
             meter.close()
@@ -664,7 +660,8 @@ class RelayServer:
             # Our own side failed (e.g. 1009 frame too big or over budget, or keepalive).
             logger.info("room {}: {} connection lost: {}", room_id, role, exc)
             if exc.rcvd is None and exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
-                self.table.refuse("too_big")
+                # websockets closed it at the frame's header: over the size cap, or over the budget.
+                self.table.refuse("budget" if exc.sent.reason.startswith("relay busy") else "too_big")
         finally:
             await self._leave(room, role)
 
@@ -796,9 +793,11 @@ class RelayServer:
             frames = list(self.frame_hook(room.room_id, sender, frame))
         except Exception:
             logger.exception("room {}: frame_hook failed on a frame from {}", room.room_id, sender)
+            self.table.refuse("relay_error")
             raise Refused(CLOSE_RELAY_ERROR, "relay error", "relay_error") from None
         if not all(isinstance(item, (str, bytes)) for item in frames):
             logger.error("room {}: frame_hook returned something other than str or bytes", room.room_id)
+            self.table.refuse("relay_error")
             raise Refused(CLOSE_RELAY_ERROR, "relay error", "relay_error")
         return frames
 

@@ -322,3 +322,16 @@ def test_the_relay_command_explains_its_operator_options() -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+
+
+def test_metrics_tell_a_frame_over_the_budget_from_one_over_the_size_cap(make_relay) -> None:
+    relay = make_relay(metrics=True, budget_bytes=10 * 1024 * 1024)
+    ws_to(relay.url, "big", "consumer")
+    provider = ws_to(relay.url, "big", "provider")
+    provider.send_binary(b"x" * (8 * 1024 * 1024))  # costs twice its size: over the 10 MiB budget
+    assert "relay busy" in wait_closed(provider)[1]
+    alone = ws_to(relay.url, "alone", "provider")
+    alone.send_binary(b"x" * (64 * 1024))  # a side alone may only send small frames
+    wait_closed(alone)
+    refusals = metrics(relay)["imprint_relay_refusals_total"]
+    assert refusals[("reason", "budget")] == 1 and refusals[("reason", "too_big")] == 1
