@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import pykka
 
+from imprint.actors.activity import ReadActivity
 from imprint.actors.base import ASK_TIMEOUT, QueueListener, ask
 from imprint.actors.embedder import Embedder
 from imprint.actors.fact_store import FactStore
@@ -188,6 +189,8 @@ class LocalActors:
         self.note = note
         self.model: ModelInfo | None = None
         self.group = ActorGroup("local")
+        #: When the memory store last answered a search (the Storer writes smaller parts then).
+        self.reads = ReadActivity()
 
     def __enter__(self) -> LocalActors:
         try:
@@ -219,13 +222,13 @@ class LocalActors:
             group.start("memory_store", MemoryStore, collection=s.collection, path=s.memories_path, url=s.qdrant_url,
                         dimension=m.dimension if m else None, model=m.fingerprint if m else "",
                         model_name=m.name if m else "", forgotten_path=s.forgotten_path,
-                        read_only=self.read_only)
+                        read_only=self.read_only, reads=self.reads)
         if self.facts or pending.total:
             group.start("fact_store", FactStore, path=s.facts_path, read_only=self.read_only)
         if "fact_store" in group and not self.read_only and (self.memories or pending.total):
             # The spool's store stage: it stores what sessions receive, and first what is left.
             group.start("storer", Storer, spool_path=spool_path(s.workspace_dir), memory_store=group.get("memory_store"),
-                        fact_store=group["fact_store"], embedder=group.get("embedder"))
+                        fact_store=group["fact_store"], embedder=group.get("embedder"), reads=self.reads)
             if self.quiet is not None and "embedder" in group:
                 group.start("verifier", Verifier, memory_store=group["memory_store"], embedder=group["embedder"],
                             quiet=self.quiet)

@@ -23,6 +23,7 @@ def test_a_search_answers_while_the_embedder_is_busy_and_finds_the_same_memories
         core = Core(m.settings, local=m.local)
         first = core.search("how do I deploy", k=2)  # loads the model (and its query encoder) if need be
         assert first[0].record.content == DEPLOY
+        assert m.local.reads.recent(60)  # the store says it answered a search: the Storer writes small parts now
         embedder = m.local.group["embedder"]
         # A job of several seconds in the Embedder's mailbox, as a sync's or an import's batches are.
         busy = embedder.ask(EmbedTexts(texts=tuple(f"filler text number {i} about nothing much" for i in range(3000))),

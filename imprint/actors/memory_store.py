@@ -18,6 +18,7 @@ import msgspec
 from loguru import logger
 
 from imprint import summaries
+from imprint.actors.activity import ReadActivity
 from imprint.actors.base import ImprintActor
 from imprint.diskspace import ensure_room
 from imprint.errors import ImprintError, ModelError, StoreError
@@ -122,8 +123,10 @@ class MemoryStore(ImprintActor):
     """
 
     def __init__(self, *, collection: str, path: Path | None = None, url: str | None = None, dimension: int | None,
-                 model: str = "", model_name: str = "", forgotten_path: Path | None = None, read_only: bool = False) -> None:
+                 model: str = "", model_name: str = "", forgotten_path: Path | None = None, read_only: bool = False,
+                 reads: ReadActivity | None = None) -> None:
         super().__init__()
+        self.reads = reads or ReadActivity()
         self.collection = collection
         self.path = path
         self.url = url
@@ -460,6 +463,7 @@ class MemoryStore(ImprintActor):
             case PageMemories(limit=limit, after=after, vectors=vectors):
                 return self._page(limit, after, vectors)
             case SearchMemories(vector=vector, limit=limit, project=project, where=where):
+                self.reads.saw_search()
                 where = where or MemoryFilter()
                 if where.project is None and project is not None:
                     where = msgspec.structs.replace(where, project=project)

@@ -200,3 +200,46 @@ def test_a_store_failure_keeps_the_batch_and_tells_the_watchers(rig: Rig) -> Non
     failed = rig.watcher.wait_for(StoreFailed)
     assert "FactStore" in failed.message
     assert rig.spool.pending().facts == 1
+
+
+@pytest.mark.parametrize("searched", [False, True])
+def test_the_store_writes_in_small_parts_only_while_searches_come(
+        embedder: pykka.ActorRef[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, searched: bool) -> None:
+    """A search waits in the memory store's mailbox behind at most one part: small parts while
+    searches come, big ones (faster to store) otherwise. The real store, counting what it is sent."""
+    import imprint.actors.storer as storer_module
+    from imprint.actors.activity import ReadActivity
+    from imprint.messages.store import StoreMemories
+
+    monkeypatch.setattr(storer_module, "STORE_PART", 50)
+    monkeypatch.setattr(storer_module, "STORE_PART_SEARCHED", 20)
+    parts: list[int] = []
+
+    class CountingStore(MemoryStore):
+        def handle(self, message: Any) -> Any:
+            if isinstance(message, StoreMemories):
+                parts.append(len(message.records))
+            return super().handle(message)
+
+    reads = ReadActivity()
+    dimension = embedder.ask(DescribeModel(), timeout=30).dimension
+    store = CountingStore.start(collection="imprint_test", path=tmp_path / "qdrant", dimension=dimension, reads=reads)
+    facts = FactStore.start(path=tmp_path / "facts.db")
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        records = tuple(mem(f"note {i}: the {i}th shelf holds the blue binders") for i in range(120))
+        spool.open_stream("s1")
+        spool.append("s1", "memories", records)
+        spool.complete_stream("s1")
+        if searched:
+            reads.saw_search()  # as the store does when it answers SearchMemories
+        watcher = Recorder("session")
+        storer = Storer.start(spool_path=tmp_path / "spool.db", memory_store=store, fact_store=facts,
+                              embedder=embedder, reads=reads)
+        storer.tell(Watch(stream="s1", listener=watcher))
+        storer.tell(Wake())
+        assert watcher.wait_for(StreamStored) == StreamStored(stream="s1")
+        assert parts == ([20] * 6 if searched else [50, 50, 20])
+        assert len(store.ask(PageMemories(limit=1000), timeout=30).records) == 120
+    finally:
+        spool.close()
