@@ -80,8 +80,8 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, out: Output) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be between 0 and 65535")
-    if args.drain_timeout <= 0:
-        raise ConfigError("--drain-timeout must be positive")
+    if not 0 < args.drain_timeout < float("inf"):  # also refuses nan
+        raise ConfigError("--drain-timeout must be a positive number of seconds")
     return run_relay(host=args.host, port=args.port, budget_bytes=args.budget, max_rooms=args.max_rooms,
                      max_rooms_per_address=args.rooms_per_address, trusted_proxies=args.trusted_proxy,
                      metrics=args.metrics, drain_timeout=args.drain_timeout)

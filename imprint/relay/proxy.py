@@ -104,7 +104,7 @@ class TrustedProxies:
 
     def client_address(self, connection: Any, request: Any) -> str:
         """The address `connection` is limited as (see the module docstring)."""
-        peer = _peer_of(connection)
+        peer = peer_of(connection)
         if not self.networks:
             return peer
         told = getattr(connection, "proxied_address", None)
@@ -113,7 +113,8 @@ class TrustedProxies:
         return self.forwarded_for(peer, request.headers.get("X-Forwarded-For"))
 
 
-def _peer_of(connection: Any) -> str:
+def peer_of(connection: Any) -> str:
+    """The connection's own remote address (an IPv4-mapped IPv6 one as IPv4), or "?"."""
     remote = getattr(connection, "remote_address", None)
     if isinstance(remote, tuple) and remote:
         ip = _ip(str(remote[0]))

@@ -110,6 +110,7 @@ from imprint.relay.proxy import (
     ProxyHeaderError,
     TrustedProxies,
     parse_proxy_header,
+    peer_of,
 )
 from imprint.relay.rooms import (
     CLOSE_PEER_DISCONNECTED,
@@ -189,11 +190,6 @@ def parse_target(path: str) -> tuple[str, str]:
 
 def _frame_size(frame: str | bytes) -> int:
     return len(frame.encode("utf-8")) if isinstance(frame, str) else len(frame)
-
-
-def _peer_address(ws: ServerConnection) -> str:
-    remote = ws.remote_address
-    return str(remote[0]) if isinstance(remote, tuple) and remote else "?"
 
 
 #: The address each connection is limited as (its own, or the one a trusted proxy gave).
@@ -628,7 +624,7 @@ class RelayServer:
 
     async def _serve_connection(self, ws: ServerConnection, meter: Meter) -> None:
         room_id, role = parse_target(ws.request.path)
-        address = _client_addresses.get(ws) or _peer_address(ws)
+        address = _client_addresses.get(ws) or peer_of(ws)
         try:
             room, opened = self.table.join(room_id, role, address, ws)
         except Refused as refusal:
@@ -678,11 +674,12 @@ class RelayServer:
                 first = await anext(fragments)
             except StopAsyncIteration:
                 continue
-            claims = [meter.claim(_frame_size(first))]
+            first_size = _frame_size(first)
+            claims = [meter.claim(first_size)]
             try:
                 second = await anext(fragments)
             except StopAsyncIteration:
-                await self._forward(room, role, first, claims[0])
+                await self._forward(room, role, first, claims[0], first_size)
                 continue
             claims.append(meter.claim(_frame_size(second)))
             await self._forward_fragments(room, role, first, second, fragments, claims, meter)
@@ -703,17 +700,17 @@ class RelayServer:
         table = self.table
 
         async def stream() -> Any:
-            yield first
-            table.forwarded(_frame_size(first))
-            self.budget.release(claims.pop(0))
-            yield second
-            table.forwarded(_frame_size(second))
-            self.budget.release(claims.pop(0))
+            for fragment in (first, second):
+                size = _frame_size(fragment)
+                yield fragment
+                table.forwarded(size)
+                self.budget.release(claims.pop(0))
             async for fragment in rest:
-                claim = meter.claim(_frame_size(fragment))
+                size = _frame_size(fragment)
+                claim = meter.claim(size)
                 try:
                     yield fragment
-                    table.forwarded(_frame_size(fragment))
+                    table.forwarded(size)
                 finally:
                     self.budget.release(claim)
 
@@ -758,31 +755,35 @@ class RelayServer:
                 finally:
                     self.budget.release(claim)
 
-    async def _forward(self, room: Room, sender: str, frame: str | bytes, claim: int = 0) -> None:
+    async def _forward(self, room: Room, sender: str, frame: str | bytes, claim: int = 0,
+                       size: int | None = None) -> None:
         """Forward one received frame to the peer, or hold it until it joins.
 
         `claim` is the frame's share of the memory budget; it goes back when
         the frame has left (or is dropped), or travels with it when held.
         """
         frames = self._apply_hook(room, sender, frame)
+        # The caller's size of the frame, unless a test hook changed it (a text frame's costs an encode).
+        known = size if self.frame_hook is None else None
         receiver = other(sender)
         async with room.io.locks[sender]:
             try:
                 for item in frames:
                     if room.closed:
                         return
+                    item_size = known if known is not None else _frame_size(item)
                     if self.table.must_hold(room, sender):
                         if not room.held[sender]:
                             logger.debug("room {}: holding frames from {} until the {} joins", room.room_id,
                                          sender, receiver)
-                        self.table.hold(room, sender, item, _frame_size(item), claim)
+                        self.table.hold(room, sender, item, item_size, claim)
                         claim = 0
                         continue
                     try:
                         await room.sides[receiver].send(item)
                     except ConnectionClosed:
                         return  # the peer left; its handler closes this side
-                    self.table.forwarded(_frame_size(item))
+                    self.table.forwarded(item_size)
             finally:
                 self.budget.release(claim)
 
@@ -808,8 +809,7 @@ class RelayServer:
             self._retire(room, f"{role} left")
         await self._close_peer(room, role)
 
-    async def _close_peer(self, room: Room, role: str, code: int = CLOSE_PEER_DISCONNECTED,
-                          reason: str = "peer disconnected") -> None:
+    async def _close_peer(self, room: Room, role: str) -> None:
         """Close the side opposite ``role`` with "peer disconnected"."""
         peer = room.sides.get(other(role))
         if peer is None or peer.state is State.CLOSED:
@@ -822,7 +822,7 @@ class RelayServer:
                     pass
         except TimeoutError:
             logger.warning("room {}: gave up delivering the {}'s last frames", room.room_id, role)
-        await peer.close(code, reason)
+        await peer.close(CLOSE_PEER_DISCONNECTED, "peer disconnected")
 
     def _maybe_trim(self) -> None:
         """Give freed memory back to the OS once the relay holds little (at most once a second)."""

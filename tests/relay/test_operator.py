@@ -320,6 +320,10 @@ def test_the_relay_command_explains_its_operator_options() -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--trusted-proxy 'nope' is not an address or CIDR" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    for value in ("0", "nan"):
+        bad = subprocess.run([sys.executable, "-m", "imprint", "relay", "--port", "0", "--drain-timeout", value],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "--drain-timeout must be a positive number of seconds" in bad.stderr
 
 
 
