@@ -10,15 +10,17 @@ wins, and an engine error becomes one clear line.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pykka
 from loguru import logger
 
 from imprint import summaries
-from imprint.actors.activity import ReadActivity
+from imprint.actors.activity import ReadActivity, SearchLane
 from imprint.actors.base import ImprintActor
 from imprint.diskspace import ensure_room
 from imprint.errors import ImprintError, ModelError, StoreError
@@ -105,6 +107,25 @@ def _version_row(version: tuple[str, float, str]) -> tuple[Any, ...]:
     return (*version, *summaries.parts(item(MEMORY, *version)))
 
 
+#: While searches come, a write's flush waits for a moment without one (FLUSH_QUIET seconds),
+#: FLUSH_AFTER seconds at most: Edge holds the GIL through a flush's ~20 fsyncs (10-180 ms,
+#: more while the disk is busy) and every search of the service would wait behind each. Until
+#: it is flushed, a write is safe from a crash of the process (Edge's write-ahead log is mapped
+#: memory: tests/actors/test_memory_store.py kills one), not yet from a power cut.
+FLUSH_WINDOW = 5.0
+FLUSH_QUIET = 0.5
+FLUSH_AFTER = 10.0
+
+
+class _FlushNow(msgspec.Struct, frozen=True):
+    """Flush the store if it is quiet, or has waited long enough (posted to self)."""
+
+
+class GetSearchLane(msgspec.Struct, frozen=True):
+    """The store's :class:`SearchLane`: SearchMemories answered in the asking thread, beside the
+    writes queued in the mailbox. In-process only: the answer is a live object."""
+
+
 class MemoryStore(ImprintActor):
     """Answers FindMissing, StoreMemories, PageMemories, SearchMemories, CountMemories,
     FacetMemories, NewestMemories, DescribeStore.
@@ -144,6 +165,11 @@ class MemoryStore(ImprintActor):
         self._snapshot: Any = None
         #: Statements of the write in hand, committed together (one fsync, not one per table).
         self._grouped: list[tuple[str, list[tuple[Any, ...]]]] | None = None
+        #: Searches from any thread, beside this mailbox (see GetSearchLane).
+        self._lane = SearchLane()
+        #: When the oldest write not flushed yet was made (monotonic), and the timer that flushes it.
+        self._unflushed: float | None = None
+        self._flush_timer: threading.Timer | None = None
 
     @property
     def location(self) -> str:
@@ -179,6 +205,8 @@ class MemoryStore(ImprintActor):
         self._finish_forgetting()
         self._check_versions()
         self._repair_dates()
+        if self._backend is not None:
+            self._lane.open(self._search)
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path
@@ -281,8 +309,49 @@ class MemoryStore(ImprintActor):
 
     def _delete(self, ids: tuple[str, ...]) -> None:
         self._unindex(ids)
-        self._backend.delete(ids)
+        self._backend.delete(ids, flush=self._flush_now(True))
         self._mark_checked(ids)
+
+    def _upsert(self, points: list[StoredMemory], *, flush: bool = True) -> None:
+        """Durable when it returns, but while searches come: see FLUSH_WINDOW."""
+        self._backend.upsert(points, flush=self._flush_now(flush))
+
+    def _flush_now(self, flush: bool) -> bool:
+        """Whether a write flushes as it is made; if not, it is flushed later (by this or a later write)."""
+        if flush and not self.reads.recent(FLUSH_WINDOW):
+            self._unflushed = None  # this flush takes every write before it along
+            return True
+        if self._unflushed is None:
+            self._unflushed = time.monotonic()
+        if flush and self._flush_timer is None:
+            self._flush_later()
+        return False
+
+    def _flush_later(self) -> None:
+        def post() -> None:
+            try:
+                self.actor_ref.tell(_FlushNow())
+            except pykka.ActorDeadError:
+                pass
+
+        self._flush_timer = threading.Timer(FLUSH_QUIET, post)
+        self._flush_timer.daemon = True
+        self._flush_timer.start()
+
+    def _flush_when_quiet(self) -> None:
+        self._flush_timer = None
+        if self._unflushed is None or self._backend is None:
+            return
+        if self.reads.recent(FLUSH_QUIET) and time.monotonic() - self._unflushed < FLUSH_AFTER:
+            self._flush_later()
+            return
+        try:
+            self._backend.flush()
+        except Exception as exc:  # a full disk, say: the write-ahead log keeps the writes; the next one tries again
+            logger.warning("the memory store could not be flushed ({}); it is tried again with the next write",
+                           str(exc).strip()[:200])
+            return
+        self._unflushed = None
 
     # ------------------------------------------------------------ vectors not checked yet
     #
@@ -351,7 +420,7 @@ class MemoryStore(ImprintActor):
             found = self._backend.retrieve(replaced)
             points = [StoredMemory(record=m.record, vector=ours[m.record.id], model=self._meta.model) for m in found]
             self._ensure_room(sum(len(p.record.content) + 4 * len(p.vector) + 512 for p in points))
-            self._backend.upsert(points)
+            self._upsert(points)
             fixed = len(points)
             if distrust:
                 db.execute("UPDATE distrusted SET replaced = replaced + ? WHERE peer = ?", (fixed, distrust))
@@ -395,7 +464,7 @@ class MemoryStore(ImprintActor):
             found = self._backend.retrieve(ids[start:start + 500], vectors=True)
             points = [StoredMemory(record=msgspec.structs.replace(m.record, timestamp=stored_time(now)),
                                    vector=m.vector, model=m.model) for m in found]
-            self._backend.upsert(points)
+            self._upsert(points)
             self._index([(p.record.id, p.record.timestamp, content_hash(p.record.content)) for p in points])
         if marks or ids:
             logger.warning("repaired {} memories and {} tombstones dated more than a day ahead of this machine's "
@@ -425,6 +494,14 @@ class MemoryStore(ImprintActor):
             )
 
     def shut_down(self) -> None:
+        self._lane.close()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self._unflushed is not None and self._backend is not None:
+            try:
+                self._backend.flush()
+            except Exception:  # the write-ahead log still holds it
+                logger.opt(exception=True).debug("flushing the memory store on the way out failed")
         if self._tombstones is not None:
             self._tombstones.db.close()
             self._tombstones = None
@@ -462,13 +539,13 @@ class MemoryStore(ImprintActor):
                 return self._to_write(ids, timestamps, hashes)
             case PageMemories(limit=limit, after=after, vectors=vectors):
                 return self._page(limit, after, vectors)
-            case SearchMemories(vector=vector, limit=limit, project=project, where=where):
-                self.reads.saw_search()
-                where = where or MemoryFilter()
-                if where.project is None and project is not None:
-                    where = msgspec.structs.replace(where, project=project)
-                hits = b.search(vector, limit, where)
-                return SearchHits(hits=tuple(SearchHit(score=score, record=record) for score, record in hits))
+            case SearchMemories():
+                return self._search(message)
+            case GetSearchLane():
+                return self._lane
+            case _FlushNow():
+                self._flush_when_quiet()
+                return None
             case CountMemories(where=where):
                 return self._cached(message, lambda: b.count(where))
             case FacetMemories(key=key, limit=limit, where=where):
@@ -508,6 +585,15 @@ class MemoryStore(ImprintActor):
                                  count=b.count(MemoryFilter()), model=meta.model if meta else "",
                                  model_name=meta.model_name if meta else "")
         return super().handle(message)
+
+    def _search(self, message: SearchMemories) -> SearchHits:
+        """Called in this actor's thread or, through the lane, in a client's: reads only."""
+        self.reads.saw_search()
+        where = message.where or MemoryFilter()
+        if where.project is None and message.project is not None:
+            where = msgspec.structs.replace(where, project=message.project)
+        hits = self._backend.search(message.vector, message.limit, where)
+        return SearchHits(hits=tuple(SearchHit(score=score, record=record) for score, record in hits))
 
     def _write(self, message: Any) -> Any:
         match message:
@@ -576,8 +662,9 @@ class MemoryStore(ImprintActor):
             updated += record.id in stored
             seen.add(record.id)
             points.append(StoredMemory(record=record, vector=vector, model=model))
-        # Durable when upsert returns: the batch is whole on disk before we report it stored.
-        self._backend.upsert(points, flush=flush)
+        # Durable when upsert returns: the batch is whole on disk before we report it stored (while
+        # searches come, safe from a crash and on disk within seconds: see FLUSH_WINDOW).
+        self._upsert(points, flush=flush)
         hashes = [content_hash(m.record.content) for m in points]
         self._grouped = []
         try:

@@ -97,8 +97,11 @@ class Backend(Protocol):
         """Write these memories (each with its vector and model), replacing same ids; durable
         on return unless `flush` is False (a server's writes always are)."""
 
-    def delete(self, ids: tuple[str, ...]) -> None:
-        """Remove these memories (ids not stored are ignored)."""
+    def delete(self, ids: tuple[str, ...], *, flush: bool = True) -> None:
+        """Remove these memories (ids not stored are ignored); durable on return unless `flush` is False."""
+
+    def flush(self) -> None:
+        """Make what was written with `flush` False durable (a server's writes always are)."""
 
     def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float, str]]:
         """(memory id, timestamp, content hash) of every matching memory, in stable order

@@ -125,12 +125,15 @@ class ServerBackend:
         if points:
             self._client.upsert(self.collection, points=points, wait=True)
 
-    def delete(self, ids: tuple[str, ...]) -> None:
+    def delete(self, ids: tuple[str, ...], *, flush: bool = True) -> None:
         from qdrant_client import models
 
         if self._exists and ids:
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=[point_id(i) for i in ids]),
                                 wait=True)
+
+    def flush(self) -> None:
+        """Nothing to do: the server's writes (wait=True) are its to keep."""
 
     def versions(self, where: MemoryFilter) -> Iterator[tuple[str, float, str]]:
         if not self._exists:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,7 +12,9 @@ import msgspec
 import pykka
 import pytest
 
-from imprint.actors.memory_store import MemoryStore
+from imprint.actors import memory_store
+from imprint.actors.activity import ReadActivity, SearchLane
+from imprint.actors.memory_store import GetSearchLane, MemoryStore
 from imprint.errors import ModelError, StoreError
 from imprint.messages.records import (
     MemoryRecord,
@@ -42,6 +46,7 @@ from imprint.messages.store import (
     StoreTombstones,
     Versions,
 )
+from tests.storage.test_edge_pin import mappings_size
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -573,3 +578,122 @@ def test_a_peers_unchecked_vectors_are_listed_hidden_from_reads_and_resolved(sta
     # forgotten: no longer waiting
     ref.ask(ForgetMemories(deleted_at=2e9, ids=(b.id,)), timeout=30)
     assert [u.id for u in ref.ask(TakeUnverified(limit=10), timeout=30)] == [other.id]
+
+
+class HeldReads(ReadActivity):
+    """The store's search signal, held in the actor's thread until released: the mailbox is busy
+    for as long as the test wants, with no clock involved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def saw_search(self) -> None:
+        super().saw_search()
+        if threading.current_thread() is not threading.main_thread():
+            self.entered.set()
+            assert self.release.wait(60)
+
+
+def test_the_search_lane_answers_while_the_mailbox_is_busy_and_closes_with_the_store(start_actor: StartActor,
+                                                                                     tmp_path: Path) -> None:
+    reads = HeldReads()
+    ref = start_actor(MemoryStore, collection=COLLECTION, path=tmp_path / "qdrant", dimension=DIM, model="fp-test",
+                      model_name="test-model", reads=reads)
+    records = [memory(f"memory number {i}") for i in range(3)]
+    vectors = unit_vectors(4)
+    store(ref, records, vectors[:3])
+    lane = ref.ask(GetSearchLane(), timeout=30)
+    query = SearchMemories(vector=vectors[1], limit=3)
+
+    held = ref.ask(query, block=False)  # the actor's thread now waits in the middle of a search
+    assert reads.entered.wait(30)
+    late = memory("a memory written while a search holds the mailbox")
+    write = ref.ask(StoreMemories(records=(late,), vectors=[vectors[3]]), block=False)
+    try:
+        hits = lane.search(query)  # in this thread, beside the queued write
+        assert hits.hits[0].record.id == records[1].id and len(hits.hits) == 3
+        assert reads.recent(60)  # the Storer hears of lane searches too
+        with pytest.raises(pykka.Timeout):
+            write.get(timeout=0)  # the write is still queued: the lane did not wait for it
+    finally:
+        reads.release.set()
+    assert held.get(timeout=30) == hits
+    write.get(timeout=30)
+    assert len(lane.search(query).hits) == 3  # the same lane sees the new write's store
+
+    ref.stop(timeout=30)
+    assert lane.search(query) is None  # closed with the store: callers ask the actor (a new one) instead
+
+
+def test_a_closing_search_lane_waits_for_the_searches_under_way() -> None:
+    lane = SearchLane()
+    started, finish = threading.Event(), threading.Event()
+
+    def search(answer: str) -> str:
+        started.set()
+        assert finish.wait(30)
+        return answer
+
+    lane.open(search)
+    result: list[str | None] = []
+    searching = threading.Thread(target=lambda: result.append(lane.search("found")))
+    searching.start()
+    assert started.wait(30)
+    closing = threading.Thread(target=lane.close)
+    closing.start()
+    closing.join(0.2)
+    assert closing.is_alive()  # the store is not closed under the search
+    assert lane.search("too late") is None  # while no new one starts
+    finish.set()
+    closing.join(30)
+    searching.join(30)
+    assert not closing.is_alive() and result == ["found"]
+
+
+def test_while_searches_come_a_write_is_flushed_when_they_pause_or_on_the_way_out(start_actor: StartActor,
+                                                                                   tmp_path: Path) -> None:
+    reads = ReadActivity()
+    path = tmp_path / "qdrant"
+    ref = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM, model="fp-test",
+                      model_name="test-model", reads=reads)
+    vectors = unit_vectors(3)
+    before = mappings_size(path)
+    store(ref, [memory("written while nobody searches")], vectors[:1])
+    assert mappings_size(path) > before  # flushed as it was written
+    before = mappings_size(path)
+
+    reads.saw_search()
+    store(ref, [memory("written while searches come")], vectors[1:2])
+    assert mappings_size(path) == before  # not flushed yet: no search waits behind the fsyncs
+    assert ref.ask(CountMemories(), timeout=30) == 2  # and read like any other
+    deadline = time.monotonic() + 30
+    while mappings_size(path) == before:  # flushed once searches pause (FLUSH_QUIET)
+        assert time.monotonic() < deadline, "the deferred flush never came"
+        time.sleep(0.05)
+
+    before = mappings_size(path)
+    reads.saw_search()
+    store(ref, [memory("written just before the store stops")], vectors[2:3])
+    ref.stop(timeout=30)
+    assert mappings_size(path) > before
+
+
+def test_searches_that_never_pause_delay_a_flush_by_flush_after_at_most(start_actor: StartActor, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_store, "FLUSH_AFTER", 1.0)
+    reads = ReadActivity()
+    path = tmp_path / "qdrant"
+    ref = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM, model="fp-test",
+                      model_name="test-model", reads=reads)
+    store(ref, [memory("the first")], unit_vectors(1))
+    before = mappings_size(path)
+    reads.saw_search()
+    written = time.monotonic()
+    store(ref, [memory("written among endless searches")], unit_vectors(1, seed=3))
+    while mappings_size(path) == before:
+        reads.saw_search()  # a search every 10 ms, never a pause of FLUSH_QUIET
+        assert time.monotonic() - written < 30, "the deferred flush never came"
+        time.sleep(0.01)
+    assert time.monotonic() - written >= 1.0

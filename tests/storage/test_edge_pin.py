@@ -65,6 +65,35 @@ def test_flush_close_and_load_keep_what_was_written(tmp_path: Path) -> None:
     again.close()
 
 
+def test_an_update_not_flushed_survives_a_killed_process_and_a_flush_writes_the_id_mappings(tmp_path: Path) -> None:
+    """MemoryStore defers flushes while searches come (FLUSH_WINDOW): that is safe from a crash
+    of the process only because Edge's write-ahead log is mapped memory, written on update."""
+    import qdrant_edge as q
+
+    path = tmp_path / "s"
+    make(path).close()
+    code = (f"import os, signal, uuid, qdrant_edge as q\nshard = q.EdgeShard.load({str(path)!r})\n"
+            "pts = [q.Point(id=str(uuid.UUID(int=i + 1)), vector={'dense': [1.0 + i, 2.0, 0.0, 0.5]}, payload={})"
+            " for i in range(7)]\nshard.update(q.UpdateOperation.upsert_points(pts))\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    again = q.EdgeShard.load(str(path))
+    assert again.count(q.CountRequest(exact=True)) == 7
+    # What tests/actors/test_memory_store.py reads to tell a flush happened: the id mappings grow.
+    before = mappings_size(path)
+    again.update(q.UpdateOperation.upsert_points(points(9)[7:]))
+    assert mappings_size(path) == before
+    again.flush()
+    assert mappings_size(path) > before
+    again.close()
+
+
+def mappings_size(path: Path) -> int:
+    """Bytes of the shard's id mappings, which Edge appends to on flush only."""
+    return sum(f.stat().st_size for f in path.glob("segments/*/mutable_id_tracker.mappings"))
+
+
 def test_a_second_process_cannot_load_an_open_shard(tmp_path: Path) -> None:
     shard = make(tmp_path / "s")
     code = f"import qdrant_edge as q\ntry:\n q.EdgeShard.load({str(tmp_path / 's')!r})\nexcept Exception as e:\n print(e)"
