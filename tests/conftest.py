@@ -101,6 +101,28 @@ def cli_env(**extra: str) -> dict[str, str]:
 # ---------------------------------------------------------------- the services commands start
 
 
+#: Directories of a store's own files, where no data dir is: not walked (most of a test run's files).
+_STORE_DIRS = frozenset({"segments", "wal", "workspaces", "payload_index"})
+
+
+def _data_dirs(root: Path) -> Iterator[Path]:
+    """The directories under `root` (itself included) that hold a service.lock. Walked after
+    every test over the whole run's temporary files: a data dir is not descended into (they do
+    not nest), nor is a store's inside."""
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        if any(e.name == "service.lock" for e in entries):
+            yield Path(folder)
+            continue
+        stack.extend(e.path for e in entries if e.name not in _STORE_DIRS and e.is_dir(follow_symlinks=False))
+
+
 def stop_services(root: Path, *, timeout: float = 20.0) -> int:
     """SIGTERM every imprint service holding a data dir under `root`, and wait for each to exit
     (SIGKILL after `timeout`). Returns how many were running."""
@@ -109,7 +131,7 @@ def stop_services(root: Path, *, timeout: float = 20.0) -> int:
 
     from tests.service_support import alive, service_pid
 
-    pids = [pid for lock in root.rglob("service.lock") if (pid := service_pid(lock.parent)) is not None]
+    pids = [pid for data_dir in _data_dirs(root) if (pid := service_pid(data_dir)) is not None]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)

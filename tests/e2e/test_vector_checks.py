@@ -25,7 +25,7 @@ from tests.e2e.support import (
 )
 from tests.e2e.test_sync_v2 import cosine, vectors_of
 
-N = 1000
+N = 300
 QUERY = "how do we deploy?"
 
 
