@@ -343,9 +343,8 @@ class Core:
         return hits
 
     def _search_store(self, request: SearchMemories) -> Any:
-        """Through the store's lane, beside the writes a sync queues in its mailbox (at 100k under a
-        sync, search p99 fell from ~140 ms to ~X ms in bench_service); through the mailbox when the lane
-        is closed (the store restarting) or there is none."""
+        """Through the store's lane, beside the writes a sync queues in its mailbox (see
+        bench_service); through the mailbox when the lane is closed (the store restarting)."""
         from imprint.actors.memory_store import GetSearchLane
 
         if self._search_lane is None:

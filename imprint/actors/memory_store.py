@@ -208,7 +208,7 @@ class MemoryStore(ImprintActor):
         self._check_versions()
         self._repair_dates()
         if self._backend is not None:
-            self._lane.open(self._search)
+            self._lane.open(self._lane_search)
 
     def _open_tombstones(self) -> None:
         path = self.forgotten_path
@@ -587,6 +587,12 @@ class MemoryStore(ImprintActor):
                                  count=b.count(MemoryFilter()), model=meta.model if meta else "",
                                  model_name=meta.model_name if meta else "")
         return super().handle(message)
+
+    def _lane_search(self, message: SearchMemories) -> SearchHits:
+        """A search in a client's thread: reads only, and its errors worded as the mailbox's are."""
+        if not isinstance(message, SearchMemories):
+            raise TypeError(f"the search lane takes SearchMemories, not {type(message).__name__}")
+        return self.handle(message)
 
     def _search(self, message: SearchMemories) -> SearchHits:
         """Called in this actor's thread or, through the lane, in a client's: reads only."""

@@ -622,6 +622,10 @@ def test_the_search_lane_answers_while_the_mailbox_is_busy_and_closes_with_the_s
     assert held.get(timeout=30) == hits
     write.get(timeout=30)
     assert len(lane.search(query).hits) == 3  # the same lane sees the new write's store
+    with pytest.raises(StoreError, match="memory store error at"):  # worded as the mailbox words it
+        lane.search(SearchMemories(vector=[1.0, 0.0], limit=3))
+    with pytest.raises(TypeError):
+        lane.search(CountMemories())  # a lane for searches only: never a write beside the mailbox
 
     ref.stop(timeout=30)
     assert lane.search(query) is None  # closed with the store: callers ask the actor (a new one) instead
