@@ -656,8 +656,10 @@ def test_a_closing_search_lane_waits_for_the_searches_under_way() -> None:
     assert not closing.is_alive() and result == ["found"]
 
 
-def test_while_searches_come_a_write_is_flushed_when_they_pause_or_on_the_way_out(start_actor: StartActor,
-                                                                                   tmp_path: Path) -> None:
+def test_while_searches_come_a_write_is_flushed_when_they_pause_or_on_the_way_out(
+        start_actor: StartActor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pause of 3 s: the check below that nothing was flushed yet cannot be overtaken by a slow machine.
+    monkeypatch.setattr(memory_store, "FLUSH_QUIET", 3.0)
     reads = ReadActivity()
     path = tmp_path / "qdrant"
     ref = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM, model="fp-test",
@@ -687,6 +689,8 @@ def test_while_searches_come_a_write_is_flushed_when_they_pause_or_on_the_way_ou
 def test_searches_that_never_pause_delay_a_flush_by_flush_after_at_most(start_actor: StartActor, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_store, "FLUSH_AFTER", 1.0)
+    # Looked at every 2 s: a stall of this test's loop cannot pass for a pause of the searches.
+    monkeypatch.setattr(memory_store, "FLUSH_QUIET", 2.0)
     reads = ReadActivity()
     path = tmp_path / "qdrant"
     ref = start_actor(MemoryStore, collection=COLLECTION, path=path, dimension=DIM, model="fp-test",
@@ -697,7 +701,7 @@ def test_searches_that_never_pause_delay_a_flush_by_flush_after_at_most(start_ac
     written = time.monotonic()
     store(ref, [memory("written among endless searches")], unit_vectors(1, seed=3))
     while mappings_size(path) == before:
-        reads.saw_search()  # a search every 10 ms, never a pause of FLUSH_QUIET
+        reads.saw_search()  # a search every 10 ms, never a pause
         assert time.monotonic() - written < 30, "the deferred flush never came"
         time.sleep(0.01)
     assert time.monotonic() - written >= 1.0
