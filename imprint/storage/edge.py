@@ -241,15 +241,27 @@ class EdgeBackend:
                                                 filter=_where(where), with_payload=True))
         return [(float(h.score), _record(h.payload)) for h in hits]
 
+    def _exact(self, condition: Any) -> bool:
+        """Whether a count or facet must visit the points. Unfiltered on a shard of one segment
+        (imprint never runs Edge's optimize, which could make more), Edge's answer from its payload
+        indexes is the exact one: deleted and changed points leave the index as they go
+        (tests/storage/test_contract.py), and it takes 0.1-0.3 ms instead of 14-32 ms at 140k, GIL
+        held — what every search waited for while the dashboard's stats were read. A filter is
+        only estimated from the indexes, and a point moved between segments can be counted twice."""
+        return condition is not None or self._shard.info().segments_count != 1
+
     def count(self, where: MemoryFilter) -> int:
         if self._shard is None:
             return 0
-        return int(self._shard.count(_edge().CountRequest(exact=True, filter=_where(where))))
+        condition = _where(where)
+        return int(self._shard.count(_edge().CountRequest(exact=self._exact(condition), filter=condition)))
 
     def facet(self, key: FacetKey, limit: int, where: MemoryFilter) -> list[tuple[str, int]]:
         if self._shard is None:
             return []
-        response = self._shard.facet(_edge().FacetRequest(key=key, limit=limit, exact=True, filter=_where(where)))
+        condition = _where(where)
+        response = self._shard.facet(_edge().FacetRequest(key=key, limit=limit, exact=self._exact(condition),
+                                                          filter=condition))
         # An exact facet still lists a value whose points were all deleted, with count 0.
         return [(str(h.value), int(h.count)) for h in response.hits if h.count]
 

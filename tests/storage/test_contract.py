@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+import msgspec
 import pytest
 
 from imprint.messages.records import MemoryRecord, content_hash, finalize_memory
@@ -167,6 +168,38 @@ def test_count_facet_and_newest(open_backend: Opener) -> None:
     newest = b.newest(MemoryFilter(), 0, 4)
     assert [r.content for r in newest] == ["memory 29", "memory 28", "memory 27", "memory 26"]
     assert [r.content for r in b.newest(MemoryFilter(project="p2"), 8, 10)] == ["memory 5", "memory 2"]
+
+
+def test_counts_and_facets_stay_exact_through_changes_deletes_and_reopening(open_backend: Opener) -> None:
+    """Unfiltered counts and facets may be read from the engine's indexes (Edge: 100x faster);
+    they must still be the stored truth after memories change project, type or source, are
+    deleted, and the store is opened again."""
+    import collections
+
+    b, records, vecs = filled(open_backend, 60)
+    held = {r.id: r for r in records}
+    rng = random.Random(7)
+
+    def check() -> None:
+        assert b.count(MemoryFilter()) == len(held)
+        for key in ("project", "type", "source"):
+            truth = collections.Counter(getattr(r, key) for r in held.values())
+            assert sorted(b.facet(key, 100, MemoryFilter())) == sorted(truth.items()), key
+        assert b.count(MemoryFilter(project="p1")) == sum(r.project == "p1" for r in held.values())
+
+    for step in range(6):
+        moved = [msgspec.structs.replace(r, project=rng.choice(["p0", "p1", "p3"]), type=rng.choice(["note", "fact"]),
+                                         source=rng.choice(["", "x.md", f"s{step}.md"]))
+                 for r in rng.sample(sorted(held.values(), key=lambda r: r.id), 10)]
+        b.upsert([StoredMemory(record=r, vector=vecs[step], model="fp-1") for r in moved])
+        held.update((r.id, r) for r in moved)
+        gone = rng.sample(sorted(held), 4)
+        b.delete(tuple(gone))
+        for key in gone:
+            del held[key]
+        check()
+    b = open_backend()
+    check()
 
 
 def test_versions_and_delete(open_backend: Opener) -> None:
