@@ -75,8 +75,8 @@ def cmd_service_status(args: argparse.Namespace, settings: Settings, out: Output
         "dashboards": str(info.dashboards),
         "exits when idle": f"after {_duration(info.idle_exit)} without a client",
     }
-    names = {"Search": "search", "Remember": "add/import", "Get": "get", "Forget": "forget", "FactAdd": "fact add",
-             "FactList": "fact list", "MemoryPageOf": "export page"}
+    names = {"Search": "search", "StoreDocuments": "add/ingest", "Remember": "import", "Get": "get",
+             "Forget": "forget", "FactAdd": "fact add", "FactList": "fact list", "MemoryPageOf": "export page"}
     shown = [f"{names[k]} {n:,}x p50 {p50:g} ms p99 {p99:g} ms" for k, (n, p50, p99) in info.latency_ms.items()
              if k in names]
     if shown:

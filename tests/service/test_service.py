@@ -251,6 +251,7 @@ def test_service_status_and_stop(tmp_path: Path) -> None:
     assert info["running"] and info["pid"] == service_pid(data) and info["rss_bytes"] > 0
     assert info["models_loaded"] == [] and info["syncs"] == 0 and info["workspaces"] == ["default"]
     pid = info["pid"]
+    assert "fact add 1x p50" in ok(imprint(data, "service", "status")).stdout  # the requests it timed
     assert f"stopped the imprint service (pid {pid})" in ok(imprint(data, "service", "stop")).stdout
     assert not alive(pid) and not socket_path(data).exists()
 
