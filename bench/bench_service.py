@@ -57,6 +57,14 @@ def service_info(data: Path) -> dict:
     return json.loads(out)
 
 
+def rss_split(pid: int) -> tuple[float, float]:
+    """The service's resident memory in MB: its own (anonymous: heap, the model) and mapped files
+    (the store's vectors and payloads, page cache the kernel can take back), from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    kb = {k: int(fields[k].split()[0]) for k in ("RssAnon", "RssFile", "RssShmem") if k in fields}
+    return kb.get("RssAnon", 0) / 1024, (kb.get("RssFile", 0) + kb.get("RssShmem", 0)) / 1024
+
+
 def import_file(data: Path, path: Path, n: int) -> float:
     wall, _, out = timed(imprint(data, "--json", "import", str(path)))
     assert json.loads(out)["vectors_reused"] == n, out
@@ -225,7 +233,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
         figures[f"{name}_median_s"] = statistics.median(walls)
         figures[f"{name}_worst_s"] = max(walls)
         figures[f"{name}_client_rss_mb"] = max(r[1] for r in runs)
-    figures["service_rss_mb"] = service_info(a)["rss_bytes"] / 2**20
+    info = service_info(a)
+    figures["service_rss_mb"] = info["rss_bytes"] / 2**20
+    figures["service_rss_anon_mb"], figures["service_rss_files_mb"] = rss_split(info["pid"])
 
     relay = RelayServer(host="127.0.0.1", port=0)
     port = relay.start_in_thread()
@@ -269,6 +279,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, float]:
             print("  errors:", load.errors[:5], file=sys.stderr)
         after = service_info(a)
         figures["service_rss_after_load_mb"] = after["rss_bytes"] / 2**20
+        figures["service_rss_anon_after_load_mb"], figures["service_rss_files_after_load_mb"] = rss_split(after["pid"])
         for kind, (count, p50, p99) in after.get("latency_ms", {}).items():
             if kind in ("Search", "Remember"):
                 figures[f"in_service_{kind.lower()}_p50_ms"] = p50  # since the service started: the loaded phase
