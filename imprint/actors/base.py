@@ -7,6 +7,7 @@ instead of a silence that only an idle timeout would end."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Any
 
@@ -86,6 +87,21 @@ class ImprintActor(pykka.ThreadingActor):
     def handle(self, message: Any) -> Any:
         """Answer one typed message; unknown types are a programming error."""
         raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+
+def tell_later(ref: pykka.ActorRef[Any], message: Any, seconds: float) -> threading.Timer:
+    """Tell `ref` `message` in `seconds` (nothing if it has stopped by then); cancel the timer
+    returned to take it back."""
+    def post() -> None:
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    timer = threading.Timer(seconds, post)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def ask(ref: pykka.ActorRef[Any], message: Any, *, timeout: float = ASK_TIMEOUT) -> Any:

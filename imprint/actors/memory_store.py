@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pykka
 from loguru import logger
 
 from imprint import summaries
 from imprint.actors.activity import ReadActivity, SearchLane
-from imprint.actors.base import ImprintActor
+from imprint.actors.base import ImprintActor, tell_later
 from imprint.diskspace import ensure_room
 from imprint.errors import ImprintError, ModelError, StoreError
 from imprint.messages.records import (
@@ -330,15 +329,7 @@ class MemoryStore(ImprintActor):
         return False
 
     def _flush_later(self) -> None:
-        def post() -> None:
-            try:
-                self.actor_ref.tell(_FlushNow())
-            except pykka.ActorDeadError:
-                pass
-
-        self._flush_timer = threading.Timer(FLUSH_QUIET, post)
-        self._flush_timer.daemon = True
-        self._flush_timer.start()
+        self._flush_timer = tell_later(self.actor_ref, _FlushNow(), FLUSH_QUIET)
 
     def _flush_when_quiet(self) -> None:
         self._flush_timer = None

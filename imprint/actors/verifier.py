@@ -23,10 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import pykka
 from loguru import logger
 
-from imprint.actors.base import ImprintActor, ask
+from imprint.actors.base import ImprintActor, ask, tell_later
 from imprint.actors.storer import MIN_COSINE, cosine
 from imprint.messages.records import content_hash
 from imprint.messages.store import (
@@ -91,15 +90,7 @@ class Verifier(ImprintActor):
         return None
 
     def _later(self, seconds: float) -> None:
-        def tick() -> None:
-            try:
-                self.actor_ref.tell(_Tick())
-            except pykka.ActorDeadError:
-                pass
-
-        self._timer = threading.Timer(seconds, tick)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = tell_later(self.actor_ref, _Tick(), seconds)
 
     def _step(self) -> float:
         """Check one chunk if the service is quiet; the seconds until the next look."""
