@@ -55,6 +55,14 @@ MAX_INCOMING_BYTES = 33 * 1024 * 1024
 WINDOW_BYTES = 64 * 1024 * 1024
 #: Frames at least this big are read into one preallocated buffer.
 _BIG_READ = 1 << 20
+#: Seconds a room in which nothing has moved yet is opened again after its relay closed it
+#: for a restart (1012): a systemd restart, or HAProxy taking the relay out (its check runs
+#: every second) and sending the room to another.
+REJOIN_FOR = 60.0
+#: Seconds one attempt to open the room again may take.
+REJOIN_CONNECT = 3.0
+#: The close code of a relay draining for a restart.
+CLOSE_RESTARTING = 1012
 
 
 class _Incoming(msgspec.Struct, frozen=True):
@@ -148,12 +156,17 @@ class Hangup:
                 pass  # already disconnected
 
 
+def _close_code(frame: Any) -> int | None:
+    data = bytes(getattr(frame, "data", b"") or b"")
+    return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+
+
 def _close_reason(frame: Any) -> str:
     data = bytes(getattr(frame, "data", b"") or b"")
     if len(data) >= 2:
         code = struct.unpack("!H", data[:2])[0]
         reason = data[2:].decode("utf-8", "replace").strip()
-        if code == 1012:  # drained for a restart: nothing is lost, the next run reaches a relay that is up
+        if code == CLOSE_RESTARTING:  # drained for a restart: nothing is lost, the next run reaches a relay that is up
             return "the relay is restarting (1012): run the same command again"
         return f"relay closed the connection ({code}{': ' + reason if reason else ''})"
     return "relay closed the connection"
@@ -211,19 +224,31 @@ class RelayConnection(ImprintActor):
         self._reader_reason = ""
         self._raw_to: Any = None
         self._early: list[tuple[bytes | bytearray, bool]] = []
+        #: Whether anything was sent: until then a room closed for a restart is opened again.
+        self._spoke = False
 
     # ---------------------------------------------------------------- lifecycle
+
+    def _connect(self, timeout: float | None = None) -> websocket.WebSocket:
+        # UTF-8 is checked by our decoder in C-speed slices; websocket-client's
+        # own check is a pure-Python loop over every byte of every text frame.
+        return websocket.create_connection(
+            self.url, timeout=timeout or self.connect_timeout, enable_multithread=True, skip_utf8_validation=True
+        )
+
+    def _use(self, ws: websocket.WebSocket) -> None:
+        ws.settimeout(None)
+        _harden(ws, self.max_frame_bytes)
+        self._ws = ws
+        if self.hangup is not None:
+            self.hangup.attach(getattr(ws, "sock", None))
 
     def start_up(self) -> None:
         delay = 0.25
         last_error = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                # UTF-8 is checked by our decoder in C-speed slices; websocket-client's
-                # own check is a pure-Python loop over every byte of every text frame.
-                self._ws = websocket.create_connection(
-                    self.url, timeout=self.connect_timeout, enable_multithread=True, skip_utf8_validation=True
-                )
+                self._ws = self._connect()
                 break
             except websocket.WebSocketBadStatusException as exc:
                 status = getattr(exc, "status_code", "?")
@@ -236,10 +261,7 @@ class RelayConnection(ImprintActor):
                     delay = min(delay * 2, 4.0)
         else:
             raise RelayError(f"cannot reach the relay at {self._safe_url()}: {last_error}")
-        self._ws.settimeout(None)
-        _harden(self._ws, self.max_frame_bytes)
-        if self.hangup is not None:
-            self.hangup.attach(getattr(self._ws, "sock", None))
+        self._use(self._ws)
         self._reader = threading.Thread(target=self._read_loop, name="relay-reader", daemon=True)
         self._reader.start()
         logger.debug("connected to {}", self._safe_url())
@@ -276,6 +298,8 @@ class RelayConnection(ImprintActor):
     def _read_loop(self) -> None:
         ws = self._ws
         reason = "connection closed"
+        heard = False
+        rejoin_until: float | None = None
         try:
             while not self._stopping.is_set():
                 if not self._wait_for_room():
@@ -290,7 +314,13 @@ class RelayConnection(ImprintActor):
                         ws.shutdown()
                     except Exception:
                         logger.debug("socket shutdown failed", exc_info=True)
+                    if _close_code(frame) == CLOSE_RESTARTING and not heard and not self._spoke:
+                        rejoin_until = rejoin_until or time.monotonic() + REJOIN_FOR
+                        if self._rejoin(rejoin_until):
+                            ws = self._ws
+                            continue
                     break
+                heard = True
                 data = frame.data if hasattr(frame, "data") else frame
                 if len(data) > self.max_frame_bytes:
                     reason = f"the relay sent a frame of {len(data):,} bytes, over the limit of {self.max_frame_bytes:,}"
@@ -315,6 +345,30 @@ class RelayConnection(ImprintActor):
             self.actor_ref.tell(_ReaderEnded(reason=reason))
         except pykka.ActorDeadError:
             pass
+
+    def _rejoin(self, until: float) -> bool:
+        """Open the room again after its relay closed it for a restart, when nothing has moved in
+        it yet (a `serve` waiting for its peer says nothing first): the room and PIN the user
+        handed on stay good, and the relay that takes it over (another behind the proxy, or the
+        same one restarted) pairs it with the peer who comes. Retries with backoff until `until`;
+        False when stopped or out of time (the session then reports the restart)."""
+        delay = 0.25
+        while time.monotonic() < until:
+            if self._stopping.wait(delay):  # stopped meanwhile (Ctrl-C): not a timing wait
+                return False
+            delay = min(delay * 2, 4.0)
+            try:
+                ws = self._connect(min(self.connect_timeout, REJOIN_CONNECT))  # a Ctrl-C waits for it
+            except (OSError, websocket.WebSocketException) as exc:
+                logger.debug("opening {} again failed: {}", self._safe_url(), exc or type(exc).__name__)
+                continue
+            self._use(ws)
+            if self._stopping.is_set():
+                self._hang_up(ws, 1000)
+                return False
+            logger.info("the relay restarted: {} is open again, waiting for the peer", self._safe_url())
+            return True
+        return False
 
     @staticmethod
     def _hang_up(ws: websocket.WebSocket, code: int) -> None:
@@ -428,6 +482,7 @@ class RelayConnection(ImprintActor):
         if self._ws is None or self._closing or self._lost:
             # Say why: "a consumer is already connected to room X" beats "closed".
             raise RelayError(self._lost_reason or "the relay connection is closed")
+        self._spoke = True
         try:
             if isinstance(data, str):
                 self._ws.send(data, opcode=websocket.ABNF.OPCODE_TEXT)

@@ -393,6 +393,42 @@ def test_relay_killed_mid_stream_then_rerun_completes(spawn: Spawn, relay: Recor
     assert len(b2.fact_records) == len({(f["subject"], f["predicate"], f["object"], f["valid_from"]) for f in b2.fact_records}) == 3
 
 
+@pytest.mark.timeout(300)
+def test_a_waiting_serve_outlives_a_relay_restart_and_the_peer_joins_with_the_same_pin(
+        spawn: Spawn, tmp_path: Path) -> None:
+    """A rolling restart closes a room in which nothing has moved yet with 1012. The serve waiting
+    in it opens the room again by itself (the relay restarted on its port, as systemd does), so the
+    room and PIN the user passed on still work; a join that had spoken would be told to rerun."""
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def start_relay() -> Any:
+        relay = spawn(None, "relay", "--host", "127.0.0.1", "--port", str(port))
+        relay.wait_stderr(r"relay listening on ws://127\.0\.0\.1:")
+        return relay
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    records = [{"content": f"restart memory {n}: the room outlived its relay", "project": "restart"} for n in range(4)]
+    run(a, "import", str(write_jsonl(tmp_path / "a.jsonl", records)))
+    first = start_relay()
+    serve, room = start_serve(spawn, a, f"ws://127.0.0.1:{port}", "--yes")
+    first.proc.send_signal(signal.SIGTERM)  # nothing under way: the waiting room closes, the relay exits
+    assert first.wait() == 0, first.describe()
+    assert serve.proc.poll() is None, serve.describe()
+    start_relay()  # the same port, as a restart
+    join = start_join(spawn, b, room, "--yes")
+    serve.next_event("approval_required")
+    serve.answer("y")
+    assert serve.wait() == 0, serve.describe()
+    assert join.wait() == 0, join.describe()
+    (got,) = export(b)
+    assert got.contents == {r["content"] for r in records}
+
+
 # ---------------------------------------------------------------- plaintext interop
 
 

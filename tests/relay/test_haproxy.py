@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,9 +56,9 @@ def free_port() -> int:
 class RelayProcess:
     """`imprint relay` as an operator runs it (deploy/imprint-relay@.service's options)."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imprint", "relay", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "imprint", "relay", "--host", "127.0.0.1", "--port", str(port),
              "--trusted-proxy", "127.0.0.1", "--metrics", *extra],
             stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -329,6 +330,61 @@ def test_sigterm_drains_one_relay_mid_sync_and_its_syncs_finish_or_rerun_through
     for relay in farm.relays[1:]:  # the others were not touched
         assert relay.proc.poll() is None
         assert relay.metrics()["imprint_relay_refusals_total{reason=restart}"] == 0
+
+
+@pytest.mark.e2e
+def test_a_waiting_serve_moves_with_a_rolling_restart_and_its_peer_finds_it(farm: Farm, spawn,  # noqa: ANN001
+                                                                             tmp_path: Path) -> None:
+    """The relay holding a waiting room restarts: the serve opens its room again (on another relay,
+    HAProxy having taken that one out), the relay comes back on its port, and the peer who joins
+    afterwards with the same PIN still meets the serve — the stick table keeps the room where it
+    is, where the hash alone would send the peer back to the restarted relay."""
+    from tests.conftest import cli_env
+    from tests.e2e.support import export, write_jsonl
+
+    def waiting() -> list[int]:
+        return [int(relay.metrics()["imprint_relay_rooms_waiting"]) for relay in farm.relays]
+
+    def until(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)  # polling the relays' metrics
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    records = [{"content": f"rolling memory {n}: the room moved and its peer found it", "project": "roll"}
+               for n in range(4)]
+    env = cli_env(SSL_CERT_FILE=str(farm.cafile))
+    # The service makes the connections: it starts with the environment trusting the test's CA.
+    assert spawn(a, "import", str(write_jsonl(tmp_path / "a.jsonl", records)), env=env).wait() == 0
+    serve = spawn(a, "serve", "--relay", farm.url, "--json", "--yes", env=env)
+    room = serve.next_event("room")
+    until(lambda: sum(waiting()) == 1, "the serve's room")
+    first = waiting().index(1)
+    restarted = farm.relays[first]
+    restarted.proc.send_signal(signal.SIGTERM)  # nothing under way: its waiting room closes at once
+    assert restarted.proc.wait(WAIT) == 0
+    others = [relay for n, relay in enumerate(farm.relays) if n != first]
+    until(lambda: sum(int(r.metrics()["imprint_relay_rooms_waiting"]) for r in others) == 1, "the room reopened")
+    assert serve.proc.poll() is None, serve.describe()
+    back = RelayProcess("--drain-timeout", "3", port=restarted.port)
+    farm.relays[first] = back
+
+    async def probe() -> None:  # rooms until HAProxy sends one to the relay that came back
+        n = 0
+        while not back.metrics()["imprint_relay_rooms_opened_total"]:
+            n += 1  # each from its own address: one address may open only so many a second
+            ws = await open_ws(farm, f"probe-{uuid.uuid4().hex[:10]}", "provider", f"127.0.4.{n % 250 + 1}")
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(probe(), WAIT))
+    join = spawn(b, "join", room["target"], "--pin", room["pin"], "--json", "--yes", env=env)
+    serve.next_event("approval_required")
+    serve.answer("y")
+    assert serve.wait() == 0, serve.describe()
+    assert join.wait() == 0, join.describe()
+    (got,) = export(b)
+    assert got.contents == {r["content"] for r in records}
 
 
 def test_the_systemd_unit_runs_the_relay_it_describes(tmp_path: Path) -> None:
