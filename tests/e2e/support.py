@@ -376,6 +376,16 @@ def sync(spawn: Spawn, provider: Path, consumer: Path, relay_url: str, answer: s
     return serve, join, room
 
 
+def approve_and_finish(serve: Cli, join: Cli, consumer: Path, contents: set[str]) -> None:
+    """Answer the serve's question yes; both exit 0 and the consumer holds `contents`."""
+    serve.next_event("approval_required")
+    serve.answer("y")
+    assert serve.wait() == 0, serve.describe()
+    assert join.wait() == 0, join.describe()
+    (got,) = export(consumer)
+    assert got.contents == contents
+
+
 def stats(cli: Cli) -> dict[str, Any]:
     found = [e for e in cli.events if e.get("event") == "stats"]
     assert len(found) == 1, cli.describe()

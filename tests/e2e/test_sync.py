@@ -35,6 +35,7 @@ from tests.e2e.support import (
     Export,
     RecordingRelay,
     Spawn,
+    approve_and_finish,
     clone,
     export,
     nth_binary_from_provider,
@@ -420,13 +421,7 @@ def test_a_waiting_serve_outlives_a_relay_restart_and_the_peer_joins_with_the_sa
     assert first.wait() == 0, first.describe()
     assert serve.proc.poll() is None, serve.describe()
     start_relay()  # the same port, as a restart
-    join = start_join(spawn, b, room, "--yes")
-    serve.next_event("approval_required")
-    serve.answer("y")
-    assert serve.wait() == 0, serve.describe()
-    assert join.wait() == 0, join.describe()
-    (got,) = export(b)
-    assert got.contents == {r["content"] for r in records}
+    approve_and_finish(serve, start_join(spawn, b, room, "--yes"), b, {r["content"] for r in records})
 
 
 # ---------------------------------------------------------------- plaintext interop

@@ -202,6 +202,24 @@ async def pair(farm: Farm, room: str, address: str, frames: int, size: int = 64 
         await consumer.close()
 
 
+def farm_env(farm: Farm) -> dict[str, str]:
+    """The CLI's environment, trusting the test's certificate as a user trusts a real one."""
+    from tests.conftest import cli_env
+
+    return cli_env(SSL_CERT_FILE=str(farm.cafile))
+
+
+def serve_through(farm: Farm, spawn: Any, tmp_path: Path, records: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """A data dir holding `records` and its `serve --json --yes` through the farm: the serve and its
+    room. The service makes the connections, so it starts with the environment of farm_env."""
+    from tests.e2e.support import write_jsonl
+
+    a = tmp_path / "a"
+    assert spawn(a, "import", str(write_jsonl(tmp_path / "a.jsonl", records)), env=farm_env(farm)).wait() == 0
+    serve = spawn(a, "serve", "--relay", farm.url, "--json", "--yes", env=farm_env(farm))
+    return serve, serve.next_event("room")
+
+
 # ------------------------------------------------------------------ tests
 
 
@@ -339,8 +357,7 @@ def test_a_waiting_serve_moves_with_a_rolling_restart_and_its_peer_finds_it(farm
     HAProxy having taken that one out), the relay comes back on its port, and the peer who joins
     afterwards with the same PIN still meets the serve — the stick table keeps the room where it
     is, where the hash alone would send the peer back to the restarted relay."""
-    from tests.conftest import cli_env
-    from tests.e2e.support import export, write_jsonl
+    from tests.e2e.support import approve_and_finish
 
     def waiting() -> list[int]:
         return [int(relay.metrics()["imprint_relay_rooms_waiting"]) for relay in farm.relays]
@@ -351,14 +368,9 @@ def test_a_waiting_serve_moves_with_a_rolling_restart_and_its_peer_finds_it(farm
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.1)  # polling the relays' metrics
 
-    a, b = tmp_path / "a", tmp_path / "b"
     records = [{"content": f"rolling memory {n}: the room moved and its peer found it", "project": "roll"}
                for n in range(4)]
-    env = cli_env(SSL_CERT_FILE=str(farm.cafile))
-    # The service makes the connections: it starts with the environment trusting the test's CA.
-    assert spawn(a, "import", str(write_jsonl(tmp_path / "a.jsonl", records)), env=env).wait() == 0
-    serve = spawn(a, "serve", "--relay", farm.url, "--json", "--yes", env=env)
-    room = serve.next_event("room")
+    serve, room = serve_through(farm, spawn, tmp_path, records)
     until(lambda: sum(waiting()) == 1, "the serve's room")
     first = waiting().index(1)
     restarted = farm.relays[first]
@@ -378,13 +390,9 @@ def test_a_waiting_serve_moves_with_a_rolling_restart_and_its_peer_finds_it(farm
             await ws.close()
 
     asyncio.run(asyncio.wait_for(probe(), WAIT))
-    join = spawn(b, "join", room["target"], "--pin", room["pin"], "--json", "--yes", env=env)
-    serve.next_event("approval_required")
-    serve.answer("y")
-    assert serve.wait() == 0, serve.describe()
-    assert join.wait() == 0, join.describe()
-    (got,) = export(b)
-    assert got.contents == {r["content"] for r in records}
+    b = tmp_path / "b"
+    join = spawn(b, "join", room["target"], "--pin", room["pin"], "--json", "--yes", env=farm_env(farm))
+    approve_and_finish(serve, join, b, {r["content"] for r in records})
 
 
 def test_the_systemd_unit_runs_the_relay_it_describes(tmp_path: Path) -> None:
@@ -425,22 +433,13 @@ def test_the_systemd_unit_runs_the_relay_it_describes(tmp_path: Path) -> None:
 def test_a_real_sync_goes_through_haproxy_over_tls(farm: Farm, spawn, tmp_path: Path) -> None:  # noqa: ANN001
     """The product itself through the deployed stack: `serve --relay wss://…` and `join`,
     trusting the test's certificate as a user trusts a real one (SSL_CERT_FILE)."""
-    from tests.conftest import cli_env
-    from tests.e2e.support import export, write_jsonl
+    from tests.e2e.support import approve_and_finish
 
-    a, b = tmp_path / "a", tmp_path / "b"
     records = [{"content": f"farm memory {n}: the relay behind the proxy carried this", "project": "farm"}
                for n in range(5)]
-    env = cli_env(SSL_CERT_FILE=str(farm.cafile))
-    assert spawn(a, "import", str(write_jsonl(tmp_path / "a.jsonl", records)), env=env).wait() == 0
-    serve = spawn(a, "serve", "--relay", farm.url, "--json", "--yes", env=env)
-    room = serve.next_event("room")
+    serve, room = serve_through(farm, spawn, tmp_path, records)
     assert room["target"].startswith(f"wss://localhost:{farm.port}/"), room
-    join = spawn(b, "join", room["target"], "--pin", room["pin"], "--json", "--yes", env=env)
-    serve.next_event("approval_required")
-    serve.answer("y")
-    assert serve.wait() == 0, serve.describe()
-    assert join.wait() == 0, join.describe()
-    (got,) = export(b)
-    assert got.contents == {r["content"] for r in records}
+    b = tmp_path / "b"
+    join = spawn(b, "join", room["target"], "--pin", room["pin"], "--json", "--yes", env=farm_env(farm))
+    approve_and_finish(serve, join, b, {r["content"] for r in records})
     assert sum(relay.metrics()["imprint_relay_rooms_opened_total"] for relay in farm.relays) == 1
