@@ -299,7 +299,8 @@ class RelayConnection(ImprintActor):
         ws = self._ws
         reason = "connection closed"
         heard = False
-        rejoin_until: float | None = None
+        rejoin_until = 0.0
+        rejoined_at: float | None = None
         try:
             while not self._stopping.is_set():
                 if not self._wait_for_room():
@@ -315,9 +316,13 @@ class RelayConnection(ImprintActor):
                     except Exception:
                         logger.debug("socket shutdown failed", exc_info=True)
                     if _close_code(frame) == CLOSE_RESTARTING and not heard and not self._spoke:
-                        rejoin_until = rejoin_until or time.monotonic() + REJOIN_FOR
+                        # REJOIN_FOR per restart: a room reopened long ago gets it again; one that a
+                        # relay still draining closes as soon as it is reopened does not.
+                        if rejoined_at is None or time.monotonic() - rejoined_at > REJOIN_FOR:
+                            rejoin_until = time.monotonic() + REJOIN_FOR
                         if self._rejoin(rejoin_until):
                             ws = self._ws
+                            rejoined_at = time.monotonic()
                             continue
                     break
                 heard = True
