@@ -47,6 +47,7 @@ from imprint.messages.session import (
     UseCodec,
 )
 from imprint.messages.wire import FactBatch, MemoryBatch
+from imprint.relay.rooms import CLOSE_RESTARTING
 
 #: Largest frame we accept from the relay in the encrypted mode (the decoder
 #: caps the sealed plaintext at 32 MiB).
@@ -61,8 +62,6 @@ _BIG_READ = 1 << 20
 REJOIN_FOR = 60.0
 #: Seconds one attempt to open the room again may take.
 REJOIN_CONNECT = 3.0
-#: The close code of a relay draining for a restart.
-CLOSE_RESTARTING = 1012
 
 
 class _Incoming(msgspec.Struct, frozen=True):
@@ -162,10 +161,9 @@ def _close_code(frame: Any) -> int | None:
 
 
 def _close_reason(frame: Any) -> str:
-    data = bytes(getattr(frame, "data", b"") or b"")
-    if len(data) >= 2:
-        code = struct.unpack("!H", data[:2])[0]
-        reason = data[2:].decode("utf-8", "replace").strip()
+    code = _close_code(frame)
+    if code is not None:
+        reason = bytes(frame.data)[2:].decode("utf-8", "replace").strip()
         if code == CLOSE_RESTARTING:  # drained for a restart: nothing is lost, the next run reaches a relay that is up
             return "the relay is restarting (1012): run the same command again"
         return f"relay closed the connection ({code}{': ' + reason if reason else ''})"
