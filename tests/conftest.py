@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,16 @@ def start_actor() -> Iterator[Callable[..., pykka.ActorRef[Any]]]:
             ref.stop(timeout=60)
         except pykka.ActorDeadError:
             pass
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str) -> None:
+    """Poll `condition` until it holds, failing the test after `timeout` seconds (for state only
+    another process shows: a file, a pid, a relay's metrics)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g}s: {what}")
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- CLI subprocesses

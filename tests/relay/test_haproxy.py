@@ -324,7 +324,7 @@ def test_sigterm_drains_one_relay_mid_sync_and_its_syncs_finish_or_rerun_through
         rooms_there = await on_draining()
         draining.proc.send_signal(signal.SIGTERM)
         line = await asyncio.to_thread(draining.wait_line, "relay draining")
-        assert f"relay draining: {rooms_there} syncs under way" in line  # what the relay says it drains
+        assert f"relay draining: {rooms_there} syncs under way" in line, (line, rooms_there)  # what it drains
         await asyncio.sleep(0.5)  # syncs go on for a while, well inside the 3 s drain
         finish_short.set()
         short = await asyncio.gather(*short_tasks)
@@ -339,7 +339,7 @@ def test_sigterm_drains_one_relay_mid_sync_and_its_syncs_finish_or_rerun_through
         return short, long, rerun, rooms_there - short_there
 
     short, long, rerun, long_there = asyncio.run(asyncio.wait_for(scenario(), 180))
-    assert short == ["done"] * len(short)  # finished inside the drain timeout, wherever they were
+    assert short == ["done"] * len(short), short  # finished inside the drain timeout, wherever they were
     assert long_there >= 3, "the hashing never sent a long sync to the relay stopped"
     # The long syncs on the drained relay were told to run again; the others finished.
     assert long.count("restart") == long_there and set(long) <= {"done", "restart"}, (long, long_there)
@@ -357,27 +357,23 @@ def test_a_waiting_serve_moves_with_a_rolling_restart_and_its_peer_finds_it(farm
     HAProxy having taken that one out), the relay comes back on its port, and the peer who joins
     afterwards with the same PIN still meets the serve — the stick table keeps the room where it
     is, where the hash alone would send the peer back to the restarted relay."""
+    from tests.conftest import wait_until
     from tests.e2e.support import approve_and_finish
 
     def waiting() -> list[int]:
         return [int(relay.metrics()["imprint_relay_rooms_waiting"]) for relay in farm.relays]
 
-    def until(condition: Any, what: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.1)  # polling the relays' metrics
-
     records = [{"content": f"rolling memory {n}: the room moved and its peer found it", "project": "roll"}
                for n in range(4)]
     serve, room = serve_through(farm, spawn, tmp_path, records)
-    until(lambda: sum(waiting()) == 1, "the serve's room")
+    wait_until(lambda: sum(waiting()) == 1, timeout=WAIT, what="the serve's room")
     first = waiting().index(1)
     restarted = farm.relays[first]
     restarted.proc.send_signal(signal.SIGTERM)  # nothing under way: its waiting room closes at once
     assert restarted.proc.wait(WAIT) == 0
     others = [relay for n, relay in enumerate(farm.relays) if n != first]
-    until(lambda: sum(int(r.metrics()["imprint_relay_rooms_waiting"]) for r in others) == 1, "the room reopened")
+    wait_until(lambda: sum(int(r.metrics()["imprint_relay_rooms_waiting"]) for r in others) == 1, timeout=WAIT,
+               what="the room reopened")
     assert serve.proc.poll() is None, serve.describe()
     back = RelayProcess("--drain-timeout", "3", port=restarted.port)
     farm.relays[first] = back

@@ -13,7 +13,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 
 from imprint.service import protocol as p
 from imprint.service.paths import connect, socket_path
-from tests.conftest import cli_env
+from tests.conftest import cli_env, wait_until
 from tests.e2e.support import IMPRINT, Spawn
 from tests.service_support import alive, service_pid
 
@@ -42,14 +41,6 @@ def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
-
-
-def wait_until(condition: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
 
 
 def raw_client(data_dir: Path) -> socket.socket:
