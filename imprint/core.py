@@ -33,7 +33,6 @@ from imprint.messages.store import (
     DescribeStore,
     DescribeVectorChecks,
     Document,
-    EmbedTexts,
     EndFact,
     FacetCount,
     FactCounts,
@@ -175,12 +174,12 @@ class Core:
 
     def embed(self, texts: tuple[str, ...], *, note: Note = _quiet) -> list[list[float]]:
         """Vectors of `texts`; says "loading the embedding model…" first when it is not loaded yet."""
-        from imprint.local import START_TIMEOUT
+        from imprint.local import START_TIMEOUT, embed_in_chunks
 
         if texts and not self.model_loaded():
             note("loading the embedding model…")
         self._last_request = time.monotonic()
-        return self._ask("embedder", EmbedTexts(texts=texts), timeout=START_TIMEOUT).vectors
+        return embed_in_chunks(self.local["embedder"], texts, timeout=START_TIMEOUT)
 
     def embed_query(self, query: str, *, note: Note = _quiet) -> list[float]:
         """The vector of a search query: through the model's traced query encoder once the model

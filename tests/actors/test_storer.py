@@ -135,6 +135,27 @@ def test_leftovers_of_an_interrupted_sync_are_stored_for_whoever_watches_everyth
     rig.storer.tell(Unwatch(stream=ALL_STREAMS))
 
 
+def test_a_big_batch_is_embedded_a_chunk_at_a_time_so_an_add_beside_it_waits_for_one(rig: Rig) -> None:
+    """The Embedder answers in turn: an import's 2,000 texts in one message made every `add` and
+    agent's `store` beside it wait seconds. Batches go EMBED_CHUNK texts per message."""
+    from imprint.actors.storer import EMBED_CHUNK
+    from imprint.messages.store import EmbedTexts
+
+    sizes: list[int] = []
+
+    class Recording(pykka.ThreadingActor):  # the Embedder's mailbox, as the caller sees it
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, EmbedTexts):
+                sizes.append(len(message.texts))
+            return rig.embedder.ask(message, timeout=60)
+
+    records = tuple(mem(f"batch memory {n}: notes on service {n % 7}") for n in range(2 * EMBED_CHUNK + 5))
+    result = embed_and_store(Recording.start(), rig.memory_store, records)
+    assert result.inserted == len(records)
+    assert sizes == [EMBED_CHUNK, EMBED_CHUNK, 5]
+    assert set(rig.memories()) == {r.content for r in records}
+
+
 def test_merge_rules_earliest_memory_wins_and_what_stays_different_is_named(rig: Rig) -> None:
     embed_and_store(rig.embedder, rig.memory_store, (mem("ours is later", timestamp=2000.0),
                                                      mem("ours is earlier", timestamp=1000.0),
